@@ -1,0 +1,1 @@
+"""Offline corpus tools: thin command-line entry points over megatron_ipt."""

@@ -1,0 +1,37 @@
+"""The one logging setup: rank-aware console format, info on rank 0, warnings everywhere."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+_CONFIGURED = False
+
+
+def setup_logging(rank: int | None = None, level: int | str | None = None) -> None:
+    """Configure the root ``megatron_ipt`` logger once per process."""
+    global _CONFIGURED
+    if rank is None:
+        rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    if level is None:
+        level = os.environ.get("MEGATRON_IPT_LOG_LEVEL", "INFO" if rank == 0 else "WARNING")
+    logger = logging.getLogger("megatron_ipt")
+    logger.setLevel(level)
+    if not _CONFIGURED:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+        logger.addHandler(handler)
+        logger.propagate = False
+        _CONFIGURED = True
+
+
+def get_logger(name: str) -> logging.Logger:
+    """``get_logger(__name__)`` inside the package; children of ``megatron_ipt``."""
+    if not name.startswith("megatron_ipt") and not name.startswith("data_tools"):
+        name = f"megatron_ipt.{name}"
+    if name.startswith("data_tools"):
+        name = f"megatron_ipt.{name}"
+    return logging.getLogger(name)
