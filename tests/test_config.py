@@ -1,0 +1,76 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from megatron_ipt.config import ConfigError, config_from_argv, load_config, parse_overrides, save_config
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+@dataclass
+class Run:
+    name: str = "run"
+    steps: int = 10
+    bf16: bool = False
+    optim: Optim = field(default_factory=Optim)
+    paths: list[tuple[float, str]] = field(default_factory=list)
+    init_from: str | None = None
+
+    def validate(self) -> None:
+        if self.steps <= 0:
+            raise ConfigError("steps must be positive")
+
+
+def test_yaml_include_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("steps: 5\noptim:\n  lr: 0.1\n")
+    (tmp_path / "run.yaml").write_text("include: base.yaml\nname: x\noptim:\n  betas: [0.8, 0.9]\n")
+    cfg = load_config(Run, tmp_path / "run.yaml", ["--optim.lr=3e-4", "--paths", "[[0.7, a], [0.3, b]]"])
+    assert cfg.steps == 5 and cfg.name == "x"
+    assert cfg.optim == Optim(lr=3e-4, betas=(0.8, 0.9))
+    assert cfg.paths == [(0.7, "a"), (0.3, "b")]
+    save_config(cfg, tmp_path / "out.yaml")
+    assert load_config(Run, tmp_path / "out.yaml") == cfg
+
+
+def test_config_from_argv(tmp_path):
+    (tmp_path / "c.yaml").write_text("steps: 7\n")
+    cfg = config_from_argv(Run, ["--config", str(tmp_path / "c.yaml"), "--bf16=true", "--init-from=/m"])
+    assert (cfg.steps, cfg.bf16, cfg.init_from) == (7, True, "/m")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--optim.lrr=1"], "unknown config key optim.lrr"),
+        (["--steps=abc"], "steps: expected an integer"),
+        (["--bf16=maybe"], "bf16: expected true/false"),
+        (["--steps=0"], "steps must be positive"),
+        (["steps=1"], "must look like --key"),
+        (["--optim.betas=[1]"], "expected 2 items"),
+    ],
+)
+def test_bad_overrides(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Run, None, overrides)
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "bad.yaml").write_text("steps: [1\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(Run, tmp_path / "bad.yaml")
+    (tmp_path / "unk.yaml").write_text("stepz: 1\n")
+    with pytest.raises(ConfigError, match=r"unk.yaml: unknown config key stepz"):
+        load_config(Run, tmp_path / "unk.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Run, tmp_path / "missing.yaml")
+    (tmp_path / "loop.yaml").write_text("include: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(Run, tmp_path / "loop.yaml")
+
+
+def test_parse_overrides_tree():
+    assert parse_overrides(["--a.b=1", "--a.c", "x", "--d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
