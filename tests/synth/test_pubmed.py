@@ -1,0 +1,175 @@
+"""PubMed reader, raw-corpus writer and task miner, on a hand-written XML file and the shipped baseline."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER
+from megatron_ipt.synth.pubmed import (
+    KEYWORDS_QUESTION,
+    MESH_QUESTION,
+    SECTION_QUESTIONS,
+    STRUCTURED_DATASET,
+    TITLE_QUESTION,
+    UNSTRUCTURED_DATASET,
+    is_held_out,
+    iter_pubmed_records,
+    load_pubmed_records,
+    mine_pubmed,
+    mine_record,
+    shipped_pubmed_files,
+    write_raw_corpus,
+)
+
+ARTICLE = """
+  <PubmedArticle><MedlineCitation Status="MEDLINE" Owner="NLM">
+    <PMID Version="1">{pmid}</PMID>
+    <Article PubModel="Print">
+      <Journal><JournalIssue><PubDate>{date}</PubDate></JournalIssue><Title>{journal}</Title></Journal>
+      <ArticleTitle>{title}</ArticleTitle>
+      {abstract}
+    </Article>
+    <MeshHeadingList>{mesh}</MeshHeadingList>
+    {keywords}
+  </MedlineCitation></PubmedArticle>"""
+
+STRUCTURED_ABSTRACT = """<Abstract>
+  <AbstractText Label="BACKGROUND" NlmCategory="BACKGROUND">Aspirin may lower <i>fever</i>  in mice.</AbstractText>
+  <AbstractText Label="METHODS" NlmCategory="METHODS">We gave aspirin to 20 mice.</AbstractText>
+  <AbstractText Label="RESULTS" NlmCategory="RESULTS">Fever fell by 2 degrees.</AbstractText>
+  <AbstractText Label="CONCLUSIONS" NlmCategory="CONCLUSIONS">Aspirin lowers fever in mice.</AbstractText>
+  <AbstractText Label="BENTHAM SCIENCE DISCLAIMER">It is a condition of publication that...</AbstractText>
+</Abstract>"""
+
+
+def _mesh(*terms: tuple[str, str]) -> str:
+    return "".join(
+        f'<MeshHeading><DescriptorName UI="D1" MajorTopicYN="{yn}">{t}</DescriptorName></MeshHeading>'
+        for t, yn in terms
+    )
+
+
+def write_xml(path: Path) -> Path:
+    arts = [
+        ARTICLE.format(
+            pmid="101", date="<Year>2001</Year>", journal="J Mice", title="Aspirin and fever in mice.",
+            abstract=STRUCTURED_ABSTRACT, mesh=_mesh(("Aspirin", "Y"), ("Mice", "N"), ("Fever", "Y")),
+            keywords="<KeywordList><Keyword>aspirin</Keyword><Keyword>fever</Keyword></KeywordList>",
+        ),
+        ARTICLE.format(
+            pmid="102", date="<MedlineDate>1980 Jan-Feb</MedlineDate>", journal="J Dogs",
+            title="Dogs sleep a lot.",
+            abstract="<Abstract><AbstractText>Dogs sleep fourteen hours a day.</AbstractText></Abstract>",
+            mesh=_mesh(("Dogs", "N"), ("Sleep", "Y")), keywords="",
+        ),
+        ARTICLE.format(
+            pmid="103", date="<Year>1999</Year>", journal="J X", title="No abstract here.", abstract="",
+            mesh=_mesh(("Heart", "N"), ("Liver", "N"), ("Kidney", "N"), ("Lung", "N")), keywords="",
+        ),
+    ]
+    text = '<?xml version="1.0"?>\n<PubmedArticleSet>' + "".join(arts) + "\n</PubmedArticleSet>\n"
+    with gzip.open(path, "wt") as fh:
+        fh.write(text)
+    return path
+
+
+@pytest.fixture
+def xml(tmp_path: Path) -> Path:
+    return write_xml(tmp_path / "mini.xml.gz")
+
+
+def test_reader_keeps_sections_mesh_keywords(xml: Path) -> None:
+    recs = list(iter_pubmed_records([xml]))
+    assert [r.pmid for r in recs] == ["101", "102"]  # 103 has no abstract
+    a, b = recs
+    assert [s.label for s in a.sections] == ["BACKGROUND", "METHODS", "RESULTS", "CONCLUSIONS"]  # disclaimer dropped
+    assert a.sections[0].text == "Aspirin may lower fever in mice."  # inline markup and spaces flattened
+    assert a.mesh_terms == ["Aspirin", "Mice", "Fever"] and a.major_mesh_terms == ["Aspirin", "Fever"]
+    assert a.keywords == ["aspirin", "fever"] and a.journal == "J Mice" and a.year == "2001"
+    assert a.structured and not b.structured
+    assert a.abstract.splitlines()[1] == "METHODS: We gave aspirin to 20 mice."
+    assert b.abstract == "Dogs sleep fourteen hours a day." and b.year == "1980"
+    assert [r.pmid for r in iter_pubmed_records([xml], with_abstract=False)] == ["101", "102", "103"]
+    assert len(list(iter_pubmed_records([xml], limit=1))) == 1
+
+
+def test_reader_on_shipped_baseline() -> None:
+    files = shipped_pubmed_files()
+    assert [f.name for f in files] == ["pubmed20n0014.xml.gz", "pubmed21n1298.xml.gz"]
+    recs = list(iter_pubmed_records([files[1]], limit=200))
+    assert len(recs) == 200 and all(r.pmid.isdigit() and r.sections for r in recs)
+    structured = [r for r in recs if r.structured]
+    assert structured, "the 2021 baseline has structured abstracts"
+    cats = {s.category for r in structured for s in r.sections}
+    assert {"METHODS", "RESULTS", "CONCLUSIONS"} <= cats
+
+
+def test_record_cache_roundtrip(xml: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache" / "records.jsonl"
+    first = load_pubmed_records([xml], cache=cache)
+    assert cache.exists()
+    cache.write_text(cache.read_text().replace("Dogs sleep", "Cats sleep"))  # prove the cache is read
+    second = load_pubmed_records([xml], cache=cache)
+    assert second[1].abstract.startswith("Cats sleep") and second[0] == first[0]
+    assert load_pubmed_records([xml], cache=cache, limit=1)[0].pmid == "101"  # other args: re-read
+
+
+def test_raw_corpus_split_and_resume(tmp_path: Path) -> None:
+    recs = list(iter_pubmed_records([shipped_pubmed_files()[1]], limit=300))
+    out = tmp_path / "raw.jsonl"
+    s = write_raw_corpus(out, records=recs, held_out=0.1)
+    train = [json.loads(x) for x in out.read_text().splitlines()]
+    held = [json.loads(x) for x in (tmp_path / "raw.heldout.jsonl").read_text().splitlines()]
+    assert s["train"] == len(train) and s["held_out"] == len(held) and len(train) + len(held) == 300
+    assert 10 <= len(held) <= 55
+    assert all(is_held_out(d["id"].removeprefix("pmid:"), 0.1) for d in held)
+    assert set(train[0]) == {"id", "text"} and train[0]["text"]
+    assert not list(tmp_path.glob(".*tmp*"))
+    # a second call with the same arguments is a no-op (it does not even read the records)
+    assert write_raw_corpus(out, records=iter(()), held_out=0.1) == s
+    assert write_raw_corpus(out, records=recs[:5], held_out=0.1, overwrite=True)["train"] <= 5
+
+
+def test_miner_structured_holds_out_answer_section(xml: Path) -> None:
+    recs = list(iter_pubmed_records([xml]))
+    pool = ["Aspirin", "Mice", "Fever", "Dogs", "Sleep", "Heart", "Liver", "Kidney", "Lung"]
+    seen_sections = set()
+    cot = 0
+    for seed in range(12):
+        ex = mine_record(recs[0], pool, seed=seed)
+        assert ex.dataset == STRUCTURED_DATASET and ex.source == "pmid:101"
+        by_q = {p.instruction.split("\n")[0]: p for p in ex.pairs}
+        section_q = [q for q in by_q if q in SECTION_QUESTIONS.values()]
+        assert len(section_q) == 1
+        answer = by_q[section_q[0]].response
+        assert answer not in ex.context  # the answering section is not in the context
+        seen_sections.add(section_q[0])
+        assert by_q[TITLE_QUESTION].response == "Aspirin and fever in mice."
+        assert by_q[KEYWORDS_QUESTION].response == "aspirin, fever"
+        mc = by_q[MESH_QUESTION]
+        assert OPTIONS_HEADER in mc.instruction
+        options = mc.instruction.removesuffix(COT_TRIGGER).split(OPTIONS_HEADER)[1].split("\n")
+        assert len(options) == 4 and all(o.startswith("- ") for o in options)
+        assert sum(o[2:] in recs[0].mesh_terms for o in options) == 1  # one right answer
+        final = mc.response.split(COT_ANSWER)[-1]
+        assert final in recs[0].major_mesh_terms
+        if mc.instruction.endswith(COT_TRIGGER):
+            assert COT_ANSWER in mc.response
+            cot += 1
+    assert len(seen_sections) >= 3  # the held-out section varies with the seed
+    assert 0 < cot < 12  # both plain and chain-of-thought variants occur
+
+
+def test_miner_is_deterministic_and_order_free(xml: Path) -> None:
+    recs = list(iter_pubmed_records([xml]))
+    a = list(mine_pubmed(recs, seed=3))
+    b = list(mine_pubmed(list(reversed(recs)), seed=3))
+    assert sorted(map(repr, a)) == sorted(map(repr, b))
+    assert [e.dataset for e in a] == [STRUCTURED_DATASET, UNSTRUCTURED_DATASET]
+    unstructured = a[1]
+    assert unstructured.context == "Dogs sleep fourteen hours a day."
+    assert [e.source for e in mine_pubmed(recs, structured_only=True)] == ["pmid:101"]
