@@ -1,0 +1,105 @@
+"""The vLLM generation engine (GPUs): tensor parallel, prefix caching, token-id prompts.
+
+vLLM is imported only when this engine is built, so the rest of the package works without it.
+Prompts go in as ``TokensPrompt`` so vLLM adds no BOS of its own (the synthesizer's prompts
+already start with one; a doubled BOS is a pitfall of the reference release).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from megatron_ipt.log import get_logger
+from megatron_ipt.synth.engines import (
+    Generation,
+    SamplingParams,
+    check_prompt_lengths,
+    per_prompt_params,
+    resolve_tokenizer,
+)
+from megatron_ipt.tokenizer import Tokenizer
+
+log = get_logger(__name__)
+
+MISSING_VLLM = (
+    "the vLLM engine needs the vllm package and a CUDA GPU: pip install vllm "
+    "(or use --engine hf, the transformers engine, which runs on CPU or GPU)"
+)
+
+
+def _import_vllm():
+    try:
+        import vllm
+        from vllm.inputs import TokensPrompt
+    except ImportError as err:
+        raise RuntimeError(f"{MISSING_VLLM} ({err})") from err
+    return vllm, TokensPrompt
+
+
+class VLLMEngine:
+    """Generation with vLLM (see ``engines.Engine``)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        tokenizer: str | Path | Tokenizer | None = None,
+        max_model_len: int = 4096,
+        dtype: str = "auto",
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        seed: int = 0,
+    ) -> None:
+        vllm, self._TokensPrompt = _import_vllm()
+        self._vllm = vllm
+        self.tokenizer = resolve_tokenizer(model_dir, tokenizer)
+        self.max_model_len = max_model_len
+        self.llm = vllm.LLM(
+            model=str(model_dir),
+            tokenizer=str(model_dir),
+            dtype="bfloat16" if dtype == "auto" else dtype,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            enable_prefix_caching=True,  # chained M-shot prompts share long prefixes
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+        )
+        self.eos_ids = {self.tokenizer.eos_id} if self.tokenizer.eos_id is not None else set()
+
+    def _vllm_params(self, p: SamplingParams):
+        return self._vllm.SamplingParams(
+            n=p.n,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            max_tokens=p.max_new_tokens,
+            seed=None if p.greedy else p.seed,
+            stop=list(p.stop) or None,
+            stop_token_ids=sorted(self.eos_ids) or None,
+            skip_special_tokens=True,
+        )
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams],
+        show_progress: bool = False,
+    ) -> list[list[Generation]]:
+        per_prompt = per_prompt_params(prompt_ids, params)
+        check_prompt_lengths(prompt_ids, self.max_model_len, per_prompt)
+        prompts = [self._TokensPrompt(prompt_token_ids=[int(t) for t in ids]) for ids in prompt_ids]
+        outputs = self.llm.generate(prompts, [self._vllm_params(p) for p in per_prompt], use_tqdm=show_progress)
+        results = []
+        for req in outputs:
+            gens = []
+            for c in req.outputs:
+                ids = list(c.token_ids)
+                if ids and ids[-1] in self.eos_ids:
+                    ids.pop()
+                # vLLM says "stop" for EOS and stop strings alike; stop_reason tells them apart.
+                if c.finish_reason == "length":
+                    reason = "length"
+                else:
+                    reason = "stop" if isinstance(c.stop_reason, str) else "eos"
+                gens.append(Generation(c.text, ids, reason))
+            results.append(gens)
+        return results

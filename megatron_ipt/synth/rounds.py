@@ -1,0 +1,248 @@
+"""Multi-round (M-shot) synthesis: chunking, chains, prompt ids, and turning outputs into pairs.
+
+N texts split into M contiguous chunks of ceil(N/M). In round r, the text in slot i of chunk r is
+prompted after the chain of earlier entries in slot i (their text and pairs, in the tuning format)
+when the chain is unbroken (the previous entry in the slot produced pairs) and the whole prompt
+fits ``max_model_len - max_new_tokens`` counted in real tokens. Otherwise it is prompted alone.
+An entry is ``linked`` when it was prompted after a chain and produced at least one pair: a
+linked entry continues the previous entry's document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from megatron_ipt.synth.engines import Engine, Generation, SamplingParams
+from megatron_ipt.synth.format import Pair, context_text, pairs_text, parse_pairs
+from megatron_ipt.tokenizer import Tokenizer
+
+
+@dataclass
+class Entry:
+    """One synthesized text: its pairs and where it sits in the M-shot layout."""
+
+    id: str
+    text: str
+    pairs: list[Pair] = field(default_factory=list)
+    round: int = 0
+    slot: int = 0
+    linked: bool = False
+    stats: dict = field(default_factory=dict)  # per-entry counters (not part of the output record)
+
+    def record(self) -> dict:
+        return {"id": self.id, "text": self.text, "pairs": [p.to_dict() for p in self.pairs],
+                "round": self.round, "linked": self.linked, "slot": self.slot}
+
+    @classmethod
+    def from_record(cls, rec: dict) -> Entry:
+        return cls(str(rec["id"]), rec["text"], [Pair.from_dict(p) for p in rec["pairs"]],
+                   int(rec["round"]), int(rec.get("slot", 0)), bool(rec["linked"]), dict(rec.get("stats", {})))
+
+
+def chunk_layout(n: int, rounds: int) -> list[list[int]]:
+    """Indices of the M contiguous chunks of ceil(n/M) texts (the last ones may be short or empty)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    size = max(1, math.ceil(n / rounds))
+    return [list(range(r * size, min(n, (r + 1) * size))) for r in range(rounds)]
+
+
+def unbroken_chain(slot_history: Sequence[Entry]) -> list[Entry]:
+    """The chain a new entry in this slot would follow: the trailing run of linked entries back to
+    the one that started it; empty if the last entry produced no pairs."""
+    if not slot_history or not slot_history[-1].pairs:
+        return []
+    start = len(slot_history) - 1
+    while start > 0 and slot_history[start].linked:
+        start -= 1
+    return list(slot_history[start:])
+
+
+def entry_ids(tokenizer: Tokenizer, text: str, pairs: Sequence[Pair]) -> list[int]:
+    """One finished example: BOS + context + pairs + EOS (segments tokenized as in tuning data)."""
+    return [tokenizer.bos_id, *tokenizer.encode(context_text(text)), *tokenizer.encode(pairs_text(list(pairs))),
+            tokenizer.eos_id]
+
+
+def _as_text_pairs(entry) -> tuple[str, Sequence[Pair]]:
+    if isinstance(entry, tuple):
+        return entry
+    return entry.text, entry.pairs
+
+
+def build_prompt_ids(tokenizer: Tokenizer, chain_entries: Sequence, text: str,
+                     cache: dict[str, list[int]] | None = None) -> list[int]:
+    """BOS + context + pairs + EOS for each earlier entry, then BOS + context of ``text``.
+
+    ``chain_entries`` are ``Entry`` objects or ``(text, pairs)`` tuples; ``cache`` maps an
+    ``Entry.id`` to its ids so a long chain is not re-tokenized for every round.
+    """
+    if tokenizer.bos_id is None or tokenizer.eos_id is None:
+        raise ValueError(f"tokenizer {tokenizer.name} lacks BOS/EOS, which the synthesizer format needs")
+    ids: list[int] = []
+    for entry in chain_entries:
+        key = getattr(entry, "id", None)
+        if cache is not None and key is not None and key in cache:
+            ids.extend(cache[key])
+            continue
+        piece = entry_ids(tokenizer, *_as_text_pairs(entry))
+        if cache is not None and key is not None:
+            cache[key] = piece
+        ids.extend(piece)
+    ids.append(tokenizer.bos_id)
+    ids.extend(tokenizer.encode(context_text(text)))
+    return ids
+
+
+def fit_text(tokenizer: Tokenizer, text: str, budget: int) -> tuple[list[int], bool]:
+    """Prompt ids for ``text`` alone, its text cut (in tokens) to fit ``budget``; and whether cut."""
+    ids = build_prompt_ids(tokenizer, [], text)
+    if len(ids) <= budget:
+        return ids, False
+    text_ids = tokenizer.encode(text)
+    keep = len(text_ids) - (len(ids) - budget)
+    while keep > 0:
+        ids = build_prompt_ids(tokenizer, [], tokenizer.decode(text_ids[:keep]))
+        if len(ids) <= budget:
+            return ids, True
+        keep -= max(1, len(ids) - budget)  # re-tokenizing the cut text can shift a few tokens
+    raise ValueError(f"a prompt budget of {budget} tokens leaves no room for any text")
+
+
+_WORD = re.compile(r"\S+")
+
+
+def is_degenerate(text: str, min_repeats: int = 4, max_unit: int = 12, min_words: int = 8) -> bool:
+    """Whether ``text`` ends in a loop: a unit of 1..``max_unit`` words repeated ``min_repeats``+
+    times back to back (untuned small models fall into "Q3: Q3: Q3: ...")."""
+    words = _WORD.findall(text)
+    for unit in range(1, max_unit + 1):
+        run = 0
+        for i in range(len(words) - 1, unit - 1, -1):
+            if words[i] != words[i - unit]:
+                break
+            run += 1
+        if run + unit >= max(min_words, unit * min_repeats):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class RoundsConfig:
+    rounds: int = 2
+    max_new_tokens: int = 400
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int = 0
+    max_pairs: int = 0  # 0: no cap
+    stop: tuple[str, ...] = ("<CON>", "</CON>")  # the model started a new example
+
+
+def text_seed(seed: int, text_id: str) -> int:
+    """A stable per-text seed: the same text samples the same way in any shard, batch or rerun."""
+    digest = hashlib.blake2b(f"{seed}:{text_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2**31 - 1)
+
+
+def pairs_from_generations(gens: Sequence[Generation], max_pairs: int) -> tuple[list[Pair], dict]:
+    """Parse each generation, drop degenerate pairs, merge samples (first instruction wins)."""
+    stats = {"malformed": 0, "duplicates": 0, "unfinished": 0, "degenerate": 0, "degenerate_pairs": 0,
+             "output_tokens": 0, "finish": {}}
+    pairs: list[Pair] = []
+    seen: set[str] = set()
+    for g in gens:
+        stats["output_tokens"] += len(g.token_ids)
+        stats["finish"][g.finish_reason] = stats["finish"].get(g.finish_reason, 0) + 1
+        stats["degenerate"] += is_degenerate(g.text)
+        parsed = parse_pairs(g.text)
+        stats["malformed"] += parsed.malformed
+        stats["duplicates"] += parsed.duplicates
+        stats["unfinished"] += parsed.truncated
+        for p in parsed.pairs:
+            if is_degenerate(p.instruction) or is_degenerate(p.response):
+                stats["degenerate_pairs"] += 1
+            elif p.instruction.lower() in seen:
+                stats["duplicates"] += 1
+            else:
+                seen.add(p.instruction.lower())
+                pairs.append(p)
+    if max_pairs and len(pairs) > max_pairs:
+        stats["capped"] = len(pairs) - max_pairs
+        pairs = pairs[:max_pairs]
+    return pairs, stats
+
+
+def synthesize_batch(engine: Engine, cfg: RoundsConfig, items: Sequence[tuple[str, str, int, int]],
+                     histories: dict[int, list[Entry]], cache: dict[str, list[int]]) -> list[Entry]:
+    """Prompt one batch of ``(id, text, round, slot)`` and return their entries."""
+    tok = engine.tokenizer
+    budget = engine.max_model_len - cfg.max_new_tokens
+    prompts, chained, cut = [], [], []
+    for _, text, _, slot in items:
+        chain = unbroken_chain(histories.get(slot, []))
+        ids = build_prompt_ids(tok, chain, text, cache) if chain else None
+        if ids is not None and len(ids) <= budget:
+            prompts.append(ids)
+            chained.append(True)
+            cut.append(False)
+        else:
+            alone, was_cut = fit_text(tok, text, budget)
+            prompts.append(alone)
+            chained.append(False)
+            cut.append(was_cut)
+    params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                             n=cfg.n, seed=text_seed(cfg.seed, text_id), stop=cfg.stop)
+              for text_id, *_ in items]
+    outputs = engine.generate(prompts, params)
+    entries = []
+    for (text_id, text, rnd, slot), ids, was_chained, was_cut, gens in zip(
+        items, prompts, chained, cut, outputs, strict=True
+    ):
+        pairs, stats = pairs_from_generations(gens, cfg.max_pairs)
+        stats.update(prompt_tokens=len(ids), text_truncated=was_cut, chained=was_chained)
+        entries.append(Entry(text_id, text, pairs, rnd, slot, was_chained and bool(pairs), stats))
+    return entries
+
+
+def run_rounds(
+    engine: Engine,
+    texts: Sequence[tuple[str, str]],
+    cfg: RoundsConfig,
+    batch_texts: int = 64,
+    done: dict[tuple[int, int], list[Entry]] | None = None,
+    on_batch: Callable[[int, int, list[Entry]], None] | None = None,
+) -> list[Entry]:
+    """Run all M rounds over ``(id, text)`` pairs; entries come back in input order.
+
+    Each round is cut into fixed batches of ``batch_texts``; ``done`` maps ``(round, batch)`` to
+    entries already produced (a resumed run), which are reused instead of generated, and
+    ``on_batch(round, batch, entries)`` is called after each newly generated batch (checkpointing).
+    """
+    done = done or {}
+    layout = chunk_layout(len(texts), cfg.rounds)
+    histories: dict[int, list[Entry]] = {}
+    cache: dict[str, list[int]] = {}
+    by_index: dict[int, Entry] = {}
+    for rnd, chunk in enumerate(layout):
+        new_round: list[Entry] = []
+        for b, start in enumerate(range(0, len(chunk), batch_texts)):
+            idx = chunk[start : start + batch_texts]
+            if (rnd, b) in done:
+                entries = done[(rnd, b)]
+            else:
+                items = [(texts[i][0], texts[i][1], rnd, slot) for slot, i in enumerate(idx, start)]
+                entries = synthesize_batch(engine, cfg, items, histories, cache)
+                if on_batch is not None:
+                    on_batch(rnd, b, entries)
+            for i, e in zip(idx, entries, strict=True):
+                by_index[i] = e
+            new_round.extend(entries)
+        # Histories grow only after the whole round, so every text of round r sees round r-1.
+        for e in new_round:
+            histories.setdefault(e.slot, []).append(e)
+    return [by_index[i] for i in range(len(texts))]

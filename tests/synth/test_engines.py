@@ -1,0 +1,117 @@
+"""The generation engine interface and the transformers engine, on a tiny random model."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from megatron_ipt.synth.engine_hf import HFEngine
+from megatron_ipt.synth.engines import (
+    Engine,
+    SamplingParams,
+    cut_at_stop,
+    load_engine,
+    resolve_kind,
+)
+
+TEXTS = ["The heart pumps blood through the body.", "short", "Cells divide by mitosis and meiosis.", "x y"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, mistral_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=mistral_tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    out = tmp_path_factory.mktemp("tiny_lm")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir):
+    return load_engine("hf", tiny_dir, tokenizer="mistral", batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def prompts(mistral_tokenizer):
+    tok = mistral_tokenizer
+    return [[tok.bos_id, *tok.encode(t)] for t in TEXTS]
+
+
+def test_engine_protocol_and_limits(engine):
+    assert isinstance(engine, Engine)
+    assert engine.max_model_len == 256  # capped by the model's position embeddings
+    with pytest.raises(ValueError, match="max_model_len"):
+        engine.generate([[1] * 250], SamplingParams(max_new_tokens=10))
+    with pytest.raises(ValueError, match="sampling params"):
+        engine.generate([[1, 5], [1, 6]], [SamplingParams()])
+
+
+def test_greedy_matches_model_generate(engine, prompts):
+    """Batched left-padded decoding gives exactly what plain ``model.generate`` gives per prompt."""
+    out = engine.generate(prompts, SamplingParams(max_new_tokens=12))
+    for ids, gens in zip(prompts, out, strict=True):
+        ref = engine.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                    eos_token_id=2, pad_token_id=2)
+        assert len(gens) == 1
+        assert gens[0].token_ids == ref[0, len(ids):].tolist()
+        assert gens[0].finish_reason == "length"
+        assert gens[0].text == engine.tokenizer.decode(gens[0].token_ids)
+
+
+def test_batch_size_does_not_change_greedy_output(tiny_dir, engine, prompts):
+    single = HFEngine(tiny_dir, tokenizer=engine.tokenizer, batch_size=1, model=engine.model)
+    params = SamplingParams(max_new_tokens=8)
+    assert [g[0].token_ids for g in single.generate(prompts, params)] == [
+        g[0].token_ids for g in engine.generate(prompts, params)
+    ]
+
+
+def test_sampling_is_seeded_and_n_samples_differ(engine, prompts):
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, top_p=0.9, n=3, seed=7)
+    a = engine.generate(prompts, params)
+    b = engine.generate(prompts, params)
+    assert [[g.token_ids for g in r] for r in a] == [[g.token_ids for g in r] for r in b]
+    assert all(len(r) == 3 for r in a)
+    assert len({tuple(g.token_ids) for g in a[0]}) > 1  # three samples, not three copies
+    other = engine.generate(prompts, SamplingParams(max_new_tokens=8, temperature=1.0, n=3, seed=8))
+    assert [[g.token_ids for g in r] for r in a] != [[g.token_ids for g in r] for r in other]
+    # Per-prompt params: a prompt's samples depend on its own seed only, not its batch mates.
+    alone = engine.generate(prompts[:1], params)
+    assert [g.token_ids for g in alone[0]] == [g.token_ids for g in a[0]]
+
+
+def test_stop_string_cuts_text(engine, prompts):
+    free = engine.generate(prompts[:1], SamplingParams(max_new_tokens=16))[0][0]
+    words = free.text.split()
+    stop = words[len(words) // 2]
+    cut = engine.generate(prompts[:1], SamplingParams(max_new_tokens=16, stop=(stop,)))[0][0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == free.text[: free.text.find(stop)]
+    assert len(cut.token_ids) < len(free.token_ids)
+
+
+def test_eos_ends_generation_and_is_not_returned(tiny_dir, engine, prompts):
+    first = engine.generate(prompts[:1], SamplingParams(max_new_tokens=4))[0][0].token_ids
+    eng = HFEngine(tiny_dir, tokenizer=engine.tokenizer, model=engine.model)
+    eng.eos_ids = {first[2]}  # the third greedy token now counts as end of sequence
+    gen = eng.generate(prompts[:1], SamplingParams(max_new_tokens=4))[0][0]
+    assert gen.finish_reason == "eos"
+    assert gen.token_ids == first[:2]
+
+
+def test_kind_resolution_and_missing_vllm(tiny_dir):
+    assert cut_at_stop("a <QUE> b <CON> c </CON>", ("</CON>", "<CON>")) == ("a <QUE> b ", True)
+    if torch.cuda.is_available() and importlib.util.find_spec("vllm"):
+        assert resolve_kind("auto") == "vllm"
+        return
+    assert resolve_kind("auto") == "hf"
+    with pytest.raises(ValueError, match="engine kind"):
+        resolve_kind("llama.cpp")
+    with pytest.raises(RuntimeError, match="pip install vllm"):
+        load_engine("vllm", tiny_dir, tokenizer="mistral")
