@@ -1,0 +1,122 @@
+"""Turn a batch of raw records into token arrays (runs inside the tokenizing worker processes)."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+from megatron_ipt.data.readers import BadRecord, parse_record
+from megatron_ipt.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    key: str = "text"
+    append_eod: bool = False
+    prepend_bos: bool = False
+
+
+@dataclass
+class EncodedBatch:
+    """Documents of one batch, concatenated; ``mask`` is None when no record carried segments."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    mask: np.ndarray | None
+    n_read: int
+    last_record: int
+    bad: list[tuple[str, int, str]] = field(default_factory=list)  # (reason, record number, message)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def init_worker(tokenizer_pickle: bytes, options: EncodeOptions) -> None:
+    """Pool initializer: each worker unpickles (reloads) its own tokenizer."""
+    _WORKER["tok"] = pickle.loads(tokenizer_pickle)
+    _WORKER["opt"] = options
+
+
+def encode_in_worker(batch: list[tuple[int, Any]]) -> EncodedBatch:
+    return encode_batch(batch, _WORKER["tok"], _WORKER["opt"])
+
+
+def encode_batch(batch: list[tuple[int, Any]], tok: Tokenizer, opt: EncodeOptions) -> EncodedBatch:
+    """Validate, tokenize (one ``encode_batch`` call for all texts) and assemble the documents."""
+    bad: list[tuple[str, int, str]] = []
+    parsed: list[dict | str] = []
+    texts: list[str] = []
+    for rec_no, payload in batch:
+        try:
+            rec = parse_record(payload, opt.key)
+        except BadRecord as err:
+            bad.append((err.reason, rec_no, str(err)))
+            continue
+        parsed.append(rec)
+        if isinstance(rec, str):
+            texts.append(rec)
+        else:
+            texts.extend(s["text"] for s in rec["segments"] if "special" not in s)
+    encoded = tok.encode_batch(texts) if texts else []
+    specials = {"bos": tok.bos_id, "eos": tok.eos_id}
+    if opt.prepend_bos and tok.bos_id is None:
+        raise ValueError(f"--prepend-bos: tokenizer {tok.name} has no BOS token")
+    if opt.append_eod and tok.eos_id is None:
+        raise ValueError(f"--append-eod: tokenizer {tok.name} has no EOS token")
+    has_segments = any(not isinstance(r, str) for r in parsed)
+    pieces: list[list[int]] = []
+    mask_pieces: list[tuple[int, int]] = []  # (length, loss) runs, only when segments occur
+    lengths: list[int] = []
+    j = 0
+    for rec in parsed:
+        n = 0
+        if isinstance(rec, str):
+            parts = [([specials["bos"]], False)] if opt.prepend_bos else []
+            parts.append((encoded[j], True))
+            j += 1
+            if opt.append_eod:
+                parts.append(([specials["eos"]], True))
+        else:
+            segs = rec["segments"]
+            parts = []
+            if opt.prepend_bos and segs[0].get("special") != "bos":
+                parts.append(([specials["bos"]], False))
+            for s in segs:
+                if "special" in s:
+                    sid = specials[s["special"]]
+                    if sid is None:
+                        raise ValueError(f"tokenizer {tok.name} has no {s['special']} token")
+                    parts.append(([sid], s["loss"]))
+                else:
+                    parts.append((encoded[j], s["loss"]))
+                    j += 1
+            if opt.append_eod and segs[-1].get("special") != "eos":
+                parts.append(([specials["eos"]], True))
+        for ids, loss in parts:
+            pieces.append(ids)
+            if has_segments:
+                mask_pieces.append((len(ids), int(loss)))
+            n += len(ids)
+        lengths.append(n)
+    total = sum(lengths)
+    tokens = np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=total)
+    mask = None
+    if has_segments:
+        run_len = np.fromiter((r[0] for r in mask_pieces), dtype=np.int64, count=len(mask_pieces))
+        run_val = np.fromiter((r[1] for r in mask_pieces), dtype=np.uint8, count=len(mask_pieces))
+        mask = np.repeat(run_val, run_len)
+    # Documents that tokenized to nothing would be invisible to training: count them as skipped.
+    length_arr = np.asarray(lengths, dtype=np.int64)
+    last = batch[-1][0] if batch else 0
+    if (length_arr == 0).any():
+        good = [rn for rn, p in batch]  # record numbers of parsed records, in order
+        bad_nos = {b[1] for b in bad}
+        good = [rn for rn in good if rn not in bad_nos]
+        for k in np.flatnonzero(length_arr == 0):
+            bad.append(("empty_tokens", good[k], "text tokenized to zero tokens"))
+        length_arr = length_arr[length_arr > 0]
+    return EncodedBatch(tokens, length_arr, mask, len(batch), last, bad)
