@@ -1,0 +1,38 @@
+"""``python -m megatron_ipt.train --config X.yaml [--dotted.key=value ...]`` (under torchrun/srun/deepspeed)."""
+
+from __future__ import annotations
+
+import sys
+
+from megatron_ipt.config import config_from_argv
+from megatron_ipt.train.config import TrainConfig
+
+USAGE = """usage: python -m megatron_ipt.train --config CONFIG.yaml [--section.key=value ...]
+
+Pre-train a Mistral/Llama model with DeepSpeed ZeRO on packed, blended indexed datasets.
+Launch one process per rank with torchrun, deepspeed or srun; a bare python runs one rank.
+
+Common overrides:
+  --data.train=PREFIX | "0.7 A 0.3 B"   training blend (indexed-dataset prefixes)
+  --data.valid=PREFIX                   held-out blend for periodic loss/perplexity
+  --run_dir=DIR --checkpoint.dir=DIR    outputs (metrics.jsonl, tensorboard/, checkpoints)
+  --steps=N --global_batch_size=N --micro_batch_size=N --ds_config=ds_configs/zero3.json
+  --checkpoint.resume=auto|none|DIR     resume from the latest checkpoint (default auto)
+  --export.dir=DIR                      write an HF model directory at the end
+Exit status 75 means "preempted: checkpoint saved, requeue me".
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or "-h" in argv or "--help" in argv:
+        print(USAGE)
+        return 0
+    cfg = config_from_argv(TrainConfig, argv)
+    from megatron_ipt.train.trainer import run
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

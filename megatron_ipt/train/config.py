@@ -1,0 +1,106 @@
+"""The training config: one dataclass tree read from YAML + ``--dotted.key=value`` overrides.
+
+Every value lives here once; the DeepSpeed JSON in ``ds_configs/`` holds only DeepSpeed-specific
+parts (ZeRO stage details, offload) and gets batch sizes, clipping and precision from this tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from megatron_ipt.config import ConfigError
+from megatron_ipt.model.config import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    # Blend of indexed-dataset prefixes: "0.7 a 0.3 b", [0.7, a, 0.3, b], or [a, b] (equal weights).
+    train: Any = None
+    # Held-out blend for periodic evaluation (null: no evaluation).
+    valid: Any = None
+    seq_len: int = 2048
+    tokenizer: str = "mistral"
+    seed: int = 1234
+    # Where the data core caches blend/packing indices (null: next to the first train prefix).
+    cache_dir: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "checkpoints"
+    interval: int = 1000  # steps between saves (0: only at the end and on preemption)
+    keep_last: int = 3
+    resume: str = "auto"  # auto | none | a checkpoint tag directory
+    allow_data_change: bool = False
+    save_at_end: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    interval: int = 10
+    eval_interval: int = 500  # 0: no periodic evaluation
+    eval_iters: int = 10  # micro-batches per rank per evaluation
+    tensorboard: bool = True
+    # Peak FLOP/s of one device for MFU; null: GPU spec table, or a measured CPU matmul.
+    peak_flops_per_device: float | None = None
+
+
+@dataclass
+class ExportConfig:
+    dir: str | None = None  # write an HF model directory here at the end of training
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    steps: int = 1000  # optimizer steps
+    micro_batch_size: int = 4  # samples per rank per forward
+    global_batch_size: int = 256  # samples per optimizer step over all ranks
+    precision: Literal["bf16", "fp32"] = "bf16"
+    ds_config: str = "ds_configs/zero2.json"
+    seed: int = 42
+    # Stop after this many steps in this process (testing preemption); 0: run to `steps`.
+    stop_after: int = 0
+
+    def validate(self) -> None:
+        self.model.validate()
+        if self.data.train in (None, "", []):
+            raise ConfigError("data.train is required: an indexed-dataset prefix or blend (--data.train=PREFIX)")
+        for name in ("steps", "micro_batch_size", "global_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"global_batch_size={self.global_batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}"
+            )
+        if self.checkpoint.resume not in ("auto", "none") and not self.checkpoint.resume:
+            raise ConfigError("checkpoint.resume must be auto, none or a checkpoint directory")
+
+    def grad_accum(self, world_size: int) -> int:
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"global_batch_size={self.global_batch_size} is not divisible by micro_batch_size "
+                f"{self.micro_batch_size} x {world_size} ranks"
+            )
+        return self.global_batch_size // per_step

@@ -1,0 +1,285 @@
+"""The training entry point: config → launcher → data → model → DeepSpeed engine → loop.
+
+``run(cfg)`` returns an exit status: 0 when training finished, 75 after a preemption checkpoint.
+Every check that can reject the input (data prefixes, tokenizer vs embedding, sequence length,
+checkpoint shape and data fingerprint) runs before the model is built.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from megatron_ipt.config import ConfigError, save_config
+from megatron_ipt.launch import DistEnv, init_distributed
+from megatron_ipt.log import get_logger, setup_logging
+from megatron_ipt.model.build import build_model, hf_config, model_shape
+from megatron_ipt.train import checkpoint as ckpt
+from megatron_ipt.train.batches import GlobalBatchSampler
+from megatron_ipt.train.config import TrainConfig
+from megatron_ipt.train.data import build_samples
+from megatron_ipt.train.ds_config import build_ds_config, zero_stage
+from megatron_ipt.train.loss import backward_scale, global_token_count, masked_loss_sum
+from megatron_ipt.train.metrics import MetricsWriter, flops_per_token, peak_flops
+from megatron_ipt.train.optim import build_optimizer, build_scheduler
+from megatron_ipt.train.preemption import EXIT_REQUEUE, PreemptionFlag
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Plan:
+    """Everything decided before compute: validated data, resume point, DeepSpeed config."""
+
+    dist: DistEnv
+    ds_config: dict[str, Any]
+    train_samples: Any
+    valid_samples: Any | None
+    tokenizer: Any
+    resume_from: Path | None = None
+    resume_meta: dict[str, Any] = field(default_factory=dict)
+    universal: bool = False
+
+
+def _check_model_fits(cfg: TrainConfig, tokenizer: Any) -> None:
+    hf = hf_config(cfg.model)
+    if cfg.data.seq_len > hf.max_position_embeddings:
+        raise ConfigError(
+            f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings={hf.max_position_embeddings}"
+        )
+    if tokenizer.vocab_size != hf.vocab_size:
+        raise ConfigError(
+            f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but the model's embedding has "
+            f"{hf.vocab_size} rows (model.vocab_size / init_from config.json)"
+        )
+
+
+def plan_run(cfg: TrainConfig, dist_env: DistEnv) -> Plan:
+    from megatron_ipt.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    _check_model_fits(cfg, tokenizer)
+    ds_config = build_ds_config(cfg, dist_env.world_size)
+    train_samples = build_samples(cfg.data, "train")
+    valid_samples = build_samples(cfg.data, "valid") if cfg.data.valid not in (None, "", []) else None
+    plan = Plan(dist_env, ds_config, train_samples, valid_samples, tokenizer)
+    if cfg.checkpoint.resume == "auto":
+        plan.resume_from = ckpt.latest_checkpoint(cfg.checkpoint.dir)
+    elif cfg.checkpoint.resume != "none":
+        plan.resume_from = Path(cfg.checkpoint.resume)
+    if plan.resume_from is not None:
+        meta = ckpt.read_meta(plan.resume_from)
+        shape = {k: v for k, v in _shape_of_config(cfg).items()}
+        ckpt.check_compatible(meta, shape, train_samples.fingerprint, cfg.checkpoint.allow_data_change,
+                              plan.resume_from)
+        if meta["global_batch_size"] != cfg.global_batch_size:
+            raise ckpt.CheckpointError(
+                f"{plan.resume_from}: saved with global_batch_size={meta['global_batch_size']}, "
+                f"this run uses {cfg.global_batch_size}"
+            )
+        plan.resume_meta = meta
+        plan.universal = meta["world_size"] != dist_env.world_size
+    return plan
+
+
+def _shape_of_config(cfg: TrainConfig) -> dict[str, Any]:
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        return model_shape(AutoModelForCausalLM.from_config(hf_config(cfg.model)))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, plan: Plan) -> None:
+        import deepspeed
+
+        self.cfg = cfg
+        self.plan = plan
+        self.rank = plan.dist.rank
+        self.world = plan.dist.world_size
+        self.device = torch.device("cuda", plan.dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        self.dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+        ds_config = plan.ds_config
+        if plan.universal:
+            ds_config = {**ds_config, "checkpoint": {"load_universal": True}}
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self._hf_ds_config = None
+        if zero_stage(ds_config) == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # Kept alive on self: while it exists, from_config/from_pretrained build partitioned.
+            self._hf_ds_config = HfDeepSpeedConfig(ds_config)
+        model = build_model(cfg.model, self.device.type)
+        self.n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        self.shape = model_shape(model)
+        optimizer = build_optimizer(model, cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
+        self.grad_accum = cfg.grad_accum(self.world)
+        self.step = 0
+        self.tokens_per_dataset: dict[str, int] = {}
+        consumed = 0
+        if plan.resume_from is not None:
+            ckpt.load_checkpoint(self.engine, plan.resume_from, plan.universal)
+            self.step = plan.resume_meta["step"]
+            consumed = plan.resume_meta["consumed_samples"]
+            self.tokens_per_dataset = dict(plan.resume_meta.get("tokens_per_dataset", {}))
+        self.sampler = GlobalBatchSampler(plan.train_samples, cfg.micro_batch_size, cfg.global_batch_size,
+                                          self.rank, self.world, consumed)
+        self.valid = (GlobalBatchSampler(plan.valid_samples, cfg.micro_batch_size, cfg.global_batch_size,
+                                         self.rank, self.world) if plan.valid_samples is not None else None)
+        self.run_dir = Path(cfg.run_dir)
+        self.metrics = MetricsWriter(self.run_dir, self.rank == 0, cfg.logging.tensorboard)
+        hf = model.config
+        attn_dim = hf.num_attention_heads * (getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads)
+        # Input-embedding lookups are not matmuls: leave them out of the 6N term.
+        n_embed = hf.vocab_size * hf.hidden_size
+        self.flops_per_token = flops_per_token(self.n_params - n_embed, hf.num_hidden_layers, attn_dim, cfg.data.seq_len,
+                                               cfg.model.activation_checkpointing)
+        self.peak = peak_flops(cfg.logging.peak_flops_per_device, self.device.type, self.dtype)
+
+    # -- one optimizer step -------------------------------------------------------------------
+    def _forward_loss_sum(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.engine(input_ids=mb["input_ids"].to(self.device), position_ids=mb["position_ids"].to(self.device),
+                          attention_mask=None, use_cache=False)
+        return masked_loss_sum(out.logits, mb["labels"].to(self.device), mb["loss_mask"].to(self.device))
+
+    def train_step(self) -> dict[str, float]:
+        micro = self.sampler.next_step()
+        n_tokens = global_token_count(micro, self.device)
+        scale = backward_scale(self.grad_accum, self.world)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for mb in micro:
+            s = self._forward_loss_sum(mb)
+            self.engine.backward(s / n_tokens.to(s.dtype).clamp(min=1) * scale)
+            self.engine.step()
+            loss_sum += s.detach().to(torch.float64)
+            for ds_id, row in zip(mb["dataset_id"].tolist(), mb["input_ids"], strict=True):
+                name = self.plan.train_samples.dataset_names[ds_id]
+                self.tokens_per_dataset[name] = self.tokens_per_dataset.get(name, 0) + row.numel() * self.world
+        if dist.is_initialized():
+            dist.all_reduce(loss_sum)
+        self.step += 1
+        grad_norm = self.engine.get_global_grad_norm()
+        return {
+            "loss": float(loss_sum / n_tokens.clamp(min=1)),
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "lr": float(self.engine.get_lr()[0]),
+            "tokens": float(sum(mb["input_ids"].numel() for mb in micro) * self.world),
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        assert self.valid is not None
+        self.engine.eval()
+        micro = self.valid.fixed_batches(self.cfg.logging.eval_iters)
+        n_tokens = global_token_count(micro, self.device)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for mb in micro:
+            total += self._forward_loss_sum(mb).to(torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(total)
+        self.engine.train()
+        loss = float(total / n_tokens.clamp(min=1))
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": float(n_tokens)}
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self) -> Path:
+        meta = {
+            "consumed_samples": self.sampler.consumed_samples,
+            "global_batch_size": self.cfg.global_batch_size,
+            "world_size": self.world,
+            "zero_stage": zero_stage(self.plan.ds_config),
+            "model_shape": self.shape,
+            "data_fingerprint": self.plan.train_samples.fingerprint,
+            "tokenizer": self.cfg.data.tokenizer,
+            "hf_config": self.engine.module.config.to_dict(),
+            "tokens_per_dataset": self.tokens_per_dataset,
+        }
+        return ckpt.save_checkpoint(self.engine, self.cfg.checkpoint.dir, self.step, meta,
+                                    self.cfg.checkpoint.keep_last)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, preemption: PreemptionFlag) -> int:
+        cfg = self.cfg
+        log_every = max(1, cfg.logging.interval)
+        window: list[dict[str, float]] = []
+        t0 = time.perf_counter()
+        steps_this_run = 0
+        last_saved = self.step if self.plan.resume_from is not None else -1
+        while self.step < cfg.steps:
+            if preemption.any_rank():
+                if last_saved != self.step:
+                    self.save()
+                log.warning("preempted at step %d: checkpoint saved, exiting %d", self.step, EXIT_REQUEUE)
+                return EXIT_REQUEUE
+            window.append(self.train_step())
+            steps_this_run += 1
+            if self.step % log_every == 0 or self.step == cfg.steps:
+                elapsed = time.perf_counter() - t0
+                tokens = sum(w["tokens"] for w in window)
+                tok_s = tokens / max(elapsed, 1e-9)
+                tflops = tok_s * self.flops_per_token / self.world / 1e12
+                self.metrics.write(self.step, "train", {
+                    "loss": window[-1]["loss"],
+                    "loss_avg": sum(w["loss"] for w in window) / len(window),
+                    "lr": window[-1]["lr"],
+                    "grad_norm": window[-1]["grad_norm"],
+                    "tokens_per_s": tok_s,
+                    "tflops_per_device": tflops,
+                    "mfu": tflops * 1e12 / self.peak,
+                    "consumed_samples": self.sampler.consumed_samples,
+                    "tokens_per_dataset": dict(self.tokens_per_dataset),
+                })
+                for name, n in self.tokens_per_dataset.items():
+                    if self.metrics.tb is not None:
+                        self.metrics.tb.add_scalar(f"tokens/{Path(name).name}", n, self.step)
+                window, t0 = [], time.perf_counter()
+            if self.valid is not None and cfg.logging.eval_interval and (
+                self.step % cfg.logging.eval_interval == 0 or self.step == cfg.steps
+            ):
+                self.metrics.write(self.step, "eval", self.evaluate())
+            if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
+                self.save()
+                last_saved = self.step
+            if cfg.stop_after and steps_this_run >= cfg.stop_after and self.step < cfg.steps:
+                log.info("stop_after=%d reached at step %d", cfg.stop_after, self.step)
+                return 0
+        if cfg.checkpoint.save_at_end and last_saved != self.step:
+            self.save()
+        return 0
+
+
+def run(cfg: TrainConfig) -> int:
+    """Train per ``cfg`` in this process (one rank of the job); returns the process exit status."""
+    dist_env = init_distributed()
+    setup_logging(dist_env.rank)
+    preemption = PreemptionFlag()
+    plan = plan_run(cfg, dist_env)
+    if dist_env.rank == 0:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(cfg.run_dir) / "config.yaml")
+    trainer = Trainer(cfg, plan)
+    status = trainer.fit(preemption)
+    trainer.metrics.close()
+    if status == 0 and cfg.export.dir:
+        latest = ckpt.latest_checkpoint(cfg.checkpoint.dir)
+        if latest is None:
+            raise ckpt.CheckpointError("export.dir is set but no checkpoint was saved (checkpoint.save_at_end=false?)")
+        if dist_env.rank == 0:  # reads files only; no collective inside
+            from megatron_ipt.export import export_checkpoint
+
+            export_checkpoint(latest, cfg.export.dir, dtype=cfg.export.dtype)
+        if dist.is_initialized():
+            dist.barrier()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return status
