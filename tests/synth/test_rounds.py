@@ -1,0 +1,176 @@
+"""M-shot chaining against hand-checked cases.
+
+A scripted engine stands in for the model here: it answers each prompt with pairs chosen by the
+text in the prompt's last context, so the chaining rules can be checked case by case (a real
+model cannot be steered to produce or withhold pairs on demand). It also records every prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+
+from megatron_ipt.synth.engines import Generation, SamplingParams, per_prompt_params
+from megatron_ipt.synth.format import Pair, context_text, pairs_text
+from megatron_ipt.synth.rounds import (
+    Entry,
+    RoundsConfig,
+    build_prompt_ids,
+    chunk_layout,
+    fit_text,
+    is_degenerate,
+    pairs_from_generations,
+    run_rounds,
+    text_seed,
+    unbroken_chain,
+)
+
+
+class ScriptedEngine:
+    def __init__(self, tokenizer, outputs: dict[str, str], max_model_len: int = 4096) -> None:
+        self.tokenizer, self.outputs, self.max_model_len = tokenizer, outputs, max_model_len
+        self.prompts: dict[str, list[int]] = {}
+        self.calls = 0
+
+    def generate(self, prompt_ids, params, show_progress=False):
+        self.calls += 1
+        out = []
+        for ids, p in zip(prompt_ids, per_prompt_params(prompt_ids, params), strict=True):
+            assert len(ids) + p.max_new_tokens <= self.max_model_len
+            text = self.tokenizer.decode(ids)
+            key = re.findall(r"<CON> (.*?) </CON>", text, re.S)[-1].split()[0]
+            self.prompts[key] = list(ids)
+            reply = self.outputs.get(key, f"<QUE> What is {key}? <ANS> It is {key}. </END>")
+            out.append([Generation(reply, self.tokenizer.encode(reply), "eos")])
+        return out
+
+
+def texts(n: int) -> list[tuple[str, str]]:
+    return [(f"id{i}", f"t{i} is text number {i}.") for i in range(n)]
+
+
+def by_id(entries: list[Entry]) -> dict[str, Entry]:
+    return {e.id: e for e in entries}
+
+
+def test_chunk_layout_uneven():
+    assert chunk_layout(5, 2) == [[0, 1, 2], [3, 4]]
+    assert chunk_layout(4, 3) == [[0, 1], [2, 3], []]
+    assert chunk_layout(7, 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert chunk_layout(0, 2) == [[], []]
+    assert chunk_layout(3, 1) == [[0, 1, 2]]
+
+
+def test_prompt_ids_hand_built(mistral_tokenizer):
+    tok = mistral_tokenizer
+    pairs = [Pair("What?", "That."), Pair("Why?", "Because.")]
+    expected = ([tok.bos_id] + tok.encode(" <CON> first </CON>\n\n")
+                + tok.encode("<QUE> What? <ANS> That. </END>\n\n<QUE> Why? <ANS> Because. </END>")
+                + [tok.eos_id, tok.bos_id] + tok.encode(" <CON> second </CON>\n\n"))
+    assert build_prompt_ids(tok, [("first", pairs)], "second") == expected
+    assert build_prompt_ids(tok, [], "second") == [tok.bos_id] + tok.encode(context_text("second"))
+    assert expected.count(tok.bos_id) == 2  # one per example, never doubled
+    cache: dict = {}
+    e = Entry("a", "first", pairs)
+    assert build_prompt_ids(tok, [e], "second", cache) == expected
+    assert cache["a"] == expected[: expected.index(tok.eos_id) + 1]
+    assert pairs_text(pairs) in tok.decode(expected)
+
+
+def test_five_texts_two_rounds_with_a_broken_chain(mistral_tokenizer):
+    tok = mistral_tokenizer
+    eng = ScriptedEngine(tok, {"t1": "I cannot find any question here."})
+    entries = run_rounds(eng, texts(5), RoundsConfig(rounds=2, max_new_tokens=16))
+    assert [e.id for e in entries] == [f"id{i}" for i in range(5)]
+    assert [(e.round, e.slot) for e in entries] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    e = by_id(entries)
+    assert not e["id0"].linked and e["id0"].pairs == [Pair("What is t0?", "It is t0.")]
+    assert e["id1"].pairs == [] and e["id1"].stats["unfinished"] == 1
+    assert e["id3"].linked and e["id3"].stats["chained"]  # t3 follows t0 in slot 0
+    assert eng.prompts["t3"] == build_prompt_ids(tok, [e["id0"]], "t3 is text number 3.")
+    # t1 produced no pairs: the chain in slot 1 is broken, t4 is prompted alone.
+    assert not e["id4"].linked and not e["id4"].stats["chained"]
+    assert eng.prompts["t4"] == build_prompt_ids(tok, [], "t4 is text number 4.")
+
+
+def test_three_rounds_chain_grows_and_unlinked_entry_without_pairs(mistral_tokenizer):
+    tok = mistral_tokenizer
+    eng = ScriptedEngine(tok, {"t4": "<QUE> broken <ANS> </END>"})  # empty answer: malformed
+    entries = run_rounds(eng, texts(7), RoundsConfig(rounds=3, max_new_tokens=16))
+    e = by_id(entries)
+    assert [x.round for x in entries] == [0, 0, 0, 1, 1, 1, 2]
+    assert e["id3"].linked and e["id6"].linked
+    assert eng.prompts["t6"] == build_prompt_ids(tok, [e["id0"], e["id3"]], "t6 is text number 6.")
+    # t4 was prompted after t1 but produced nothing: not linked (it stays a raw text).
+    assert e["id4"].stats["chained"] and not e["id4"].linked and e["id4"].stats["malformed"] == 1
+    assert unbroken_chain([e["id0"], e["id3"]]) == [e["id0"], e["id3"]]
+    assert unbroken_chain([e["id1"], e["id4"]]) == []
+
+
+def test_length_limit_breaks_the_chain_and_restarts_it(mistral_tokenizer):
+    """One slot, five rounds: a -> b -> c fits, a -> b -> c -> d does not, so d starts a new chain."""
+    tok = mistral_tokenizer
+    data = texts(5)
+    done = [Entry(i, t, [Pair(f"What is {t.split()[0]}?", f"It is {t.split()[0]}.")]) for i, t in data]
+    fits = len(build_prompt_ids(tok, done[:2], data[2][1]))
+    assert len(build_prompt_ids(tok, done[:3], data[3][1])) > fits
+    eng = ScriptedEngine(tok, {}, max_model_len=fits + 16)
+    e = by_id(run_rounds(eng, data, RoundsConfig(rounds=5, max_new_tokens=16)))
+    assert [e[f"id{i}"].linked for i in range(5)] == [False, True, True, False, True]
+    assert eng.prompts["t2"] == build_prompt_ids(tok, done[:2], data[2][1])
+    assert eng.prompts["t3"] == build_prompt_ids(tok, [], data[3][1])
+    assert eng.prompts["t4"] == build_prompt_ids(tok, done[3:4], data[4][1])
+    assert not e["id3"].stats["chained"] and not e["id3"].stats["text_truncated"]
+
+
+def test_text_longer_than_window_is_truncated(mistral_tokenizer):
+    tok = mistral_tokenizer
+    ids, cut = fit_text(tok, "t0 " + "many words here " * 200, 64)
+    assert cut and len(ids) <= 64 and ids[0] == tok.bos_id
+    assert tok.decode(ids).rstrip().endswith("</CON>")
+    eng = ScriptedEngine(tok, {}, max_model_len=96)
+    [e] = run_rounds(eng, [("x", "t0 " + "many words here " * 200)], RoundsConfig(rounds=1, max_new_tokens=32))
+    assert e.stats["text_truncated"] and e.pairs and e.text.endswith("here ")  # the record keeps the full text
+    with pytest.raises(ValueError, match="no room"):
+        fit_text(tok, "anything", 8)
+
+
+def test_resume_reuses_done_batches(mistral_tokenizer):
+    tok = mistral_tokenizer
+    cfg = RoundsConfig(rounds=2, max_new_tokens=16)
+    seen = {}
+    full = run_rounds(ScriptedEngine(tok, {}), texts(6), cfg, batch_texts=2,
+                      on_batch=lambda r, b, es: seen.__setitem__((r, b), copy.deepcopy(es)))
+    assert sorted(seen) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    eng = ScriptedEngine(tok, {})
+    resumed = run_rounds(eng, texts(6), cfg, batch_texts=2, done={k: seen[k] for k in [(0, 0), (0, 1), (1, 0)]})
+    assert eng.calls == 1
+    assert [x.record() for x in resumed] == [x.record() for x in full]
+
+
+def test_pairs_from_generations_merges_caps_and_counts():
+    g1 = Generation("<QUE> A? <ANS> a </END>\n\n<QUE> B? <ANS> b </END>", [1] * 5, "eos")
+    g2 = Generation("<QUE> a? <ANS> again </END>\n\n<QUE> C? <ANS> Q3: Q3: Q3: Q3: Q3: Q3: Q3: Q3: </END>"
+                    "<QUE> D? <ANS> d </END> <QUE> E", [1] * 7, "length")
+    pairs, stats = pairs_from_generations([g1, g2], max_pairs=0)
+    assert [p.instruction for p in pairs] == ["A?", "B?", "D?"]
+    assert stats["duplicates"] == 1 and stats["degenerate_pairs"] == 1 and stats["unfinished"] == 1
+    assert stats["output_tokens"] == 12 and stats["finish"] == {"eos": 1, "length": 1}
+    capped, stats = pairs_from_generations([g1, g2], max_pairs=2)
+    assert [p.instruction for p in capped] == ["A?", "B?"] and stats["capped"] == 1
+
+
+def test_degenerate_detection():
+    assert is_degenerate("<QUE> What is it? <ANS> Q3: Q3: Q3: Q3: Q3: Q3: Q3: Q3:")
+    assert is_degenerate("ok " + "the cell the cell the cell the cell the cell ")
+    assert not is_degenerate("<QUE> What is the role of insulin? <ANS> It lowers blood glucose. </END>")
+    assert not is_degenerate("very very good")  # short emphasis is not a loop
+
+
+def test_text_seed_is_stable_and_distinct():
+    assert text_seed(0, "a") == text_seed(0, "a")
+    assert len({text_seed(0, f"id{i}") for i in range(100)}) == 100
+    assert text_seed(1, "a") != text_seed(0, "a")
+    assert SamplingParams(seed=text_seed(0, "a")).seed < 2**31
