@@ -56,19 +56,31 @@ def _mesh(*terms: tuple[str, str]) -> str:
 def write_xml(path: Path) -> Path:
     arts = [
         ARTICLE.format(
-            pmid="101", date="<Year>2001</Year>", journal="J Mice", title="Aspirin and fever in mice.",
-            abstract=STRUCTURED_ABSTRACT, mesh=_mesh(("Aspirin", "Y"), ("Mice", "N"), ("Fever", "Y")),
+            pmid="101",
+            date="<Year>2001</Year>",
+            journal="J Mice",
+            title="Aspirin and fever in mice.",
+            abstract=STRUCTURED_ABSTRACT,
+            mesh=_mesh(("Aspirin", "Y"), ("Mice", "N"), ("Fever", "Y")),
             keywords="<KeywordList><Keyword>aspirin</Keyword><Keyword>fever</Keyword></KeywordList>",
         ),
         ARTICLE.format(
-            pmid="102", date="<MedlineDate>1980 Jan-Feb</MedlineDate>", journal="J Dogs",
+            pmid="102",
+            date="<MedlineDate>1980 Jan-Feb</MedlineDate>",
+            journal="J Dogs",
             title="Dogs sleep a lot.",
             abstract="<Abstract><AbstractText>Dogs sleep fourteen hours a day.</AbstractText></Abstract>",
-            mesh=_mesh(("Dogs", "N"), ("Sleep", "Y")), keywords="",
+            mesh=_mesh(("Dogs", "N"), ("Sleep", "Y")),
+            keywords="",
         ),
         ARTICLE.format(
-            pmid="103", date="<Year>1999</Year>", journal="J X", title="No abstract here.", abstract="",
-            mesh=_mesh(("Heart", "N"), ("Liver", "N"), ("Kidney", "N"), ("Lung", "N")), keywords="",
+            pmid="103",
+            date="<Year>1999</Year>",
+            journal="J X",
+            title="No abstract here.",
+            abstract="",
+            mesh=_mesh(("Heart", "N"), ("Liver", "N"), ("Kidney", "N"), ("Lung", "N")),
+            keywords="",
         ),
     ]
     text = '<?xml version="1.0"?>\n<PubmedArticleSet>' + "".join(arts) + "\n</PubmedArticleSet>\n"
@@ -86,7 +98,12 @@ def test_reader_keeps_sections_mesh_keywords(xml: Path) -> None:
     recs = list(iter_pubmed_records([xml]))
     assert [r.pmid for r in recs] == ["101", "102"]  # 103 has no abstract
     a, b = recs
-    assert [s.label for s in a.sections] == ["BACKGROUND", "METHODS", "RESULTS", "CONCLUSIONS"]  # disclaimer dropped
+    assert [s.label for s in a.sections] == [
+        "BACKGROUND",
+        "METHODS",
+        "RESULTS",
+        "CONCLUSIONS",
+    ]  # disclaimer dropped
     assert a.sections[0].text == "Aspirin may lower fever in mice."  # inline markup and spaces flattened
     assert a.mesh_terms == ["Aspirin", "Mice", "Fever"] and a.major_mesh_terms == ["Aspirin", "Fever"]
     assert a.keywords == ["aspirin", "fever"] and a.journal == "J Mice" and a.year == "2001"
