@@ -1,0 +1,59 @@
+"""Synthesize instruction-response pairs for raw corpora, M rounds per shard (resumable).
+
+Usage::
+
+    python -m data_tools.synthesize [--config synth.yaml] --inputs='[corpus/]' --output-dir=out/ \\
+        --engine.model=synthesizer/ [--engine.kind=auto|hf|vllm] [--rounds=3] [--key.sub=value ...]
+
+Inputs are JSONL / JSONL.gz / parquet files of ``{id, text}`` records (folders and globs allowed);
+each input file is one shard and becomes ``OUTPUT_DIR/<name>.jsonl`` with records
+``{id, text, pairs, round, linked, slot}`` and ``OUTPUT_DIR/<name>.stats.json``. Rerunning skips
+finished shards and resumes a killed one from its last checkpointed batch. In a Slurm array,
+``--shard-index`` / ``--num-shards`` default to SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT.
+
+Settings (``--name=value``; nested with dots; lists as YAML, e.g. ``--stop='["<CON>"]'``):
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+from megatron_ipt.config import ConfigError, config_from_argv
+from megatron_ipt.log import setup_logging
+from megatron_ipt.synth.synthesize import InputError, SynthesizeConfig
+
+
+def settings_help(cls: type = SynthesizeConfig, prefix: str = "") -> list[str]:
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(default):
+            lines += settings_help(type(default), f"{prefix}{f.name}.")
+        else:
+            lines.append(f"  --{prefix}{f.name}={json.dumps(default)}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__ + "\n".join(settings_help()))
+        return 0
+    setup_logging()
+    try:
+        cfg = config_from_argv(SynthesizeConfig, argv)
+        from megatron_ipt.synth.synthesize import synthesize
+
+        results = synthesize(cfg)
+    except (ConfigError, InputError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    totals = {k: sum(r.get(k, 0) for r in results.values()) for k in ("texts", "pairs", "degenerate_outputs")}
+    print(json.dumps({"shards": len(results), **totals}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""The sharded, resumable synthesis runner: input shards of ``{id, text}`` → output shards of
+``{id, text, pairs, round, linked, slot}`` plus a stats JSON per shard.
+
+One input file is one shard. A Slurm array task takes every ``num_shards``-th file. Each
+generated batch is appended as one JSON line to a hidden partial file (flushed and fsynced), so
+a kill loses at most the batch in flight; the finished shard is written atomically and the
+partial file removed. A shard whose output exists is skipped on rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import gzip
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megatron_ipt.config import ConfigError
+from megatron_ipt.io import atomic_path, atomic_write_json
+from megatron_ipt.log import get_logger
+from megatron_ipt.synth.engines import Engine, load_engine
+from megatron_ipt.synth.rounds import Entry, RoundsConfig, run_rounds
+
+log = get_logger(__name__)
+
+INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+
+
+@dataclass
+class EngineConfig:
+    kind: str = "auto"  # auto | hf | vllm
+    model: str = ""  # a Hugging Face model directory (the tuned synthesizer)
+    tokenizer: str = ""  # default: the model directory's
+    max_model_len: int = 4096
+    dtype: str = "auto"
+    device: str = "auto"
+    batch_size: int = 8  # transformers engine: sequences decoded together
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+
+
+@dataclass
+class SynthesizeConfig:
+    inputs: list[str] | str = field(default_factory=list)  # files, folders or globs of {id, text} records
+    output_dir: str = ""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    rounds: int = 2  # M: 2 for general corpora, 3 for domain corpora
+    max_new_tokens: int = 400
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1  # samples per text (their pairs are merged)
+    seed: int = 0
+    max_pairs: int = 0  # cap on pairs per text; 0 = no cap
+    stop: list[str] = field(default_factory=lambda: ["<CON>", "</CON>"])
+    batch_texts: int = 256  # texts per checkpointed batch
+    fraction: float = 1.0  # convert only this share of texts (chosen by a hash of the id)
+    limit: int = 0  # at most this many texts per shard; 0 = all
+    text_key: str = "text"
+    id_key: str = "id"
+    skip_bad_records: bool = False  # count and skip invalid JSON / missing text instead of failing
+    shard_index: int = -1  # -1: $SLURM_ARRAY_TASK_ID or 0
+    num_shards: int = -1  # -1: $SLURM_ARRAY_TASK_COUNT or 1
+    progress: bool = True
+
+    def validate(self) -> None:
+        if isinstance(self.inputs, str):
+            self.inputs = [self.inputs]
+        if not self.inputs:
+            raise ConfigError("inputs: give at least one input file, folder or glob")
+        if not self.output_dir:
+            raise ConfigError("output_dir: required")
+        if not self.engine.model:
+            raise ConfigError("engine.model: give the synthesizer's model directory")
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.rounds < 1 or self.batch_texts < 1:
+            raise ConfigError("rounds and batch_texts must be >= 1")
+
+    def rounds_config(self) -> RoundsConfig:
+        return RoundsConfig(rounds=self.rounds, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                            top_p=self.top_p, n=self.n, seed=self.seed, max_pairs=self.max_pairs,
+                            stop=tuple(self.stop))
+
+    def fingerprint(self) -> str:
+        """What decides a shard's content: a partial file from another setting is not reused."""
+        keys = ("rounds", "max_new_tokens", "temperature", "top_p", "n", "seed", "max_pairs", "stop",
+                "batch_texts", "fraction", "limit", "text_key", "id_key")
+        spec = {k: getattr(self, k) for k in keys} | {"model": self.engine.model,
+                                                      "max_model_len": self.engine.max_model_len}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class InputError(ValueError):
+    """A bad input record (names file, line and field)."""
+
+
+def expand_inputs(specs: list[str]) -> list[Path]:
+    """Files from paths, folders (their input files, sorted) and globs; sorted and deduplicated."""
+    files: set[Path] = set()
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            files.update(f for f in p.rglob("*") if f.is_file() and f.name.endswith(INPUT_SUFFIXES))
+        elif p.is_file():
+            files.add(p)
+        else:
+            matched = [Path(m) for m in glob.glob(spec, recursive=True)]
+            if not matched:
+                raise FileNotFoundError(f"input {spec!r} matches no file")
+            files.update(m for m in matched if m.is_file())
+    return sorted(files)
+
+
+def shard_stem(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(INPUT_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _raw_records(path: Path, stats: Counter) -> Iterator[tuple[int, dict | None, str | None]]:
+    """(line, record, error) for each line or row; bytes that are not UTF-8 are counted and skipped."""
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
+            yield i, row, None
+        return
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        for i, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                stats["bad_utf8"] += 1
+                log.warning("%s:%d: not UTF-8 (%s); skipped", path, i, err.reason)
+                continue
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield i, None, f"invalid JSON ({err.msg})"
+                continue
+            yield i, obj if isinstance(obj, dict) else None, None if isinstance(obj, dict) else "not a JSON object"
+
+
+def read_texts(path: Path, cfg: SynthesizeConfig, stats: Counter) -> list[tuple[str, str]]:
+    """``(id, text)`` of one shard: empty texts and repeated ids are counted and skipped."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for line, obj, error in _raw_records(path, stats):
+        text = obj.get(cfg.text_key) if obj is not None else None
+        if error is None and not isinstance(text, str):
+            error = f"field {cfg.text_key!r} missing or not a string"
+        if error is not None:
+            if not cfg.skip_bad_records:
+                raise InputError(f"{path}:{line}: {error} (skip_bad_records=true counts and skips it)")
+            stats["bad_records"] += 1
+            log.warning("%s:%d: %s; skipped", path, line, error)
+            continue
+        rid = obj.get(cfg.id_key)
+        rid = f"{shard_stem(path)}:{line}" if rid is None else str(rid)
+        if not text.strip():
+            stats["empty_texts"] += 1
+            continue
+        if rid in seen:
+            stats["duplicate_ids"] += 1
+            log.warning("%s:%d: id %r repeats an earlier record; skipped", path, line, rid)
+            continue
+        seen.add(rid)
+        if cfg.fraction < 1 and not selected(rid, cfg.fraction, cfg.seed):
+            stats["not_selected"] += 1
+            continue
+        out.append((rid, text))
+        if cfg.limit and len(out) >= cfg.limit:
+            break
+    return out
+
+
+def selected(text_id: str, fraction: float, seed: int = 0) -> bool:
+    """Whether a text falls in the converted ``fraction`` (stable across runs and shards)."""
+    digest = hashlib.blake2b(f"select:{seed}:{text_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < fraction
+
+
+def _read_partial(path: Path, fingerprint: str) -> dict[tuple[int, int], list[Entry]]:
+    """Finished batches from a partial file; a torn last line (the batch in flight) is ignored."""
+    done: dict[tuple[int, int], list[Entry]] = {}
+    if not path.exists():
+        return done
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        header = {}
+    if header.get("fingerprint") != fingerprint:
+        log.warning("%s was written with other settings; starting the shard over", path)
+        return done
+    for line in lines[1:]:
+        try:
+            batch = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[(batch["round"], batch["batch"])] = [Entry.from_record(r) for r in batch["entries"]]
+    return done
+
+
+def summarize(entries: list[Entry], input_stats: Counter, seconds: float) -> dict:
+    """The shard's stats: pairs per text, parse failures, degenerate outputs, token totals."""
+    s: Counter = Counter()
+    finish: Counter = Counter()
+    hist: Counter = Counter()
+    for e in entries:
+        st = e.stats
+        hist[len(e.pairs)] += 1
+        for key in ("malformed", "duplicates", "unfinished", "degenerate", "degenerate_pairs", "prompt_tokens",
+                    "output_tokens", "capped"):
+            s[key] += int(st.get(key, 0))
+        s["text_truncated"] += bool(st.get("text_truncated"))
+        s["chained"] += bool(st.get("chained"))
+        s["linked"] += e.linked
+        finish.update(st.get("finish", {}))
+    pairs = sum(len(e.pairs) for e in entries)
+    pieces = pairs + s["malformed"] + s["duplicates"] + s["degenerate_pairs"]
+    texts = len(entries)
+    return {
+        "texts": texts,
+        "pairs": pairs,
+        "pairs_per_text": round(pairs / texts, 3) if texts else 0.0,
+        "pairs_per_text_histogram": {str(k): hist[k] for k in sorted(hist)},
+        "texts_without_pairs": hist[0],
+        "rounds": dict(sorted(Counter(str(e.round) for e in entries).items())),
+        "chained": s["chained"],
+        "linked": s["linked"],
+        "parse": {
+            "malformed_pieces": s["malformed"],
+            "duplicate_instructions": s["duplicates"],
+            "unfinished_outputs": s["unfinished"],  # no closing </END>: last piece dropped
+            "failure_rate": round(s["malformed"] / pieces, 4) if pieces else 0.0,
+        },
+        "degenerate_outputs": s["degenerate"],
+        "degenerate_pairs_dropped": s["degenerate_pairs"],
+        "pairs_capped": s["capped"],
+        "finish_reasons": dict(finish),
+        "prompt_tokens": s["prompt_tokens"],
+        "output_tokens": s["output_tokens"],
+        "texts_truncated": s["text_truncated"],
+        "input": {k: input_stats[k] for k in ("bad_utf8", "bad_records", "empty_texts", "duplicate_ids",
+                                              "not_selected")},
+        "seconds": round(seconds, 2),
+        "texts_per_s": round(texts / seconds, 3) if seconds > 0 else None,
+        "output_tokens_per_s": round(s["output_tokens"] / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def synthesize_shard(engine: Engine, cfg: SynthesizeConfig, path: Path, out_dir: Path) -> dict:
+    """Synthesize one input shard (resuming from its partial file); returns its stats."""
+    stem = shard_stem(path)
+    final, stats_path = out_dir / f"{stem}.jsonl", out_dir / f"{stem}.stats.json"
+    partial = out_dir / f".{stem}.partial.jsonl"
+    input_stats: Counter = Counter()
+    texts = read_texts(path, cfg, input_stats)
+    fingerprint = cfg.fingerprint()
+    done = _read_partial(partial, fingerprint)
+    if not done:
+        with open(partial, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"fingerprint": fingerprint, "input": str(path)}) + "\n")
+    elif partial.read_bytes()[-1:] != b"\n":  # drop the torn batch so the next append starts clean
+        with open(partial, "r+b") as fh:
+            data = fh.read()
+            fh.seek(data.rfind(b"\n") + 1)
+            fh.truncate()
+    resumed = sum(len(v) for v in done.values())
+    if resumed:
+        log.info("%s: resuming with %d texts already synthesized", path, resumed)
+
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(texts), initial=resumed, desc=stem, unit="text", dynamic_ncols=True)
+    t0 = time.time()
+    new_texts = new_tokens = 0
+
+    def checkpoint(rnd: int, b: int, entries: list[Entry]) -> None:
+        nonlocal new_texts, new_tokens
+        records = [e.record() | {"stats": e.stats} for e in entries]
+        with open(partial, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"round": rnd, "batch": b, "entries": records}, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        new_texts += len(entries)
+        new_tokens += sum(e.stats.get("output_tokens", 0) for e in entries)
+        if bar is not None:
+            dt = max(time.time() - t0, 1e-9)
+            bar.update(len(entries))
+            bar.set_postfix(texts_s=f"{new_texts / dt:.2f}", gen_tok_s=f"{new_tokens / dt:.0f}", round=rnd)
+
+    entries = run_rounds(engine, texts, cfg.rounds_config(), cfg.batch_texts, done, checkpoint)
+    if bar is not None:
+        bar.close()
+    with atomic_path(final) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for e in entries:
+            fh.write(json.dumps(e.record(), ensure_ascii=False) + "\n")
+    summary = summarize(entries, input_stats, time.time() - t0) | {"input_file": str(path), "resumed_texts": resumed}
+    atomic_write_json(stats_path, summary)
+    partial.unlink(missing_ok=True)
+    log.info("%s: %d texts, %d pairs (%.2f per text), %d degenerate outputs -> %s", path, summary["texts"],
+             summary["pairs"], summary["pairs_per_text"], summary["degenerate_outputs"], final)
+    return summary
+
+
+def my_shards(files: list[Path], shard_index: int, num_shards: int) -> list[Path]:
+    if shard_index < 0:
+        shard_index = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
+    if num_shards < 0:
+        num_shards = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1"))
+    if not 0 <= shard_index < num_shards:
+        raise ConfigError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
+    return files[shard_index::num_shards]
+
+
+def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
+    """Run this task's shards; finished ones are skipped. Returns per-shard stats."""
+    cfg.validate()
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = my_shards(expand_inputs(cfg.inputs), cfg.shard_index, cfg.num_shards)
+    stems = Counter(shard_stem(f) for f in files)
+    clash = [s for s, c in stems.items() if c > 1]
+    if clash:
+        raise ConfigError(f"input files share the output name {clash[0]!r}; rename one of them")
+    todo = [f for f in files if not (out_dir / f"{shard_stem(f)}.jsonl").exists()]
+    log.info("%d shards for this task, %d already finished", len(files), len(files) - len(todo))
+    results = {}
+    for f in files:
+        if f not in todo:
+            stats_file = out_dir / f"{shard_stem(f)}.stats.json"
+            results[str(f)] = json.loads(stats_file.read_text()) if stats_file.exists() else {"skipped": True}
+    if todo and engine is None:
+        e = cfg.engine
+        engine = load_engine(e.kind, e.model, tokenizer=e.tokenizer or None, max_model_len=e.max_model_len,
+                             dtype=e.dtype, device=e.device, batch_size=e.batch_size,
+                             tensor_parallel_size=e.tensor_parallel_size,
+                             gpu_memory_utilization=e.gpu_memory_utilization)
+    for f in todo:
+        results[str(f)] = synthesize_shard(engine, cfg, f, out_dir)
+    return results
+
+
+def config_dict(cfg: SynthesizeConfig) -> dict:
+    return dataclasses.asdict(cfg)
