@@ -1,0 +1,183 @@
+"""Evaluate an instruction synthesizer on its held-out split.
+
+- :func:`heldout_pair_loss`: mean next-token loss over the pair tokens only (the ``_lossmask``
+  twin of the held-out indexed dataset), per document, with an HF model.
+- :func:`generation_scores`: with a synthesis engine, (a) the share of held-out contexts whose
+  free generation parses into at least one pair, and (b) for each gold instruction, the response
+  the model writes (prompted with the context, the earlier gold pairs and ``<QUE> q <ANS>``, up to
+  ``</END>``), scored by exact match and token F1 against the gold response.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from megatron_ipt.log import get_logger
+from megatron_ipt.synth.collections import Example
+from megatron_ipt.synth.format import ANS, END, PAIR_SEPARATOR, QUE, pairs_text, parse_pairs
+
+log = get_logger(__name__)
+
+
+# ------------------------------------------------------------------------------ pair-token loss
+
+
+def _load_model(model: str | Path | torch.nn.Module) -> torch.nn.Module:
+    if isinstance(model, torch.nn.Module):
+        return model.eval()
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).eval()
+
+
+@torch.inference_mode()
+def heldout_pair_loss(
+    model: str | Path | torch.nn.Module, prefix: str | Path, max_documents: int | None = None
+) -> dict[str, float]:
+    """Mean loss over the tokens the loss mask marks (pairs + closing EOS) of the held-out documents.
+
+    A label at position t+1 counts when ``mask[t+1]`` is 1, exactly as in training. Also returns
+    the loss over all tokens, for comparison (the context is much easier to predict or not).
+    """
+    from megatron_ipt.data.indexed import IndexedDataset, lossmask_prefix
+
+    lm = _load_model(model)
+    docs = IndexedDataset(prefix)
+    masks = IndexedDataset(lossmask_prefix(prefix))
+    limit = getattr(lm.config, "max_position_embeddings", None) or 1 << 30  # longer documents are cut
+    n = len(docs) if max_documents is None else min(len(docs), max_documents)
+    pair_sum = all_sum = 0.0
+    pair_n = all_n = 0
+    for i in range(n):
+        ids = torch.from_numpy(np.asarray(docs.get(i), dtype=np.int64))[:limit]
+        mask = torch.from_numpy(np.asarray(masks.get(i), dtype=np.float64))[: len(ids)]
+        if len(ids) < 2:
+            continue
+        logits = lm(input_ids=ids[None], use_cache=False).logits[0, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits, ids[1:], reduction="none").double()
+        m = mask[1:]
+        pair_sum += float((nll * m).sum())
+        pair_n += int(m.sum())
+        all_sum += float(nll.sum())
+        all_n += len(nll)
+    if pair_n == 0:
+        raise ValueError(f"{prefix}: no pair tokens in the first {n} documents (empty loss mask?)")
+    pair_loss = pair_sum / pair_n
+    return {
+        "pair_loss": pair_loss,
+        "pair_perplexity": math.exp(min(pair_loss, 50.0)),
+        "all_token_loss": all_sum / max(all_n, 1),
+        "pair_tokens": float(pair_n),
+        "documents": float(n),
+    }
+
+
+# -------------------------------------------------------------------------- response scoring
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (the usual SQuAD normalisation)."""
+    return " ".join(_ARTICLES.sub(" ", s.lower().translate(_PUNCT)).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def response_prompt_ids(tokenizer: Any, example: Example, k: int) -> list[int]:
+    """BOS + context, then gold pairs before ``k`` and ``<QUE> {instruction k} <ANS>`` (one pairs segment)."""
+    from megatron_ipt.synth.rounds import build_prompt_ids
+
+    done = pairs_text(example.pairs[:k]) + (PAIR_SEPARATOR if k else "")
+    head = f"{done}{QUE} {example.pairs[k].instruction} {ANS}"
+    return build_prompt_ids(tokenizer, [], example.context) + tokenizer.encode(head)
+
+
+def _fits(ids: list[int], engine: Any, max_new_tokens: int) -> bool:
+    return len(ids) + max_new_tokens <= engine.max_model_len
+
+
+def generation_scores(
+    engine: Any,
+    examples: Sequence[Example],
+    max_new_tokens: int = 400,
+    response_tokens: int = 128,
+    max_pairs_per_example: int | None = None,
+) -> dict[str, Any]:
+    """Parse rate of free generations and response EM / token F1 for the gold instructions."""
+    from megatron_ipt.synth.engines import SamplingParams
+    from megatron_ipt.synth.rounds import build_prompt_ids, is_degenerate
+
+    tok = engine.tokenizer
+    skipped_long = 0
+    # (a) free generation: does the output parse into pairs?
+    prompts = []
+    for ex in examples:
+        ids = build_prompt_ids(tok, [], ex.context)
+        if _fits(ids, engine, max_new_tokens):
+            prompts.append(ids)
+        else:
+            skipped_long += 1
+    gens = engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens)) if prompts else []
+    parsed = n_pairs = truncated = degenerate = malformed = 0
+    for (g,) in gens:
+        res = parse_pairs(g.text)
+        parsed += bool(res.pairs)
+        n_pairs += len(res.pairs)
+        truncated += res.truncated
+        malformed += res.malformed
+        degenerate += is_degenerate(g.text)
+    # (b) responses to the gold instructions
+    resp_prompts, golds = [], []
+    for ex in examples:
+        for k in range(
+            len(ex.pairs) if max_pairs_per_example is None else min(len(ex.pairs), max_pairs_per_example)
+        ):
+            ids = response_prompt_ids(tok, ex, k)
+            if _fits(ids, engine, response_tokens):
+                resp_prompts.append(ids)
+                golds.append(ex.pairs[k].response)
+            else:
+                skipped_long += 1
+    params = SamplingParams(max_new_tokens=response_tokens, stop=(END,))
+    outs = engine.generate(resp_prompts, params) if resp_prompts else []
+    em = [exact_match(o[0].text.strip(), gold) for o, gold in zip(outs, golds, strict=True)]
+    f1 = [token_f1(o[0].text.strip(), gold) for o, gold in zip(outs, golds, strict=True)]
+    finished = sum(o[0].finish_reason == "stop" for o in outs)
+    n_gen = len(gens)
+    return {
+        "contexts": n_gen,
+        "parse_rate": parsed / n_gen if n_gen else float("nan"),
+        "pairs_per_output": n_pairs / n_gen if n_gen else float("nan"),
+        "truncated_outputs": truncated,
+        "malformed_pieces": malformed,
+        "degenerate_outputs": degenerate,
+        "responses": len(outs),
+        "response_exact_match": float(np.mean(em)) if em else float("nan"),
+        "response_f1": float(np.mean(f1)) if f1 else float("nan"),
+        "responses_closed_with_end": finished,
+        "skipped_too_long": skipped_long,
+    }
