@@ -3,20 +3,43 @@
 Nothing else in the package reads launcher variables. ``init_distributed`` exports the standard
 ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` variables and starts
 ``torch.distributed`` through DeepSpeed (NCCL with GPUs, gloo without).
+
+Precedence: variables set by torchrun/deepspeed (``RANK`` and ``WORLD_SIZE``) win over Slurm's, so
+``srun`` starting one ``torchrun`` per node works; then a Slurm step (``SLURM_PROCID``); else a
+single process. Under Slurm the master is the first node of the step's node list, resolved by DNS
+or, failing that, by the node's ``NodeAddr`` from ``scontrol show node``; the port is derived from
+the job id so two jobs sharing a node do not collide. ``MASTER_ADDR``/``MASTER_PORT`` already in
+the environment win (the Slurm scripts resolve them once in the batch shell, see ``preflight``).
+
+``python -m megatron_ipt.launch preflight`` is the Slurm scripts' fail-fast check, run in the batch
+shell before any step starts: it parses the node list, resolves the master, checks required paths
+(and, with ``--train-config``, the training config and every data prefix it names) and prints
+``export MASTER_ADDR=... MASTER_PORT=...`` for the script to evaluate.
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from megatron_ipt.log import get_logger
 
 log = get_logger(__name__)
+
+# Ports derived from job ids stay below Linux's ephemeral range (32768+), where connect() picks
+# local ports and could already hold the one we want.
+PORT_BASE = 10000
+PORT_SPAN = 20000
 
 
 class LaunchError(RuntimeError):
@@ -37,18 +60,17 @@ class DistEnv:
         return self.rank == 0
 
 
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+_HOST_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 
 
-def expand_hostlist(nodelist: str) -> list[str]:
-    """Expand Slurm's compressed node list: ``gpu[01-03,7],cpu1`` -> gpu01 gpu02 gpu03 gpu7 cpu1."""
-    hosts: list[str] = []
-    i, token = 0, ""
-    depth = 0
-    parts: list[str] = []
-    for ch in nodelist.strip():  # split on commas outside brackets
+def _split_outside_brackets(text: str, nodelist: str) -> list[str]:
+    parts, token, depth = [], "", 0
+    for ch in text:
         if ch == "[":
             depth += 1
+            if depth > 1:
+                raise LaunchError(f"cannot parse Slurm node list {nodelist!r}: nested '['")
         elif ch == "]":
             depth -= 1
             if depth < 0:
@@ -58,30 +80,53 @@ def expand_hostlist(nodelist: str) -> list[str]:
             token = ""
         else:
             token += ch
-        i += 1
-    if depth != 0:
+    if depth:
         raise LaunchError(f"cannot parse Slurm node list {nodelist!r}: unbalanced '['")
     parts.append(token)
-    for part in parts:
+    return parts
+
+
+def _expand_ranges(ranges: str, nodelist: str) -> list[str]:
+    out: list[str] = []
+    for rng in ranges.split(","):
+        r = _RANGE.fullmatch(rng)
+        if r is None:
+            raise LaunchError(f"cannot parse Slurm node list {nodelist!r}: bad range {rng!r}")
+        lo, hi = r.group(1), r.group(2) or r.group(1)
+        if int(hi) < int(lo):
+            raise LaunchError(f"cannot parse Slurm node list {nodelist!r}: range {rng!r} runs backwards")
+        width = len(lo)  # "01-10" keeps the zero padding of its lower bound, as Slurm does
+        out.extend(f"{n:0{width}d}" for n in range(int(lo), int(hi) + 1))
+    return out
+
+
+def expand_hostlist(nodelist: str) -> list[str]:
+    """Expand Slurm's compressed node list: ``gpu[01-03,7],cpu1`` -> gpu01 gpu02 gpu03 gpu7 cpu1.
+
+    Several bracket groups in one name expand as a product (``r[1-2]n[1-2]`` -> r1n1 r1n2 r2n1
+    r2n2). Anything else (empty entries, unbalanced or nested brackets, stray characters) raises
+    ``LaunchError`` naming the list.
+    """
+    text = nodelist.strip()
+    if not text:
+        raise LaunchError("cannot parse Slurm node list '': it is empty")
+    hosts: list[str] = []
+    for part in _split_outside_brackets(text, nodelist):
         if not part:
             raise LaunchError(f"cannot parse Slurm node list {nodelist!r}: empty entry")
-        m = re.fullmatch(r"([^\[\]]*)\[([^\[\]]+)\]([^\[\]]*)", part)
-        if m is None:
-            if "[" in part or "]" in part:
-                raise LaunchError(f"cannot parse Slurm node list {nodelist!r} at {part!r}")
-            hosts.append(part)
-            continue
-        prefix, ranges, suffix = m.groups()
-        for rng in ranges.split(","):
-            r = _RANGE.match(rng)
-            if r is None:
-                raise LaunchError(f"cannot parse Slurm node list {nodelist!r}: bad range {rng!r}")
-            lo, hi = r.group(1), r.group(2) or r.group(1)
-            if int(hi) < int(lo):
-                raise LaunchError(f"cannot parse Slurm node list {nodelist!r}: range {rng!r} runs backwards")
-            width = len(lo)
-            for n in range(int(lo), int(hi) + 1):
-                hosts.append(f"{prefix}{n:0{width}d}{suffix}")
+        # Alternate literal pieces and bracket contents: "r", "1-2", "n", "1-2", "".
+        pieces = re.split(r"\[([^\[\]]*)\]", part)
+        choices: list[list[str]] = []
+        for i, piece in enumerate(pieces):
+            if i % 2:
+                choices.append(_expand_ranges(piece, nodelist))
+            elif piece:
+                if not _HOST_CHARS.fullmatch(piece):
+                    raise LaunchError(f"cannot parse Slurm node list {nodelist!r} at {part!r}")
+                choices.append([piece])
+        if not choices:
+            raise LaunchError(f"cannot parse Slurm node list {nodelist!r} at {part!r}")
+        hosts.extend("".join(combo) for combo in itertools.product(*choices))
     return hosts
 
 
@@ -97,8 +142,17 @@ def resolve_host(host: str) -> str:
         ).stdout
         m = re.search(r"NodeAddr=(\S+)", out)
         if m:
-            return m.group(1)
+            addr = m.group(1)
+            try:
+                return socket.gethostbyname(addr)
+            except OSError as err:
+                raise LaunchError(f"node {host!r} has NodeAddr {addr!r}, which does not resolve") from err
     raise LaunchError(f"cannot resolve master node {host!r} (no DNS entry, no scontrol NodeAddr)")
+
+
+def master_port_for_job(job_id: int) -> int:
+    """The rendezvous port of a Slurm job: fixed per job (requeues reuse it), distinct for nearby ids."""
+    return PORT_BASE + job_id % PORT_SPAN
 
 
 def _free_port() -> int:
@@ -107,36 +161,51 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def dist_env_from_environ(environ: dict[str, str] | None = None) -> DistEnv:
+def _int(env: Mapping[str, str], key: str, default: str | None = None) -> int:
+    value = env.get(key, default)
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as err:
+        raise LaunchError(f"launcher variable {key}={value!r} is not an integer") from err
+
+
+def slurm_master(env: Mapping[str, str]) -> tuple[str, int]:
+    """Master address and port for the Slurm job or step described by ``env``."""
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        raise LaunchError("Slurm task without SLURM_JOB_NODELIST: cannot find the master node")
+    hosts = expand_hostlist(nodelist)
+    addr = env.get("MASTER_ADDR") or resolve_host(hosts[0])
+    port = _int(env, "MASTER_PORT") if env.get("MASTER_PORT") else master_port_for_job(_int(env, "SLURM_JOB_ID", "0"))
+    return addr, port
+
+
+def dist_env_from_environ(environ: Mapping[str, str] | None = None) -> DistEnv:
     """Read the launcher's variables; torchrun/deepspeed win over Slurm (srun inside torchrun)."""
     env = dict(os.environ if environ is None else environ)
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistEnv(
-            rank=int(env["RANK"]),
-            world_size=int(env["WORLD_SIZE"]),
-            local_rank=int(env.get("LOCAL_RANK", "0")),
+            rank=_int(env, "RANK"),
+            world_size=_int(env, "WORLD_SIZE"),
+            local_rank=_int(env, "LOCAL_RANK", "0"),
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=int(env.get("MASTER_PORT", "29500")),
+            master_port=_int(env, "MASTER_PORT", "29500"),
             source="torchrun",
         )
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
-        if not nodelist:
-            raise LaunchError("Slurm task without SLURM_JOB_NODELIST: cannot find the master node")
-        hosts = expand_hostlist(nodelist)
-        master = env.get("MASTER_ADDR") or resolve_host(hosts[0])
-        job_id = int(env.get("SLURM_JOB_ID", "0") or 0)
-        # One port per job, so two jobs sharing a node do not collide.
-        port = int(env.get("MASTER_PORT") or 15000 + job_id % 20000)
+    # SLURM_PROCID/SLURM_NTASKS are also set in the batch shell itself; only a step (srun) has a
+    # step id, and a python started bare in the batch shell is one process, not rank 0 of N.
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
+        addr, port = slurm_master(env)
         return DistEnv(
-            rank=int(env["SLURM_PROCID"]),
-            world_size=int(env["SLURM_NTASKS"]),
-            local_rank=int(env.get("SLURM_LOCALID", "0")),
-            master_addr=master,
+            rank=_int(env, "SLURM_PROCID"),
+            world_size=_int(env, "SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")),
+            local_rank=_int(env, "SLURM_LOCALID", "0"),
+            master_addr=addr,
             master_port=port,
             source="slurm",
         )
-    return DistEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT") or _free_port()), "single")
+    port = _int(env, "MASTER_PORT") if env.get("MASTER_PORT") else _free_port()
+    return DistEnv(0, 1, 0, env.get("MASTER_ADDR", "127.0.0.1"), port, "single")
 
 
 def export_env(dist: DistEnv) -> None:
@@ -171,3 +240,134 @@ def init_distributed(backend: str | None = None) -> DistEnv:
         dist.world_size, dist.source, dist.master_addr, dist.master_port, backend,
     )
     return dist
+
+
+# ---------------------------------------------------------------------------------------------
+# preflight: the Slurm scripts' fail-fast check in the batch shell
+
+
+def _blend_prefixes(blend: object) -> list[str]:
+    """Dataset prefixes named by a blend in any of the config's forms (weights dropped)."""
+    if blend in (None, "", []):
+        return []
+    items: list[object]
+    if isinstance(blend, str):
+        items = list(blend.split())
+    elif isinstance(blend, (list, tuple)):
+        items = []
+        for item in blend:
+            items.extend(item if isinstance(item, (list, tuple)) else [item])
+    else:
+        raise LaunchError(f"cannot read data blend {blend!r}")
+    prefixes = []
+    for item in items:
+        if isinstance(item, (int, float)):
+            continue
+        try:
+            float(str(item))
+        except ValueError:
+            prefixes.append(str(item))
+    return prefixes
+
+
+def missing_prefix(prefix: str) -> str | None:
+    """Why an indexed-dataset prefix is unusable, or None when PREFIX.bin and PREFIX.idx exist."""
+    missing = [ext for ext in (".bin", ".idx") if not Path(prefix + ext).is_file()]
+    if missing:
+        return f"data prefix {prefix!r}: missing {', '.join(prefix + e for e in missing)}"
+    return None
+
+
+def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
+    """Problems with a training config that would stop the job later: bad keys, missing inputs."""
+    from megatron_ipt.config import ConfigError, load_config
+    from megatron_ipt.train.config import TrainConfig
+
+    try:
+        cfg = load_config(TrainConfig, config, list(overrides))
+    except ConfigError as err:
+        return [f"training config: {err}"]
+    problems = []
+    for field_name in ("train", "valid"):
+        for prefix in _blend_prefixes(getattr(cfg.data, field_name)):
+            why = missing_prefix(prefix)
+            if why:
+                problems.append(f"data.{field_name}: {why}")
+    if cfg.model.init_from and not Path(cfg.model.init_from).is_dir():
+        problems.append(f"model.init_from: checkpoint directory {cfg.model.init_from!r} does not exist")
+    if cfg.checkpoint.resume not in ("auto", "none") and not Path(cfg.checkpoint.resume).exists():
+        problems.append(f"checkpoint.resume: checkpoint {cfg.checkpoint.resume!r} does not exist")
+    if not Path(cfg.ds_config).is_file():
+        problems.append(f"ds_config: DeepSpeed config {cfg.ds_config!r} does not exist")
+    return problems
+
+
+def preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]:
+    """Check everything the step needs; return the export lines for MASTER_ADDR/MASTER_PORT."""
+    problems: list[str] = []
+    for path in args.require_file:
+        if not Path(path).is_file():
+            problems.append(f"required file {path!r} does not exist")
+    for path in args.require_path:
+        if not Path(path).exists():
+            problems.append(f"required input {path!r} does not exist")
+    for path in args.require_dir:
+        if not Path(path).is_dir():
+            problems.append(f"required directory {path!r} does not exist")
+    for prefix in args.require_prefix:
+        why = missing_prefix(prefix)
+        if why:
+            problems.append(why)
+    if args.train_config:
+        problems += check_train_config(args.train_config, args.overrides)
+    exports: list[str] = []
+    if environ.get("SLURM_JOB_ID"):
+        try:
+            addr, port = slurm_master(environ)
+            exports = [f"export MASTER_ADDR={shlex.quote(addr)}", f"export MASTER_PORT={port}"]
+        except LaunchError as err:
+            problems.append(str(err))
+    if problems:
+        raise LaunchError("preflight failed:\n  - " + "\n  - ".join(problems))
+    return exports
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m megatron_ipt.launch",
+        allow_abbrev=False,
+        description="Launcher helpers for the Slurm scripts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    pre = sub.add_parser(
+        "preflight",
+        allow_abbrev=False,
+        help="fail fast in the batch shell: node list, master address, required inputs",
+        description="Check the job's node list and inputs before any step starts. Prints "
+        "'export MASTER_ADDR=.. MASTER_PORT=..' lines (inside a Slurm job) for the script to "
+        "eval; exits 2 with one line per problem otherwise. Arguments after the config are "
+        "training-config overrides (--key.sub=value).",
+    )
+    pre.add_argument("--require-file", action="append", default=[], metavar="PATH")
+    pre.add_argument("--require-dir", action="append", default=[], metavar="PATH")
+    pre.add_argument("--require-path", action="append", default=[], metavar="PATH",
+                     help="a file or directory that must exist")
+    pre.add_argument("--require-prefix", action="append", default=[], metavar="PREFIX",
+                     help="an indexed-dataset prefix: PREFIX.bin and PREFIX.idx must exist")
+    pre.add_argument("--train-config", metavar="YAML",
+                     help="load this training config with the overrides and check its inputs")
+    args, overrides = parser.parse_known_args(argv)
+    if overrides and not args.train_config:
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    args.overrides = overrides
+    try:
+        for line in preflight(args, os.environ):
+            print(line)
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

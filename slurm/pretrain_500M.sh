@@ -1,0 +1,44 @@
+#!/bin/bash
+# Pre-train the ~500M Mistral-style model from scratch on an instruction-augmented corpus.
+#
+#   sbatch slurm/pretrain_500M.sh [--section.key=value ...]     # overrides go to the trainer
+#   sbatch --nodes=2 slurm/pretrain_500M.sh                     # #SBATCH values are defaults
+#
+# Environment (all optional; unset means "the config's value"):
+#   CONFIG        training config                                [configs/pretrain_500M.yaml]
+#   DATA          training blend: PREFIX or "0.7 A 0.3 B"        (config's data.train)
+#   VALID         held-out blend                                 (config's data.valid)
+#   STEPS GLOBAL_BATCH MICRO_BATCH SEQ_LEN LR DS_CONFIG TOKENIZER EXPORT_DIR   sizes and paths
+#   RUN_NAME      jobs of one run share checkpoints              [pretrain_500M]
+#   RUNS_DIR      [$IPT_ROOT/runs]   CKPT_DIR [$RUNS_DIR/$RUN_NAME/checkpoints]
+#   RESUME        auto | none | a checkpoint dir                 [auto]
+#   Per job: $RUNS_DIR/$RUN_NAME/jobs/$SLURM_JOB_ID/ holds config.yaml, metrics.jsonl, tensorboard/.
+#   IPT_ROOT PYTHON SRUN_ARGS SRUN_WAIT REQUEUE MAX_REQUEUES: see slurm/common.sh.
+# One task per GPU (NCCL); an allocation without GPUs trains over gloo. Preempted or at the time
+# limit, the trainer checkpoints, the job requeues itself and resumes.
+#
+#SBATCH --job-name=pretrain_500M
+#SBATCH --nodes=4
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=8
+#SBATCH --time=48:00:00
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=%x-%j.out
+
+set -uo pipefail
+# sbatch runs a spooled copy of this script: find the checkout from IPT_ROOT, the submit dir, or
+# the submitted script's path as Slurm recorded it.
+if [ -z "${IPT_ROOT:-}" ]; then
+    for _d in "$(dirname "$0")/.." "${SLURM_SUBMIT_DIR:-}" \
+        "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's|^ *Command=\([^ ]*\)/slurm/[^/ ]*\( .*\)*$|\1|p')"; do
+        [ -n "$_d" ] && [ -f "$_d/slurm/common.sh" ] && { IPT_ROOT=$(cd "$_d" && pwd); break; }
+    done
+fi
+[ -f "${IPT_ROOT:-}/slurm/common.sh" ] || { echo "[ipt] error: cannot find the megatron-ipt checkout (IPT_ROOT=${IPT_ROOT:-unset}); set IPT_ROOT" >&2; exit 2; }
+# shellcheck source=slurm/common.sh
+source "$IPT_ROOT/slurm/common.sh"
+
+ipt_train pretrain_500M "${CONFIG:-configs/pretrain_500M.yaml}" "$@"

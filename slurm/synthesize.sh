@@ -1,0 +1,66 @@
+#!/bin/bash
+# Synthesize instruction-response pairs for raw corpora (`python -m data_tools.synthesize`), as a
+# Slurm array: each array task takes its share of the input shards (one shard per input file).
+# Finished shards are skipped and a killed shard resumes, so a requeued task continues.
+#
+#   INPUTS=corpus/ OUTPUT_DIR=synth/ MODEL=runs/tune_synthesizer/synthesizer \
+#       sbatch --array=0-15 slurm/synthesize.sh [--rounds=3 --key.sub=value ...]
+#
+# Environment:
+#   INPUTS       shard files, folders or globs, space-separated (required)
+#   OUTPUT_DIR   output shards <name>.jsonl + <name>.stats.json (required)
+#   MODEL        the tuned synthesizer (HF directory) (required)
+#   ENGINE       auto | vllm | hf                                [auto: vLLM when a GPU is there]
+#   TP           tensor-parallel GPUs per task                   [GPUs of the task, else 1]
+#   CONFIG       a synthesis YAML (rounds, lengths, sampling)    (none: the tool's defaults)
+#   NUM_SHARDS   tasks that split the inputs                     [$SLURM_ARRAY_TASK_COUNT]
+#   SHARD_INDEX  this task's index                               [$SLURM_ARRAY_TASK_ID - min]
+#   RUN_NAME RUNS_DIR IPT_ROOT PYTHON SRUN_ARGS REQUEUE MAX_REQUEUES: see slurm/common.sh.
+# Other settings of data_tools.synthesize (--rounds=, --max_new_tokens=, ...) pass through.
+#
+#SBATCH --job-name=synthesize
+#SBATCH --array=0-7
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --gpus-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=24:00:00
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=%x-%A_%a.out
+
+set -uo pipefail
+# sbatch runs a spooled copy of this script: find the checkout from IPT_ROOT, the submit dir, or
+# the submitted script's path as Slurm recorded it.
+if [ -z "${IPT_ROOT:-}" ]; then
+    for _d in "$(dirname "$0")/.." "${SLURM_SUBMIT_DIR:-}" \
+        "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's|^ *Command=\([^ ]*\)/slurm/[^/ ]*\( .*\)*$|\1|p')"; do
+        [ -n "$_d" ] && [ -f "$_d/slurm/common.sh" ] && { IPT_ROOT=$(cd "$_d" && pwd); break; }
+    done
+fi
+[ -f "${IPT_ROOT:-}/slurm/common.sh" ] || { echo "[ipt] error: cannot find the megatron-ipt checkout (IPT_ROOT=${IPT_ROOT:-unset}); set IPT_ROOT" >&2; exit 2; }
+# shellcheck source=slurm/common.sh
+source "$IPT_ROOT/slurm/common.sh"
+
+ipt_setup synthesize
+[ -n "${INPUTS:-}" ] || ipt_die "INPUTS is required: the raw corpus shards to synthesize for"
+[ -n "${OUTPUT_DIR:-}" ] || ipt_die "OUTPUT_DIR is required: where the synthesized shards go"
+[ -n "${MODEL:-}" ] || ipt_die "MODEL is required: the instruction synthesizer's HF directory"
+read -r -a inputs <<<"$INPUTS"
+preflight_args=(--require-dir "$MODEL")
+yaml_inputs=
+for f in "${inputs[@]}"; do
+    case "$f" in *[*?[]*) ;; *) preflight_args+=(--require-path "$f") ;; esac  # globs: the tool expands
+    yaml_inputs+="${yaml_inputs:+, }\"$f\""
+done
+[ -n "${CONFIG:-}" ] && preflight_args+=(--require-file "$CONFIG")
+ipt_preflight "${preflight_args[@]}"
+mkdir -p "$OUTPUT_DIR" || ipt_die "cannot create OUTPUT_DIR=$OUTPUT_DIR"
+args=("--inputs=[$yaml_inputs]" "--output_dir=$OUTPUT_DIR" "--engine.model=$MODEL"
+      "--engine.kind=${ENGINE:-auto}"
+      "--engine.tensor_parallel_size=${TP:-${SLURM_GPUS_ON_NODE:-1}}"
+      "--num_shards=${NUM_SHARDS:-${SLURM_ARRAY_TASK_COUNT:-1}}"
+      "--shard_index=${SHARD_INDEX:-$(( ${SLURM_ARRAY_TASK_ID:-0} - ${SLURM_ARRAY_TASK_MIN:-0} ))}")
+[ -n "${CONFIG:-}" ] && args=(--config "$CONFIG" "${args[@]}")
+ipt_srun "$PYTHON" -m data_tools.synthesize "${args[@]}" "$@"
