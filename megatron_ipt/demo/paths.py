@@ -1,0 +1,91 @@
+"""Where every artefact of a demo run lives under ``--out`` (one place, read by stages and report)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ARMS = ("vanilla", "instruct")
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    out: Path
+
+    # stage 2: corpus
+    @property
+    def corpus(self) -> Path:
+        return self.out / "corpus"
+
+    @property
+    def records_cache(self) -> Path:
+        return self.corpus / "pubmed_records.jsonl"
+
+    @property
+    def raw(self) -> Path:
+        """Unstructured training-side abstracts: the domain corpus (synthesized, and vanilla's data)."""
+        return self.corpus / "raw.jsonl"
+
+    @property
+    def heldout_texts(self) -> Path:
+        return self.corpus / "heldout_abstracts.jsonl"
+
+    @property
+    def mined(self) -> Path:
+        """Tasks mined from structured training-side records: tuning data and general-instruction stand-in."""
+        return self.corpus / "mined_tasks.jsonl"
+
+    @property
+    def heldout_tasks(self) -> Path:
+        return self.corpus / "heldout_tasks.jsonl"
+
+    # stage 3: synthesizer
+    @property
+    def start_model(self) -> Path:
+        """The starting model: SmolLM2-135M-Instruct (cached elsewhere) or, for tiny, a random model here."""
+        return self.out / "models" / "start"
+
+    @property
+    def tuning_data(self) -> Path:
+        return self.out / "synthesizer" / "data"
+
+    @property
+    def tuning_run(self) -> Path:
+        return self.out / "synthesizer" / "run"
+
+    @property
+    def synthesizer(self) -> Path:
+        return self.out / "models" / "synthesizer"
+
+    # stage 4: synthesis and corpora
+    @property
+    def synthesis(self) -> Path:
+        return self.out / "synthesis"
+
+    @property
+    def corpora(self) -> Path:
+        return self.out / "corpora"
+
+    # stage 5: continual pre-training
+    def run_dir(self, arm: str) -> Path:
+        return self.out / "runs" / arm
+
+    def model(self, arm: str) -> Path:
+        return self.out / "models" / arm
+
+    # stage 6/7
+    @property
+    def eval(self) -> Path:
+        return self.out / "eval"
+
+    @property
+    def logs(self) -> Path:
+        return self.out / "logs"
+
+    @property
+    def plots(self) -> Path:
+        return self.out / "plots"
+
+    @property
+    def report(self) -> Path:
+        return self.out / "REPORT.md"
