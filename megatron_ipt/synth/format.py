@@ -110,7 +110,7 @@ def parse_pairs(output: str) -> ParseResult:
         if not question or not answer or QUE in question:
             result.malformed += 1
             continue
-        key = question.lower()
+        key = question.casefold()  # casefold, not lower: "ß" and "SS" are the same instruction
         if key in seen:
             result.duplicates += 1
             continue

@@ -166,10 +166,10 @@ def pairs_from_generations(gens: Sequence[Generation], max_pairs: int) -> tuple[
         for p in parsed.pairs:
             if is_degenerate(p.instruction) or is_degenerate(p.response):
                 stats["degenerate_pairs"] += 1
-            elif p.instruction.lower() in seen:
+            elif p.instruction.casefold() in seen:
                 stats["duplicates"] += 1
             else:
-                seen.add(p.instruction.lower())
+                seen.add(p.instruction.casefold())
                 pairs.append(p)
     if max_pairs and len(pairs) > max_pairs:
         stats["capped"] = len(pairs) - max_pairs
