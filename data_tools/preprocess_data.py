@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true", help="redo even if a complete or partial output exists"
     )
+    p.add_argument(
+        "--checkpoint-seconds", type=float, default=5.0, help="seconds between resumable checkpoints (default 5)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             skip_bad=args.skip_bad,
             batch_size=args.batch_size,
             progress=not args.no_progress,
+            checkpoint_s=args.checkpoint_seconds,
             overwrite=args.overwrite,
         )
     except (DataError, IndexedDatasetError, TokenizerError) as err:
