@@ -126,7 +126,7 @@ def convert_to_universal(tag_dir: Path) -> Path:
 
 def load_checkpoint(engine: Any, tag_dir: Path, universal: bool) -> None:
     """Restore model, optimizer and LR scheduler (and this rank's RNG when the rank count matches)."""
-    target = universal_dir(tag_dir) if universal else tag_dir
+    target = convert_to_universal(tag_dir) if universal else tag_dir
     path, _ = engine.load_checkpoint(
         str(target.parent), tag=target.name, load_optimizer_states=True, load_lr_scheduler_states=True
     )

@@ -24,6 +24,7 @@ class DataConfig:
     seed: int = 1234
     # Where the data core caches blend/packing indices (null: next to the first train prefix).
     cache_dir: str | None = None
+    num_workers: int = 0  # DataLoader worker processes per rank
 
 
 @dataclass

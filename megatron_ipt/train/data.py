@@ -1,111 +1,75 @@
-"""The trainer's view of the data core: a map-style sequence of packed samples for a blend.
+"""The trainer's side of the data core: step-wise micro-batches, checked before compute.
 
-``build_samples(data_cfg, split)`` returns an object with ``len()``, ``[i]`` -> contract sample
-(``input_ids``, ``labels``, ``loss_mask``, ``position_ids``, ``cu_seqlens``, ``dataset_id``),
-``fingerprint`` (str) and ``dataset_names`` (list, indexed by ``dataset_id``).
+``TrainStream`` hands out the grad-accumulation micro-batches of one optimizer step for this rank
+from the data core's ``TrainLoader`` (Megatron sharding over a global sample order), so its
+``consumed_samples`` is a global position that stays valid when the number of ranks changes.
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 
 from megatron_ipt.config import ConfigError
+from megatron_ipt.data.blend import BlendError, parse_blend
+from megatron_ipt.data.loader import build_eval_loader, build_train_loader
 from megatron_ipt.train.config import DataConfig
 
 
-def parse_blend(spec: Any, where: str) -> list[tuple[float, str]]:
-    """``"0.7 a 0.3 b"`` / ``[0.7, a, 0.3, b]`` / ``[a, b]`` / ``a`` -> [(weight, prefix)]."""
-    items = spec.split() if isinstance(spec, str) else list(spec)
-    if not items:
-        raise ConfigError(f"{where}: empty blend")
-    if len(items) == 1:
-        return [(1.0, str(items[0]))]
+def check_blend(spec: Any, where: str) -> list[tuple[float, str]]:
+    """Parse a blend and check every prefix's .bin/.idx exists (a clear error before compute)."""
     try:
-        float(items[0])
-        weighted = True
-    except (TypeError, ValueError):
-        weighted = False
-    if not weighted:
-        return [(1.0, str(p)) for p in items]
-    if len(items) % 2:
-        raise ConfigError(f"{where}: a weighted blend needs weight/prefix pairs, got {len(items)} items")
-    out = []
-    for w, p in zip(items[::2], items[1::2], strict=True):
-        try:
-            out.append((float(w), str(p)))
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{where}: weight {w!r} is not a number") from err
-    return out
-
-
-def check_prefixes(blend: list[tuple[float, str]], where: str) -> None:
+        blend = parse_blend(spec)
+    except BlendError as err:
+        raise ConfigError(f"{where}: {err}") from err
     for _, prefix in blend:
         for ext in (".bin", ".idx"):
             if not Path(prefix + ext).is_file():
                 raise ConfigError(f"{where}: indexed dataset {prefix}{ext} not found")
+    return blend
 
 
-def build_samples(cfg: DataConfig, split: str) -> Any:
-    spec = cfg.train if split == "train" else cfg.valid
-    where = f"data.{split}"
-    blend = parse_blend(spec, where)
-    check_prefixes(blend, where)
-    return _StreamPacked(blend, cfg.seq_len, cfg.seed if split == "train" else cfg.seed + 1)
+def dataset_ids(batch: dict[str, Any]) -> torch.Tensor:
+    return batch["dataset_ids"] if "dataset_ids" in batch else batch["dataset_id"]
 
 
-class _StreamPacked:
-    """Interim packer (replaced by the data core's loader): each dataset's token stream cut in
-    seq_len+1 windows; positions restart after each document end; blend by weighted interleave."""
+class TrainStream:
+    """``next_step()`` -> this rank's ``grad_accum`` micro-batches of the next optimizer step."""
 
-    def __init__(self, blend: list[tuple[float, str]], seq_len: int, seed: int) -> None:
-        from megatron_ipt.data.indexed import IndexedDataset
+    def __init__(self, cfg: DataConfig, micro_batch: int, global_batch: int, total_steps: int, rank: int,
+                 world: int, consumed_samples: int = 0) -> None:
+        self.blend = check_blend(cfg.train, "data.train")
+        self.dataset_names = [p for _, p in self.blend]
+        self.grad_accum = global_batch // (micro_batch * world)
+        self.loader = build_train_loader(
+            self.blend, cfg.seq_len, micro_batch, total_steps * global_batch, dp_rank=rank, dp_size=world,
+            seed=cfg.seed, consumed_samples=consumed_samples, cache_dir=cfg.cache_dir, num_workers=cfg.num_workers,
+        )
+        self._it: Iterator[dict[str, Any]] | None = None
 
-        self.seq_len = seq_len
-        self.dataset_names = [p for _, p in blend]
-        self.streams = []
-        h = hashlib.sha256(f"{seq_len}:{seed}".encode())
-        for w, prefix in blend:
-            ds = IndexedDataset(prefix)
-            toks = np.asarray(ds.tokens if not callable(ds.tokens) else ds.tokens(), dtype=np.int64)
-            starts = np.zeros(len(toks), dtype=bool)
-            starts[np.cumsum(np.asarray(ds.sizes))[:-1]] = True
-            starts[0] = True
-            self.streams.append((toks, starts, (len(toks) - 1) // seq_len))
-            h.update(f"{w}:{prefix}".encode())
-            h.update(Path(prefix + ".idx").read_bytes())
-        self.fingerprint = h.hexdigest()[:16]
-        weights = np.array([w for w, _ in blend], dtype=np.float64)
-        counts = [n for _, _, n in self.streams]
-        rng = np.random.default_rng(seed)
-        n_total = sum(counts)
-        order = rng.choice(len(blend), size=n_total, p=weights / weights.sum())
-        cursor = [0] * len(blend)
-        self.index = []
-        for d in order:
-            self.index.append((int(d), cursor[d] % max(1, counts[d])))
-            cursor[d] += 1
+    @property
+    def fingerprint(self) -> str:
+        return self.loader.fingerprint
 
-    def __len__(self) -> int:
-        return len(self.index)
+    @property
+    def consumed_samples(self) -> int:
+        return self.loader.consumed_samples
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        d, k = self.index[i]
-        toks, starts, _ = self.streams[d]
-        a = k * self.seq_len
-        window = toks[a : a + self.seq_len + 1]
-        st = starts[a : a + self.seq_len].copy()
-        st[0] = True
-        doc_start_idx = np.flatnonzero(st)
-        pos = np.arange(self.seq_len) - np.repeat(doc_start_idx, np.diff(np.append(doc_start_idx, self.seq_len)))
-        return {
-            "input_ids": window[:-1],
-            "labels": window[1:],
-            "loss_mask": np.ones(self.seq_len, dtype=np.float32),
-            "position_ids": pos,
-            "cu_seqlens": np.append(doc_start_idx, self.seq_len).astype(np.int32),
-            "dataset_id": d,
-        }
+    def next_step(self) -> list[dict[str, Any]]:
+        if self._it is None:
+            self._it = iter(self.loader)
+        try:
+            return [next(self._it) for _ in range(self.grad_accum)]
+        except StopIteration as err:
+            raise RuntimeError(f"data ran out after {self.consumed_samples} samples") from err
+
+
+def eval_batches(cfg: DataConfig, micro_batch: int, n_micro: int, rank: int, world: int) -> list[dict[str, Any]]:
+    """The fixed held-out micro-batches of this rank (the same at every evaluation)."""
+    blend = check_blend(cfg.valid, "data.valid")
+    loader = build_eval_loader(blend, cfg.seq_len, micro_batch, n_micro * micro_batch * world, dp_rank=rank,
+                               dp_size=world, cache_dir=cfg.cache_dir)
+    return list(loader)

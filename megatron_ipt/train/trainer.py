@@ -21,9 +21,8 @@ from megatron_ipt.launch import DistEnv, init_distributed
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.model.build import build_model, hf_config, model_shape
 from megatron_ipt.train import checkpoint as ckpt
-from megatron_ipt.train.batches import GlobalBatchSampler
 from megatron_ipt.train.config import TrainConfig
-from megatron_ipt.train.data import build_samples
+from megatron_ipt.train.data import TrainStream, dataset_ids, eval_batches
 from megatron_ipt.train.ds_config import build_ds_config, zero_stage
 from megatron_ipt.train.loss import backward_scale, global_token_count, masked_loss_sum
 from megatron_ipt.train.metrics import MetricsWriter, flops_per_token, peak_flops
@@ -39,8 +38,8 @@ class Plan:
 
     dist: DistEnv
     ds_config: dict[str, Any]
-    train_samples: Any
-    valid_samples: Any | None
+    train: TrainStream
+    valid: list[dict[str, Any]] | None
     tokenizer: Any
     resume_from: Path | None = None
     resume_meta: dict[str, Any] = field(default_factory=dict)
@@ -66,26 +65,28 @@ def plan_run(cfg: TrainConfig, dist_env: DistEnv) -> Plan:
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     _check_model_fits(cfg, tokenizer)
     ds_config = build_ds_config(cfg, dist_env.world_size)
-    train_samples = build_samples(cfg.data, "train")
-    valid_samples = build_samples(cfg.data, "valid") if cfg.data.valid not in (None, "", []) else None
-    plan = Plan(dist_env, ds_config, train_samples, valid_samples, tokenizer)
+    resume_from: Path | None = None
     if cfg.checkpoint.resume == "auto":
-        plan.resume_from = ckpt.latest_checkpoint(cfg.checkpoint.dir)
+        resume_from = ckpt.latest_checkpoint(cfg.checkpoint.dir)
     elif cfg.checkpoint.resume != "none":
-        plan.resume_from = Path(cfg.checkpoint.resume)
-    if plan.resume_from is not None:
-        meta = ckpt.read_meta(plan.resume_from)
-        shape = {k: v for k, v in _shape_of_config(cfg).items()}
-        ckpt.check_compatible(meta, shape, train_samples.fingerprint, cfg.checkpoint.allow_data_change,
-                              plan.resume_from)
-        if meta["global_batch_size"] != cfg.global_batch_size:
-            raise ckpt.CheckpointError(
-                f"{plan.resume_from}: saved with global_batch_size={meta['global_batch_size']}, "
-                f"this run uses {cfg.global_batch_size}"
-            )
-        plan.resume_meta = meta
-        plan.universal = meta["world_size"] != dist_env.world_size
-    return plan
+        resume_from = Path(cfg.checkpoint.resume)
+    meta = ckpt.read_meta(resume_from) if resume_from is not None else {}
+    if meta and meta["global_batch_size"] != cfg.global_batch_size:
+        raise ckpt.CheckpointError(
+            f"{resume_from}: saved with global_batch_size={meta['global_batch_size']}, "
+            f"this run uses {cfg.global_batch_size}"
+        )
+    train = TrainStream(cfg.data, cfg.micro_batch_size, cfg.global_batch_size, cfg.steps, dist_env.rank,
+                        dist_env.world_size, meta.get("consumed_samples", 0))
+    valid = None
+    if cfg.data.valid not in (None, "", []) and cfg.logging.eval_interval:
+        valid = eval_batches(cfg.data, cfg.micro_batch_size, cfg.logging.eval_iters, dist_env.rank,
+                             dist_env.world_size)
+    if meta:
+        ckpt.check_compatible(meta, _shape_of_config(cfg), train.fingerprint, cfg.checkpoint.allow_data_change,
+                              resume_from)
+    return Plan(dist_env, ds_config, train, valid, tokenizer, resume_from, meta,
+                bool(meta) and meta["world_size"] != dist_env.world_size)
 
 
 def _shape_of_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -126,16 +127,11 @@ class Trainer:
         self.grad_accum = cfg.grad_accum(self.world)
         self.step = 0
         self.tokens_per_dataset: dict[str, int] = {}
-        consumed = 0
         if plan.resume_from is not None:
             ckpt.load_checkpoint(self.engine, plan.resume_from, plan.universal)
             self.step = plan.resume_meta["step"]
-            consumed = plan.resume_meta["consumed_samples"]
             self.tokens_per_dataset = dict(plan.resume_meta.get("tokens_per_dataset", {}))
-        self.sampler = GlobalBatchSampler(plan.train_samples, cfg.micro_batch_size, cfg.global_batch_size,
-                                          self.rank, self.world, consumed)
-        self.valid = (GlobalBatchSampler(plan.valid_samples, cfg.micro_batch_size, cfg.global_batch_size,
-                                         self.rank, self.world) if plan.valid_samples is not None else None)
+        self.data = plan.train
         self.run_dir = Path(cfg.run_dir)
         self.metrics = MetricsWriter(self.run_dir, self.rank == 0, cfg.logging.tensorboard)
         hf = model.config
@@ -153,7 +149,7 @@ class Trainer:
         return masked_loss_sum(out.logits, mb["labels"].to(self.device), mb["loss_mask"].to(self.device))
 
     def train_step(self) -> dict[str, float]:
-        micro = self.sampler.next_step()
+        micro = self.data.next_step()
         n_tokens = global_token_count(micro, self.device)
         scale = backward_scale(self.grad_accum, self.world)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -162,8 +158,8 @@ class Trainer:
             self.engine.backward(s / n_tokens.to(s.dtype).clamp(min=1) * scale)
             self.engine.step()
             loss_sum += s.detach().to(torch.float64)
-            for ds_id, row in zip(mb["dataset_id"].tolist(), mb["input_ids"], strict=True):
-                name = self.plan.train_samples.dataset_names[ds_id]
+            for ds_id, row in zip(dataset_ids(mb).tolist(), mb["input_ids"], strict=True):
+                name = self.data.dataset_names[ds_id]
                 self.tokens_per_dataset[name] = self.tokens_per_dataset.get(name, 0) + row.numel() * self.world
         if dist.is_initialized():
             dist.all_reduce(loss_sum)
@@ -178,9 +174,9 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        assert self.valid is not None
+        assert self.plan.valid is not None
         self.engine.eval()
-        micro = self.valid.fixed_batches(self.cfg.logging.eval_iters)
+        micro = self.plan.valid
         n_tokens = global_token_count(micro, self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for mb in micro:
@@ -194,12 +190,12 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self) -> Path:
         meta = {
-            "consumed_samples": self.sampler.consumed_samples,
+            "consumed_samples": self.data.consumed_samples,
             "global_batch_size": self.cfg.global_batch_size,
             "world_size": self.world,
             "zero_stage": zero_stage(self.plan.ds_config),
             "model_shape": self.shape,
-            "data_fingerprint": self.plan.train_samples.fingerprint,
+            "data_fingerprint": self.data.fingerprint,
             "tokenizer": self.cfg.data.tokenizer,
             "hf_config": self.engine.module.config.to_dict(),
             "tokens_per_dataset": self.tokens_per_dataset,
@@ -236,14 +232,14 @@ class Trainer:
                     "tokens_per_s": tok_s,
                     "tflops_per_device": tflops,
                     "mfu": tflops * 1e12 / self.peak,
-                    "consumed_samples": self.sampler.consumed_samples,
+                    "consumed_samples": self.data.consumed_samples,
                     "tokens_per_dataset": dict(self.tokens_per_dataset),
                 })
                 for name, n in self.tokens_per_dataset.items():
                     if self.metrics.tb is not None:
                         self.metrics.tb.add_scalar(f"tokens/{Path(name).name}", n, self.step)
                 window, t0 = [], time.perf_counter()
-            if self.valid is not None and cfg.logging.eval_interval and (
+            if self.plan.valid is not None and cfg.logging.eval_interval and (
                 self.step % cfg.logging.eval_interval == 0 or self.step == cfg.steps
             ):
                 self.metrics.write(self.step, "eval", self.evaluate())

@@ -1,0 +1,110 @@
+"""Export a training checkpoint (any ZeRO stage) to a Hugging Face model directory.
+
+``python -m megatron_ipt.export CKPT OUT [--dtype bfloat16|float32]``: CKPT is a checkpoint tag
+directory (``.../step_00000100``) or a checkpoint root (its latest complete checkpoint is used).
+OUT gets ``config.json``, ``model.safetensors`` and the tokenizer files; it loads with
+``AutoModelForCausalLM.from_pretrained(OUT)`` (and vLLM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megatron_ipt.log import get_logger, setup_logging
+from megatron_ipt.train.checkpoint import CheckpointError, latest_checkpoint, read_meta
+
+log = get_logger(__name__)
+
+
+def resolve_tag_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(f"{path}: neither a checkpoint nor a directory holding complete checkpoints")
+    return latest
+
+
+def consolidated_state_dict(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Full fp32 weights gathered from the ZeRO shards (stage 0: the module states file)."""
+    if zero_stage == 0:
+        states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        return {k: v.float() for k, v in states["module"].items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+
+
+def save_tokenizer(spec: str, out: Path) -> None:
+    """Write ``spec``'s tokenizer in HF format into ``out``."""
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    from megatron_ipt.tokenizer import mistral_model_path
+
+    src = Path(spec)
+    if spec == "mistral" or src.suffix == ".model":
+        shutil.copyfile(mistral_model_path() if spec == "mistral" else src, out / "tokenizer.model")
+        tok = LlamaTokenizer.from_pretrained(str(out))
+    elif src.suffix == ".gguf":
+        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    else:
+        tok = AutoTokenizer.from_pretrained(str(src))
+    tok.save_pretrained(str(out))
+
+
+def export_checkpoint(ckpt: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
+    """Write the HF directory for ``ckpt`` to ``out_dir`` (atomically: a temp dir renamed at the end)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tag_dir = resolve_tag_dir(ckpt)
+    meta = read_meta(tag_dir)
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    hf_cfg: dict[str, Any] = dict(meta["hf_config"])
+    model_type = hf_cfg.pop("model_type")
+    config = AutoConfig.for_model(model_type, **hf_cfg)
+    config.use_cache = True  # inference default; training turns it off itself
+    config._attn_implementation = "sdpa"
+    state = consolidated_state_dict(tag_dir, int(meta.get("zero_stage", 1)))
+    torch_dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise CheckpointError(f"{tag_dir}: weights do not fit the saved config (missing {missing}, unexpected {unexpected})")
+    model = model.to(torch_dtype)
+    model.config.dtype = torch_dtype
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    save_tokenizer(meta["tokenizer"], tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log.info("export: %s -> %s (%s, step %d)", tag_dir, out, dtype, meta["step"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m megatron_ipt.export",
+        description="Export a megatron-ipt training checkpoint (any ZeRO stage) to a Hugging Face directory.",
+    )
+    parser.add_argument("ckpt", help="checkpoint tag dir (…/step_00000100) or checkpoint root (latest is used)")
+    parser.add_argument("out", help="output HF model directory")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="saved weight dtype")
+    args = parser.parse_args(argv)
+    setup_logging()
+    export_checkpoint(args.ckpt, args.out, args.dtype)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
