@@ -1,0 +1,63 @@
+"""Concatenate indexed datasets (and their loss-mask twins) into one, streaming in chunks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from megatron_ipt.data.indexed import IndexedDataset, IndexedDatasetWriter, exists, lossmask_prefix
+from megatron_ipt.io import atomic_write_json
+
+_DOCS_PER_CHUNK = 1 << 18
+
+
+def _copy(src: IndexedDataset, writer: IndexedDatasetWriter, ones: bool = False) -> None:
+    sizes = src.sizes
+    for s in range(0, len(src), _DOCS_PER_CHUNK):
+        lengths = np.asarray(sizes[s : s + _DOCS_PER_CHUNK], dtype=np.int64)
+        start = int(src.pointers[s]) // src.dtype.itemsize
+        n = int(lengths.sum())
+        tokens = np.ones(n, np.uint8) if ones else src.tokens[start : start + n]
+        writer.add_documents(tokens, lengths)
+
+
+def merge_datasets(prefixes: list[str | Path], output_prefix: str | Path) -> dict:
+    """Write ``output_prefix`` = the documents of ``prefixes`` in order; return a summary.
+
+    Token dtypes are widened to the widest input. When any input has a ``_lossmask`` twin the
+    output has one too, with ones for the inputs that lack it (every token of theirs counts).
+    """
+    if not prefixes:
+        raise ValueError("merge_datasets: no input prefix")
+    sources = [IndexedDataset(p) for p in prefixes]
+    dtype = np.result_type(*[s.dtype for s in sources])
+    masks = [IndexedDataset(lossmask_prefix(p)) if exists(lossmask_prefix(p)) else None for p in prefixes]
+    out = str(output_prefix)
+    if out in {str(p) for p in prefixes}:
+        raise ValueError(f"merge_datasets: output {out} is also an input")
+    mask_writer = IndexedDatasetWriter(lossmask_prefix(out), np.uint8) if any(masks) else None
+    writer = IndexedDatasetWriter(out, dtype)
+    try:
+        for src, mask in zip(sources, masks, strict=True):
+            _copy(src, writer)
+            if mask_writer is not None:
+                _copy(mask if mask is not None else src, mask_writer, ones=mask is None)
+    except BaseException:
+        writer.abort()
+        if mask_writer is not None:
+            mask_writer.abort()
+        raise
+    if mask_writer is not None:
+        mask_writer.finalize()
+    writer.finalize()
+    summary = {
+        "prefix": out,
+        "lossmask_prefix": lossmask_prefix(out) if mask_writer is not None else None,
+        "inputs": [str(p) for p in prefixes],
+        "documents": writer.n_docs,
+        "tokens": writer.n_tokens,
+        "dtype": str(dtype),
+    }
+    atomic_write_json(f"{out}.summary.json", summary)
+    return summary
