@@ -152,21 +152,22 @@ def _raw_records(path: Path, stats: Counter) -> Iterator[tuple[int, dict | None,
             yield i, obj if isinstance(obj, dict) else None, None if isinstance(obj, dict) else "not a JSON object"
 
 
-def read_texts(path: Path, cfg: SynthesizeConfig, stats: Counter) -> list[tuple[str, str]]:
-    """``(id, text)`` of one shard: empty texts and repeated ids are counted and skipped."""
-    out: list[tuple[str, str]] = []
+def iter_texts(path: Path, stats: Counter, text_key: str = "text", id_key: str = "id",
+               skip_bad_records: bool = False) -> Iterator[tuple[str, str]]:
+    """``(id, text)`` records of one file: empty texts and repeated ids are counted and skipped;
+    a record without a text raises :class:`InputError` naming file and line (or is counted)."""
     seen: set[str] = set()
     for line, obj, error in _raw_records(path, stats):
-        text = obj.get(cfg.text_key) if obj is not None else None
+        text = obj.get(text_key) if obj is not None else None
         if error is None and not isinstance(text, str):
-            error = f"field {cfg.text_key!r} missing or not a string"
+            error = f"field {text_key!r} missing or not a string"
         if error is not None:
-            if not cfg.skip_bad_records:
+            if not skip_bad_records:
                 raise InputError(f"{path}:{line}: {error} (skip_bad_records=true counts and skips it)")
             stats["bad_records"] += 1
             log.warning("%s:%d: %s; skipped", path, line, error)
             continue
-        rid = obj.get(cfg.id_key)
+        rid = obj.get(id_key)
         rid = f"{shard_stem(path)}:{line}" if rid is None else str(rid)
         if not text.strip():
             stats["empty_texts"] += 1
@@ -176,6 +177,13 @@ def read_texts(path: Path, cfg: SynthesizeConfig, stats: Counter) -> list[tuple[
             log.warning("%s:%d: id %r repeats an earlier record; skipped", path, line, rid)
             continue
         seen.add(rid)
+        yield rid, text
+
+
+def read_texts(path: Path, cfg: SynthesizeConfig, stats: Counter) -> list[tuple[str, str]]:
+    """The texts of one shard this run converts (``fraction`` and ``limit`` applied)."""
+    out: list[tuple[str, str]] = []
+    for rid, text in iter_texts(path, stats, cfg.text_key, cfg.id_key, cfg.skip_bad_records):
         if cfg.fraction < 1 and not selected(rid, cfg.fraction, cfg.seed):
             stats["not_selected"] += 1
             continue

@@ -1,0 +1,135 @@
+"""Documents for pre-training: synthesized chains, raw texts, tuning examples, general instructions.
+
+Each source yields plain ``{"id", "text", ...}`` documents (no BOS/EOS: tokenization adds them).
+A synthesized shard's entries are regrouped by slot and round; an entry that is ``linked``
+continues the document of the previous entry in its slot, every other entry starts a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from megatron_ipt.log import get_logger
+from megatron_ipt.synth.format import Pair
+from megatron_ipt.synth.synthesize import InputError, expand_inputs, iter_texts
+from megatron_ipt.synth.templates import render_chain, render_instruction
+
+log = get_logger(__name__)
+
+QUESTION_KEYS = ("question", "instruction", "prompt", "input")
+RESPONSE_KEYS = ("response", "output", "answer", "completion")
+
+
+def chain_seed(seed: int, first_id: str) -> int:
+    """One seed per chain, from the id of its first entry: the same chain renders the same way."""
+    digest = hashlib.blake2b(f"chain:{seed}:{first_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2**63 - 1)
+
+
+def _json_lines(path: Path, stats: Counter) -> Iterator[tuple[int, dict]]:
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        for i, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise InputError(f"{path}:{i}: not a UTF-8 JSON line ({err})") from err
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{i}: not a JSON object")
+            yield i, obj
+
+
+def chains_of_shard(records: list[dict]) -> list[list[dict]]:
+    """Split one synthesized shard's records into chains, ordered by their first entry.
+
+    A record continues the chain of its slot when it is ``linked`` and the chain's last entry is
+    the same slot's previous round; anything else starts a new chain.
+    """
+    by_slot: dict[int, list[tuple[int, dict]]] = {}
+    for pos, rec in enumerate(records):
+        by_slot.setdefault(int(rec.get("slot", 0)), []).append((pos, rec))
+    chains: list[tuple[int, list[dict]]] = []
+    for entries in by_slot.values():
+        entries.sort(key=lambda pr: int(pr[1]["round"]))
+        current: list[dict] | None = None
+        for pos, rec in entries:
+            if rec["linked"] and current is not None and int(current[-1]["round"]) == int(rec["round"]) - 1:
+                current.append(rec)
+            else:
+                current = [rec]
+                chains.append((pos, current))
+    return [c for _, c in sorted(chains, key=lambda pc: pc[0])]
+
+
+def synthesized_documents(inputs: Iterable[str | Path], seed: int, stats: Counter) -> Iterator[dict]:
+    """Documents from ``data_tools.synthesize`` outputs; ``stats`` counts layouts and entries."""
+    for path in expand_inputs([str(p) for p in inputs]):
+        if path.name.endswith(".stats.json"):
+            continue
+        records = []
+        for line, rec in _json_lines(path, stats):
+            missing = [k for k in ("id", "text", "pairs", "round", "linked") if k not in rec]
+            if missing:
+                raise InputError(f"{path}:{line}: synthesized record lacks field {missing[0]!r}")
+            records.append(rec)
+        for chain in chains_of_shard(records):
+            doc = render_chain(chain, chain_seed(seed, str(chain[0]["id"])))
+            stats[f"layout:{doc.layout}{'+inverted' if doc.inverted else ''}"] += 1
+            stats["entries"] += len(chain)
+            stats["pairs"] += sum(len(r["pairs"]) for r in chain)
+            yield {"id": str(chain[0]["id"]), "text": doc.text, "entries": len(chain), "layout": doc.layout}
+
+
+def raw_documents(inputs: Iterable[str | Path], stats: Counter, exclude: set[str] | None = None,
+                  text_key: str = "text", id_key: str = "id", skip_bad_records: bool = False) -> Iterator[dict]:
+    """Raw texts as documents, leaving out ids in ``exclude`` (texts that were converted)."""
+    for path in expand_inputs([str(p) for p in inputs]):
+        for rid, text in iter_texts(path, stats, text_key, id_key, skip_bad_records):
+            if exclude and rid in exclude:
+                stats["excluded_converted"] += 1
+                continue
+            yield {"id": rid, "text": text}
+
+
+def tuning_documents(inputs: Iterable[str | Path], seed: int, stats: Counter) -> Iterator[dict]:
+    """The synthesizer's tuning examples ``{context|text, pairs}``, templated like synthesized chains."""
+    for path in expand_inputs([str(p) for p in inputs]):
+        for line, rec in _json_lines(path, stats):
+            context = rec.get("context", rec.get("text"))
+            pairs = rec.get("pairs")
+            if not isinstance(context, str) or not isinstance(pairs, list):
+                raise InputError(f"{path}:{line}: a tuning example needs 'context' (or 'text') and 'pairs'")
+            parsed = [Pair.from_dict(p) for p in pairs]
+            rid = str(rec.get("id", f"{path.stem}:{line}"))
+            doc = render_chain([(context, parsed)], chain_seed(seed, rid))
+            stats[f"layout:{doc.layout}{'+inverted' if doc.inverted else ''}"] += 1
+            yield {"id": rid, "text": doc.text, "layout": doc.layout}
+
+
+def _first(rec: dict, keys: tuple[str, ...]) -> str | None:
+    for k in keys:
+        if isinstance(rec.get(k), str) and rec[k].strip():
+            return rec[k]
+    return None
+
+
+def instruction_documents(inputs: Iterable[str | Path], stats: Counter, skip_bad_records: bool = False) -> Iterator[dict]:
+    """General instructions as ``{question} {response}`` (no chat template; system prompts dropped)."""
+    for path in expand_inputs([str(p) for p in inputs]):
+        for line, rec in _json_lines(path, stats):
+            q, a = _first(rec, QUESTION_KEYS), _first(rec, RESPONSE_KEYS)
+            if q is None or a is None:
+                msg = f"{path}:{line}: needs one of {QUESTION_KEYS} and one of {RESPONSE_KEYS}"
+                if not skip_bad_records:
+                    raise InputError(msg + " (skip_bad_records=true counts and skips it)")
+                stats["bad_records"] += 1
+                continue
+            yield {"id": str(rec.get("id", f"{path.stem}:{line}")), "text": render_instruction(q, a)}

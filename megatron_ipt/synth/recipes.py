@@ -1,0 +1,181 @@
+"""The paper's two corpus recipes: documents per component → indexed datasets → a blend config.
+
+- ``general`` (pre-training from scratch): the converted fraction (synthesized chains), the rest
+  of the raw corpus kept raw (converted ids left out), and the synthesizer's tuning data, weighted
+  ``tuning_repeat`` times its token count (4x in the paper).
+- ``domain`` (continual pre-training): the whole domain corpus converted, mixed with general
+  instructions rendered ``{question} {response}`` at ``instruction_ratio`` tokens per domain token.
+
+Every document is wrapped in BOS/EOS at tokenization (the data core's ``preprocess``). Writes
+``OUT/documents/*.jsonl``, ``OUT/data/<component>.bin/.idx``, ``OUT/blend.yaml`` (include it in a
+training config or pass ``--data.train``) and ``OUT/mixture_report.json`` / ``.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from megatron_ipt.config import ConfigError
+from megatron_ipt.io import atomic_path, atomic_write_json, atomic_write_text
+from megatron_ipt.log import get_logger
+from megatron_ipt.synth.corpora import (
+    instruction_documents,
+    raw_documents,
+    synthesized_documents,
+    tuning_documents,
+)
+from megatron_ipt.synth.synthesize import expand_inputs
+
+log = get_logger(__name__)
+
+RECIPES = ("general", "domain")
+
+
+@dataclass
+class CorporaConfig:
+    recipe: str = "domain"  # general | domain
+    synthesized: list[str] | str = field(default_factory=list)  # data_tools.synthesize outputs
+    raw: list[str] | str = field(default_factory=list)  # general: the raw corpus ({id, text})
+    tuning: list[str] | str = field(default_factory=list)  # general: tuning examples {context, pairs}
+    tuning_repeat: float = 4.0
+    instructions: list[str] | str = field(default_factory=list)  # domain: {question, response} records
+    instruction_ratio: float = 1.0  # domain: instruction tokens per domain token
+    output_dir: str = ""
+    tokenizer: str = "mistral"
+    seed: int = 0
+    workers: int = 1  # tokenizing processes (0: in this process)
+    skip_bad_records: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in ("synthesized", "raw", "tuning", "instructions"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, [getattr(self, name)])
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if not self.output_dir:
+            raise ConfigError("output_dir: required")
+        if not self.synthesized:
+            raise ConfigError("synthesized: give the synthesis outputs (files or folders)")
+        unused = ("instructions",) if self.recipe == "general" else ("raw", "tuning")
+        for name in unused:
+            if getattr(self, name):
+                raise ConfigError(f"{name} is not part of the {self.recipe} recipe")
+        if self.recipe == "domain" and not self.instructions:
+            raise ConfigError("the domain recipe needs instructions: general {question, response} records")
+        if self.tuning_repeat <= 0 or self.instruction_ratio <= 0:
+            raise ConfigError("tuning_repeat and instruction_ratio must be positive")
+
+
+def _write_documents(path: Path, docs: Iterator[dict]) -> dict:
+    """Write documents as JSONL (atomically); count documents and characters."""
+    n = chars = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for doc in docs:
+            fh.write(json.dumps({"id": doc["id"], "text": doc["text"]}, ensure_ascii=False) + "\n")
+            n += 1
+            chars += len(doc["text"])
+    return {"documents": n, "characters": chars}
+
+
+def _converted_ids(inputs: list[str]) -> set[str]:
+    ids: set[str] = set()
+    for path in expand_inputs(inputs):
+        if path.name.endswith(".stats.json"):
+            continue
+        with open(path, encoding="utf-8") as fh:
+            ids.update(str(json.loads(line)["id"]) for line in fh if line.strip())
+    return ids
+
+
+def _components(cfg: CorporaConfig, stats: dict[str, Counter]) -> list[tuple[str, Iterator[dict]]]:
+    comps = [("instruct", synthesized_documents(cfg.synthesized, cfg.seed, stats["instruct"]))]
+    if cfg.recipe == "general":
+        if cfg.raw:
+            exclude = _converted_ids(cfg.synthesized)
+            comps.append(("raw", raw_documents(cfg.raw, stats["raw"], exclude,
+                                               skip_bad_records=cfg.skip_bad_records)))
+        if cfg.tuning:
+            comps.append(("tuning", tuning_documents(cfg.tuning, cfg.seed, stats["tuning"])))
+    else:
+        comps.append(("instructions", instruction_documents(cfg.instructions, stats["instructions"],
+                                                            cfg.skip_bad_records)))
+    return comps
+
+
+def _weights(cfg: CorporaConfig, tokens: dict[str, int]) -> dict[str, float]:
+    """Sampling weights: by tokens, times the tuning repeat; domain instructions matched by tokens."""
+    raw = dict(tokens)
+    if "tuning" in raw:
+        raw["tuning"] = tokens["tuning"] * cfg.tuning_repeat
+    if "instructions" in raw:
+        raw["instructions"] = tokens["instruct"] * cfg.instruction_ratio
+    raw = {k: v for k, v in raw.items() if tokens.get(k, 0) > 0}
+    total = sum(raw.values())
+    return {k: round(v / total, 6) for k, v in raw.items()}
+
+
+def build_corpora(cfg: CorporaConfig) -> dict:
+    """Run a recipe end to end; returns the mixture report."""
+    from megatron_ipt.data.preprocess import preprocess
+
+    cfg.validate()
+    out = Path(cfg.output_dir).resolve()
+    stats: dict[str, Counter] = {k: Counter() for k in ("instruct", "raw", "tuning", "instructions")}
+    components: dict[str, dict] = {}
+    for name, docs in _components(cfg, stats):
+        doc_path = out / "documents" / f"{name}.jsonl"
+        counts = _write_documents(doc_path, docs)
+        log.info("%s: %d documents -> %s", name, counts["documents"], doc_path)
+        if counts["documents"] == 0:
+            log.warning("component %s has no documents; it is left out of the blend", name)
+            components[name] = counts | {"tokens": 0, "prefix": None}
+            continue
+        summary = preprocess([doc_path], out / "data" / name, cfg.tokenizer, json_key="text", workers=cfg.workers,
+                             append_eod=True, prepend_bos=True, progress=cfg.progress, dataset_suffix=False)
+        components[name] = counts | {"tokens": int(summary["tokens"]), "prefix": summary["prefix"]}
+    tokens = {k: c["tokens"] for k, c in components.items()}
+    if not any(tokens.values()):
+        raise ConfigError("every component is empty: nothing to blend")
+    weights = _weights(cfg, tokens)
+    total_tokens = sum(tokens.values())
+    for name, comp in components.items():
+        comp["weight"] = weights.get(name, 0.0)
+        if comp["tokens"]:
+            # Times each document is seen when training on total_tokens tokens with these weights.
+            comp["repeat"] = round(comp["weight"] * total_tokens / comp["tokens"], 3)
+        layouts = {k.split(":", 1)[1]: v for k, v in stats[name].items() if k.startswith("layout:")}
+        if layouts:
+            comp["templates"] = dict(sorted(layouts.items(), key=lambda kv: -kv[1]))
+        extra = {k: v for k, v in stats[name].items() if not k.startswith("layout:")}
+        if extra:
+            comp["counts"] = dict(extra)
+    blend = [[weights[k], components[k]["prefix"]] for k in components if k in weights]
+    atomic_write_text(out / "blend.yaml", "# written by data_tools.build_corpora: include it in a training config\n"
+                      + yaml.safe_dump({"data": {"train": blend}}, sort_keys=False))
+    report = {"recipe": cfg.recipe, "tokenizer": cfg.tokenizer, "total_tokens": total_tokens,
+              "components": components, "blend": blend,
+              "train_override": "--data.train=" + json.dumps(" ".join(f"{w} {p}" for w, p in blend))}
+    atomic_write_json(out / "mixture_report.json", report)
+    atomic_write_text(out / "mixture_report.md", report_markdown(report))
+    return report
+
+
+def report_markdown(report: dict) -> str:
+    lines = [f"# Mixture ({report['recipe']} recipe, tokenizer {report['tokenizer']})", "",
+             "| component | documents | tokens | weight | repeat |", "|---|---:|---:|---:|---:|"]
+    for name, c in report["components"].items():
+        lines.append(f"| {name} | {c['documents']:,} | {c['tokens']:,} | {c.get('weight', 0):.3f} | "
+                     f"{c.get('repeat', 0)} |")
+    for name, c in report["components"].items():
+        if c.get("templates"):
+            total = sum(c["templates"].values())
+            lines += ["", f"Templates of {name}:", ""]
+            lines += [f"- {k}: {v} ({v / total:.1%})" for k, v in c["templates"].items()]
+    return "\n".join(lines) + "\n"

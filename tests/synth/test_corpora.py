@@ -1,0 +1,84 @@
+"""Chains → documents, raw texts, tuning examples and general instructions."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from megatron_ipt.synth.corpora import (
+    chain_seed,
+    chains_of_shard,
+    instruction_documents,
+    raw_documents,
+    synthesized_documents,
+    tuning_documents,
+)
+from megatron_ipt.synth.synthesize import InputError
+
+
+def rec(i, rnd, slot, linked, n_pairs=1):
+    pairs = [{"instruction": f"Q{i}.{k}?", "response": f"A{i}.{k}."} for k in range(n_pairs)]
+    return {"id": f"t{i}", "text": f"Text {i}.", "pairs": pairs, "round": rnd, "slot": slot, "linked": linked}
+
+
+# Seven texts, three rounds (chunks [0,1,2], [3,4,5], [6]); t4 had no pairs, t5 was too long to chain.
+SHARD = [rec(0, 0, 0, False), rec(1, 0, 1, False), rec(2, 0, 2, False, 0),
+         rec(3, 1, 0, True), rec(4, 1, 1, False, 0), rec(5, 1, 2, False), rec(6, 2, 0, True)]
+
+
+def test_chains_hand_checked():
+    chains = chains_of_shard(SHARD)
+    assert [[r["id"] for r in c] for c in chains] == [["t0", "t3", "t6"], ["t1"], ["t2"], ["t4"], ["t5"]]
+    shuffled = [SHARD[i] for i in (6, 4, 2, 0, 5, 3, 1)]  # order of lines does not matter for membership
+    assert sorted(tuple(r["id"] for r in c) for c in chains_of_shard(shuffled)) == sorted(
+        tuple(r["id"] for r in c) for c in chains)
+    # A linked record whose predecessor round is missing starts its own chain rather than a wrong one.
+    assert [[r["id"] for r in c] for c in chains_of_shard([SHARD[0], SHARD[6]])] == [["t0"], ["t6"]]
+
+
+def test_synthesized_documents(tmp_path):
+    shard = tmp_path / "s0.jsonl"
+    shard.write_text("".join(json.dumps(r) + "\n" for r in SHARD))
+    (tmp_path / "s0.stats.json").write_text("{}")  # stats next to shards are not documents
+    stats: Counter = Counter()
+    docs = list(synthesized_documents([tmp_path], seed=1, stats=stats))
+    assert [d["id"] for d in docs] == ["t0", "t1", "t2", "t4", "t5"]
+    first = docs[0]["text"]
+    assert first.index("Text 0.") < first.index("Q0.0?") < first.index("Text 3.") < first.index("Text 6.")
+    assert docs[2]["text"] == "Text 2." and docs[2]["layout"] == "raw"
+    assert stats["entries"] == 7 and stats["pairs"] == 5
+    assert sum(v for k, v in stats.items() if k.startswith("layout:")) == 5
+    assert list(synthesized_documents([shard], seed=1, stats=Counter())) == docs
+    assert [d["text"] for d in synthesized_documents([shard], seed=2, stats=Counter())] != [d["text"] for d in docs]
+    assert chain_seed(1, "t0") != chain_seed(1, "t1")
+    shard.write_text(json.dumps({"id": "x", "text": "y"}) + "\n")
+    with pytest.raises(InputError, match=r"s0.jsonl:1: .*'pairs'"):
+        list(synthesized_documents([shard], 0, Counter()))
+
+
+def test_raw_documents_leave_out_converted(tmp_path):
+    path = tmp_path / "raw.jsonl"
+    path.write_text("".join(json.dumps({"id": f"r{i}", "text": f"raw {i}"}) + "\n" for i in range(5)))
+    stats: Counter = Counter()
+    assert [d["id"] for d in raw_documents([path], stats, exclude={"r1", "r3"})] == ["r0", "r2", "r4"]
+    assert stats["excluded_converted"] == 2
+
+
+def test_tuning_and_instruction_documents(tmp_path):
+    tuning = tmp_path / "tuning.jsonl"
+    tuning.write_text(json.dumps({"context": "Ctx.", "pairs": [{"instruction": "Q?", "response": "A."}],
+                                  "dataset": "squad"}) + "\n")
+    [doc] = list(tuning_documents([tuning], 0, Counter()))
+    assert "Ctx." in doc["text"] and "Q?" in doc["text"] and "<QUE>" not in doc["text"]
+    instr = tmp_path / "instr.jsonl"
+    instr.write_text(json.dumps({"system_prompt": "You are helpful.", "question": "Add 2 and 2.", "response": "4"})
+                     + "\n" + json.dumps({"instruction": "Say hi.", "output": "Hi!"}) + "\n"
+                     + json.dumps({"question": "No answer."}) + "\n")
+    with pytest.raises(InputError, match=r"instr.jsonl:3"):
+        list(instruction_documents([instr], Counter()))
+    stats: Counter = Counter()
+    docs = list(instruction_documents([instr], stats, skip_bad_records=True))
+    assert [d["text"] for d in docs] == ["Add 2 and 2. 4", "Say hi. Hi!"]  # system prompt dropped
+    assert stats["bad_records"] == 1

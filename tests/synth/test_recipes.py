@@ -1,0 +1,96 @@
+"""The general and domain recipes end to end: documents → indexed datasets → a blend the trainer reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from megatron_ipt.config import ConfigError, load_config
+from megatron_ipt.data.blend import parse_blend
+from megatron_ipt.data.indexed import IndexedDataset
+from megatron_ipt.synth.recipes import CorporaConfig, build_corpora
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def synthesized(tmp_path: Path) -> Path:
+    recs = []
+    for i in range(6):
+        pairs = [{"instruction": f"What does protein {i} bind?", "response": f"Receptor {i}."}] if i != 2 else []
+        recs.append({"id": f"d{i}", "text": f"Protein {i} binds receptor {i} in liver cells.", "pairs": pairs,
+                     "round": i // 3, "slot": i % 3, "linked": i >= 3 and i != 5})
+    return write_jsonl(tmp_path / "synth" / "s0.jsonl", recs)
+
+
+def test_domain_recipe(tmp_path, mistral_tokenizer):
+    synthesized(tmp_path)
+    instr = write_jsonl(tmp_path / "instr.jsonl", [{"question": f"Name color {i}.", "response": f"Color {i} is blue."}
+                                                   for i in range(4)])
+    cfg = CorporaConfig(recipe="domain", synthesized=[str(tmp_path / "synth")], instructions=[str(instr)],
+                        output_dir=str(tmp_path / "out"), tokenizer="mistral", workers=0, progress=False)
+    report = build_corpora(cfg)
+    comps = report["components"]
+    # Chains: d0-d3, d1-d4, d2 (no pairs; d5 not linked), d5.
+    assert comps["instruct"]["documents"] == 4 and comps["instructions"]["documents"] == 4
+    assert sum(comps["instruct"]["templates"].values()) == 4 and "raw" in comps["instruct"]["templates"]
+    tok = mistral_tokenizer
+    for name in ("instruct", "instructions"):
+        ds = IndexedDataset(comps[name]["prefix"])
+        assert len(ds) == comps[name]["documents"]
+        assert int(ds.sizes.sum()) == comps[name]["tokens"]
+        for i in range(len(ds)):
+            ids = ds.get(i).tolist()
+            assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and tok.bos_id not in ids[1:]
+    first = IndexedDataset(comps["instructions"]["prefix"]).get(0).tolist()
+    assert first[1:-1] == tok.encode("Name color 0. Color 0 is blue.")  # {question} {response}, no template
+    # 1:1 by tokens: the small instruction set is weighted up to the domain documents' token count.
+    assert [w for w, _ in report["blend"]] == [0.5, 0.5]
+    assert comps["instructions"]["repeat"] > 1
+    blend_file = tmp_path / "out" / "blend.yaml"
+    assert parse_blend(yaml.safe_load(blend_file.read_text())["data"]["train"]) == [tuple(b) for b in report["blend"]]
+    assert "instruct" in (tmp_path / "out" / "mixture_report.md").read_text()
+
+    # The trainer's config accepts the blend file as an include.
+    from megatron_ipt.train.config import TrainConfig
+    from megatron_ipt.train.data import check_blend
+
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"include": [str(REPO / "configs" / "tiny.yaml"), str(blend_file)]}))
+    train_cfg = load_config(TrainConfig, run)
+    assert check_blend(train_cfg.data.train, "data.train") == [tuple(b) for b in report["blend"]]
+
+
+def test_general_recipe(tmp_path):
+    shard = synthesized(tmp_path)
+    raw = write_jsonl(tmp_path / "raw" / "r.jsonl", [{"id": f"d{i}", "text": f"Raw text {i} about heart."}
+                                                     for i in range(10)])
+    tuning = write_jsonl(tmp_path / "tuning.jsonl", [{"context": "Ctx.", "pairs": [{"instruction": "Q?",
+                                                                                    "response": "A."}]}])
+    cfg = CorporaConfig(recipe="general", synthesized=str(shard), raw=[str(raw)], tuning=[str(tuning)],
+                        output_dir=str(tmp_path / "out"), tokenizer="mistral", workers=0, progress=False)
+    cfg.validate()
+    report = build_corpora(cfg)
+    comps = report["components"]
+    assert comps["raw"]["documents"] == 4 and comps["raw"]["counts"]["excluded_converted"] == 6
+    w = dict(zip(comps, [c["weight"] for c in comps.values()], strict=True))
+    ratio = (w["tuning"] / comps["tuning"]["tokens"]) / (w["raw"] / comps["raw"]["tokens"])
+    assert ratio == pytest.approx(4.0, rel=1e-3)  # tuning data weighted 4x its size
+    assert comps["tuning"]["repeat"] == pytest.approx(4 * comps["raw"]["repeat"], rel=1e-3)
+
+
+def test_recipe_validation():
+    with pytest.raises(ConfigError, match="recipe"):
+        CorporaConfig(recipe="other", synthesized=["x"], output_dir="o").validate()
+    with pytest.raises(ConfigError, match="needs instructions"):
+        CorporaConfig(recipe="domain", synthesized=["x"], output_dir="o").validate()
+    with pytest.raises(ConfigError, match="raw is not part of the domain recipe"):
+        CorporaConfig(recipe="domain", synthesized=["x"], raw=["r"], instructions=["i"], output_dir="o").validate()
