@@ -257,7 +257,12 @@ class IndexedDataset:
         if seq_count and int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize != bin_size:
             raise IndexedDatasetError(f"{ip}: sequence pointers disagree with {bp}")
         self.n_tokens = n_tokens
-        self._bin = np.memmap(bp, dtype=self.dtype, mode="r") if bin_size else np.zeros(0, self.dtype)
+        # A plain ndarray over the map (np.memmap adds per-slice overhead on the hot path).
+        self._bin = (
+            np.memmap(bp, dtype=self.dtype, mode="r").view(np.ndarray)
+            if bin_size
+            else np.zeros(0, self.dtype)
+        )
 
     def __len__(self) -> int:
         return len(self.sizes)

@@ -30,6 +30,7 @@ from megatron_ipt.io import atomic_path
 from megatron_ipt.log import get_logger
 
 log = get_logger(__name__)
+_ZERO = np.zeros(1, dtype=np.int64)
 INDEX_VERSION = "packing-v1"
 
 
@@ -51,7 +52,7 @@ def cached_arrays(cache_dir: Path, name: str, key: str, build) -> dict[str, np.n
         paths = {n: cache_dir / f"{name}-{key}-{n}.npy" for n in names}
         if all(p.is_file() for p in paths.values()):
             try:
-                return {n: np.load(p, mmap_mode="r") for n, p in paths.items()}
+                return {n: np.load(p, mmap_mode="r").view(np.ndarray) for n, p in paths.items()}
             except (ValueError, OSError) as err:
                 log.warning("index cache %s unreadable (%s): rebuilding", marker, err)
     arrays = build()
@@ -61,7 +62,7 @@ def cached_arrays(cache_dir: Path, name: str, key: str, build) -> dict[str, np.n
             np.save(fh, arr)
     with atomic_path(marker) as tmp:
         tmp.write_text(" ".join(arrays))
-    return {n: np.load(cache_dir / f"{name}-{key}-{n}.npy", mmap_mode="r") for n in arrays}
+    return {n: np.load(cache_dir / f"{name}-{key}-{n}.npy", mmap_mode="r").view(np.ndarray) for n in arrays}
 
 
 def build_packing_index(
@@ -135,7 +136,11 @@ class PackedDataset:
             arrays["sample_idx"],
             arrays["shuffle_idx"],
         )
+        # Plain in-memory / mmap-backed ndarrays: np.memmap's per-index overhead dominates otherwise.
         self._doc_start = self.ds.pointers // self.ds.dtype.itemsize  # token offset of each document
+        self._sizes = self.ds.sizes.astype(np.int64)
+        self._sample_flat = self.sample_idx.reshape(-1)
+        self._arange1 = np.arange(self.seq_len + 1, dtype=np.int64)
 
     @property
     def epochs(self) -> float:
@@ -145,53 +150,46 @@ class PackedDataset:
     def __len__(self) -> int:
         return self.num_samples
 
-    def _pieces(self, k: int) -> tuple[list[tuple[int, int]], list[int]]:
-        """(token start, length) runs in the flat token array, and the in-sample document starts."""
-        (d0, o0), (d1, o1) = self.sample_idx[k], self.sample_idx[k + 1]
-        d0, o0, d1, o1 = int(d0), int(o0), int(d1), int(o1)
+    def _gather_index(self, k: int) -> tuple[np.ndarray | slice, np.ndarray]:
+        """Where sample ``k``'s ``seq_len + 1`` tokens lie in the flat token array, and the
+        in-sample offsets at which its documents (pieces) start (first is 0)."""
+        d0, o0, d1, o1 = self._sample_flat[2 * k : 2 * k + 4].tolist()
         if d0 == d1:
-            return [(int(self._doc_start[self.doc_idx[d0]]) + o0, o1 - o0 + 1)], [0]
+            start = int(self._doc_start[self.doc_idx[d0]]) + o0
+            return slice(start, start + o1 - o0 + 1), _ZERO
         docs = self.doc_idx[d0 : d1 + 1]
-        starts = self._doc_start[docs].astype(np.int64)
-        lens = self.ds.sizes[docs].astype(np.int64)
+        starts = self._doc_start[docs]
+        lens = self._sizes[docs]
         starts[0] += o0
         lens[0] -= o0
         lens[-1] = o1 + 1
         if (lens == 0).any():  # empty documents carry no token and no boundary
             starts, lens = starts[lens > 0], lens[lens > 0]
-        doc_starts = np.concatenate([[0], np.cumsum(lens[:-1])]).tolist()
-        return list(zip(starts.tolist(), lens.tolist(), strict=True)), doc_starts
+        piece_starts = np.cumsum(lens) - lens
+        # token t of the sample sits at starts[p] + (t - piece_starts[p]) for its piece p
+        index = (starts - piece_starts).repeat(lens) + self._arange1
+        return index, piece_starts
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < self.num_samples:
             raise IndexError(f"sample {i} out of range [0, {self.num_samples})")
-        k = int(self.shuffle_idx[i])
-        runs, doc_starts = self._pieces(k)
-        toks = self.ds.tokens
-        if len(runs) == 1:
-            s, n = runs[0]
-            tokens = toks[s : s + n].astype(np.int64)
-        else:
-            tokens = np.concatenate([toks[s : s + n] for s, n in runs]).astype(np.int64)
+        where, piece_starts = self._gather_index(int(self.shuffle_idx[i]))
+        tokens = self.ds.tokens[where].astype(np.int64)
         S = self.seq_len
-        starts = np.asarray([s for s in doc_starts if s < S], dtype=np.int64)
+        starts = piece_starts[piece_starts < S]
         cu = np.empty(starts.size + 1, dtype=np.int32)
         cu[:-1] = starts
         cu[-1] = S
-        position_ids = np.arange(S, dtype=np.int64) - np.repeat(starts, np.diff(cu))
+        if starts.size == 1:
+            position_ids = self._arange1[:S].copy()
+        else:
+            position_ids = self._arange1[:S] - starts.repeat(cu[1:] - cu[:-1])
         if self.mask is not None:
-            mtok = self.mask.tokens
-            m = (
-                np.concatenate([mtok[s : s + n] for s, n in runs])
-                if len(runs) > 1
-                else mtok[runs[0][0] :][: runs[0][1]]
-            )
-            loss_mask = m[1:].astype(np.float32)
+            loss_mask = self.mask.tokens[where][1:].astype(np.float32)
         else:
             loss_mask = np.ones(S, dtype=np.float32)
         # The label at the last position before a document start belongs to the next document.
-        nxt = np.asarray(doc_starts[1:], dtype=np.int64)
-        loss_mask[nxt - 1] = 0.0
+        loss_mask[piece_starts[1:] - 1] = 0.0
         return {
             "input_ids": tokens[:-1],
             "labels": tokens[1:],

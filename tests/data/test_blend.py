@@ -62,10 +62,11 @@ def test_blended_dataset(tmp_path: Path, make_ds) -> None:
     report = {r["prefix"]: r for r in ds.report()}
     assert report[str(small)]["epochs"] > 10  # the small dataset is repeated many times
     assert report[str(big)]["samples"] + report[str(small)]["samples"] == 2000
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
     again = BlendedDataset(blend, seq_len=16, num_samples=2000, seed=7, cache_dir=tmp_path / "cache")
     assert again.fingerprint == ds.fingerprint
     assert all(np.array_equal(ds[i]["input_ids"], again[i]["input_ids"]) for i in range(0, 2000, 31))
-    assert isinstance(again.dataset_index, np.memmap)  # loaded from the cache
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()} == mtimes  # cache reused
     longer = BlendedDataset(blend, seq_len=16, num_samples=3000, seed=7, cache_dir=tmp_path / "cache")
     assert longer.fingerprint == ds.fingerprint  # same data spec, longer run
     for other in (

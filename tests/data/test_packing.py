@@ -79,9 +79,11 @@ def test_index_is_cached_and_reused(small_dataset, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     a = PackedDataset(prefix, 16, seed=3, cache_dir=cache)
     files = sorted(p.name for p in cache.iterdir())
+    mtimes = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
     assert any(f.endswith("shuffle_idx.npy") for f in files) and any(f.endswith(".done") for f in files)
     b = PackedDataset(prefix, 16, seed=3, cache_dir=cache)
-    assert isinstance(b.shuffle_idx, np.memmap) and sorted(p.name for p in cache.iterdir()) == files
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == mtimes  # loaded, not rebuilt
+    assert not b.shuffle_idx.flags.writeable  # a read-only map of the cached file
     assert np.array_equal(a[3]["input_ids"], b[3]["input_ids"])
     PackedDataset(prefix, 16, seed=4, cache_dir=cache)  # another key, other files
     assert len(list(cache.iterdir())) == 2 * len(files)
