@@ -137,9 +137,12 @@ def resolve_host(host: str) -> str:
     except OSError:
         pass
     if shutil.which("scontrol"):
-        out = subprocess.run(
-            ["scontrol", "show", "node", host], capture_output=True, text=True, check=False
-        ).stdout
+        try:
+            out = subprocess.run(
+                ["scontrol", "show", "node", host], capture_output=True, text=True, check=False, timeout=30
+            ).stdout
+        except subprocess.TimeoutExpired as err:
+            raise LaunchError(f"cannot resolve master node {host!r}: no DNS entry and scontrol timed out") from err
         m = re.search(r"NodeAddr=(\S+)", out)
         if m:
             addr = m.group(1)

@@ -1,0 +1,205 @@
+"""Launcher environment: Slurm node lists, torchrun-vs-Slurm precedence, ports, and the preflight CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from megatron_ipt import launch
+from megatron_ipt.launch import LaunchError, dist_env_from_environ, expand_hostlist, master_port_for_job
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "hosts"),
+    [
+        ("node1", ["node1"]),
+        ("node[1-2]", ["node1", "node2"]),
+        ("gpu[01-03,7],cpu1", ["gpu01", "gpu02", "gpu03", "gpu7", "cpu1"]),
+        ("gpu[098-101]", ["gpu098", "gpu099", "gpu100", "gpu101"]),
+        ("a-b.c[9-10]", ["a-b.c9", "a-b.c10"]),
+        ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
+        ("n[1-2]-ib", ["n1-ib", "n2-ib"]),
+        (" x1,y[3] ", ["x1", "y3"]),
+    ],
+)
+def test_expand_hostlist(nodelist: str, hosts: list[str]) -> None:
+    assert expand_hostlist(nodelist) == hosts
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "why"),
+    [
+        ("", "empty"),
+        ("node[1-", "unbalanced '['"),
+        ("node1]", "unbalanced ']'"),
+        ("a,,b", "empty entry"),
+        ("node[3-1]", "runs backwards"),
+        ("node[a-b]", "bad range"),
+        ("node[]", "bad range"),
+        ("n[[1]]", "nested"),
+        ("node 1", "at 'node 1'"),
+        ("node[1-2],", "empty entry"),
+    ],
+)
+def test_expand_hostlist_rejects(nodelist: str, why: str) -> None:
+    with pytest.raises(LaunchError, match="cannot parse Slurm node list") as err:
+        expand_hostlist(nodelist)
+    assert why in str(err.value)
+
+
+def test_port_from_job_id() -> None:
+    ports = {master_port_for_job(j) for j in range(1000, 1100)}
+    assert len(ports) == 100  # neighbouring jobs never share a port
+    assert all(launch.PORT_BASE <= p < 32768 for p in ports)  # below the ephemeral range
+    assert master_port_for_job(123456) == master_port_for_job(123456)  # a requeue reuses it
+    assert all(launch.PORT_BASE <= master_port_for_job(j) < 32768 for j in (0, 19999, 20000, 2**31 - 1))
+
+
+SLURM_STEP = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_STEP_ID": "0",
+    "SLURM_PROCID": "3",
+    "SLURM_LOCALID": "1",
+    "SLURM_NTASKS": "4",
+    "SLURM_STEP_NUM_TASKS": "4",
+    "SLURM_JOB_NODELIST": "localhost,otherhost",
+    "SLURM_STEP_NODELIST": "localhost,otherhost",
+}
+
+
+def test_slurm_step() -> None:
+    env = dist_env_from_environ(SLURM_STEP)
+    assert env.source == "slurm"
+    assert (env.rank, env.world_size, env.local_rank) == (3, 4, 1)
+    assert env.master_addr == "127.0.0.1"  # first node of the list, resolved
+    assert env.master_port == master_port_for_job(4242)
+    assert not env.is_main
+
+
+def test_step_nodelist_and_tasks_win_over_job_values() -> None:
+    # A step on part of the allocation: its own node list and task count count, not the job's.
+    env = dist_env_from_environ({**SLURM_STEP, "SLURM_JOB_NODELIST": "nonexistent-node[1-4]",
+                                 "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "4"})
+    assert env.world_size == 4 and env.master_addr == "127.0.0.1"
+
+
+def test_exported_master_wins_over_node_list() -> None:
+    env = dist_env_from_environ({**SLURM_STEP, "MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "23456"})
+    assert (env.master_addr, env.master_port) == ("10.1.2.3", 23456)
+
+
+def test_torchrun_wins_over_slurm() -> None:
+    # srun starting one torchrun per node: torchrun's variables describe this process.
+    env = dist_env_from_environ({**SLURM_STEP, "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1",
+                                 "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400"})
+    assert env.source == "torchrun"
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port) == (
+        5, 8, 1, "10.0.0.1", 29400)
+
+
+def test_batch_shell_is_a_single_process() -> None:
+    # The batch shell carries SLURM_PROCID=0 and SLURM_NTASKS=N but is no step: python started
+    # there directly is one process and must not wait for N-1 peers.
+    batch = {k: v for k, v in SLURM_STEP.items() if not k.startswith("SLURM_STEP")}
+    batch["SLURM_PROCID"] = "0"
+    env = dist_env_from_environ(batch)
+    assert (env.source, env.rank, env.world_size) == ("single", 0, 1)
+
+
+def test_single_process_defaults() -> None:
+    env = dist_env_from_environ({})
+    assert (env.source, env.rank, env.world_size, env.master_addr) == ("single", 0, 1, "127.0.0.1")
+    assert 0 < env.master_port < 65536
+
+
+def test_bad_slurm_values_are_named() -> None:
+    with pytest.raises(LaunchError, match="SLURM_PROCID='x'"):
+        dist_env_from_environ({**SLURM_STEP, "SLURM_PROCID": "x"})
+    with pytest.raises(LaunchError, match="cannot parse Slurm node list 'node\\[1-'"):
+        dist_env_from_environ({**SLURM_STEP, "SLURM_STEP_NODELIST": "node[1-"})
+    with pytest.raises(LaunchError, match="without SLURM_JOB_NODELIST"):
+        dist_env_from_environ({k: v for k, v in SLURM_STEP.items() if "NODELIST" not in k})
+
+
+def test_unresolvable_master(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    # No DNS entry and no scontrol to ask for the node's address: a clear error. (The scontrol
+    # path is exercised on the real cluster in tests/slurm.)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(LaunchError, match="cannot resolve master node 'no-such-node-x1'"):
+        dist_env_from_environ({**SLURM_STEP, "SLURM_STEP_NODELIST": "no-such-node-x[1-2]"})
+
+
+# --- preflight (the scripts' fail-fast check) ---------------------------------------------------
+
+
+@pytest.fixture
+def tiny_prefix(tmp_path) -> str:
+    from megatron_ipt.data.indexed import IndexedDatasetWriter
+
+    prefix = str(tmp_path / "tiny_text_document")
+    writer = IndexedDatasetWriter(prefix, "uint16")
+    for doc in ([1, 5, 6, 2], [1, 7, 2]):
+        writer.add_document(doc)
+    writer.finalize()
+    return prefix
+
+
+def _clear_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in [k for k in os.environ if k.startswith("SLURM_") or k in ("MASTER_ADDR", "MASTER_PORT")]:
+        monkeypatch.delenv(key)
+
+
+def test_preflight_prints_master_exports(monkeypatch, capsys, tiny_prefix, tmp_path) -> None:
+    _clear_slurm(monkeypatch)
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "localhost")
+    rc = launch.main(["preflight", "--require-prefix", tiny_prefix, "--require-dir", str(tmp_path),
+                      "--require-path", tiny_prefix + ".bin"])
+    assert rc == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "export MASTER_ADDR=127.0.0.1", f"export MASTER_PORT={master_port_for_job(777)}"]
+
+
+def test_preflight_reports_every_problem(monkeypatch, capsys, tmp_path) -> None:
+    _clear_slurm(monkeypatch)
+    monkeypatch.setenv("SLURM_JOB_ID", "778")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[01-")
+    rc = launch.main(["preflight", "--require-prefix", str(tmp_path / "nope"),
+                      "--require-dir", str(tmp_path / "ckpt"), "--require-file", str(tmp_path / "x.yaml")])
+    err = capsys.readouterr()
+    assert rc == 2 and err.out == ""
+    assert f"data prefix '{tmp_path / 'nope'}': missing {tmp_path / 'nope'}.bin, {tmp_path / 'nope'}.idx" in err.err
+    assert f"required directory '{tmp_path / 'ckpt'}' does not exist" in err.err
+    assert f"required file '{tmp_path / 'x.yaml'}' does not exist" in err.err
+    assert "cannot parse Slurm node list 'gpu[01-'" in err.err
+
+
+def test_preflight_checks_the_training_config(monkeypatch, capsys, tiny_prefix, repo_root, tmp_path) -> None:
+    _clear_slurm(monkeypatch)
+    monkeypatch.chdir(repo_root)  # configs name ds_configs/ relative to the checkout, as the scripts run
+    config = str(repo_root / "configs" / "tiny.yaml")
+    assert launch.main(["preflight", "--train-config", config, f"--data.train={tiny_prefix}"]) == 0
+    # Weights and a blend in Megatron's string form: only prefixes are checked.
+    assert launch.main(["preflight", "--train-config", config, f"--data.train=0.3 {tiny_prefix} 0.7 {tiny_prefix}"]) == 0
+    capsys.readouterr()
+
+    missing = tmp_path / "absent_text_document"
+    rc = launch.main(["preflight", "--train-config", config, f"--data.train=[[0.5, {tiny_prefix}], [0.5, {missing}]]",
+                      f"--data.valid={missing}", f"--model.init_from={tmp_path / 'no_model'}",
+                      f"--checkpoint.resume={tmp_path / 'no_ckpt'}"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"data.train: data prefix '{missing}'" in err
+    assert f"data.valid: data prefix '{missing}'" in err
+    assert f"model.init_from: checkpoint directory '{tmp_path / 'no_model'}' does not exist" in err
+    assert f"checkpoint.resume: checkpoint '{tmp_path / 'no_ckpt'}' does not exist" in err
+
+    rc = launch.main(["preflight", "--train-config", config, f"--data.train={tiny_prefix}", "--optim.lrr=1"])
+    assert rc == 2 and "optim.lrr" in capsys.readouterr().err
+
+
+def test_preflight_rejects_overrides_without_config(capsys) -> None:
+    with pytest.raises(SystemExit):
+        launch.main(["preflight", "--steps=3"])
+    assert "unrecognized arguments: --steps=3" in capsys.readouterr().err
