@@ -1,0 +1,96 @@
+"""Synthesizer evaluation: answer scoring, pair-token loss against a hand computation, generation scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_ipt.synth.collections import Example
+from megatron_ipt.synth.evaluate import (
+    exact_match,
+    generation_scores,
+    heldout_pair_loss,
+    normalize_answer,
+    response_prompt_ids,
+    token_f1,
+)
+from megatron_ipt.synth.format import Pair, context_text
+from megatron_ipt.synth.tuning_data import TuningDataOptions, build_tuning_data
+
+
+def test_answer_scores() -> None:
+    assert normalize_answer("The  Sky, is BLUE!") == "sky is blue"
+    assert exact_match("the blue sky.", "Blue sky") == 1.0
+    assert exact_match("blue", "red") == 0.0
+    assert token_f1("blue sky today", "the blue sky") == pytest.approx(0.8)
+    assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0 and token_f1("red", "blue") == 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(
+        vocab_size=32000,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+    )
+    return MistralForCausalLM(cfg).eval()
+
+
+EXAMPLES = [
+    Example(
+        "d",
+        "The sky is blue and the grass is green.",
+        [Pair("What colour is the sky?", "blue"), Pair("What is green?", "the grass")],
+    ),
+    Example("d", "Cats sleep a lot.", [Pair("Who sleeps a lot?", "Cats")]),
+]
+
+
+def test_pair_loss_matches_hand_computation(tmp_path: Path, tiny_model, mistral_tokenizer) -> None:
+    s = build_tuning_data(
+        EXAMPLES, tmp_path / "e", mistral_tokenizer, TuningDataOptions(max_length=512, held_out=0.0)
+    )
+    prefix = s["splits"]["train"]["prefix"]
+    got = heldout_pair_loss(tiny_model, prefix)
+    from megatron_ipt.data.indexed import IndexedDataset, lossmask_prefix
+
+    ids = torch.tensor(np.asarray(IndexedDataset(prefix).get(0), dtype=np.int64))
+    mask = torch.tensor(np.asarray(IndexedDataset(lossmask_prefix(prefix)).get(0), dtype=np.float64))
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny_model(input_ids=ids[None]).logits[0].double(), -1)
+    nll = -logp[:-1].gather(1, ids[1:, None])[:, 0]
+    want = float((nll * mask[1:]).sum() / mask[1:].sum())
+    assert got["pair_loss"] == pytest.approx(want, rel=1e-5)
+    assert got["pair_tokens"] == mask[1:].sum() and got["documents"] == 1
+    assert got["all_token_loss"] == pytest.approx(float(nll.mean()), rel=1e-5)
+
+
+def test_generation_scores_with_hf_engine(tiny_model, mistral_tokenizer) -> None:
+    from megatron_ipt.synth.engine_hf import HFEngine
+
+    tok = mistral_tokenizer
+    ids = response_prompt_ids(tok, EXAMPLES[0], 1)
+    assert ids[0] == tok.bos_id and ids.count(tok.bos_id) == 1
+    # the training layout: BOS, the context segment, then one pairs segment ending in "<ANS>"
+    head = "<QUE> What colour is the sky? <ANS> blue </END>\n\n<QUE> What is green? <ANS>"
+    assert ids == [tok.bos_id, *tok.encode(context_text(EXAMPLES[0].context)), *tok.encode(head)]
+    engine = HFEngine("unused", tokenizer=tok, model=tiny_model, max_model_len=1024, batch_size=4)
+    scores = generation_scores(engine, EXAMPLES, max_new_tokens=12, response_tokens=6)
+    assert scores["contexts"] == 2 and scores["responses"] == 3 and scores["skipped_too_long"] == 0
+    assert 0.0 <= scores["parse_rate"] <= 1.0 and 0.0 <= scores["response_f1"] <= 1.0
+    # a random model neither closes pairs nor answers: the scores say so rather than hiding it
+    assert scores["parse_rate"] == 0.0 and scores["response_exact_match"] == 0.0
+    short = HFEngine("unused", tokenizer=tok, model=tiny_model, max_model_len=40, batch_size=4)
+    assert (
+        generation_scores(short, EXAMPLES[:1], max_new_tokens=30, response_tokens=30)["skipped_too_long"] == 3
+    )
