@@ -55,6 +55,8 @@ ipt_setup() {
     JOB_DIR=$RUN_DIR/jobs/$IPT_JOB
     mkdir -p "$JOB_DIR" || ipt_die "cannot create the job directory $JOB_DIR"
     export PYTHONUNBUFFERED=1  # log lines reach the job log as they happen
+    # torch 2.13 warns about deprecated collectives on every DeepSpeed call: thousands of lines.
+    export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::FutureWarning}
     ipt_log "stage=$IPT_STAGE job=$IPT_JOB restart=${SLURM_RESTART_COUNT:-0}" \
         "nodes=${SLURM_JOB_NODELIST:-local} tasks=${SLURM_NTASKS:-1} root=$IPT_ROOT"
     ipt_log "run dir $RUN_DIR, job dir $JOB_DIR, python $PYTHON"

@@ -32,10 +32,10 @@
 
 set -uo pipefail
 # sbatch runs a spooled copy of this script: find the checkout from IPT_ROOT, the submit dir, or
-# the submitted script's path as Slurm recorded it.
+# the submitted script's path as Slurm recorded it (the first record: an array id lists every task).
 if [ -z "${IPT_ROOT:-}" ]; then
     for _d in "$(dirname "$0")/.." "${SLURM_SUBMIT_DIR:-}" \
-        "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's|^ *Command=\([^ ]*\)/slurm/[^/ ]*\( .*\)*$|\1|p')"; do
+        "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's|^ *Command=\([^ ]*\)/slurm/[^/ ]*\( .*\)*$|\1|p' | head -n 1)"; do
         [ -n "$_d" ] && [ -f "$_d/slurm/common.sh" ] && { IPT_ROOT=$(cd "$_d" && pwd); break; }
     done
 fi
@@ -57,9 +57,11 @@ done
 [ -n "${CONFIG:-}" ] && preflight_args+=(--require-file "$CONFIG")
 ipt_preflight "${preflight_args[@]}"
 mkdir -p "$OUTPUT_DIR" || ipt_die "cannot create OUTPUT_DIR=$OUTPUT_DIR"
+tp=${TP:-${SLURM_GPUS_ON_NODE:-1}}
+[ "$tp" -ge 1 ] 2>/dev/null || tp=1  # no GPUs: the transformers engine ignores it anyway
 args=("--inputs=[$yaml_inputs]" "--output_dir=$OUTPUT_DIR" "--engine.model=$MODEL"
       "--engine.kind=${ENGINE:-auto}"
-      "--engine.tensor_parallel_size=${TP:-${SLURM_GPUS_ON_NODE:-1}}"
+      "--engine.tensor_parallel_size=$tp"
       "--num_shards=${NUM_SHARDS:-${SLURM_ARRAY_TASK_COUNT:-1}}"
       "--shard_index=${SHARD_INDEX:-$(( ${SLURM_ARRAY_TASK_ID:-0} - ${SLURM_ARRAY_TASK_MIN:-0} ))}")
 [ -n "${CONFIG:-}" ] && args=(--config "$CONFIG" "${args[@]}")

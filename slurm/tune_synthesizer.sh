@@ -28,10 +28,10 @@
 
 set -uo pipefail
 # sbatch runs a spooled copy of this script: find the checkout from IPT_ROOT, the submit dir, or
-# the submitted script's path as Slurm recorded it.
+# the submitted script's path as Slurm recorded it (the first record: an array id lists every task).
 if [ -z "${IPT_ROOT:-}" ]; then
     for _d in "$(dirname "$0")/.." "${SLURM_SUBMIT_DIR:-}" \
-        "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's|^ *Command=\([^ ]*\)/slurm/[^/ ]*\( .*\)*$|\1|p')"; do
+        "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's|^ *Command=\([^ ]*\)/slurm/[^/ ]*\( .*\)*$|\1|p' | head -n 1)"; do
         [ -n "$_d" ] && [ -f "$_d/slurm/common.sh" ] && { IPT_ROOT=$(cd "$_d" && pwd); break; }
     done
 fi

