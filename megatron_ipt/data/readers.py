@@ -189,11 +189,9 @@ def parse_record(payload: Any, key: str) -> dict | str:
     """
     if isinstance(payload, bytes | bytearray):
         try:
-            line = payload.decode("utf-8")
+            obj = json.loads(payload)  # bytes: decoded as UTF-8 (strict) inside json
         except UnicodeDecodeError as err:
             raise BadRecord("invalid_utf8", f"invalid UTF-8 at byte {err.start}") from None
-        try:
-            obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise BadRecord("malformed_json", f"malformed JSON ({err.msg} at column {err.colno})") from None
         if not isinstance(obj, dict):
