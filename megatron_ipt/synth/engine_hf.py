@@ -130,6 +130,13 @@ class HFEngine:
         return results
 
     def _next_tokens(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+        logits = logits.float()
+        for j, row in enumerate(rows):
+            if row.params.repetition_penalty != 1.0:
+                seen = torch.tensor(sorted(set(row.prompt) | set(row.out)), device=logits.device)
+                picked = logits[j, seen]
+                penalty = row.params.repetition_penalty
+                logits[j, seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
         greedy = logits.argmax(dim=-1).tolist()
         out = []
         for j, row in enumerate(rows):
@@ -137,7 +144,7 @@ class HFEngine:
             if p.greedy:
                 out.append(greedy[j])
                 continue
-            probs = torch.softmax(logits[j].float() / p.temperature, dim=-1)
+            probs = torch.softmax(logits[j] / p.temperature, dim=-1)
             if p.top_p < 1.0:
                 sorted_p, idx = probs.sort(descending=True)
                 drop = sorted_p.cumsum(-1) - sorted_p > p.top_p  # keep the smallest nucleus >= top_p

@@ -74,6 +74,7 @@ class VLLMEngine:
             max_tokens=p.max_new_tokens,
             seed=None if p.greedy else p.seed,
             stop=list(p.stop) or None,
+            repetition_penalty=p.repetition_penalty,
             stop_token_ids=sorted(self.eos_ids) or None,
             skip_special_tokens=True,
         )

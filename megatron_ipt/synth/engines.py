@@ -32,6 +32,7 @@ class SamplingParams:
     n: int = 1
     seed: int = 0
     stop: tuple[str, ...] = ()
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or output (CTRL-style)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -42,6 +43,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         object.__setattr__(self, "stop", tuple(self.stop))
 
     @property

@@ -141,6 +141,7 @@ class RoundsConfig:
     seed: int = 0
     max_pairs: int = 0  # 0: no cap
     stop: tuple[str, ...] = ("<CON>", "</CON>")  # the model started a new example
+    repetition_penalty: float = 1.0
 
 
 def text_seed(seed: int, text_id: str) -> int:
@@ -196,7 +197,8 @@ def synthesize_batch(engine: Engine, cfg: RoundsConfig, items: Sequence[tuple[st
             chained.append(False)
             cut.append(was_cut)
     params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                             n=cfg.n, seed=text_seed(cfg.seed, text_id), stop=cfg.stop)
+                             n=cfg.n, seed=text_seed(cfg.seed, text_id), stop=cfg.stop,
+                             repetition_penalty=cfg.repetition_penalty)
               for text_id, *_ in items]
     outputs = engine.generate(prompts, params)
     entries = []

@@ -58,6 +58,7 @@ class SynthesizeConfig:
     seed: int = 0
     max_pairs: int = 0  # cap on pairs per text; 0 = no cap
     stop: list[str] = field(default_factory=lambda: ["<CON>", "</CON>"])
+    repetition_penalty: float = 1.0  # > 1 guards untuned/small synthesizers against loops
     batch_texts: int = 256  # texts per checkpointed batch
     fraction: float = 1.0  # convert only this share of texts (chosen by a hash of the id)
     limit: int = 0  # at most this many texts per shard; 0 = all
@@ -85,11 +86,11 @@ class SynthesizeConfig:
     def rounds_config(self) -> RoundsConfig:
         return RoundsConfig(rounds=self.rounds, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                             top_p=self.top_p, n=self.n, seed=self.seed, max_pairs=self.max_pairs,
-                            stop=tuple(self.stop))
+                            stop=tuple(self.stop), repetition_penalty=self.repetition_penalty)
 
     def fingerprint(self) -> str:
         """What decides a shard's content: a partial file from another setting is not reused."""
-        keys = ("rounds", "max_new_tokens", "temperature", "top_p", "n", "seed", "max_pairs", "stop",
+        keys = ("rounds", "max_new_tokens", "temperature", "top_p", "n", "seed", "max_pairs", "stop", "repetition_penalty",
                 "batch_texts", "fraction", "limit", "text_key", "id_key")
         spec = {k: getattr(self, k) for k in keys} | {"model": self.engine.model,
                                                       "max_model_len": self.engine.max_model_len}

@@ -115,3 +115,17 @@ def test_kind_resolution_and_missing_vllm(tiny_dir):
         resolve_kind("llama.cpp")
     with pytest.raises(RuntimeError, match="pip install vllm"):
         load_engine("vllm", tiny_dir, tokenizer="mistral")
+
+
+def test_repetition_penalty_matches_model_generate(engine, prompts):
+    params = SamplingParams(max_new_tokens=10, repetition_penalty=1.5)
+    out = engine.generate(prompts[:2], params)
+    for ids, gens in zip(prompts[:2], out, strict=True):
+        ref = engine.model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False, repetition_penalty=1.5,
+                                    eos_token_id=2, pad_token_id=2)
+        assert gens[0].token_ids == ref[0, len(ids):].tolist()
+    # A huge penalty rules out every token already seen (some unseen token always has a positive logit).
+    strict = engine.generate(prompts, SamplingParams(max_new_tokens=12, repetition_penalty=1e6))
+    for ids, gens in zip(prompts, strict, strict=True):
+        toks = gens[0].token_ids
+        assert len(set(toks)) == len(toks) and not set(toks) & set(ids)
