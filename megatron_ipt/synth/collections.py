@@ -4,10 +4,12 @@ Every converter yields :class:`Example` ``(dataset, context, pairs)``; the tunin
 (:mod:`megatron_ipt.synth.tuning_data`) cleans, renders, groups and tokenizes them. Formats:
 
 - ``collection``: the published tuning collection (``instruction-pretrain/ft-instruction-synthesizer-
-  collection``): one folder per dataset with ``shard/*.jsonl`` files whose lines carry ``context``,
-  ``QA_list``, ``QA_type`` and ``rc_name``. The keys of a ``QA_list`` item could not be confirmed
-  from public material here, so the usual spellings are accepted (``Q``/``A``, ``question``/
-  ``answer``, ``instruction``/``response``, or a ``[question, answer]`` list).
+  collection``): one folder per dataset with ``shard/*.jsonl`` files (layout confirmed from the
+  dataset card) whose lines carry ``context``, ``QA_list``, ``QA_type`` and ``rc_name`` (column
+  names seen in public loaders of it). ``QA_list`` items are ``{"Q", "A"}`` as in the release's own
+  code (``read_compre.py`` formats ``qa_entry['Q']`` / ``qa_entry['A']``); the shard contents
+  themselves could not be inspected offline, so ``question``/``answer``, ``instruction``/
+  ``response`` and ``[question, answer]`` items are accepted too.
 - ``squad``: SQuAD-style JSON: ``data -> paragraphs -> context, qas[question, answers[text],
   is_impossible]``.
 - ``jsonl``: ``{"context", "pairs": [{"instruction", "response"}], "dataset"}`` per line.
