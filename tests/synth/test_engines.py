@@ -129,3 +129,13 @@ def test_repetition_penalty_matches_model_generate(engine, prompts):
     for ids, gens in zip(prompts, strict, strict=True):
         toks = gens[0].token_ids
         assert len(set(toks)) == len(toks) and not set(toks) & set(ids)
+
+
+def test_rows_leaving_the_batch_early_do_not_disturb_the_others(engine, prompts):
+    """Per-prompt limits: short rows finish first and leave the KV cache; the long rows go on unchanged."""
+    mixed = [SamplingParams(max_new_tokens=k) for k in (2, 12, 5, 12)]
+    out = engine.generate(prompts, mixed)
+    assert [len(g[0].token_ids) for g in out] == [2, 12, 5, 12]
+    for ids, gens in zip(prompts, out, strict=True):
+        solo = engine.generate([ids], SamplingParams(max_new_tokens=12))[0][0].token_ids
+        assert gens[0].token_ids == solo[: len(gens[0].token_ids)]
