@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="dataset name for inputs that carry none (SQuAD, JSONL without 'dataset'); default file stem",
     )
+    p.add_argument(
+        "--no-pad",
+        action="store_true",
+        help="do not pad documents to --max-length (padding, with loss-free EOS, keeps every training "
+        "sample one whole document when the trainer's data.seq_len equals --max-length)",
+    )
     p.add_argument("--limit", type=int, default=None, help="use at most this many examples per input")
     p.add_argument("--seed", type=int, default=0, help="seed for mining, split and grouping (default 0)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
@@ -85,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --format {args.format} needs --input", file=sys.stderr)
         return 2
     opts = TuningDataOptions(
-        max_length=args.max_length, held_out=args.held_out, markers=args.markers, seed=args.seed
+        max_length=args.max_length,
+        held_out=args.held_out,
+        markers=args.markers,
+        seed=args.seed,
+        pad=not args.no_pad,
     )
     stats = ConvertStats()
     fingerprint = {

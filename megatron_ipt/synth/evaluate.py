@@ -46,7 +46,7 @@ def heldout_pair_loss(
     """Mean loss over the tokens the loss mask marks (pairs + closing EOS) of the held-out documents.
 
     A label at position t+1 counts when ``mask[t+1]`` is 1, exactly as in training. Also returns
-    the loss over all tokens, for comparison (the context is much easier to predict or not).
+    the loss over all tokens up to the last pair token (trailing padding excluded), for comparison.
     """
     from megatron_ipt.data.indexed import IndexedDataset, lossmask_prefix
 
@@ -58,8 +58,10 @@ def heldout_pair_loss(
     pair_sum = all_sum = 0.0
     pair_n = all_n = 0
     for i in range(n):
-        ids = torch.from_numpy(np.asarray(docs.get(i), dtype=np.int64))[:limit]
-        mask = torch.from_numpy(np.asarray(masks.get(i), dtype=np.float64))[: len(ids)]
+        mask_np = np.asarray(masks.get(i), dtype=np.float64)
+        end = int(np.flatnonzero(mask_np)[-1]) + 1 if mask_np.any() else len(mask_np)  # drop trailing padding
+        ids = torch.from_numpy(np.asarray(docs.get(i), dtype=np.int64)[:end])[:limit]
+        mask = torch.from_numpy(mask_np[: len(ids)])
         if len(ids) < 2:
             continue
         logits = lm(input_ids=ids[None], use_cache=False).logits[0, :-1].float()

@@ -40,6 +40,10 @@ class TuningDataOptions:
     markers: str = "escape"  # format markers inside user text: "escape" them or "reject" the example
     seed: int = 0
     min_context_chars: int = 1
+    # Pad every document to exactly max_length with loss-free EOS tokens. With data.seq_len equal to
+    # max_length, the data core's stream packer then cuts samples exactly at document starts: each
+    # training sample is one whole document, never a tail whose context is in another sample.
+    pad: bool = True
 
     def validate(self) -> None:
         if self.markers not in ("escape", "reject"):
@@ -199,8 +203,12 @@ def group_by_dataset(items: list[Sized], max_length: int, seed: int = 0) -> list
     return docs
 
 
-def document_segments(doc: list[Sized]) -> list[dict]:
-    return [seg for it in doc for seg in example_segments(it.example.context, it.example.pairs)]
+def document_segments(doc: list[Sized], pad_to: int | None = None) -> list[dict]:
+    """The document's examples as segments, then ``pad_to - length`` loss-free EOS tokens."""
+    segs = [seg for it in doc for seg in example_segments(it.example.context, it.example.pairs)]
+    if pad_to is not None:
+        segs.extend({"special": "eos", "loss": False} for _ in range(pad_to - sum(it.length for it in doc)))
+    return segs
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
@@ -263,10 +271,12 @@ def build_tuning_data(
         docs = group_by_dataset(sized, opts.max_length, opts.seed)
         prefix = split_prefix(output_prefix, split)
         seg_file = Path(f"{prefix}.segments.jsonl")
-        _write_jsonl(seg_file, ({"segments": document_segments(d)} for d in docs))
+        pad_to = opts.max_length if opts.pad else None
+        _write_jsonl(seg_file, ({"segments": document_segments(d, pad_to)} for d in docs))
         if split == "heldout":
             _write_jsonl(heldout_examples_path(output_prefix), (it.example.to_dict() for it in sized))
-        expected_tokens = sum(it.length for d in docs for it in d)
+        content_tokens = sum(it.length for d in docs for it in d)
+        expected_tokens = len(docs) * opts.max_length if opts.pad else content_tokens
         if not docs:
             log.warning("split %s is empty: no indexed dataset written", split)
             summary["splits"][split] = {"prefix": None, "documents": 0, "examples": 0, "tokens": 0}
@@ -287,6 +297,7 @@ def build_tuning_data(
             "documents": len(docs),
             "examples": len(sized),
             "tokens": expected_tokens,
+            "padding_tokens": expected_tokens - content_tokens,
             "mean_examples_per_document": round(len(sized) / len(docs), 2),
             "mean_document_tokens": round(sum(lengths) / len(lengths), 1),
             "max_document_tokens": max(lengths),

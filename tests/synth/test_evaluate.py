@@ -58,7 +58,10 @@ EXAMPLES = [
 
 def test_pair_loss_matches_hand_computation(tmp_path: Path, tiny_model, mistral_tokenizer) -> None:
     s = build_tuning_data(
-        EXAMPLES, tmp_path / "e", mistral_tokenizer, TuningDataOptions(max_length=512, held_out=0.0)
+        EXAMPLES,
+        tmp_path / "e",
+        mistral_tokenizer,
+        TuningDataOptions(max_length=512, held_out=0.0, pad=False),
     )
     prefix = s["splits"]["train"]["prefix"]
     got = heldout_pair_loss(tiny_model, prefix)

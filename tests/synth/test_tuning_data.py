@@ -69,7 +69,7 @@ def test_mask_covers_exactly_the_pairs_and_groups_by_dataset(tmp_path: Path, mis
     tok = mistral_tokenizer
     exs = _examples()
     by_context = {e.context: e for e in exs}
-    opts = TuningDataOptions(max_length=512, held_out=0.0)
+    opts = TuningDataOptions(max_length=512, held_out=0.0, pad=False)
     s = build_tuning_data(exs, tmp_path / "t", tok, opts)
     train = s["splits"]["train"]
     assert train["examples"] == 18 and s["splits"]["heldout"]["documents"] == 0
@@ -158,3 +158,30 @@ def test_heldout_split_resume_and_options(tmp_path: Path, mistral_tokenizer) -> 
     assert not list(tmp_path.glob(".*tmp*")) and not list(tmp_path.glob("*.segments.jsonl"))
     with pytest.raises(ValueError, match="markers"):
         build_tuning_data(exs, tmp_path / "o", mistral_tokenizer, TuningDataOptions(markers="drop"))
+
+
+def test_padded_documents_are_whole_packed_samples(tmp_path: Path, mistral_tokenizer) -> None:
+    from megatron_ipt.data.packing import PackedDataset
+
+    tok = mistral_tokenizer
+    s = build_tuning_data(_examples(), tmp_path / "p", tok, TuningDataOptions(max_length=512, held_out=0.0))
+    info = s["splits"]["train"]
+    docs, masks = IndexedDataset(info["prefix"]), IndexedDataset(lossmask_prefix(info["prefix"]))
+    assert (docs.sizes == 512).all() and info["tokens"] == 512 * len(docs)
+    assert 0 < info["padding_tokens"] < info["tokens"] // 2
+    by_first = {}
+    for d in range(len(docs)):
+        ids, mask = docs.get(d), masks.get(d)
+        last = int(np.flatnonzero(mask)[-1])
+        assert (
+            ids[last] == tok.eos_id and (ids[last + 1 :] == tok.eos_id).all() and not mask[last + 1 :].any()
+        )
+        by_first[tuple(ids[:16].tolist())] = mask
+    packed = PackedDataset(info["prefix"], seq_len=512, seed=5, cache_dir=tmp_path / "cache")
+    assert len(packed) == len(docs) - 1
+    for k in range(len(packed)):
+        sample = packed[k]
+        assert sample["input_ids"][0] == tok.bos_id
+        assert (sample["position_ids"] == np.arange(512)).all()  # one whole document per sample
+        mask = by_first[tuple(sample["input_ids"][:16].tolist())]
+        assert (sample["loss_mask"][:-1] == mask[1:].astype(np.float32)).all()
