@@ -150,6 +150,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         micro = self.data.next_step()
+        lr = float(self.engine.get_lr()[0])  # the LR this step's update uses
         n_tokens = global_token_count(micro, self.device)
         scale = backward_scale(self.grad_accum, self.world)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -168,7 +169,7 @@ class Trainer:
         return {
             "loss": float(loss_sum / n_tokens.clamp(min=1)),
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "lr": float(self.engine.get_lr()[0]),
+            "lr": lr,
             "tokens": float(sum(mb["input_ids"].numel() for mb in micro) * self.world),
         }
 
@@ -202,6 +203,14 @@ class Trainer:
         }
         return ckpt.save_checkpoint(self.engine, self.cfg.checkpoint.dir, self.step, meta,
                                     self.cfg.checkpoint.keep_last)
+
+    def close(self) -> None:
+        """Release the ZeRO-3 construction context so later model builds (export) are plain."""
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        self.metrics.close()
+        self._hf_ds_config = None
+        unset_hf_deepspeed_config()
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, preemption: PreemptionFlag) -> int:
@@ -265,7 +274,7 @@ def run(cfg: TrainConfig) -> int:
         save_config(cfg, Path(cfg.run_dir) / "config.yaml")
     trainer = Trainer(cfg, plan)
     status = trainer.fit(preemption)
-    trainer.metrics.close()
+    trainer.close()
     if status == 0 and cfg.export.dir:
         latest = ckpt.latest_checkpoint(cfg.checkpoint.dir)
         if latest is None:

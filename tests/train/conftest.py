@@ -57,6 +57,7 @@ def pubmed_prefixes(tmp_path_factory, mistral_tokenizer) -> dict[str, str]:
     return {
         "train": write_corpus(root / "train", pubmed_abstracts(400), mistral_tokenizer),
         "valid": write_corpus(root / "valid", pubmed_abstracts(40, skip=400), mistral_tokenizer),
+        "other": write_corpus(root / "other", pubmed_abstracts(150, skip=440), mistral_tokenizer),
     }
 
 

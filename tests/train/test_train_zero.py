@@ -1,0 +1,77 @@
+"""Real DeepSpeed over gloo, 2 CPU processes, tiny Mistral on tokenized PubMed abstracts."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_ipt.train.optim import lr_at
+
+pytestmark = pytest.mark.slow
+
+
+def _args(run: Path, train: str, *extra: str) -> list[str]:
+    return ["--config", "configs/tiny.yaml", f"--data.train={train}", f"--run_dir={run}",
+            f"--checkpoint.dir={run}/ckpt", "--logging.interval=1", "--optim.warmup_steps=2", *SMALL, *extra]
+
+
+SMALL = ["--data.seq_len=128", "--micro_batch_size=2", "--global_batch_size=4"]
+
+
+def test_zero1_sigterm_saves_and_exits_75(tmp_path, pubmed_prefixes, start_job, metrics):
+    run = tmp_path / "z1"
+    job = start_job(2, _args(run, pubmed_prefixes["train"], "--ds_config=ds_configs/zero1.json", "--steps=400",
+                             "--checkpoint.interval=0", "--logging.tensorboard=false"))
+    deadline = time.time() + 180
+    while len(metrics(run)) < 10:
+        assert time.time() < deadline, job.output(0)[-3000:]
+        assert all(p.poll() is None for p in job.procs), job.output(0)[-3000:]
+        time.sleep(0.5)
+    job.procs[1].send_signal(signal.SIGTERM)  # one rank signalled: both must agree, save and exit 75
+    assert job.wait(120) == [75, 75], job.output(0)[-3000:]
+    rows = metrics(run)
+    last = max(rows)
+    assert rows[last]["loss"] < rows[1]["loss"] - 0.5, "loss did not fall under ZeRO-1"
+    from megatron_ipt.export import export_checkpoint
+    from megatron_ipt.train.checkpoint import latest_checkpoint, read_meta
+
+    tag = latest_checkpoint(run / "ckpt")
+    meta = read_meta(tag)
+    assert meta["step"] == last and meta["consumed_samples"] == last * 4 and meta["zero_stage"] == 1
+    out = export_checkpoint(run / "ckpt", tmp_path / "hf", dtype="float32")  # loads every shard
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.isfinite(model(torch.tensor([[1, 415, 6883]])).logits).all()
+
+
+def test_zero2_blend_logging_and_schedule(tmp_path, pubmed_prefixes, train_job, metrics):
+    run = tmp_path / "z2"
+    blend = f"0.7 {pubmed_prefixes['train']} 0.3 {pubmed_prefixes['other']}"
+    train_job(2, _args(run, blend, "--ds_config=ds_configs/zero2.json", "--steps=10",
+                       f"--data.valid={pubmed_prefixes['valid']}", "--logging.eval_interval=5",
+                       "--checkpoint.interval=0", "--checkpoint.save_at_end=false"))
+    rows = metrics(run)
+    assert sorted(rows) == list(range(1, 11))
+    assert rows[10]["loss"] < rows[1]["loss"] - 0.5
+    assert rows[1]["loss"] == pytest.approx(math.log(32000), abs=0.2)  # random init ~ uniform
+    from megatron_ipt.config import load_config
+    from megatron_ipt.train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, "configs/tiny.yaml", ["--data.train=x", "--optim.warmup_steps=2", "--steps=10"])
+    for step, row in rows.items():
+        assert row["lr"] == pytest.approx(lr_at(step - 1, cfg.optim, 10))
+        assert row["grad_norm"] > 0 and row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
+    per_ds = rows[10]["tokens_per_dataset"]
+    assert sum(per_ds.values()) == 10 * 4 * 128
+    assert per_ds[pubmed_prefixes["train"]] > per_ds[pubmed_prefixes["other"]] > 0
+    evals = metrics(run, "eval")
+    assert sorted(evals) == [5, 10] and evals[10]["loss"] < evals[5]["loss"]
+    assert evals[10]["perplexity"] == pytest.approx(math.exp(evals[10]["loss"]))
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert not (run / "ckpt").exists()
