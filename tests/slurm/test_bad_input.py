@@ -40,7 +40,8 @@ def cases(root: Path, prefix: str) -> dict[str, tuple[str, dict[str, str], list[
         ),
         "unparsable_node_list": (
             # Slurm sets no SLURM_STEP_NODELIST in the batch shell; one passed in wins over the job's.
-            "pretrain_500M.sh", {**tiny, "DATA": prefix, "SLURM_STEP_NODELIST": "node[1-"}, [],
+            "preprocess.sh", {"INPUT": prefix + ".bin", "OUTPUT_PREFIX": str(root / "x"),
+                              "RUNS_DIR": str(root / "runs"), "SLURM_STEP_NODELIST": "node[1-"}, [],
             "cannot parse Slurm node list 'node[1-': unbalanced '['",
         ),
         "missing_synthesizer": (

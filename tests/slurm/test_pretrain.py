@@ -6,10 +6,13 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from megatron_ipt.launch import master_port_for_job
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "slurm" / "pretrain_500M.sh"
+STEPS = 24
 
 
 def train_steps(metrics: Path) -> list[dict]:
@@ -27,67 +30,71 @@ def test_preprocess_job_tokenized_both_shards(pubmed_prefix) -> None:
     assert "launch: srun" in log and "--append-eod" in log
 
 
-def test_pretrain_two_nodes_zero3(slurm_cluster, pubmed_prefix) -> None:
+@pytest.fixture(scope="module")
+def preempted_run(slurm_cluster, pubmed_prefix) -> dict:
+    """One `sbatch slurm/pretrain_500M.sh` on both nodes, signalled mid-run like a time limit would.
+
+    (One job serves both tests below: each trainer start costs ~20 s of the suite's budget.)
+    """
     runs = slurm_cluster.root / "runs"
-    env = {"CONFIG": "configs/tiny.yaml", "DATA": pubmed_prefix["prefix"], "STEPS": "6",
-           "RUNS_DIR": str(runs), "RUN_NAME": "e2e"}
+    env = {"CONFIG": "configs/tiny.yaml", "DATA": pubmed_prefix["prefix"], "STEPS": str(STEPS),
+           "RUNS_DIR": str(runs), "RUN_NAME": "pretrain"}
     # Submitted from outside the checkout with no IPT_ROOT: the script finds the repo itself.
     jid = slurm_cluster.sbatch(SCRIPT, slurm_cluster.two_nodes, slurm_cluster.tiny_train, env=env)
-    info = slurm_cluster.wait(jid, timeout=180)
-    log = slurm_cluster.job_log("pretrain_500M", jid)
+    job_dir = runs / "pretrain" / "jobs" / str(jid)
+    slurm_cluster.wait_for(lambda: len(train_steps(job_dir / "metrics.jsonl")) >= 3, "3 training steps",
+                           timeout=180, job_id=jid)
+    # What Slurm does at `--signal=B:USR1@120`: signal the batch shell, which forwards to the step.
+    slurm_cluster.run(["scancel", "--batch", "--signal=USR1", str(jid)])
+    info = slurm_cluster.wait(jid, timeout=240, restarts=1)
+    return {"job": jid, "info": info, "log": slurm_cluster.job_log("pretrain_500M", jid),
+            "job_dir": job_dir, "ckpt_dir": runs / "pretrain" / "checkpoints"}
+
+
+def test_pretrain_two_nodes_zero3(slurm_cluster, preempted_run) -> None:
+    jid, info, log = preempted_run["job"], preempted_run["info"], preempted_run["log"]
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log + slurm_cluster.daemon_logs()
     assert info["NodeList"] == "node[1-2]" and info["NumTasks"] == "2"
-
     # The rendezvous is node1's address (resolved through scontrol: "node1" has no DNS entry) on
     # the port derived from the job id; one rank per node.
     assert f"master 127.0.0.2:{master_port_for_job(jid)}" in log
 
-    ckpt = runs / "e2e" / "checkpoints" / "step_00000006"
+    ckpt = preempted_run["ckpt_dir"] / f"step_{STEPS:08d}"
     meta = json.loads((ckpt / "meta.json").read_text())
-    assert (meta["step"], meta["world_size"], meta["zero_stage"]) == (6, 2, 3)
+    assert (meta["step"], meta["world_size"], meta["zero_stage"]) == (STEPS, 2, 3)
     assert sorted(p.name for p in ckpt.glob("*optim_states.pt")) == [
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
 
-    job_dir = runs / "e2e" / "jobs" / str(jid)
-    assert [r["step"] for r in train_steps(job_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
-    events = list((job_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert events, f"no TensorBoard events in {job_dir}"
+    tb_dir = preempted_run["job_dir"] / "tensorboard"
+    assert list(tb_dir.glob("events.out.tfevents.*")), f"no TensorBoard events in {tb_dir}"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(job_dir / "tensorboard"))
-    acc.Reload()
-    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    steps = set()
+    for events in tb_dir.glob("events.out.tfevents.*"):  # one file per run of the job
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        steps |= {e.step for e in acc.Scalars("train/loss")}
+    assert steps == set(range(1, STEPS + 1))
 
 
-def test_preemption_checkpoints_requeues_and_resumes(slurm_cluster, pubmed_prefix) -> None:
-    runs = slurm_cluster.root / "runs"
-    steps = 24
-    env = {"CONFIG": "configs/tiny.yaml", "DATA": pubmed_prefix["prefix"], "STEPS": str(steps),
-           "RUNS_DIR": str(runs), "RUN_NAME": "preempt"}
-    jid = slurm_cluster.sbatch(SCRIPT, slurm_cluster.two_nodes, slurm_cluster.tiny_train, env=env)
-    metrics = runs / "preempt" / "jobs" / str(jid) / "metrics.jsonl"
-    slurm_cluster.wait_for(lambda: len(train_steps(metrics)) >= 3, "3 training steps", timeout=180, job_id=jid)
-
-    # What Slurm does at `--signal=B:USR1@120`: signal the batch shell, which forwards to the step.
-    slurm_cluster.run(["scancel", "--batch", "--signal=USR1", str(jid)])
-    info = slurm_cluster.wait(jid, timeout=240, restarts=1)
-    log = slurm_cluster.job_log("pretrain_500M", jid)
+def test_preemption_checkpoints_requeues_and_resumes(preempted_run) -> None:
+    jid, info, log = preempted_run["job"], preempted_run["info"], preempted_run["log"]
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), log
 
     assert "caught SIGUSR1: forwarding it to the running step" in log
     saved = re.search(r"preempted at step (\d+): checkpoint saved, exiting 75", log)
     assert saved, log
     k = int(saved.group(1))
-    assert 3 <= k < steps
+    assert 3 <= k < STEPS
     assert "step exited with status 75" in log
     assert f"requeueing job {jid} (restart 1)" in log
     assert "restart=1" in log  # the second run of the same script
-    assert re.search(rf"checkpoint: resumed from \S+/preempt/checkpoints/step_{k:08d}", log), log
+    assert re.search(rf"checkpoint: resumed from \S+/pretrain/checkpoints/step_{k:08d}", log), log
 
-    # One metrics stream over both runs: steps 1..k, then k+1..steps; nothing repeated or restarted.
-    rows = train_steps(metrics)
-    assert [r["step"] for r in rows] == list(range(1, steps + 1))
-    assert [r["consumed_samples"] for r in rows] == [2 * s for s in range(1, steps + 1)]
+    # One metrics stream over both runs: steps 1..k, then k+1..STEPS; nothing repeated or restarted.
+    rows = train_steps(preempted_run["job_dir"] / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert [r["consumed_samples"] for r in rows] == [2 * s for s in range(1, STEPS + 1)]
     assert rows[k]["time"] > rows[k - 1]["time"] + 5  # a real gap: exit, requeue, restart
-    ckpts = sorted(p.name for p in (runs / "preempt" / "checkpoints").glob("step_*"))
-    assert ckpts == [f"step_{k:08d}", f"step_{steps:08d}"]
+    ckpts = sorted(p.name for p in preempted_run["ckpt_dir"].glob("step_*"))
+    assert ckpts == [f"step_{k:08d}", f"step_{STEPS:08d}"]
