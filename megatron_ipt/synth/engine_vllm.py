@@ -56,7 +56,8 @@ class VLLMEngine:
         self.max_model_len = max_model_len
         self.llm = vllm.LLM(
             model=str(model_dir),
-            tokenizer=str(model_dir),
+            # vLLM detokenizes with an HF tokenizer: the given directory, else the model's own.
+            tokenizer=str(tokenizer) if isinstance(tokenizer, str | Path) and Path(tokenizer).is_dir() else str(model_dir),
             dtype="bfloat16" if dtype == "auto" else dtype,
             max_model_len=max_model_len,
             tensor_parallel_size=tensor_parallel_size,
