@@ -94,6 +94,32 @@ def _converted_ids(inputs: list[str]) -> set[str]:
     return ids
 
 
+def synthesis_totals(inputs: list[str]) -> dict:
+    """Key figures summed over the ``*.stats.json`` that ``data_tools.synthesize`` wrote per shard."""
+    totals: Counter = Counter()
+    shards = 0
+    for spec in inputs:
+        p = Path(spec)
+        candidates = p.rglob("*.stats.json") if p.is_dir() else [p.with_name(p.name.replace(".jsonl", ".stats.json"))]
+        for stats_file in candidates:
+            if not stats_file.is_file():
+                continue
+            st = json.loads(stats_file.read_text())
+            shards += 1
+            for key in ("texts", "pairs", "texts_without_pairs", "degenerate_outputs", "texts_truncated",
+                        "prompt_tokens", "output_tokens", "linked"):
+                totals[key] += st.get(key, 0)
+            totals["malformed_pieces"] += st.get("parse", {}).get("malformed_pieces", 0)
+            totals["unfinished_outputs"] += st.get("parse", {}).get("unfinished_outputs", 0)
+            for key, value in st.get("input", {}).items():
+                totals[f"input_{key}"] += value
+    if not shards:
+        return {}
+    out = {"shards": shards, **totals}
+    out["pairs_per_text"] = round(totals["pairs"] / totals["texts"], 3) if totals["texts"] else 0.0
+    return out
+
+
 def _components(cfg: CorporaConfig, stats: dict[str, Counter]) -> list[tuple[str, Iterator[dict]]]:
     comps = [("instruct", synthesized_documents(cfg.synthesized, cfg.seed, stats["instruct"]))]
     if cfg.recipe == "general":
@@ -160,7 +186,7 @@ def build_corpora(cfg: CorporaConfig) -> dict:
     atomic_write_text(out / "blend.yaml", "# written by data_tools.build_corpora: include it in a training config\n"
                       + yaml.safe_dump({"data": {"train": blend}}, sort_keys=False))
     report = {"recipe": cfg.recipe, "tokenizer": cfg.tokenizer, "total_tokens": total_tokens,
-              "components": components, "blend": blend,
+              "components": components, "blend": blend, "synthesis": synthesis_totals(cfg.synthesized),
               "train_override": "--data.train=" + json.dumps(" ".join(f"{w} {p}" for w, p in blend))}
     atomic_write_json(out / "mixture_report.json", report)
     atomic_write_text(out / "mixture_report.md", report_markdown(report))
@@ -173,6 +199,11 @@ def report_markdown(report: dict) -> str:
     for name, c in report["components"].items():
         lines.append(f"| {name} | {c['documents']:,} | {c['tokens']:,} | {c.get('weight', 0):.3f} | "
                      f"{c.get('repeat', 0)} |")
+    syn = report.get("synthesis")
+    if syn:
+        lines += ["", f"Synthesis ({syn['shards']} shards): {syn['texts']:,} texts, {syn['pairs']:,} pairs "
+                  f"({syn['pairs_per_text']} per text), {syn['texts_without_pairs']:,} texts without pairs, "
+                  f"{syn['degenerate_outputs']:,} degenerate outputs, {syn['texts_truncated']:,} texts truncated."]
     for name, c in report["components"].items():
         if c.get("templates"):
             total = sum(c["templates"].values())

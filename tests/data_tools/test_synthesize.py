@@ -54,6 +54,7 @@ def test_smollm2_pubmed_end_to_end(tmp_path, smollm2_dir, capsys):
             f"--tokenizer={smollm2_dir}", f"--output-dir={tmp_path / 'corpora'}", "--workers=0", "--progress=false"]
     assert build_corpora.main(argv) == 0
     report = json.loads((tmp_path / "corpora" / "mixture_report.json").read_text())
+    assert report["synthesis"]["texts"] == 2 and report["synthesis"]["pairs"] == stats["pairs"]
     tok = load_tokenizer(smollm2_dir)
     ds = IndexedDataset(report["components"]["instruct"]["prefix"])
     assert len(ds) == report["components"]["instruct"]["documents"] >= 1

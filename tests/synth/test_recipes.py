@@ -33,12 +33,17 @@ def synthesized(tmp_path: Path) -> Path:
 
 def test_domain_recipe(tmp_path, mistral_tokenizer):
     synthesized(tmp_path)
+    (tmp_path / "synth" / "s0.stats.json").write_text(json.dumps({"texts": 6, "pairs": 5, "texts_without_pairs": 1,
+                                                                  "degenerate_outputs": 2, "texts_truncated": 0,
+                                                                  "parse": {"malformed_pieces": 3}}))
     instr = write_jsonl(tmp_path / "instr.jsonl", [{"question": f"Name color {i}.", "response": f"Color {i} is blue."}
                                                    for i in range(4)])
     cfg = CorporaConfig(recipe="domain", synthesized=[str(tmp_path / "synth")], instructions=[str(instr)],
                         output_dir=str(tmp_path / "out"), tokenizer="mistral", workers=0, progress=False)
     report = build_corpora(cfg)
     comps = report["components"]
+    assert report["synthesis"]["shards"] == 1 and report["synthesis"]["degenerate_outputs"] == 2
+    assert report["synthesis"]["pairs_per_text"] == round(5 / 6, 3) and report["synthesis"]["malformed_pieces"] == 3
     # Chains: d0-d3, d1-d4, d2 (no pairs; d5 not linked), d5.
     assert comps["instruct"]["documents"] == 4 and comps["instructions"]["documents"] == 4
     assert sum(comps["instruct"]["templates"].values()) == 4 and "raw" in comps["instruct"]["templates"]
