@@ -102,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="saved weight dtype")
     args = parser.parse_args(argv)
     setup_logging()
-    export_checkpoint(args.ckpt, args.out, args.dtype)
+    try:
+        export_checkpoint(args.ckpt, args.out, args.dtype)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

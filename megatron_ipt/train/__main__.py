@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from megatron_ipt.config import config_from_argv
+from megatron_ipt.config import ConfigError, config_from_argv
+from megatron_ipt.data.indexed import IndexedDatasetError
+from megatron_ipt.model.build import ModelBuildError
+from megatron_ipt.tokenizer import TokenizerError
 from megatron_ipt.train.config import TrainConfig
 
 USAGE = """usage: python -m megatron_ipt.train --config CONFIG.yaml [--section.key=value ...]
@@ -28,10 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or "-h" in argv or "--help" in argv:
         print(USAGE)
         return 0
-    cfg = config_from_argv(TrainConfig, argv)
+    from megatron_ipt.train.checkpoint import CheckpointError
     from megatron_ipt.train.trainer import run
 
-    return run(cfg)
+    try:
+        return run(config_from_argv(TrainConfig, argv))
+    except (ConfigError, CheckpointError, ModelBuildError, TokenizerError, IndexedDatasetError) as err:
+        # Bad input: one clear line instead of a traceback (it happens before any compute).
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

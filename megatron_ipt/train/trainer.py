@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_ipt.config import ConfigError, save_config
-from megatron_ipt.launch import DistEnv, init_distributed
+from megatron_ipt.launch import DistEnv, dist_env_from_environ, init_distributed
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.model.build import build_model, hf_config, model_shape
 from megatron_ipt.train import checkpoint as ckpt
@@ -265,10 +265,11 @@ class Trainer:
 
 def run(cfg: TrainConfig) -> int:
     """Train per ``cfg`` in this process (one rank of the job); returns the process exit status."""
-    dist_env = init_distributed()
+    dist_env = dist_env_from_environ()
     setup_logging(dist_env.rank)
     preemption = PreemptionFlag()
-    plan = plan_run(cfg, dist_env)
+    plan = plan_run(cfg, dist_env)  # every input check, before torch.distributed and DeepSpeed start
+    plan.dist = init_distributed()
     if dist_env.rank == 0:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(cfg.run_dir) / "config.yaml")

@@ -1,0 +1,91 @@
+"""Bad input is a clear error before any compute: config keys, data, lengths, vocab, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_ipt.config import ConfigError, load_config
+from megatron_ipt.launch import DistEnv
+from megatron_ipt.train.checkpoint import CheckpointError
+from megatron_ipt.train.config import TrainConfig
+from megatron_ipt.train.trainer import _shape_of_config, plan_run
+
+ROOT = Path(__file__).resolve().parents[2]
+SINGLE = DistEnv(0, 1, 0, "127.0.0.1", 0, "single")
+
+
+def _cfg(*overrides: str) -> TrainConfig:
+    return load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", list(overrides))
+
+
+def test_unknown_config_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key model\.hiden_size"):
+        _cfg("--data.train=x", "--model.hiden_size=8")
+    with pytest.raises(ConfigError, match="data.train is required"):
+        _cfg()
+
+
+def test_missing_data_prefix(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"data\.train: indexed dataset .*nope\.bin not found"):
+        plan_run(_cfg(f"--data.train={tmp_path}/nope"), SINGLE)
+
+
+def test_seq_len_above_model_positions(pubmed_prefixes) -> None:
+    with pytest.raises(ConfigError, match="exceeds the model's max_position_embeddings=1024"):
+        plan_run(_cfg(f"--data.train={pubmed_prefixes['train']}", "--data.seq_len=2048"), SINGLE)
+
+
+def test_tokenizer_vocab_vs_embedding(pubmed_prefixes) -> None:
+    with pytest.raises(ConfigError, match="32000 tokens but the model's embedding has 32768 rows"):
+        plan_run(_cfg(f"--data.train={pubmed_prefixes['train']}", "--model.vocab_size=32768",
+                      "--model.expected_parameters=null"), SINGLE)
+
+
+def test_batch_sizes_that_do_not_divide(pubmed_prefixes) -> None:
+    with pytest.raises(ConfigError, match="not divisible"):
+        plan_run(_cfg(f"--data.train={pubmed_prefixes['train']}", "--global_batch_size=6",
+                      "--micro_batch_size=2"), DistEnv(0, 2, 0, "127.0.0.1", 0, "single"))
+
+
+def _fake_checkpoint(root: Path, cfg: TrainConfig, fingerprint: str) -> Path:
+    tag = root / "step_00000004"
+    tag.mkdir(parents=True)
+    meta = {"step": 4, "consumed_samples": 32, "global_batch_size": cfg.global_batch_size, "world_size": 1,
+            "model_shape": _shape_of_config(cfg), "data_fingerprint": fingerprint}
+    (tag / "meta.json").write_text(json.dumps(meta))
+    return tag
+
+
+def test_checkpoint_of_another_shape_or_data(tmp_path, pubmed_prefixes) -> None:
+    train = f"--data.train={pubmed_prefixes['train']}"
+    ckpt = f"--checkpoint.dir={tmp_path}/ckpt"
+    plan = plan_run(_cfg(train, ckpt), SINGLE)  # nothing to resume yet
+    assert plan.resume_from is None
+    _fake_checkpoint(tmp_path / "ckpt", _cfg(train), plan.train.fingerprint)
+    with pytest.raises(CheckpointError, match=r"another model shape \(hidden_size: checkpoint 64 vs config 128"):
+        plan_run(_cfg(train, ckpt, "--model.hidden_size=128", "--model.expected_parameters=null"), SINGLE)
+    other = f"--data.train={pubmed_prefixes['other']}"
+    with pytest.raises(CheckpointError, match="data fingerprint"):
+        plan_run(_cfg(other, ckpt), SINGLE)
+    assert plan_run(_cfg(other, ckpt, "--checkpoint.allow_data_change=true"), SINGLE).resume_meta["step"] == 4
+    with pytest.raises(CheckpointError, match="global_batch_size=8"):
+        plan_run(_cfg(train, ckpt, "--global_batch_size=16"), SINGLE)
+
+
+def test_cli_fails_before_compute(tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_ipt.train", "--config", "configs/tiny.yaml",
+         f"--data.train={tmp_path}/missing", f"--run_dir={tmp_path}/run"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "error: data.train: indexed dataset" in proc.stderr and "missing.bin not found" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    from megatron_ipt.train.__main__ import main
+
+    assert main(["--help"]) == 0
