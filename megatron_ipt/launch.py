@@ -300,6 +300,9 @@ def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
         problems.append(f"model.init_from: checkpoint directory {cfg.model.init_from!r} does not exist")
     if cfg.checkpoint.resume not in ("auto", "none") and not Path(cfg.checkpoint.resume).exists():
         problems.append(f"checkpoint.resume: checkpoint {cfg.checkpoint.resume!r} does not exist")
+    tok = cfg.data.tokenizer
+    if ("/" in tok or tok.endswith((".model", ".gguf"))) and not Path(tok).exists():
+        problems.append(f"data.tokenizer: {tok!r} does not exist (a name like 'mistral', or a path)")
     if not Path(cfg.ds_config).is_file():
         problems.append(f"ds_config: DeepSpeed config {cfg.ds_config!r} does not exist")
     return problems

@@ -128,10 +128,20 @@ ipt_srun() {
 #   DATA, VALID (blends), STEPS, GLOBAL_BATCH, MICRO_BATCH, SEQ_LEN, LR, DS_CONFIG, TOKENIZER,
 #   INIT_FROM (HF checkpoint dir), EXPORT_DIR, RESUME (auto|none|checkpoint dir),
 #   CKPT_DIR (save and resume dir) [$RUN_DIR/checkpoints]
+#   BLEND: a YAML with a `data:` section laid over CONFIG (the blend.yaml `data_tools.build_corpora`
+#   writes); the job runs a config that includes both, saved in its job directory.
+# Relative paths are relative to the checkout: the step runs there.
 ipt_train() {
     local stage=$1 config=$2
     shift 2
     ipt_setup "$stage"
+    [ -f "$config" ] || ipt_die "training config '$config' not found (relative to $IPT_ROOT)"
+    if [ -n "${BLEND:-}" ]; then
+        [ -f "$BLEND" ] || ipt_die "BLEND file '$BLEND' not found (relative to $IPT_ROOT)"
+        printf '# written by slurm/common.sh: the stage config with the data blend over it\ninclude:\n  - %s\n  - %s\n' \
+            "$(realpath "$config")" "$(realpath "$BLEND")" >"$JOB_DIR/launch_config.yaml"
+        config=$JOB_DIR/launch_config.yaml
+    fi
     CKPT_DIR=${CKPT_DIR:-$RUN_DIR/checkpoints}
     local -a args=(--config "$config" "--run_dir=$JOB_DIR" "--checkpoint.dir=$CKPT_DIR")
     [ -n "${DATA:-}" ] && args+=("--data.train=$DATA")
@@ -147,7 +157,6 @@ ipt_train() {
     [ -n "${EXPORT_DIR:-}" ] && args+=("--export.dir=$EXPORT_DIR")
     [ -n "${RESUME:-}" ] && args+=("--checkpoint.resume=$RESUME")
     args+=("$@")
-    [ -f "$config" ] || ipt_die "training config '$config' not found (relative to $IPT_ROOT)"
     ipt_preflight --train-config "${args[@]:1}"
     ipt_srun "$PYTHON" -m megatron_ipt.train "${args[@]}"
 }

@@ -2,14 +2,17 @@
 # Continual pre-training of a Llama3-8B-class HF checkpoint on a domain's instruction-augmented
 # corpus (ZeRO-3, the model is built partitioned across ranks).
 #
-#   DOMAIN=biomedicine INIT_FROM=/models/Llama-3-8B DATA="0.5 A 0.5 B" sbatch slurm/continual_pretrain_8B.sh
+#   DOMAIN=biomedicine INIT_FROM=/models/Llama-3-8B TOKENIZER=/models/Llama-3-8B \
+#       BLEND=data/corpora/biomedicine/blend.yaml sbatch slurm/continual_pretrain_8B.sh
 #   DOMAIN=finance ... sbatch slurm/continual_pretrain_8B.sh [--section.key=value ...]
 #
 # Environment:
 #   DOMAIN        biomedicine | finance (required): names the run
 #   INIT_FROM     HF checkpoint directory to start from          (config's model.init_from)
-#   DATA          the domain blend written by `data_tools.build_corpora --recipe domain`:
-#                 PREFIX or "w1 PREFIX1 w2 PREFIX2"              (config's data.train)
+#   BLEND         the domain blend: a YAML with a data: section, as `data_tools.build_corpora
+#                 --recipe domain --output-dir OUT` writes to OUT/blend.yaml
+#                 [data/corpora/$DOMAIN/blend.yaml when it exists and DATA is unset]
+#   DATA          or the blend itself: PREFIX or "w1 PREFIX1 w2 PREFIX2"   (config's data.train)
 #   CONFIG        training config                                [configs/continual_8B.yaml]
 #   VALID STEPS GLOBAL_BATCH MICRO_BATCH SEQ_LEN LR DS_CONFIG TOKENIZER EXPORT_DIR   (config's)
 #   RUN_NAME      [continual_8B_$DOMAIN]   RUNS_DIR [$IPT_ROOT/runs]
@@ -47,4 +50,7 @@ case "${DOMAIN:-}" in
     *) ipt_die "DOMAIN must be biomedicine or finance (got '${DOMAIN:-}')" ;;
 esac
 RUN_NAME=${RUN_NAME:-continual_8B_$DOMAIN}
+if [ -z "${DATA:-}" ] && [ -z "${BLEND:-}" ] && [ -f "$IPT_ROOT/data/corpora/$DOMAIN/blend.yaml" ]; then
+    BLEND=$IPT_ROOT/data/corpora/$DOMAIN/blend.yaml
+fi
 ipt_train "continual_8B_$DOMAIN" "${CONFIG:-configs/continual_8B.yaml}" "$@"

@@ -7,6 +7,8 @@
 # Environment (all optional; unset means "the config's value"):
 #   CONFIG        training config                                [configs/pretrain_1.3B.yaml]
 #   DATA          training blend: PREFIX or "0.7 A 0.3 B"        (config's data.train)
+#   BLEND         a YAML with a data: section laid over CONFIG, e.g. the blend.yaml written by
+#                 `python -m data_tools.build_corpora --recipe general`
 #   VALID         held-out blend                                 (config's data.valid)
 #   STEPS GLOBAL_BATCH MICRO_BATCH SEQ_LEN LR DS_CONFIG TOKENIZER EXPORT_DIR   sizes and paths
 #   RUN_NAME      jobs of one run share checkpoints              [pretrain_1.3B]

@@ -187,13 +187,14 @@ def test_preflight_checks_the_training_config(monkeypatch, capsys, tiny_prefix, 
     missing = tmp_path / "absent_text_document"
     rc = launch.main(["preflight", "--train-config", config, f"--data.train=[[0.5, {tiny_prefix}], [0.5, {missing}]]",
                       f"--data.valid={missing}", f"--model.init_from={tmp_path / 'no_model'}",
-                      f"--checkpoint.resume={tmp_path / 'no_ckpt'}"])
+                      f"--checkpoint.resume={tmp_path / 'no_ckpt'}", f"--data.tokenizer={tmp_path / 'llama3'}"])
     err = capsys.readouterr().err
     assert rc == 2
     assert f"data.train: data prefix '{missing}'" in err
     assert f"data.valid: data prefix '{missing}'" in err
     assert f"model.init_from: checkpoint directory '{tmp_path / 'no_model'}' does not exist" in err
     assert f"checkpoint.resume: checkpoint '{tmp_path / 'no_ckpt'}' does not exist" in err
+    assert f"data.tokenizer: '{tmp_path / 'llama3'}' does not exist" in err
 
     rc = launch.main(["preflight", "--train-config", config, f"--data.train={tiny_prefix}", "--optim.lrr=1"])
     assert rc == 2 and "optim.lrr" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from megatron_ipt.launch import master_port_for_job
 
@@ -37,7 +38,10 @@ def preempted_run(slurm_cluster, pubmed_prefix) -> dict:
     (One job serves both tests below: each trainer start costs ~20 s of the suite's budget.)
     """
     runs = slurm_cluster.root / "runs"
-    env = {"CONFIG": "configs/tiny.yaml", "DATA": pubmed_prefix["prefix"], "STEPS": str(STEPS),
+    # The data comes as a blend YAML laid over the config, the way data_tools.build_corpora writes it.
+    blend = slurm_cluster.root / "data" / "blend.yaml"
+    blend.write_text(f"data:\n  train: [[1.0, {pubmed_prefix['prefix']}]]\n")
+    env = {"CONFIG": "configs/tiny.yaml", "BLEND": str(blend), "STEPS": str(STEPS),
            "RUNS_DIR": str(runs), "RUN_NAME": "pretrain"}
     # Submitted from outside the checkout with no IPT_ROOT: the script finds the repo itself.
     jid = slurm_cluster.sbatch(SCRIPT, slurm_cluster.two_nodes, slurm_cluster.tiny_train, env=env)
@@ -51,13 +55,17 @@ def preempted_run(slurm_cluster, pubmed_prefix) -> dict:
             "job_dir": job_dir, "ckpt_dir": runs / "pretrain" / "checkpoints"}
 
 
-def test_pretrain_two_nodes_zero3(slurm_cluster, preempted_run) -> None:
+def test_pretrain_two_nodes_zero3(slurm_cluster, pubmed_prefix, preempted_run) -> None:
     jid, info, log = preempted_run["job"], preempted_run["info"], preempted_run["log"]
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log + slurm_cluster.daemon_logs()
     assert info["NodeList"] == "node[1-2]" and info["NumTasks"] == "2"
     # The rendezvous is node1's address (resolved through scontrol: "node1" has no DNS entry) on
     # the port derived from the job id; one rank per node.
     assert f"master 127.0.0.2:{master_port_for_job(jid)}" in log
+
+    config = yaml.safe_load((preempted_run["job_dir"] / "config.yaml").read_text())  # what the trainer ran
+    assert config["data"]["train"] == [[1.0, pubmed_prefix["prefix"]]] and config["steps"] == STEPS
+    assert config["data"]["seq_len"] == 64 and config["ds_config"] == "ds_configs/zero3.json"
 
     ckpt = preempted_run["ckpt_dir"] / f"step_{STEPS:08d}"
     meta = json.loads((ckpt / "meta.json").read_text())
