@@ -41,6 +41,13 @@ def example_record(ex: Example) -> dict:
             "source": ex.source}
 
 
+def instruction_rows(examples: list[Example]) -> list[dict]:
+    """Mined tasks as general-instruction records ``{question, response}`` (the context inside the
+    question, as in OpenOrca-style data): one record per pair."""
+    return [{"question": f"{ex.context}\n\n{p.instruction}", "response": p.response}
+            for ex in examples for p in ex.pairs]
+
+
 def heldout_task_rows(examples: list[Example], limit: int) -> list[dict]:
     """One question per held-out context, rotating over the question kinds (no chain-of-thought:
     the greedy answers are short)."""
@@ -75,6 +82,7 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
     mined = [ex for ex in (mine_record(r, pool, seed=0) for r in structured) if ex is not None]
     mined = mined[: size.tune_examples]
     _write_jsonl(paths.mined, [example_record(ex) for ex in mined])
+    _write_jsonl(paths.general_instructions, instruction_rows(mined))
     held_structured = [r for r in heldout if r.structured]
     held_examples = [ex for ex in (mine_record(r, pool, seed=1) for r in held_structured) if ex is not None]
     task_rows = heldout_task_rows(held_examples, size.eval_tasks)

@@ -36,6 +36,11 @@ class DemoPaths:
         return self.corpus / "mined_tasks.jsonl"
 
     @property
+    def general_instructions(self) -> Path:
+        """The mined tasks as ``{question, response}`` records: the stand-in for general instructions."""
+        return self.corpus / "general_instructions.jsonl"
+
+    @property
     def heldout_tasks(self) -> Path:
         return self.corpus / "heldout_tasks.jsonl"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from megatron_ipt.demo.paths import ARMS, DemoPaths
 from megatron_ipt.demo.sizes import DemoSize
-from megatron_ipt.demo.stages import DemoError, python_module, run_command, torchrun_module
+from megatron_ipt.demo.stages import DemoError, run_command, run_main, torchrun_module
 from megatron_ipt.demo.start_model import start_model_dir
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
@@ -26,10 +26,15 @@ def _overrides(values: dict[str, Any]) -> list[str]:
     return [f"--{k}={v}" for k, v in values.items()]
 
 
-def _train(paths: DemoPaths, size: DemoSize, name: str, config: Path, values: dict[str, Any]) -> float:
-    """One ZeRO-3 training run under torchrun; resumes from its checkpoints when rerun."""
-    return run_command(torchrun_module("megatron_ipt.train", size.nproc, "--config", str(config), *_overrides(values)),
-                       paths.logs / f"train_{name}.log", threads=1, what=f"training run '{name}'")
+def _train(paths: DemoPaths, size: DemoSize, name: str, config: Path, values: dict[str, Any], export: Path) -> float:
+    """One ZeRO-3 training run under torchrun (resumes from its checkpoints when rerun), then its
+    export to an HF directory in a separate process (no live ZeRO-3 context around it)."""
+    seconds = run_command(torchrun_module("megatron_ipt.train", size.nproc, "--config", str(config),
+                                          *_overrides(values)),
+                          paths.logs / f"train_{name}.log", threads=1, what=f"training run '{name}'")
+    seconds += run_main("megatron_ipt.export", [values["checkpoint.dir"], export, "--dtype",
+                                                "float32" if size.tiny_model else "bfloat16"], f"exporting '{name}'")
+    return seconds
 
 
 def _read_json(path: Path) -> dict:
@@ -40,24 +45,24 @@ def _read_json(path: Path) -> dict:
 
 
 def pair_loss(paths: DemoPaths, model: Path, prefix: str, name: str, max_documents: int) -> dict:
+    """Held-out pair-token loss (``prefix`` is build_synthesizer_data's output prefix)."""
     out = paths.tuning_run.parent / f"pair_loss_{name}.json"
     if not out.exists():
-        run_command(python_module("data_tools.evaluate_synthesizer", "--model", str(model), "--data-prefix", prefix,
-                                  "--no-generation", "--max-documents", str(max_documents), "--output", str(out)),
-                    paths.logs / f"pair_loss_{name}.log", what=f"held-out pair loss of the {name} synthesizer")
+        run_main("data_tools.evaluate_synthesizer", ["--model", model, "--data-prefix", prefix, "--no-generation",
+                                                     "--max-documents", max_documents, "--output", out],
+                 f"held-out pair loss of the {name} synthesizer")
     return _read_json(out)
 
 
 def tune_synthesizer(size: DemoSize, paths: DemoPaths) -> dict:
     start = start_model_dir(size, paths)
     prefix = str(paths.tuning_data / "pubmed_tasks")
-    run_command(python_module("data_tools.build_synthesizer_data", "--input", str(paths.mined), "--format", "jsonl",
-                              "--output-prefix", prefix, "--tokenizer", str(start),
-                              "--max-length", str(size.tune_seq_len), "--held-out", "0.1"),
-                paths.logs / "build_synthesizer_data.log", what="building the synthesizer's tuning data")
+    run_main("data_tools.build_synthesizer_data", ["--input", paths.mined, "--format", "jsonl", "--output-prefix",
+                                                   prefix, "--tokenizer", start, "--max-length", size.tune_seq_len,
+                                                   "--held-out", "0.1"], "building the synthesizer's tuning data")
     train_prefix, heldout_prefix = f"{prefix}_train", f"{prefix}_heldout"
     max_docs = 4 if size.tiny_model else 12
-    before = pair_loss(paths, start, heldout_prefix, "before", max_docs)
+    before = pair_loss(paths, start, prefix, "before", max_docs)
     seconds = 0.0
     if not (paths.synthesizer / "config.json").is_file():
         seconds = _train(paths, size, "synthesizer", CONFIGS / "tune_synthesizer.yaml", {
@@ -65,9 +70,8 @@ def tune_synthesizer(size: DemoSize, paths: DemoPaths) -> dict:
             "data.seq_len": size.tune_seq_len, "steps": size.tune_steps, "optim.lr": size.tune_lr,
             "precision": "fp32" if size.tiny_model else "bf16",
             "run_dir": paths.tuning_run, "checkpoint.dir": paths.tuning_run / "checkpoints",
-            "export.dir": paths.synthesizer,
-        })
-    after = pair_loss(paths, paths.synthesizer, heldout_prefix, "after", max_docs)
+        }, export=paths.synthesizer)
+    after = pair_loss(paths, paths.synthesizer, prefix, "after", max_docs)
     summary_file = Path(f"{prefix}.summary.json")
     return {
         "start_model": str(start),
@@ -88,18 +92,16 @@ def tune_synthesizer(size: DemoSize, paths: DemoPaths) -> dict:
 
 
 def synthesize(size: DemoSize, paths: DemoPaths, start: str) -> dict:
-    run_command(python_module("data_tools.synthesize", "--config", str(CONFIGS / "synthesize.yaml"),
-                              *_overrides({"inputs": f"[{paths.raw}]", "output_dir": paths.synthesis,
-                                           "engine.model": paths.synthesizer, "rounds": size.rounds,
-                                           "max_new_tokens": size.synth_max_new_tokens,
-                                           "engine.max_model_len": size.synth_max_model_len})),
-                paths.logs / "synthesize.log", what="synthesis")
+    run_main("data_tools.synthesize", ["--config", CONFIGS / "synthesize.yaml", *_overrides({
+        "inputs": f"[{paths.raw}]", "output_dir": paths.synthesis, "engine.model": paths.synthesizer,
+        "rounds": size.rounds, "max_new_tokens": size.synth_max_new_tokens,
+        "engine.max_model_len": size.synth_max_model_len})], "synthesis")
     stats = _read_json(paths.synthesis / f"{paths.raw.stem}.stats.json")
     # Vanilla's data: the same domain texts, raw, wrapped in BOS/EOS like the recipe's documents.
     raw_prefix = str(paths.corpora / "raw")
-    run_command(python_module("data_tools.preprocess_data", "--input", str(paths.raw), "--output-prefix", raw_prefix,
-                              "--tokenizer", start, "--prepend-bos", "--append-eod", "--workers", "0"),
-                paths.logs / "preprocess_raw.log", what="tokenizing the raw corpus")
+    run_main("data_tools.preprocess_data", ["--input", paths.raw, "--output-prefix", raw_prefix, "--tokenizer", start,
+                                            "--prepend-bos", "--append-eod", "--workers", "0"],
+             "tokenizing the raw corpus")
     instruct = build_domain_corpus(paths, start)
     return {"synthesis_stats": stats, "synthesis_output": str(paths.synthesis / f"{paths.raw.stem}.jsonl"),
             "raw_prefix": raw_prefix + RAW_DOCUMENT, **instruct}
@@ -109,11 +111,11 @@ def build_domain_corpus(paths: DemoPaths, start: str) -> dict:
     """The ``domain`` recipe: every synthesized text templated, mixed 1:1 by tokens with general
     instructions (here: the mined tasks, as no general-instruction set ships offline)."""
     out = paths.corpora / "instruct"
-    run_command(python_module("data_tools.build_corpora", "--recipe", "domain",
-                              "--synthesized", str(paths.synthesis), "--general", str(paths.mined),
-                              "--tokenizer", start, "--output-dir", str(out)),
-                paths.logs / "build_corpora.log", what="building the instruction-augmented corpus")
-    report = _read_json(out / "mixture.json") if (out / "mixture.json").exists() else {}
+    run_main("data_tools.build_corpora", ["--recipe=domain", f"--synthesized={paths.synthesis}",
+                                          f"--instructions={paths.general_instructions}", f"--tokenizer={start}",
+                                          f"--output-dir={out}", "--workers=0"],
+             "building the instruction-augmented corpus")
+    report = _read_json(out / "mixture_report.json") if (out / "mixture_report.json").exists() else {}
     return {"instruct_blend": str(out / "blend.yaml"), "mixture": report}
 
 
@@ -148,8 +150,7 @@ def continual_pretrain(size: DemoSize, paths: DemoPaths, start: str, data: dict[
                 "micro_batch_size": size.micro_batch, "global_batch_size": size.micro_batch * size.nproc,
                 "optim.lr": size.pretrain_lr, "precision": "fp32" if size.tiny_model else "bf16",
                 "run_dir": paths.run_dir(arm), "checkpoint.dir": paths.run_dir(arm) / "checkpoints",
-                "export.dir": paths.model(arm),
-            })
+            }, export=paths.model(arm))
         runs[arm] = {"data": data[arm], "model": str(paths.model(arm)), "run_dir": str(paths.run_dir(arm)),
                      "metrics": str(paths.run_dir(arm) / "metrics.jsonl"),
                      "tensorboard": str(paths.run_dir(arm) / "tensorboard"), "train_seconds": seconds}
@@ -164,9 +165,8 @@ def evaluate_models(size: DemoSize, paths: DemoPaths, models: dict[str, str]) ->
     for name, model in models.items():
         out = paths.eval / f"{name}.json"
         if not out.exists():
-            run_command(python_module("megatron_ipt.evaluate", "--model", model, "--texts", str(paths.heldout_texts),
-                                      "--tasks", str(paths.heldout_tasks), "--max-new-tokens",
-                                      str(size.eval_max_new_tokens), "--out", str(out)),
-                        paths.logs / f"evaluate_{name}.log", what=f"evaluating the {name} model")
+            run_main("megatron_ipt.evaluate", ["--model", model, "--texts", paths.heldout_texts, "--tasks",
+                                               paths.heldout_tasks, "--max-new-tokens", size.eval_max_new_tokens,
+                                               "--out", out], f"evaluating the {name} model")
         results[name] = _read_json(out)
     return {"results": results}

@@ -104,8 +104,8 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
     hist_png = plot_pairs_histogram(counts, paths.plots / "pairs_per_text.png")
     any_eval = next(iter(evals.values()), {})
     n_tasks, heldout = any_eval.get("tasks", {}), any_eval.get("heldout", {})
-    before = tune.get("pair_loss_before", {}).get("pair_loss")
-    after = tune.get("pair_loss_after", {}).get("pair_loss")
+    before = tune.get("pair_loss_before", {}).get("loss", {}).get("pair_loss")
+    after = tune.get("pair_loss_after", {}).get("loss", {}).get("pair_loss")
     hist = Counter(counts)
     out: list[str] = [
         f"# Instruction Pre-Training in miniature — demo report (size `{size.name}`)",

@@ -38,7 +38,7 @@ def run_demo(size: DemoSize, out: Path, min_free_gb: float | None = None) -> Pat
     runner.run(1, "material", "material check", lambda: check_material(size, out, min_free_gb))
     runner.run(2, "corpus", "PubMed raw corpus, held-out split and mined tasks",
                lambda: corpus.build_corpus(size, paths))
-    tune = runner.run(3, "synthesizer", "tune SmolLM2 into an instruction synthesizer",
+    tune = runner.run(3, "synthesizer", "tune the start model into an instruction synthesizer",
                       lambda: pipeline.tune_synthesizer(size, paths))
     start = tune["start_model"]
     synth = runner.run(4, "synthesis", f"synthesize pairs ({size.rounds} rounds) and build the corpora",

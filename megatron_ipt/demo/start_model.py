@@ -20,17 +20,17 @@ TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads
                   max_position_embeddings=1024, tie_word_embeddings=True)
 
 
-def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
-    """A tiny random Llama with SmolLM2's tokenizer, saved as an HF directory (atomically)."""
+def build_tiny_model(out_dir: Path, tokenizer_dir: Path | None = None, seed: int = 0) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer (from ``tokenizer_dir``, default the cached
+    SmolLM2 directory), saved as an HF directory (atomically)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from megatron_ipt.model.build import hf_config
     from megatron_ipt.model.config import ModelConfig
-    from megatron_ipt.model.hf_import import smollm2_gguf_path
+    from megatron_ipt.model.hf_import import smollm2_hf_dir
 
-    gguf = smollm2_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir or smollm2_hf_dir()))
     config = hf_config(ModelConfig(arch="llama", vocab_size=len(tokenizer), **TINY_SHAPE))
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     torch.manual_seed(seed)
