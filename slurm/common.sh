@@ -6,7 +6,8 @@
 #   ipt_setup STAGE            cd to the repo, pick PYTHON, make this job's run directories
 #   ipt_preflight ARGS...      fail fast (exit 2, message in the job log) on a bad node list or a
 #                              missing input; exports MASTER_ADDR/MASTER_PORT for the step
-#   ipt_train CONFIG ARGS...   setup + preflight + srun of `python -m megatron_ipt.train`
+#   ipt_train STAGE CONFIG ARGS...  setup + preflight + srun of `python -m megatron_ipt.train`
+#                              (environment -> config overrides: see ipt_train below)
 #   ipt_srun CMD...            srun one task per allocated task (one per GPU), forward the
 #                              time-limit signal, requeue when the step reports preemption
 #
@@ -19,12 +20,18 @@
 #   SRUN_WAIT     seconds the other tasks may run on after the first one exits [600]
 #   REQUEUE       0: never requeue after a preemption                         [1]
 #   MAX_REQUEUES  stop requeueing after this many restarts                    [20]
+#   OMP_NUM_THREADS  threads per task                                 [$SLURM_CPUS_PER_TASK]
+#   PYTHONWARNINGS   [ignore::FutureWarning: torch 2.13 warns on every DeepSpeed collective]
+# Per job: $RUNS_DIR/$RUN_NAME/jobs/<job id>/ (config.yaml, metrics.jsonl, tensorboard/); the job's
+# own log is the sbatch --output file (%x-%j.out in the submit directory unless overridden).
 #
 # Preemption: with `#SBATCH --signal=B:USR1@120` Slurm warns the batch shell 120 s before the time
 # limit; the helper forwards USR1 to the step (srun passes it to every task); the trainer saves a
 # checkpoint and exits 75; the helper then runs `scontrol requeue` and the next run resumes from
-# the latest checkpoint (`checkpoint.resume: auto`). A step that exits 75 on its own (e.g. it got
-# SIGTERM from a preempting job) is requeued the same way.
+# the latest checkpoint (`checkpoint.resume: auto`). A step that exits 75 on its own (the signal
+# sent to the step directly: `scancel --signal=USR1 JOB`) is requeued the same way. Under Slurm's
+# PreemptMode=REQUEUE, Slurm requeues by itself; the checkpoint the trainer writes on SIGTERM
+# during GraceTime is what the next run resumes from.
 
 IPT_EXIT_REQUEUE=75
 
@@ -55,6 +62,8 @@ ipt_setup() {
     JOB_DIR=$RUN_DIR/jobs/$IPT_JOB
     mkdir -p "$JOB_DIR" || ipt_die "cannot create the job directory $JOB_DIR"
     export PYTHONUNBUFFERED=1  # log lines reach the job log as they happen
+    # One thread pool per task sized to its CPUs, not to the whole node (8 ranks x 96 threads).
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
     # torch 2.13 warns about deprecated collectives on every DeepSpeed call: thousands of lines.
     export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::FutureWarning}
     ipt_log "stage=$IPT_STAGE job=$IPT_JOB restart=${SLURM_RESTART_COUNT:-0}" \
@@ -103,7 +112,7 @@ ipt_srun() {
         # shellcheck disable=SC2206  # SRUN_ARGS is a list of options
         launcher=(srun --kill-on-bad-exit=0 --wait="${SRUN_WAIT:-600}" ${SRUN_ARGS:-})
     fi
-    ipt_log "launch: ${launcher[*]} $*"
+    ipt_log "launch: ${launcher[*]:+${launcher[*]} }$*"
     IPT_SIGNALLED=
     # In the background, so the shell can take the time-limit signal while the step runs.
     "${launcher[@]}" "$@" &

@@ -32,6 +32,8 @@ SCRIPT_VARS = {"IPT_ROOT", "PYTHON", "RUNS_DIR", "RUN_NAME", "CONFIG", "DATA", "
                "CKPT_DIR", "DOMAIN", "INPUT", "INPUTS", "OUTPUT_PREFIX", "OUTPUT_DIR", "MODEL", "ENGINE", "TP",
                "NUM_SHARDS", "SHARD_INDEX", "JSON_KEYS", "WORKERS", "REQUEUE", "MAX_REQUEUES", "MASTER_ADDR",
                "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
+# The daemons live in /usr/sbin, which a non-login PATH may lack.
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin"])
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                    "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
@@ -94,7 +96,7 @@ class SlurmCluster:
         self.conf = root / "slurm.conf"
         self.munge_dir = root / "munge"
         self.log_dir = root / "log"
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf), "PATH": SEARCH_PATH}
         # Jobs see only what a test gives them: no Slurm variables of an enclosing job, none of
         # the scripts' settings from the caller's shell.
         for key in [k for k in self.env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")) or k in SCRIPT_VARS]:
@@ -128,7 +130,7 @@ class SlurmCluster:
         )
         check = subprocess.run(
             f"munge -S {self.munge_socket} -n | unmunge -S {self.munge_socket}",
-            shell=True, capture_output=True, text=True,
+            shell=True, capture_output=True, text=True, env=self.env,
         )
         if check.returncode != 0:
             pytest.fail(f"munge credential round trip failed: {check.stderr}\n{_tail(self.munge_dir / 'munged.log')}")
@@ -293,7 +295,7 @@ PartitionName=debug Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE St
 def slurm_cluster() -> Iterator[SlurmCluster]:
     if os.geteuid() != 0:
         pytest.skip("the local Slurm cluster needs root (slurmd runs jobs as their owner)")
-    missing = [b for b in BINARIES if shutil.which(b) is None]
+    missing = [b for b in BINARIES if shutil.which(b, path=SEARCH_PATH) is None]
     if missing:
         pytest.fail(f"Slurm/munge binaries missing: {', '.join(missing)} (run `make system-deps`)")
     root = Path(tempfile.mkdtemp(prefix="ipt-slurm-", dir="/tmp"))

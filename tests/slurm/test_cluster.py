@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from megatron_ipt.launch import expand_hostlist, resolve_host
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 _prefix = st.from_regex(r"[a-z][a-z0-9-]{0,5}", fullmatch=True)
 

@@ -11,6 +11,8 @@ import yaml
 
 from megatron_ipt.launch import master_port_for_job
 
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "slurm" / "pretrain_500M.sh"
 STEPS = 24
@@ -61,7 +63,9 @@ def test_pretrain_two_nodes_zero3(slurm_cluster, pubmed_prefix, preempted_run) -
     assert info["NodeList"] == "node[1-2]" and info["NumTasks"] == "2"
     # The rendezvous is node1's address (resolved through scontrol: "node1" has no DNS entry) on
     # the port derived from the job id; one rank per node.
-    assert f"master 127.0.0.2:{master_port_for_job(jid)}" in log
+    port = master_port_for_job(jid)
+    assert f"master 127.0.0.2:{port}" in log
+    assert f"distributed: 2 ranks via slurm, master 127.0.0.2:{port}, backend gloo" in log, log
 
     config = yaml.safe_load((preempted_run["job_dir"] / "config.yaml").read_text())  # what the trainer ran
     assert config["data"]["train"] == [[1.0, pubmed_prefix["prefix"]]] and config["steps"] == STEPS
