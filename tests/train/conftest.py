@@ -41,14 +41,17 @@ def pubmed_abstracts(n: int, skip: int = 0) -> list[str]:
 
 
 def write_corpus(prefix: Path, texts: list[str], tokenizer) -> str:
-    """Tokenize with BOS/EOS per document and write an indexed dataset; returns the prefix string."""
-    from megatron_ipt.data.indexed import IndexedDatasetWriter
+    """Tokenize through the data core (BOS/EOS per document) into an indexed dataset; returns the prefix."""
+    import json
 
-    writer = IndexedDatasetWriter(str(prefix), "uint16")
-    for ids in tokenizer.encode_batch(texts):
-        writer.add_document([tokenizer.bos_id, *ids, tokenizer.eos_id])
-    writer.finalize()
-    return str(prefix)
+    from megatron_ipt.data.preprocess import preprocess
+
+    jsonl = prefix.with_suffix(".jsonl")
+    jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    summary = preprocess(jsonl, prefix, tokenizer, workers=0, prepend_bos=True, append_eod=True,
+                         dataset_suffix=False, progress=False)
+    assert summary["written"] == len(texts)
+    return str(summary["prefix"])
 
 
 @pytest.fixture(scope="session")
