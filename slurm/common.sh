@@ -90,7 +90,10 @@ _ipt_forward_signal() {
 
 # ipt_requeue RC: requeue this job after a preempted step (or exit RC when that is not possible).
 ipt_requeue() {
-    local rc=$1 restarts=${SLURM_RESTART_COUNT:-0}
+    local rc=$1 restarts=${SLURM_RESTART_COUNT:-0} target=${SLURM_JOB_ID:-}
+    # An array task by its task id: the last task's SLURM_JOB_ID is the array's id, and requeueing
+    # that would requeue every task of the array.
+    [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && target=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
     if [ -z "${SLURM_JOB_ID:-}" ]; then
         ipt_log "step preempted (exit $rc) outside Slurm: run the script again to resume"
     elif [ "${REQUEUE:-1}" = 0 ]; then
@@ -98,8 +101,8 @@ ipt_requeue() {
     elif [ "$restarts" -ge "${MAX_REQUEUES:-20}" ]; then
         ipt_log "step preempted (exit $rc) after $restarts restarts (MAX_REQUEUES): giving up"
     else
-        ipt_log "step preempted (exit $rc): requeueing job $SLURM_JOB_ID (restart $((restarts + 1)))"
-        scontrol requeue "$SLURM_JOB_ID" && exit 0
+        ipt_log "step preempted (exit $rc): requeueing job $target (restart $((restarts + 1)))"
+        scontrol requeue "$target" && exit 0
         ipt_log "scontrol requeue failed"
     fi
     exit "$rc"
