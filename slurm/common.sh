@@ -35,6 +35,14 @@
 
 IPT_EXIT_REQUEUE=75
 
+# `bash slurm/STAGE.sh --help`: the script's header (usage, environment, #SBATCH defaults).
+case "${1:-}" in
+    -h | --help)
+        sed -n '2,/^[^#]/{/^#SBATCH/{p;b};/^#/{s/^# \{0,1\}//;p}}' "$0"
+        exit 0
+        ;;
+esac
+
 ipt_log() { echo "[ipt $(date -u +%H:%M:%S)] $*"; }
 
 # ipt_die MESSAGE: a clear line in the job log and a non-zero exit, before any step starts.
