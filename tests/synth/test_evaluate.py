@@ -97,3 +97,42 @@ def test_generation_scores_with_hf_engine(tiny_model, mistral_tokenizer) -> None
     assert (
         generation_scores(short, EXAMPLES[:1], max_new_tokens=30, response_tokens=30)["skipped_too_long"] == 3
     )
+
+
+def test_evaluate_synthesizer_cli(tmp_path: Path, tiny_model, mistral_tokenizer, capsys) -> None:
+    import json
+
+    from data_tools.evaluate_synthesizer import main
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    build_tuning_data(
+        EXAMPLES * 3, tmp_path / "d", mistral_tokenizer, TuningDataOptions(max_length=256, held_out=0.5)
+    )
+    out = tmp_path / "report.json"
+    args = [
+        "--model",
+        str(tmp_path / "model"),
+        "--data-prefix",
+        str(tmp_path / "d"),
+        "--tokenizer",
+        "mistral",
+        "--engine",
+        "hf",
+        "--max-examples",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--response-tokens",
+        "2",
+        "--output",
+        str(out),
+    ]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert (
+        json.loads(printed[printed.index("\n{") + 1 :] if not printed.startswith("{") else printed) == report
+    ), printed[:300]
+    assert report["loss"]["pair_tokens"] > 0 and report["loss"]["pair_loss"] > 5  # a random model
+    assert report["generation"]["contexts"] == 1 and report["generation"]["responses"] >= 1
+    assert main(["--model", "x", "--data-prefix", str(tmp_path / "none"), "--no-loss"]) == 1
