@@ -220,10 +220,12 @@ def write_raw_corpus(
     held_out_output: str | Path | None = None,
     records: Iterable[PubmedRecord] | None = None,
     overwrite: bool = False,
+    with_title: bool = False,
 ) -> dict:
     """Write abstracts as JSONL ``{"id": "pmid:N", "text": ...}``; optionally split off a held-out file.
 
-    ``limit`` caps the records read (both sides together). Outputs are written atomically and a
+    ``limit`` caps the records read (both sides together). ``with_title`` writes ``title\nabstract``
+    (the layout of the reference release's PubMed examples) instead of the abstract alone. Outputs are written atomically and a
     summary ``OUTPUT.summary.json`` is written last: when it exists with the same arguments the
     call returns it without work (resume after a kill just redoes the unfinished write).
     """
@@ -231,7 +233,12 @@ def write_raw_corpus(
     if held_out > 0 and held_out_output is None:
         held_out_output = output.with_name(output.stem + ".heldout" + output.suffix)
     summary_path = output.with_name(output.name + ".summary.json")
-    args = {"limit": limit, "held_out": held_out, "held_out_output": str(held_out_output or "")}
+    args = {
+        "limit": limit,
+        "held_out": held_out,
+        "held_out_output": str(held_out_output or ""),
+        "title": with_title,
+    }
     if not overwrite and summary_path.exists() and output.exists():
         summary = json.loads(summary_path.read_text())
         if summary.get("args") == args and (not held_out_output or Path(held_out_output).exists()):
@@ -246,7 +253,8 @@ def write_raw_corpus(
         if held_out_output:
             ho = stack.enter_context(open(stack.enter_context(atomic_path(held_out_output)), "w"))
         for rec in records:
-            line = json.dumps({"id": f"pmid:{rec.pmid}", "text": rec.abstract}) + "\n"
+            text = f"{rec.title}\n{rec.abstract}" if with_title and rec.title else rec.abstract
+            line = json.dumps({"id": f"pmid:{rec.pmid}", "text": text}) + "\n"
             if ho is not None and is_held_out(rec.pmid, held_out):
                 ho.write(line)
                 counts["held_out"] += 1

@@ -149,6 +149,10 @@ def test_raw_corpus_split_and_resume(tmp_path: Path) -> None:
     # a second call with the same arguments is a no-op (it does not even read the records)
     assert write_raw_corpus(out, records=iter(()), held_out=0.1) == s
     assert write_raw_corpus(out, records=recs[:5], held_out=0.1, overwrite=True)["train"] <= 5
+    titled = tmp_path / "titled.jsonl"
+    write_raw_corpus(titled, records=recs[:3], with_title=True)
+    first = json.loads(titled.read_text().splitlines()[0])
+    assert first["text"] == f"{recs[0].title}\n{recs[0].abstract}"
 
 
 def test_miner_structured_holds_out_answer_section(xml: Path) -> None:
