@@ -51,6 +51,9 @@ def merge_datasets(prefixes: list[str | Path], output_prefix: str | Path) -> dic
     if mask_writer is not None:
         mask_writer.finalize()
     writer.finalize()
+    if mask_writer is None:  # never leave a stale twin from an earlier merge next to the output
+        for p in (f"{lossmask_prefix(out)}.idx", f"{lossmask_prefix(out)}.bin"):
+            Path(p).unlink(missing_ok=True)
     summary = {
         "prefix": out,
         "lossmask_prefix": lossmask_prefix(out) if mask_writer is not None else None,

@@ -144,6 +144,11 @@ class _Run:
         }
 
 
+def _remove_dataset(prefix: str) -> None:
+    idx_path(prefix).unlink(missing_ok=True)
+    bin_path(prefix).unlink(missing_ok=True)
+
+
 def _remove_partials(prefix: str) -> None:
     for p in (prefix, lossmask_prefix(prefix)):
         for suffix in (".bin.partial", ".lengths.partial", ".idx.partial"):
@@ -300,6 +305,8 @@ def preprocess(
     if run.mask is not None:
         run.mask.finalize()
     run.writer.finalize()
+    if run.mask is None:  # a twin left by an earlier run over other inputs would be wrong now
+        _remove_dataset(lossmask_prefix(prefix))
     elapsed = time.time() - t0
     summary = {
         "prefix": prefix,

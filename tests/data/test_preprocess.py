@@ -237,3 +237,13 @@ def test_kill9_then_resume(tmp_path: Path, mistral_tokenizer) -> None:
     for suffix in (".bin", ".idx"):
         assert Path(f"{prefix}{suffix}").read_bytes() == Path(f"{clean['prefix']}{suffix}").read_bytes()
     assert not list(tmp_path.glob("*.partial")) and not progress.exists()
+
+
+def test_rerun_without_segments_drops_stale_twin(tmp_path: Path, mistral_tokenizer) -> None:
+    seg = [{"text": "a", "loss": False}, {"text": "b", "loss": True}]
+    src = write_jsonl(tmp_path / "in.jsonl", [{"segments": seg}])
+    s = preprocess(src, tmp_path / "out", mistral_tokenizer, workers=0, progress=False)
+    assert Path(f"{s['lossmask_prefix']}.idx").is_file()
+    write_jsonl(src, [{"text": "plain now"}])
+    s2 = preprocess(src, tmp_path / "out", mistral_tokenizer, workers=0, progress=False)
+    assert s2["lossmask_prefix"] is None and not Path(f"{s['lossmask_prefix']}.idx").exists()
