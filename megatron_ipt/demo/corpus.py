@@ -4,11 +4,13 @@ Records are split by a hash of their PMID (``pubmed.is_held_out``), so nothing h
 trained on. On the training side, unstructured abstracts form the domain corpus (the synthesizer
 converts them; the vanilla run trains on them raw) and structured ones are mined into
 context-based tasks (the synthesizer's tuning data, and the stand-in for general instructions).
-On the held-out side, abstracts measure perplexity and mined tasks measure answer quality.
+On the held-out side, abstracts measure perplexity and tasks mined from every held-out record
+(structured or not) measure answer quality.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -17,8 +19,9 @@ from megatron_ipt.demo.paths import DemoPaths
 from megatron_ipt.demo.sizes import DemoSize
 from megatron_ipt.io import atomic_path
 from megatron_ipt.synth.collections import Example
-from megatron_ipt.synth.format import COT_TRIGGER
+from megatron_ipt.synth.format import COT_TRIGGER, OPTIONS_HEADER, Pair
 from megatron_ipt.synth.pubmed import (
+    SECTION_QUESTIONS,
     PubmedRecord,
     is_held_out,
     load_pubmed_records,
@@ -48,26 +51,51 @@ def instruction_rows(examples: list[Example]) -> list[dict]:
             for ex in examples for p in ex.pairs]
 
 
+def _kind(instruction: str) -> str:
+    """The question kind: multiple choice, a held-out abstract section, or the question itself."""
+    if OPTIONS_HEADER in instruction:
+        return "multiple choice"
+    if instruction in SECTION_QUESTIONS.values():
+        return "abstract section"
+    return instruction
+
+
 def heldout_task_rows(examples: list[Example], limit: int) -> list[dict]:
-    """One question per held-out context, rotating over the question kinds (no chain-of-thought:
-    the greedy answers are short)."""
-    rows: list[dict] = []
+    """One question per held-out context, taken round-robin over the question kinds (title,
+    keywords, abstract section, MeSH multiple choice) so that every kind is scored; no chain of
+    thought, as the greedy answers are short."""
+    by_kind: dict[str, list[tuple[int, Pair]]] = {}
     for i, ex in enumerate(examples):
-        pairs = [p for p in ex.pairs if not p.instruction.endswith(COT_TRIGGER.strip())]
-        if not pairs:
-            continue
-        pair = sorted(pairs, key=lambda p: p.instruction)[i % len(pairs)]
-        rows.append({"context": ex.context, "instruction": pair.instruction, "response": pair.response,
-                     "dataset": ex.dataset, "source": ex.source})
-        if len(rows) >= limit:
-            break
+        for p in ex.pairs:
+            if not p.instruction.endswith(COT_TRIGGER.strip()):
+                by_kind.setdefault(_kind(p.instruction), []).append((i, p))
+    queues = [by_kind[k] for k in sorted(by_kind)]
+    rows: list[dict] = []
+    used: set[int] = set()
+    while len(rows) < limit and any(queues):
+        for queue in queues:
+            while queue and queue[0][0] in used:
+                queue.pop(0)
+            if not queue or len(rows) >= limit:
+                continue
+            i, pair = queue.pop(0)
+            used.add(i)
+            ex = examples[i]
+            rows.append({"context": ex.context, "instruction": pair.instruction, "response": pair.response,
+                         "dataset": ex.dataset, "source": ex.source})
     return rows
 
 
 def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
-    # Newest baseline file first: it has more structured abstracts.
-    files = list(reversed(shipped_pubmed_files()))
-    records = load_pubmed_records(files, limit=size.records, cache=paths.records_cache)
+    # Half the records from each shipped file: the 2021 file has more structured abstracts, the
+    # 2020 one (older articles) has MeSH terms on nearly every record (multiple-choice tasks).
+    files = shipped_pubmed_files()
+    records: list[PubmedRecord] = []
+    for f in files:
+        cache = paths.corpus / f"pubmed_records_{f.name.split('.')[0]}.jsonl"
+        records += load_pubmed_records([f], limit=size.records // len(files), cache=cache)
+    # A deterministic shuffle, so every split mixes records of both files.
+    records.sort(key=lambda r: hashlib.sha256(f"demo:{r.pmid}".encode()).digest())
     train: list[PubmedRecord] = []
     heldout: list[PubmedRecord] = []
     for rec in records:
@@ -83,8 +111,7 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
     mined = mined[: size.tune_examples]
     _write_jsonl(paths.mined, [example_record(ex) for ex in mined])
     _write_jsonl(paths.general_instructions, instruction_rows(mined))
-    held_structured = [r for r in heldout if r.structured]
-    held_examples = [ex for ex in (mine_record(r, pool, seed=1) for r in held_structured) if ex is not None]
+    held_examples = [ex for ex in (mine_record(r, pool, seed=1, cot_share=0.0) for r in heldout) if ex is not None]
     task_rows = heldout_task_rows(held_examples, size.eval_tasks)
     _write_jsonl(paths.heldout_tasks, task_rows)
 
@@ -103,6 +130,6 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
         "mined_examples": len(mined),
         "mined_pairs": sum(len(ex.pairs) for ex in mined),
         "heldout_tasks": len(task_rows),
-        "heldout_task_kinds": dict(Counter(r["instruction"].split("\n")[0] for r in task_rows)),
+        "heldout_task_kinds": dict(Counter(_kind(r["instruction"]) for r in task_rows)),
         "files": [str(f) for f in files],
     }

@@ -18,10 +18,6 @@ class DemoPaths:
         return self.out / "corpus"
 
     @property
-    def records_cache(self) -> Path:
-        return self.corpus / "pubmed_records.jsonl"
-
-    @property
     def raw(self) -> Path:
         """Unstructured training-side abstracts: the domain corpus (synthesized, and vanilla's data)."""
         return self.corpus / "raw.jsonl"

@@ -61,7 +61,7 @@ def tune_synthesizer(size: DemoSize, paths: DemoPaths) -> dict:
                                                    prefix, "--tokenizer", start, "--max-length", size.tune_seq_len,
                                                    "--held-out", "0.1"], "building the synthesizer's tuning data")
     train_prefix, heldout_prefix = f"{prefix}_train", f"{prefix}_heldout"
-    max_docs = 4 if size.tiny_model else 12
+    max_docs = 2 if size.tiny_model else 6
     before = pair_loss(paths, start, prefix, "before", max_docs)
     seconds = 0.0
     if not (paths.synthesizer / "config.json").is_file():

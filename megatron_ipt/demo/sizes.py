@@ -68,9 +68,9 @@ class DemoSize:
 SIZES: dict[str, DemoSize] = {
     # The smoke test's size: a tiny random model, a handful of steps, the same stages and code path.
     "tiny": DemoSize(
-        name="tiny", tiny_model=True, records=400, heldout_fraction=0.1, eval_texts=6, eval_tasks=6,
+        name="tiny", tiny_model=True, records=400, heldout_fraction=0.1, eval_texts=4, eval_tasks=4,
         eval_max_new_tokens=8, tune_examples=60, tune_seconds=0, tune_seq_len=512, tune_lr=1e-3,
-        synth_texts=6, rounds=2, synth_max_new_tokens=24, synth_max_model_len=512,
+        synth_texts=4, rounds=2, synth_max_new_tokens=16, synth_max_model_len=512,
         pretrain_seconds=0, seq_len=128, micro_batch=2, pretrain_lr=1e-3, min_steps=6,
     ),
     # The default: ~20 minutes on 2 CPU cores. Budgets (s): tuning 150, synthesis ~180 (48 texts),
