@@ -69,14 +69,6 @@ def count_parameters(cfg: ModelConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def max_positions(cfg: ModelConfig) -> int:
-    return int(hf_config(cfg).max_position_embeddings)
-
-
-def embedding_rows(cfg: ModelConfig) -> int:
-    return int(hf_config(cfg).vocab_size)
-
-
 def build_model(cfg: ModelConfig, device_type: str = "cpu", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A fresh (or ``init_from``-loaded) causal LM in training mode with the resolved attention.
 

@@ -26,7 +26,8 @@ SMALL = ["--data.seq_len=128", "--micro_batch_size=2", "--global_batch_size=4"]
 def test_zero1_sigterm_saves_and_exits_75(tmp_path, pubmed_prefixes, start_job, metrics):
     run = tmp_path / "z1"
     job = start_job(2, _args(run, pubmed_prefixes["train"], "--ds_config=ds_configs/zero1.json", "--steps=400",
-                             "--checkpoint.interval=0", "--logging.tensorboard=false"))
+                             "--checkpoint.interval=4", "--checkpoint.keep_last=2",
+                             "--logging.tensorboard=false"))
     deadline = time.time() + 180
     while len(metrics(run)) < 10:
         assert time.time() < deadline, job.output(0)[-3000:]
@@ -42,6 +43,8 @@ def test_zero1_sigterm_saves_and_exits_75(tmp_path, pubmed_prefixes, start_job, 
 
     tag = latest_checkpoint(run / "ckpt")
     meta = read_meta(tag)
+    kept = sorted(p.name for p in (run / "ckpt").glob("step_*"))
+    assert len(kept) == 2 and kept[-1] == tag.name, kept  # keep_last=2 pruned the older saves
     assert meta["step"] == last and meta["consumed_samples"] == last * 4 and meta["zero_stage"] == 1
     out = export_checkpoint(run / "ckpt", tmp_path / "hf", dtype="float32")  # loads every shard
     from transformers import AutoModelForCausalLM
