@@ -120,6 +120,9 @@ ipt_requeue() {
 ipt_srun() {
     local -a launcher=()
     if [ -n "${SLURM_JOB_ID:-}" ]; then
+        # Since Slurm 22.05 srun no longer inherits the job's --cpus-per-task: pass it on, or every
+        # rank is bound to one core.
+        [ -n "${SLURM_CPUS_PER_TASK:-}" ] && export SRUN_CPUS_PER_TASK=${SRUN_CPUS_PER_TASK:-$SLURM_CPUS_PER_TASK}
         # shellcheck disable=SC2206  # SRUN_ARGS is a list of options
         launcher=(srun --kill-on-bad-exit=0 --wait="${SRUN_WAIT:-600}" ${SRUN_ARGS:-})
     fi

@@ -1,7 +1,7 @@
 """A real two-node Slurm cluster on this machine, built in a temporary directory for the session.
 
 munged runs with its own key and socket (the system's munged, if any, is left alone); slurmctld
-and two ``slurmd -N node1/node2`` on 127.0.0.2/127.0.0.3 with their own ports read a slurm.conf
+and two ``slurmd -N node1/node2`` (2 CPUs each) on 127.0.0.2/127.0.0.3 with their own ports read a slurm.conf
 that every client finds through ``SLURM_CONF``. Daemons are stopped by the pids in their pid files.
 
 Needs root (slurmd runs jobs as their user) and Debian's ``slurmctld slurmd slurm-client munge``
@@ -88,7 +88,8 @@ class SlurmCluster:
     tiny_train = ["--ds_config=ds_configs/zero3.json", "--data.seq_len=64", "--micro_batch_size=1",
                   "--global_batch_size=2", "--logging.interval=1", "--logging.eval_interval=0",
                   "--checkpoint.interval=0"]
-    # The #SBATCH defaults ask for GPUs and many CPUs; the test cluster has 2 one-CPU nodes.
+    # The #SBATCH defaults ask for GPUs and many CPUs; the test cluster has 2 two-CPU nodes (one
+    # rank per node; the second CPU lets small jobs run beside a training job).
     two_nodes = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1"]
 
     def __init__(self, root: Path) -> None:
@@ -143,7 +144,7 @@ class SlurmCluster:
         host = socket.gethostname().split(".")[0]
         r = self.root
         node_lines = "\n".join(
-            f"NodeName={n} NodeHostname={host} NodeAddr={a} Port={_free_port(a)} CPUs=1 State=UNKNOWN"
+            f"NodeName={n} NodeHostname={host} NodeAddr={a} Port={_free_port(a)} CPUs=2 State=UNKNOWN"
             for n, a in zip(self.nodes, self.node_addrs, strict=True)
         )
         # A random first job id: job ids feed the rendezvous port, and successive test sessions
@@ -172,6 +173,8 @@ AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# Look at pending jobs every 2 s, not every 30-60 s: a requeued job restarts as soon as it may.
+SchedulerParameters=sched_interval=2,bf_interval=2
 ReturnToService=2
 MpiDefault=none
 FirstJobId={first_job}

@@ -21,23 +21,21 @@ def cases(root: Path, prefix: str) -> dict[str, tuple[str, dict[str, str], list[
             "pretrain_500M.sh", {**tiny, "DATA": f"0.5 {prefix} 0.5 {missing}/corpus_text_document"}, [],
             f"data.train: data prefix '{missing}/corpus_text_document': missing {missing}/corpus_text_document.bin",
         ),
-        "missing_resume_checkpoint": (
-            "pretrain_1.3B.sh", {**tiny, "DATA": prefix, "RESUME": f"{missing}/step_00000100"}, [],
-            f"checkpoint.resume: checkpoint '{missing}/step_00000100' does not exist",
-        ),
-        "missing_init_checkpoint_dir": (
-            "continual_pretrain_8B.sh", {**tiny, "DOMAIN": "finance", "DATA": prefix, "INIT_FROM": f"{missing}/llama3-8b"},
-            [], f"model.init_from: checkpoint directory '{missing}/llama3-8b' does not exist",
+        "missing_checkpoint_dirs": (  # every problem is reported, not just the first
+            "continual_pretrain_8B.sh", {**tiny, "DOMAIN": "finance", "DATA": prefix, "INIT_FROM": f"{missing}/llama3-8b",
+                                         "RESUME": f"{missing}/step_00000100"}, [],
+            f"model.init_from: checkpoint directory '{missing}/llama3-8b' does not exist\n"
+            f"  - checkpoint.resume: checkpoint '{missing}/step_00000100' does not exist",
         ),
         "unknown_domain": (
             "continual_pretrain_8B.sh", {**tiny, "DOMAIN": "law", "DATA": prefix}, [],
             "DOMAIN must be biomedicine or finance (got 'law')",
         ),
         "unknown_config_key": (
-            "tune_synthesizer.sh", {**tiny, "DATA": prefix}, ["--optim.learning_rate=1e-5"], "optim.learning_rate",
+            "pretrain_1.3B.sh", {**tiny, "DATA": prefix}, ["--optim.learning_rate=1e-5"], "optim.learning_rate",
         ),
         "missing_config": (
-            "pretrain_500M.sh", {**tiny, "CONFIG": "configs/no_such.yaml", "DATA": prefix}, [],
+            "tune_synthesizer.sh", {**tiny, "CONFIG": "configs/no_such.yaml", "DATA": prefix}, [],
             "training config 'configs/no_such.yaml' not found",
         ),
         "unparsable_node_list": (

@@ -55,4 +55,4 @@ def test_cluster_has_its_own_munge(slurm_cluster) -> None:
     info = slurm_cluster.run(["scontrol", "show", "config"]).stdout
     assert f"socket={slurm_cluster.munge_socket}" in info
     nodes = slurm_cluster.run(["sinfo", "-h", "-N", "-o", "%N %c"]).stdout.split("\n")
-    assert [line.split() for line in nodes if line] == [["node1", "1"], ["node2", "1"]]
+    assert [line.split() for line in nodes if line] == [["node1", "2"], ["node2", "2"]]
