@@ -10,8 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-# Aggregate tokens/s of SmolLM2-135M on this 2-core machine (bf16 autocast, both cores busy).
-TRAIN_TOKENS_PER_S = 180.0
+# Aggregate training tokens/s of SmolLM2-135M under ZeRO-3 with 2 processes on this 2-core machine.
+# Single-process bf16 reaches 165-230 tokens/s; ZeRO-3 adds parameter all-gathers and gradient
+# reduce-scatters over gloo every step, so the budget assumes less. Change it here (one place) after
+# timing `make demo` on an idle machine: every step count below follows from it.
+TRAIN_TOKENS_PER_S = 120.0
 EVAL_TOKENS_PER_S = 550.0
 TOKENS_PER_ABSTRACT = 390  # PubMed abstracts with SmolLM2's tokenizer (77,609 tokens / 200)
 
@@ -73,10 +76,12 @@ SIZES: dict[str, DemoSize] = {
         synth_texts=4, rounds=2, synth_max_new_tokens=16, synth_max_model_len=512,
         pretrain_seconds=0, seq_len=128, micro_batch=2, pretrain_lr=1e-3, min_steps=6,
     ),
-    # The default: ~20 minutes on 2 CPU cores. Budgets (s): tuning 150, synthesis ~180 (48 texts),
-    # each pre-training run 180 (~32k tokens), evaluation ~3 x 50.
+    # The default: ~20 minutes on 2 CPU cores. Budgets (s): tuning 150 (+ start-up, export and two
+    # pair-loss measurements ~70), synthesis ~180 (48 texts x 160 new tokens), each pre-training run
+    # 180 (+ ~40 start-up/export), evaluation ~3 x 60 (20 abstracts ~7.8k tokens, 24 tasks ~11k tokens
+    # scored + 24 greedy answers). Sum ~17-18 minutes on an idle machine.
     "small": DemoSize(
-        name="small", tiny_model=False, records=3000, heldout_fraction=0.05, eval_texts=24, eval_tasks=32,
+        name="small", tiny_model=False, records=3000, heldout_fraction=0.05, eval_texts=20, eval_tasks=24,
         eval_max_new_tokens=24, tune_examples=240, tune_seconds=150, tune_seq_len=1024, tune_lr=1e-4,
         synth_texts=48, rounds=2, synth_max_new_tokens=160, synth_max_model_len=2048,
         pretrain_seconds=180, seq_len=512, micro_batch=2, pretrain_lr=1e-4,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -81,8 +82,9 @@ def run_command(cmd: Sequence[str], log_path: Path, threads: int = 2, what: str 
     with open(log_path, "ab") as log:
         log.write(f"\n$ {' '.join(cmd)}\n".encode())
         log.flush()
+        # Its own process group, so that an interrupted demo stops the launcher AND its ranks.
         proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=child_env(threads, env), cwd=os.getcwd())
+                                env=child_env(threads, env), cwd=os.getcwd(), start_new_session=True)
         assert proc.stdout is not None
         try:
             # Chunks, not lines: progress bars redraw with \r.
@@ -92,12 +94,25 @@ def run_command(cmd: Sequence[str], log_path: Path, threads: int = 2, what: str 
                 log.write(chunk)
             rc = proc.wait()
         except BaseException:
-            proc.kill()
-            proc.wait()
+            stop_group(proc)
             raise
     if rc != 0:
         raise DemoError(f"{what} failed with exit code {rc}; its output is in {log_path}")
     return time.perf_counter() - start
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 60.0) -> None:
+    """SIGTERM the child's process group (the trainer checkpoints and exits), SIGKILL after ``grace``."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def python_module(module: str, *args: str) -> list[str]:
