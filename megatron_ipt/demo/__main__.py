@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from megatron_ipt.demo.sizes import SIZES, get_size
+from megatron_ipt.demo.sizes import SIZES, get_size, with_settings
 from megatron_ipt.demo.stages import DemoError
 
 
@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiny: smoke test with a tiny random model (~2 min); small: ~20 min on 2 CPU "
                         "cores (default); medium: ~3x small")
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one budget of the size, e.g. --set pretrain_seconds=600 or "
+                        "--set train_tokens_per_s=150 (repeatable; see megatron_ipt/demo/sizes.py)")
     parser.add_argument("--min-free-gb", type=float, default=None,
                         help="disk space to require under --out (default: by size)")
     args = parser.parse_args(argv)
@@ -30,9 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     from megatron_ipt.demo.run import run_demo
 
+    try:
+        size = with_settings(get_size(args.size), args.set)
+    except ValueError as err:
+        parser.error(str(err))
     start = time.perf_counter()
     try:
-        report = run_demo(get_size(args.size), args.out, args.min_free_gb)
+        report = run_demo(size, args.out, args.min_free_gb)
     except DemoError as err:
         for line in str(err).splitlines():
             print(f"demo: error: {line}", file=sys.stderr)

@@ -80,6 +80,13 @@ def plot_pairs_histogram(counts: list[int], out: Path) -> Path:
     return out
 
 
+def throughput_row(name: str, rows: list[dict]) -> str:
+    rates = sorted(r["tokens_per_s"] for r in rows if "tokens_per_s" in r)
+    median = rates[len(rates) // 2] if rates else None
+    final = rows[-1]["loss"] if rows else None
+    return f"| {name} | {len(rows)} | {_num(final)} | {_num(median, 0)} |"
+
+
 def results_table(evals: dict[str, dict]) -> list[str]:
     lines = [
         "| model | held-out perplexity ↓ | answer loss ↓ | exact match ↑ | token F1 ↑ | option accuracy ↑ |",
@@ -122,8 +129,9 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         "",
         f"Held-out perplexity: {heldout.get('texts', 'n/a')} PubMed abstracts ({heldout.get('tokens', 'n/a')} tokens) "
         "whose PMIDs were kept out of every training set. Tasks: "
-        f"{n_tasks.get('n', 'n/a')} context-based questions mined from held-out structured abstracts "
-        f"({n_tasks.get('n_free_form', 'n/a')} free-form: exact match and token F1 of the greedy answer; "
+        f"{n_tasks.get('n', 'n/a')} context-based questions mined from held-out PubMed records "
+        f"(kinds: {', '.join(f'{k} {v}' for k, v in corpus.get('heldout_task_kinds', {}).items()) or 'n/a'}; "
+        f"{n_tasks.get('n_free_form', 'n/a')} free-form: exact match and token F1 of the greedy answer; "
         f"{n_tasks.get('n_multiple_choice', 'n/a')} multiple choice: option accuracy), prompted as "
         "`{context}\\n\\nQuestion: {instruction}\\nAnswer:` for every model; answer loss is the mean "
         "per-token loss of the gold answer given that prompt.",
@@ -160,6 +168,10 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         f"Both runs start from the same model and see the same budget: {train.get('steps', 'n/a')} steps x "
         f"{size.micro_batch * size.nproc} sequences x {size.seq_len} tokens = {train.get('tokens_per_run', 'n/a')} "
         "tokens (ZeRO-3, 2 processes, packed documents with document-aware attention).",
+        "",
+        "| run | steps logged | final loss | median tokens/s (all ranks) |",
+        "|---|---|---|---|",
+        *[throughput_row(arm, read_metrics(Path(runs[arm]["metrics"]))) for arm in ARMS if arm in runs],
         "",
         f"![training loss]({loss_png.relative_to(paths.out)})",
         "",

@@ -19,10 +19,11 @@ def check_out_dir(size: DemoSize, out: Path) -> None:
     """An output folder belongs to one size: resuming it with another would mix budgets."""
     meta = out / "demo.json"
     if meta.exists():
-        previous = json.loads(meta.read_text()).get("size")
-        if previous != size.name:
-            raise DemoError(f"{out} holds a '{previous}' demo; rerun with --size {previous}, "
-                            f"or give another --out for '{size.name}' (or delete {out})")
+        previous = json.loads(meta.read_text())
+        if previous.get("settings") != size.to_dict():
+            name = previous.get("size")
+            raise DemoError(f"{out} holds a '{name}' demo with other settings; rerun with the same --size/--set "
+                            f"to resume it, or give another --out (or delete {out})")
     else:
         atomic_write_json(meta, {"size": size.name, "settings": size.to_dict()})
 

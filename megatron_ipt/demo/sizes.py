@@ -8,7 +8,7 @@ The budgets below use the low-middle of those ranges so that ``small`` stays wit
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 # Aggregate training tokens/s of SmolLM2-135M under ZeRO-3 with 2 processes on this 2-core machine.
 # Single-process bf16 reaches 165-230 tokens/s; ZeRO-3 adds parameter all-gathers and gradient
@@ -100,3 +100,20 @@ def get_size(name: str) -> DemoSize:
     if name not in SIZES:
         raise KeyError(f"unknown demo size {name!r}: choose one of {', '.join(SIZES)}")
     return SIZES[name]
+
+
+def with_settings(size: DemoSize, settings: list[str]) -> DemoSize:
+    """``size`` with ``NAME=VALUE`` fields replaced (e.g. ``pretrain_seconds=600``)."""
+    types = {f.name: f.type for f in fields(DemoSize)}
+    changes: dict = {}
+    for item in settings:
+        name, sep, value = item.partition("=")
+        if not sep or name not in types or name == "name":
+            raise ValueError(f"--set {item!r}: expected NAME=VALUE with NAME one of "
+                             f"{', '.join(n for n in types if n != 'name')}")
+        kind = types[name] if isinstance(types[name], str) else types[name].__name__
+        try:
+            changes[name] = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}[kind](value)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: {name} must be a {kind}") from None
+    return replace(size, **changes)
