@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from megatron_ipt.data.indexed import IndexedDatasetError
 from megatron_ipt.data.readers import BadRecord, parse_record
 from megatron_ipt.tokenizer import Tokenizer
 
@@ -17,6 +18,7 @@ class EncodeOptions:
     key: str = "text"
     append_eod: bool = False
     prepend_bos: bool = False
+    token_dtype: str = "int64"  # the output's dtype: workers return compact arrays (less IPC)
 
 
 @dataclass
@@ -73,7 +75,10 @@ def encode_batch(batch: list[tuple[int, Any]], tok: Tokenizer, opt: EncodeOption
         extra = int(opt.prepend_bos) + int(opt.append_eod)
         flat, mask = _assemble_texts(encoded, specials, opt), None
         lengths = [len(ids) + extra for ids in encoded]
-    tokens = np.fromiter(flat, dtype=np.int64, count=len(flat))  # ~1.7x faster than np.array(list)
+    try:  # fromiter is ~1.7x faster than np.array(list) and refuses out-of-range ids
+        tokens = np.fromiter(flat, dtype=opt.token_dtype, count=len(flat))
+    except OverflowError as err:
+        raise IndexedDatasetError(f"tokenizer {tok.name}: {err}: the output dtype cannot hold it") from None
     # Documents that tokenized to nothing would be invisible to training: count them as skipped.
     length_arr = np.asarray(lengths, dtype=np.int64)
     last = batch[-1][0] if batch else 0

@@ -63,7 +63,9 @@ def _fingerprint(
     for f in files:
         st = f.path.stat()
         h.update(f"{f.path.resolve()}|{f.kind}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    h.update(f"{tok.name}|{tok.vocab_size}|{opts}|{dtype}|{skip_bad}".encode())
+    h.update(
+        f"{tok.name}|{tok.vocab_size}|{opts.key}|{opts.append_eod}|{opts.prepend_bos}|{dtype}|{skip_bad}".encode()
+    )
     return h.hexdigest()[:16]
 
 
@@ -184,7 +186,7 @@ def preprocess(
     prefix = dataset_prefix(output_prefix, json_key) if dataset_suffix else str(output_prefix)
     files = expand_inputs(inputs)
     dtype = best_dtype(tok.vocab_size)
-    opts = EncodeOptions(key=json_key, append_eod=append_eod, prepend_bos=prepend_bos)
+    opts = EncodeOptions(key=json_key, append_eod=append_eod, prepend_bos=prepend_bos, token_dtype=dtype.name)
     fp = _fingerprint(files, tok, opts, dtype, skip_bad)
 
     sp = summary_path(prefix)
