@@ -69,7 +69,8 @@ def test_zero2_blend_logging_and_schedule(tmp_path, pubmed_prefixes, train_job, 
     cfg = load_config(TrainConfig, "configs/tiny.yaml", ["--data.train=x", "--optim.warmup_steps=2", "--steps=10"])
     for step, row in rows.items():
         assert row["lr"] == pytest.approx(lr_at(step - 1, cfg.optim, 10))
-        assert row["grad_norm"] > 0 and row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
+        assert row["grad_norm"] > 0 and row["tokens_per_s"] > 0 and row["tflops_per_device"] > 0
+        assert 0 < row["mfu"] and math.isfinite(row["mfu"])  # vs a matmul rate measured under shared load
     per_ds = rows[10]["tokens_per_dataset"]
     assert sum(per_ds.values()) == 10 * 4 * 128
     assert per_ds[pubmed_prefixes["train"]] > per_ds[pubmed_prefixes["other"]] > 0
