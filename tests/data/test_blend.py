@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +40,11 @@ def test_blend_indices_proportions_and_prefix_balance() -> None:
     assert np.array_equal(d, d2) and np.array_equal(k, k2)
 
 
-def test_blend_index_build_is_fast() -> None:
-    """A 1B-token blend at seq_len 2048 is ~490k samples; even 4M samples take well under a minute."""
-    t = time.perf_counter()
-    d, _ = blend_indices(np.array([0.6, 0.3, 0.1]), 4_000_000)
-    assert time.perf_counter() - t < 30 and d.size == 4_000_000
+def test_blend_indices_at_scale() -> None:
+    """4M samples (a 1B-token blend at seq_len 256) in one vectorised call; timing lives in benchmarks/."""
+    d, k = blend_indices(np.array([0.6, 0.3, 0.1]), 4_000_000)
+    assert d.size == k.size == 4_000_000
+    assert np.all(np.abs(np.bincount(d) / 4_000_000 - [0.6, 0.3, 0.1]) < 1e-5)
 
 
 def test_blended_dataset(tmp_path: Path, make_ds) -> None:
