@@ -349,7 +349,8 @@ def evaluate_model(
         loss, loss_tokens = answer_losses(model, tokenizer, tasks, max_length, batch_size, bf16)
         del model
         gc.collect()
-        engine = load_engine("hf", model_dir, tokenizer=tokenizer, dtype="bfloat16" if bf16 else "float32")
+        # fp32 for the one-shot generation: on CPU, bf16 weights paid a long first-call warm-up.
+        engine = load_engine("hf", model_dir, tokenizer=tokenizer, dtype="float32")
         generations = generate_answers(engine, tasks, max_new_tokens, max_length)
         result["tasks"] = asdict(score_tasks(tasks, generations, loss, loss_tokens))
         log.info("%s: answer loss %.3f, EM %.3f, F1 %.3f, option accuracy %.3f", model_dir, loss,
