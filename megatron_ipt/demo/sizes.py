@@ -82,7 +82,7 @@ SIZES: dict[str, DemoSize] = {
     # scored + 24 greedy answers). Sum ~17-18 minutes on an idle machine.
     "small": DemoSize(
         name="small", tiny_model=False, records=3000, heldout_fraction=0.05, eval_texts=20, eval_tasks=24,
-        eval_max_new_tokens=24, tune_examples=240, tune_seconds=150, tune_seq_len=1024, tune_lr=5e-5,
+        eval_max_new_tokens=24, tune_examples=240, tune_seconds=150, tune_seq_len=1024, tune_lr=1e-4,
         synth_texts=32, rounds=2, synth_max_new_tokens=128, synth_max_model_len=2048,
         pretrain_seconds=180, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
     ),
@@ -90,7 +90,7 @@ SIZES: dict[str, DemoSize] = {
     "medium": DemoSize(
         name="medium", tiny_model=False, records=12000, heldout_fraction=0.05, eval_texts=100,
         eval_tasks=120, eval_max_new_tokens=32, tune_examples=1000, tune_seconds=480, tune_seq_len=1024,
-        tune_lr=5e-5, synth_texts=160, rounds=3, synth_max_new_tokens=200, synth_max_model_len=2048,
+        tune_lr=1e-4, synth_texts=160, rounds=3, synth_max_new_tokens=200, synth_max_model_len=2048,
         pretrain_seconds=600, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
     ),
 }
