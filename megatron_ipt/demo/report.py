@@ -151,7 +151,11 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         "",
         f"{len(counts)} unstructured abstracts converted in {size.rounds} rounds (M-shot); "
         f"{sum(counts)} pairs, {_num(sum(counts) / max(len(counts), 1), 2)} per text; "
-        f"{hist.get(0, 0)} texts got no pair.",
+        f"{hist.get(0, 0)} texts got no pair."
+        + (" **The synthesizer wrote no well-formed pair**: this size tunes it for too few steps to learn "
+           "the output format (its held-out pair loss still fell, see above); the instruct arm's corpus "
+           "is then the raw texts plus the mined instructions. Larger sizes (or `--set tune_seconds=...`) "
+           "tune it longer." if counts and not sum(counts) else ""),
         "",
         "```json",
         json.dumps(synth.get("synthesis_stats", {}), indent=1)[:2500],

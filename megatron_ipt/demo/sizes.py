@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
-# Aggregate training tokens/s of SmolLM2-135M under ZeRO-3 with 2 processes on this 2-core machine.
-# Single-process bf16 reaches 165-230 tokens/s; ZeRO-3 adds parameter all-gathers and gradient
-# reduce-scatters over gloo every step, so the budget assumes less. Change it here (one place) after
-# timing `make demo` on an idle machine: every step count below follows from it.
-TRAIN_TOKENS_PER_S = 120.0
+# Aggregate training tokens/s of SmolLM2-135M under ZeRO-3 with 2 processes (1 thread each, bf16,
+# doc_sdpa) on this 2-core machine: measured 51-56 tokens/s (load average ~2, 2026-11-24), far below
+# the 165-230 tokens/s of one plain-torch process. Change it here (one place) after timing
+# `make demo` on another machine: every step count below follows from it.
+TRAIN_TOKENS_PER_S = 55.0
 EVAL_TOKENS_PER_S = 550.0
 TOKENS_PER_ABSTRACT = 390  # PubMed abstracts with SmolLM2's tokenizer (77,609 tokens / 200)
 
@@ -76,22 +76,22 @@ SIZES: dict[str, DemoSize] = {
         synth_texts=4, rounds=2, synth_max_new_tokens=16, synth_max_model_len=512,
         pretrain_seconds=0, seq_len=128, micro_batch=2, pretrain_lr=1e-3, min_steps=6,
     ),
-    # The default: ~20 minutes on 2 CPU cores. Budgets (s): tuning 150 (+ start-up, export and two
-    # pair-loss measurements ~70), synthesis ~150 (32 texts x 128 new tokens), each pre-training run
-    # 180 (+ ~40 start-up/export), evaluation ~3 x 60 (20 abstracts ~7.8k tokens, 24 tasks ~11k tokens
-    # scored + 24 greedy answers). Sum ~17-18 minutes on an idle machine.
+    # The default: ~20 minutes on 2 CPU cores. Budgets (s): tuning 270 = 7 steps of 2 x 1,024 tokens
+    # (+ ~60 start-up, export, two pair-loss measurements), synthesis ~90 (32 texts x 128 new tokens),
+    # each pre-training run 225 = 6 steps of 4 x 512 tokens (+ ~50 start-up/export), evaluation ~240
+    # for 3 models (20 abstracts, 24 tasks). Sum ~20 minutes at load average ~2.
     "small": DemoSize(
         name="small", tiny_model=False, records=3000, heldout_fraction=0.05, eval_texts=20, eval_tasks=24,
-        eval_max_new_tokens=24, tune_examples=240, tune_seconds=150, tune_seq_len=1024, tune_lr=1e-4,
+        eval_max_new_tokens=24, tune_examples=240, tune_seconds=270, tune_seq_len=1024, tune_lr=1e-4,
         synth_texts=32, rounds=2, synth_max_new_tokens=128, synth_max_model_len=2048,
-        pretrain_seconds=180, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
+        pretrain_seconds=225, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
     ),
-    # About three times the work of small (~1 hour here; minutes on a GPU).
+    # Several times the work of small (~1.5 hours here; minutes on a GPU).
     "medium": DemoSize(
         name="medium", tiny_model=False, records=12000, heldout_fraction=0.05, eval_texts=100,
-        eval_tasks=120, eval_max_new_tokens=32, tune_examples=1000, tune_seconds=480, tune_seq_len=1024,
+        eval_tasks=120, eval_max_new_tokens=32, tune_examples=1000, tune_seconds=1200, tune_seq_len=1024,
         tune_lr=1e-4, synth_texts=160, rounds=3, synth_max_new_tokens=200, synth_max_model_len=2048,
-        pretrain_seconds=600, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
+        pretrain_seconds=1200, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
     ),
 }
 
