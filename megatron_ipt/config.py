@@ -152,20 +152,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]} (valid keys here: {', '.join(sorted(fields))})"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
-    # Nested dataclasses not mentioned keep their defaults; mentioned ones merge over defaults.
-    obj = cls(**kwargs)
-    return obj
+    """A ``cls`` from its defaults with ``data`` applied over them."""
+    return _merge_into(cls(), data, where)
 
 
 def _merge_into(obj: Any, data: dict[str, Any], where: str) -> Any:
