@@ -78,10 +78,10 @@ SIZES: dict[str, DemoSize] = {
     ),
     # The default: ~20 minutes on 2 CPU cores. Budgets (s): tuning 270 = 7 steps of 2 x 1,024 tokens
     # (+ ~60 start-up, export, two pair-loss measurements), synthesis ~90 (32 texts x 128 new tokens),
-    # each pre-training run 225 = 6 steps of 4 x 512 tokens (+ ~50 start-up/export), evaluation ~240
-    # for 3 models (20 abstracts, 24 tasks). Sum ~20 minutes at load average ~2.
+    # each pre-training run 225 = 6 steps of 4 x 512 tokens (+ ~50 start-up/export), evaluation ~270
+    # for 3 models (12 abstracts, 16 tasks; scoring ran at ~160 tokens/s). Sum ~20 minutes at load ~2.
     "small": DemoSize(
-        name="small", tiny_model=False, records=3000, heldout_fraction=0.05, eval_texts=20, eval_tasks=24,
+        name="small", tiny_model=False, records=3000, heldout_fraction=0.05, eval_texts=12, eval_tasks=16,
         eval_max_new_tokens=24, tune_examples=240, tune_seconds=270, tune_seq_len=1024, tune_lr=1e-4,
         synth_texts=32, rounds=2, synth_max_new_tokens=128, synth_max_model_len=2048,
         pretrain_seconds=225, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
