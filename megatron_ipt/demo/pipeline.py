@@ -37,6 +37,13 @@ def _train(paths: DemoPaths, size: DemoSize, name: str, config: Path, values: di
     return seconds
 
 
+def train_precision() -> str:
+    """bf16 on GPUs; fp32 on CPU, where DeepSpeed's bf16 trained SmolLM2 at less than half the speed."""
+    import torch
+
+    return "bf16" if torch.cuda.is_available() else "fp32"
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -68,7 +75,7 @@ def tune_synthesizer(size: DemoSize, paths: DemoPaths) -> dict:
         seconds = _train(paths, size, "synthesizer", CONFIGS / "tune_synthesizer.yaml", {
             "model.init_from": start, "data.tokenizer": start, "data.train": train_prefix,
             "data.seq_len": size.tune_seq_len, "steps": size.tune_steps, "optim.lr": size.tune_lr,
-            "precision": "fp32" if size.tiny_model else "bf16",
+            "precision": train_precision(),
             "run_dir": paths.tuning_run, "checkpoint.dir": paths.tuning_run / "checkpoints",
         }, export=paths.synthesizer)
     after = pair_loss(paths, paths.synthesizer, prefix, "after", max_docs)
@@ -148,7 +155,7 @@ def continual_pretrain(size: DemoSize, paths: DemoPaths, start: str, data: dict[
                 "model.init_from": start, "data.tokenizer": start, "data.train": data[arm],
                 "data.seq_len": size.seq_len, "steps": size.pretrain_steps,
                 "micro_batch_size": size.micro_batch, "global_batch_size": size.micro_batch * size.nproc,
-                "optim.lr": size.pretrain_lr, "precision": "fp32" if size.tiny_model else "bf16",
+                "optim.lr": size.pretrain_lr, "precision": train_precision(),
                 "run_dir": paths.run_dir(arm), "checkpoint.dir": paths.run_dir(arm) / "checkpoints",
             }, export=paths.model(arm))
         runs[arm] = {"data": data[arm], "model": str(paths.model(arm)), "run_dir": str(paths.run_dir(arm)),

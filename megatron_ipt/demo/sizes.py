@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
-# Aggregate training tokens/s of SmolLM2-135M under ZeRO-3 with 2 processes (1 thread each, bf16,
-# doc_sdpa) on this 2-core machine: measured 51-56 tokens/s (load average ~2, 2026-11-24), far below
-# the 165-230 tokens/s of one plain-torch process. Change it here (one place) after timing
+# Aggregate training tokens/s of SmolLM2-135M under ZeRO-3 with 2 processes (1 thread each, fp32,
+# doc_sdpa) on this 2-core machine: measured 107-124 tokens/s on an idle machine (2026-11-24; bf16
+# ran at 51-56, so the demo trains in fp32 on CPU). Change it here (one place) after timing
 # `make demo` on another machine: every step count below follows from it.
-TRAIN_TOKENS_PER_S = 55.0
+TRAIN_TOKENS_PER_S = 115.0
 EVAL_TOKENS_PER_S = 550.0
 TOKENS_PER_ABSTRACT = 390  # PubMed abstracts with SmolLM2's tokenizer (77,609 tokens / 200)
 
@@ -76,15 +76,16 @@ SIZES: dict[str, DemoSize] = {
         synth_texts=4, rounds=2, synth_max_new_tokens=16, synth_max_model_len=512,
         pretrain_seconds=0, seq_len=128, micro_batch=2, pretrain_lr=1e-3, min_steps=6,
     ),
-    # The default: ~20 minutes on 2 CPU cores. Budgets (s): tuning 270 = 7 steps of 2 x 1,024 tokens
-    # (+ ~60 start-up, export, two pair-loss measurements), synthesis ~90 (32 texts x 128 new tokens),
-    # each pre-training run 225 = 6 steps of 4 x 512 tokens (+ ~50 start-up/export), evaluation ~270
-    # for 3 models (12 abstracts, 16 tasks; scoring ran at ~160 tokens/s). Sum ~20 minutes at load ~2.
+    # The default: ~20 minutes on 2 CPU cores. Budgets (s): tuning 285 = 16 steps of 2 x 1,024 tokens
+    # at lr 3e-4 (fewer steps or lr 1e-4 left SmolLM2 unable to write the <QUE>/<ANS> format), plus
+    # ~60 start-up, export, two pair-loss measurements; synthesis ~150 (24 texts x 128 new tokens);
+    # each pre-training run 170 = 9 steps of 4 x 512 tokens (+ ~50 start-up/export); evaluation ~270
+    # for 3 models (12 abstracts, 16 tasks; scoring ran at ~160 tokens/s).
     "small": DemoSize(
         name="small", tiny_model=False, records=3000, heldout_fraction=0.05, eval_texts=12, eval_tasks=16,
-        eval_max_new_tokens=24, tune_examples=240, tune_seconds=270, tune_seq_len=1024, tune_lr=1e-4,
-        synth_texts=32, rounds=2, synth_max_new_tokens=128, synth_max_model_len=2048,
-        pretrain_seconds=225, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
+        eval_max_new_tokens=24, tune_examples=240, tune_seconds=285, tune_seq_len=1024, tune_lr=3e-4,
+        synth_texts=24, rounds=2, synth_max_new_tokens=128, synth_max_model_len=2048,
+        pretrain_seconds=170, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
     ),
     # Several times the work of small (~1.5 hours here; minutes on a GPU).
     "medium": DemoSize(
