@@ -32,3 +32,25 @@ def mistral_tokenizer():
     from megatron_ipt.tokenizer import load_tokenizer
 
     return load_tokenizer("mistral")
+
+
+@pytest.fixture(scope="session")
+def save_tiny_llama(mistral_tokenizer):
+    """``save_tiny_llama(out, **shape)``: a random Llama with Mistral's vocabulary saved as an HF dir."""
+
+    def save(out: Path, hidden_size: int = 32, intermediate_size: int = 64, num_hidden_layers: int = 1,
+             num_attention_heads: int = 2, num_key_value_heads: int = 1,
+             max_position_embeddings: int = 512) -> Path:
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=mistral_tokenizer.vocab_size, hidden_size=hidden_size,
+                          intermediate_size=intermediate_size, num_hidden_layers=num_hidden_layers,
+                          num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+                          max_position_embeddings=max_position_embeddings, bos_token_id=mistral_tokenizer.bos_id,
+                          eos_token_id=mistral_tokenizer.eos_id, pad_token_id=mistral_tokenizer.eos_id)
+        LlamaForCausalLM(cfg).save_pretrained(out)
+        return out
+
+    return save

@@ -13,19 +13,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def tiny_synthesizer(slurm_cluster, mistral_tokenizer) -> Path:
+def tiny_synthesizer(slurm_cluster, save_tiny_llama) -> Path:
     """A tiny random Llama saved as an HF directory; prompts use the real Mistral tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=mistral_tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      max_position_embeddings=4096, bos_token_id=mistral_tokenizer.bos_id,
-                      eos_token_id=mistral_tokenizer.eos_id)
-    out = slurm_cluster.root / "models" / "tiny_synthesizer"
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    return out
+    return save_tiny_llama(slurm_cluster.root / "models" / "tiny_synthesizer", max_position_embeddings=4096)
 
 
 def test_array_synthesizes_one_shard_per_task(slurm_cluster, pubmed_shards, tiny_synthesizer) -> None:

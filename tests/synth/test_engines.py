@@ -20,16 +20,10 @@ TEXTS = ["The heart pumps blood through the body.", "short", "Cells divide by mi
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, mistral_tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=mistral_tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    out = tmp_path_factory.mktemp("tiny_lm")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    return out
+def tiny_dir(tmp_path_factory, save_tiny_llama):
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_lm"), hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=256)
 
 
 @pytest.fixture(scope="module")

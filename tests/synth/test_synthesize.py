@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 from megatron_ipt.synth.engine_hf import HFEngine
 from megatron_ipt.synth.synthesize import (
@@ -22,16 +21,8 @@ from megatron_ipt.synth.synthesize import (
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, mistral_tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=mistral_tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    out = tmp_path_factory.mktemp("tiny_lm")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    return out
+def tiny_dir(tmp_path_factory, save_tiny_llama):
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_lm"))
 
 
 @pytest.fixture(scope="module")
