@@ -80,6 +80,11 @@ def find_marker(s: str) -> str | None:
     return None
 
 
+def instruction_key(instruction: str) -> str:
+    """Case-insensitive identity of an instruction: upper then casefold, so "ß"/"SS" and "ı"/"I" match."""
+    return instruction.upper().casefold()
+
+
 @dataclass
 class ParseResult:
     pairs: list[Pair] = field(default_factory=list)
@@ -110,7 +115,7 @@ def parse_pairs(output: str) -> ParseResult:
         if not question or not answer or QUE in question:
             result.malformed += 1
             continue
-        key = question.casefold()  # casefold, not lower: "ß" and "SS" are the same instruction
+        key = instruction_key(question)
         if key in seen:
             result.duplicates += 1
             continue
