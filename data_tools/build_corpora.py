@@ -23,8 +23,8 @@ import json
 import sys
 
 from megatron_ipt.config import ConfigError, config_from_argv
+from megatron_ipt.corpora.recipes import CorporaConfig
 from megatron_ipt.log import setup_logging
-from megatron_ipt.synth.recipes import CorporaConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__ + "\n".join(settings_help(CorporaConfig)))
         return 0
     setup_logging()
+    from megatron_ipt.corpora.recipes import build_corpora, report_markdown
     from megatron_ipt.data.readers import DataError
-    from megatron_ipt.synth.recipes import build_corpora, report_markdown
     from megatron_ipt.synth.synthesize import InputError
 
     try:

@@ -20,8 +20,9 @@ import sys
 from collections.abc import Iterator
 
 from megatron_ipt.log import get_logger, setup_logging
-from megatron_ipt.synth.collections import FORMATS, ConvertError, ConvertStats, Example, read_examples
-from megatron_ipt.synth.tuning_data import TuningDataOptions, build_tuning_data
+from megatron_ipt.tuning.collections import FORMATS, read_examples
+from megatron_ipt.tuning.example import ConvertError, ConvertStats, Example
+from megatron_ipt.tuning.tuning_data import TuningDataOptions, build_tuning_data
 
 log = get_logger(__name__)
 

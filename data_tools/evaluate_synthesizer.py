@@ -19,8 +19,8 @@ from pathlib import Path
 
 from megatron_ipt.io import atomic_write_json
 from megatron_ipt.log import get_logger, setup_logging
-from megatron_ipt.synth.collections import Example
-from megatron_ipt.synth.tuning_data import heldout_examples_path, split_prefix
+from megatron_ipt.tuning.example import Example
+from megatron_ipt.tuning.tuning_data import heldout_examples_path, split_prefix
 
 log = get_logger(__name__)
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     report: dict = {"model": args.model, "data_prefix": args.data_prefix}
     if not args.no_loss:
-        from megatron_ipt.synth.evaluate import heldout_pair_loss
+        from megatron_ipt.tuning.evaluate import heldout_pair_loss
 
         report["loss"] = heldout_pair_loss(
             args.model, split_prefix(args.data_prefix, "heldout"), args.max_documents
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("held-out pair loss %.4f", report["loss"]["pair_loss"])
     if not args.no_generation:
         from megatron_ipt.synth.engines import load_engine
-        from megatron_ipt.synth.evaluate import generation_scores
+        from megatron_ipt.tuning.evaluate import generation_scores
 
         path = heldout_examples_path(args.data_prefix)
         if not path.is_file():

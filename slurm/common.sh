@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The one launch helper every slurm/*.sh script sources. It only launches: the Python entry points
-# do the work, and `python -m megatron_ipt.launch preflight` does the checking.
+# do the work, and `python -m megatron_ipt.preflight preflight` does the checking.
 #
 # Each stage script locates the repo (IPT_ROOT), then sources this file and calls
 #   ipt_setup STAGE            cd to the repo, pick PYTHON, make this job's run directories
@@ -82,7 +82,7 @@ ipt_setup() {
 # ipt_preflight [--require-prefix P] [--require-dir D] [--require-file F] [--train-config C OVERRIDES...]
 ipt_preflight() {
     local exports
-    exports=$("$PYTHON" -m megatron_ipt.launch preflight "$@") \
+    exports=$("$PYTHON" -m megatron_ipt.preflight preflight "$@") \
         || ipt_die "preflight failed for stage $IPT_STAGE (see above); nothing was launched"
     eval "$exports"
     [ -n "${MASTER_ADDR:-}" ] && ipt_log "master $MASTER_ADDR:$MASTER_PORT"

@@ -1,4 +1,4 @@
-"""Launcher environment: Slurm node lists, torchrun-vs-Slurm precedence, ports, and the preflight CLI."""
+"""Launcher environment: Slurm node lists, torchrun-vs-Slurm precedence, ports."""
 
 from __future__ import annotations
 
@@ -126,81 +126,3 @@ def test_unresolvable_master(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(LaunchError, match="cannot resolve master node 'no-such-node-x1'"):
         dist_env_from_environ({**SLURM_STEP, "SLURM_STEP_NODELIST": "no-such-node-x[1-2]"})
-
-
-# --- preflight (the scripts' fail-fast check) ---------------------------------------------------
-
-
-@pytest.fixture
-def tiny_prefix(tmp_path) -> str:
-    from megatron_ipt.data.indexed import IndexedDatasetWriter
-
-    prefix = str(tmp_path / "tiny_text_document")
-    writer = IndexedDatasetWriter(prefix, "uint16")
-    for doc in ([1, 5, 6, 2], [1, 7, 2]):
-        writer.add_document(doc)
-    writer.finalize()
-    return prefix
-
-
-def _clear_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for key in [k for k in os.environ if k.startswith("SLURM_") or k in ("MASTER_ADDR", "MASTER_PORT")]:
-        monkeypatch.delenv(key)
-
-
-def test_preflight_prints_master_exports(monkeypatch, capsys, tiny_prefix, tmp_path) -> None:
-    _clear_slurm(monkeypatch)
-    monkeypatch.setenv("SLURM_JOB_ID", "777")
-    monkeypatch.setenv("SLURM_JOB_NODELIST", "localhost")
-    rc = launch.main(["preflight", "--require-prefix", tiny_prefix, "--require-dir", str(tmp_path),
-                      "--require-path", tiny_prefix + ".bin"])
-    assert rc == 0
-    assert capsys.readouterr().out.splitlines() == [
-        "export MASTER_ADDR=127.0.0.1", f"export MASTER_PORT={master_port_for_job(777)}"]
-
-
-def test_preflight_reports_every_problem(monkeypatch, capsys, tmp_path) -> None:
-    _clear_slurm(monkeypatch)
-    monkeypatch.setenv("SLURM_JOB_ID", "778")
-    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[01-")
-    rc = launch.main(["preflight", "--require-prefix", str(tmp_path / "nope"),
-                      "--require-dir", str(tmp_path / "ckpt"), "--require-file", str(tmp_path / "x.yaml")])
-    err = capsys.readouterr()
-    assert rc == 2 and err.out == ""
-    assert f"data prefix '{tmp_path / 'nope'}': missing {tmp_path / 'nope'}.bin, {tmp_path / 'nope'}.idx" in err.err
-    assert f"required directory '{tmp_path / 'ckpt'}' does not exist" in err.err
-    assert f"required file '{tmp_path / 'x.yaml'}' does not exist" in err.err
-    assert "cannot parse Slurm node list 'gpu[01-'" in err.err
-
-
-def test_preflight_checks_the_training_config(monkeypatch, capsys, tiny_prefix, repo_root, tmp_path) -> None:
-    _clear_slurm(monkeypatch)
-    monkeypatch.chdir(repo_root)  # configs name ds_configs/ relative to the checkout, as the scripts run
-    config = str(repo_root / "configs" / "tiny.yaml")
-    assert launch.main(["preflight", "--train-config", config, f"--data.train={tiny_prefix}"]) == 0
-    # Weights and a blend in Megatron's string form: only prefixes are checked.
-    assert launch.main(["preflight", "--train-config", config, f"--data.train=0.3 {tiny_prefix} 0.7 {tiny_prefix}"]) == 0
-    capsys.readouterr()
-
-    missing = tmp_path / "absent_text_document"
-    rc = launch.main(["preflight", "--train-config", config, f"--data.train=[[0.5, {tiny_prefix}], [0.5, {missing}]]",
-                      f"--data.valid={missing}", f"--model.init_from={tmp_path / 'no_model'}",
-                      f"--checkpoint.resume={tmp_path / 'no_ckpt'}", f"--data.tokenizer={tmp_path / 'llama3'}"])
-    err = capsys.readouterr().err
-    assert rc == 2
-    assert f"data.train: data prefix '{missing}'" in err
-    assert f"data.valid: data prefix '{missing}'" in err
-    assert f"model.init_from: checkpoint directory '{tmp_path / 'no_model'}' does not exist" in err
-    assert f"checkpoint.resume: checkpoint '{tmp_path / 'no_ckpt'}' does not exist" in err
-    assert f"data.tokenizer: '{tmp_path / 'llama3'}' does not exist" in err
-
-    rc = launch.main(["preflight", "--train-config", config, f"--data.train={tiny_prefix}", "--optim.lrr=1"])
-    assert rc == 2 and "optim.lrr" in capsys.readouterr().err
-
-
-def test_preflight_rejects_overrides_without_config(capsys) -> None:
-    with pytest.raises(SystemExit):
-        launch.main(["preflight", "--steps=3"])
-    assert "unrecognized arguments: --steps=3" in capsys.readouterr().err

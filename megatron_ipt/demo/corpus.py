@@ -18,9 +18,9 @@ from pathlib import Path
 from megatron_ipt.demo.paths import DemoPaths
 from megatron_ipt.demo.sizes import DemoSize
 from megatron_ipt.io import atomic_path
-from megatron_ipt.synth.collections import Example
 from megatron_ipt.synth.format import COT_TRIGGER, OPTIONS_HEADER, Pair
-from megatron_ipt.synth.pubmed import (
+from megatron_ipt.tuning.example import Example
+from megatron_ipt.tuning.pubmed import (
     SECTION_QUESTIONS,
     PubmedRecord,
     is_held_out,

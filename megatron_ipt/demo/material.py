@@ -31,12 +31,12 @@ PACKAGES = {
 }
 # The project's own parts the demo orchestrates: a missing one means an incomplete checkout.
 PARTS = {
-    "megatron_ipt.synth.pubmed": "PubMed reader and miner",
+    "megatron_ipt.tuning.pubmed": "PubMed reader and miner",
     "megatron_ipt.data.preprocess": "data core (tokenization)",
     "megatron_ipt.train": "trainer",
     "megatron_ipt.synth.engines": "generation engines",
     "megatron_ipt.synth.synthesize": "multi-round synthesis",
-    "megatron_ipt.synth.corpora": "instruction-augmented corpora",
+    "megatron_ipt.corpora.chains": "instruction-augmented corpora",
     "data_tools.build_synthesizer_data": "synthesizer tuning data",
     "data_tools.synthesize": "synthesis CLI",
     "data_tools.build_corpora": "corpus recipes CLI",
@@ -82,7 +82,7 @@ def check_material(size: DemoSize, out: Path, min_free_gb: float | None = None) 
                         "free some space or pass --out DIR on a larger disk")
     if problems:
         raise DemoError("\n".join(problems))
-    from megatron_ipt.synth.pubmed import shipped_pubmed_files
+    from megatron_ipt.tuning.pubmed import shipped_pubmed_files
 
     try:
         pubmed = [str(p) for p in shipped_pubmed_files()]

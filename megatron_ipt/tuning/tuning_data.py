@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
-from megatron_ipt.synth.collections import ConvertStats, Example
 from megatron_ipt.synth.format import MARKERS, Pair, context_text, example_segments, pairs_text
 from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
+from megatron_ipt.tuning.example import ConvertStats, Example
 
 log = get_logger(__name__)
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from megatron_ipt.synth.corpora import (
+from megatron_ipt.corpora.chains import (
     chain_seed,
     chains_of_shard,
     instruction_documents,

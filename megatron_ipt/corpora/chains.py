@@ -13,10 +13,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from megatron_ipt.corpora.templates import render_chain, render_instruction
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.format import Pair
 from megatron_ipt.synth.synthesize import InputError, expand_inputs, iter_texts
-from megatron_ipt.synth.templates import render_chain, render_instruction
 
 log = get_logger(__name__)
 

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from megatron_ipt.config import ConfigError, load_config
+from megatron_ipt.corpora.recipes import CorporaConfig, build_corpora
 from megatron_ipt.data.blend import parse_blend
 from megatron_ipt.data.indexed import IndexedDataset
-from megatron_ipt.synth.recipes import CorporaConfig, build_corpora
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ instruction-pre-trained model are compared on equal terms.
 
 CLI::
 
-    python -m megatron_ipt.evaluate --model DIR --texts heldout.jsonl --tasks tasks.jsonl --out eval.json
+    python -m megatron_ipt.eval --model DIR --texts heldout.jsonl --tasks tasks.jsonl --out eval.json
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER
 
-log = get_logger("megatron_ipt.evaluate")
+log = get_logger("megatron_ipt.eval.heldout")
 
 
 class EvalInputError(ValueError):
@@ -361,7 +361,7 @@ def evaluate_model(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m megatron_ipt.evaluate",
+        prog="python -m megatron_ipt.eval",
         description="Held-out perplexity and context-based task scores of a Hugging Face causal LM.",
     )
     parser.add_argument("--model", required=True, help="HF model directory (config, safetensors, tokenizer)")

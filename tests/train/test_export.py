@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from megatron_ipt.export import resolve_tag_dir, save_tokenizer
 from megatron_ipt.train.checkpoint import CheckpointError
+from megatron_ipt.train.export import resolve_tag_dir, save_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def test_mistral_tokenizer_exported_in_hf_form(tmp_path, mistral_tokenizer) -> N
 
 
 def test_cli_help_and_bad_path(tmp_path, capsys) -> None:
-    from megatron_ipt.export import main
+    from megatron_ipt.train.export import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from megatron_ipt.log import get_logger
-from megatron_ipt.synth.collections import Example
 from megatron_ipt.synth.format import ANS, END, PAIR_SEPARATOR, QUE, pairs_text, parse_pairs
+from megatron_ipt.tuning.example import Example
 
 log = get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """Export a training checkpoint (any ZeRO stage) to a Hugging Face model directory.
 
-``python -m megatron_ipt.export CKPT OUT [--dtype bfloat16|float32]``: CKPT is a checkpoint tag
+``python -m megatron_ipt.train.export CKPT OUT [--dtype bfloat16|float32]``: CKPT is a checkpoint tag
 directory (``.../step_00000100``) or a checkpoint root (its latest complete checkpoint is used).
 OUT gets ``config.json``, ``model.safetensors`` and the tokenizer files; it loads with
 ``AutoModelForCausalLM.from_pretrained(OUT)`` (and vLLM).
@@ -94,7 +94,7 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, dtype: str = "bfloa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m megatron_ipt.export",
+        prog="python -m megatron_ipt.train.export",
         description="Export a megatron-ipt training checkpoint (any ZeRO stage) to a Hugging Face directory.",
     )
     parser.add_argument("ckpt", help="checkpoint tag dir (…/step_00000100) or checkpoint root (latest is used)")

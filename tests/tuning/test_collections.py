@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from megatron_ipt.synth.collections import (
-    ConvertError,
-    ConvertStats,
-    Example,
-    detect_format,
-    read_examples,
-)
 from megatron_ipt.synth.format import Pair
+from megatron_ipt.tuning.collections import detect_format, read_examples
+from megatron_ipt.tuning.example import ConvertError, ConvertStats, Example
 
 
 def write_lines(path: Path, rows: list) -> Path:

@@ -22,14 +22,14 @@ from pathlib import Path
 import yaml
 
 from megatron_ipt.config import ConfigError
-from megatron_ipt.io import atomic_path, atomic_write_json, atomic_write_text
-from megatron_ipt.log import get_logger
-from megatron_ipt.synth.corpora import (
+from megatron_ipt.corpora.chains import (
     instruction_documents,
     raw_documents,
     synthesized_documents,
     tuning_documents,
 )
+from megatron_ipt.io import atomic_path, atomic_write_json, atomic_write_text
+from megatron_ipt.log import get_logger
 from megatron_ipt.synth.synthesize import expand_inputs
 
 log = get_logger(__name__)

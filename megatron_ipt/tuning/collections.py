@@ -1,7 +1,7 @@
 """Converters from context-based task collections into tuning examples.
 
 Every converter yields :class:`Example` ``(dataset, context, pairs)``; the tuning-data builder
-(:mod:`megatron_ipt.synth.tuning_data`) cleans, renders, groups and tokenizes them. Formats:
+(:mod:`megatron_ipt.tuning.tuning_data`) cleans, renders, groups and tokenizes them. Formats:
 
 - ``collection``: the published tuning collection (``instruction-pretrain/ft-instruction-synthesizer-
   collection``): one folder per dataset with ``shard/*.jsonl`` files (layout confirmed from the
@@ -13,7 +13,7 @@ Every converter yields :class:`Example` ``(dataset, context, pairs)``; the tunin
 - ``squad``: SQuAD-style JSON: ``data -> paragraphs -> context, qas[question, answers[text],
   is_impossible]``.
 - ``jsonl``: ``{"context", "pairs": [{"instruction", "response"}], "dataset"}`` per line.
-- ``pubmed``: tasks mined from MEDLINE XML (:mod:`megatron_ipt.synth.pubmed`).
+- ``pubmed``: tasks mined from MEDLINE XML (:mod:`megatron_ipt.tuning.pubmed`).
 
 Bad input raises :class:`ConvertError` naming file, line and field; with ``skip_bad`` the record
 is skipped and counted in the :class:`ConvertStats` instead.
@@ -22,13 +22,13 @@ is skipped and counted in the :class:`ConvertStats` instead.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from megatron_ipt.synth.format import Pair
+from megatron_ipt.tuning.example import ConvertError, ConvertStats, Example
+from megatron_ipt.tuning.pubmed import iter_pubmed_records, mine_pubmed
 
 FORMATS = ("auto", "collection", "squad", "jsonl", "pubmed")
 # Spellings of a QA_list item's question/answer keys (see the module docstring).
@@ -39,60 +39,6 @@ _QA_KEYS = (
     ("q", "a"),
     ("Question", "Answer"),
 )
-
-
-@dataclass
-class Example:
-    """One context with its instruction-response pairs, tagged with its source dataset."""
-
-    dataset: str
-    context: str
-    pairs: list[Pair] = field(default_factory=list)
-    source: str = ""  # file:line (or similar) for error messages and summaries
-
-    def to_dict(self) -> dict:
-        return {
-            "dataset": self.dataset,
-            "context": self.context,
-            "pairs": [p.to_dict() for p in self.pairs],
-            "source": self.source,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Example:
-        return cls(d["dataset"], d["context"], [Pair.from_dict(p) for p in d["pairs"]], d.get("source", ""))
-
-
-class ConvertError(ValueError):
-    """Bad input, with its location: ``file:line: field 'x': message``."""
-
-    def __init__(self, where: str, field_name: str | None, message: str, reason: str = "bad_record") -> None:
-        self.reason = reason
-        loc = f"{where}: field '{field_name}': " if field_name else f"{where}: "
-        super().__init__(loc + message)
-
-
-@dataclass
-class ConvertStats:
-    """What the converters read and skipped (by reason); nothing is dropped without a count here."""
-
-    records: int = 0
-    examples: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    first_errors: list[str] = field(default_factory=list)
-
-    def skip(self, err: ConvertError) -> None:
-        self.skipped[err.reason] += 1
-        if len(self.first_errors) < 20:
-            self.first_errors.append(str(err))
-
-    def to_dict(self) -> dict:
-        return {
-            "records": self.records,
-            "examples": self.examples,
-            "skipped": dict(sorted(self.skipped.items())),
-            "first_errors": self.first_errors,
-        }
 
 
 def _need_str(obj: dict, key: str, where: str) -> str:
@@ -272,7 +218,6 @@ def read_squad(
 
 def read_pubmed(path: str | Path | None, stats: ConvertStats, seed: int = 0) -> Iterator[Example]:
     """Tasks mined from MEDLINE XML; ``path`` a file or folder of them, None for the shipped files."""
-    from megatron_ipt.synth.pubmed import iter_pubmed_records, mine_pubmed
 
     paths = None
     if path is not None:

@@ -1,4 +1,4 @@
-"""megatron_ipt.evaluate: scoring rules by hand, losses against a plain transformers reference, and
+"""megatron_ipt.eval: scoring rules by hand, losses against a plain transformers reference, and
 an end-to-end evaluation of a tiny random model (SmolLM2's tokenizer) through the HF engine."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from megatron_ipt.evaluate import (
+from megatron_ipt.eval.heldout import (
     EvalInputError,
     EvalTask,
     answer_losses,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_ipt.synth.collections import Example
-from megatron_ipt.synth.evaluate import (
+from megatron_ipt.synth.format import Pair, context_text
+from megatron_ipt.tuning.evaluate import (
     exact_match,
     generation_scores,
     heldout_pair_loss,
@@ -17,8 +17,8 @@ from megatron_ipt.synth.evaluate import (
     response_prompt_ids,
     token_f1,
 )
-from megatron_ipt.synth.format import Pair, context_text
-from megatron_ipt.synth.tuning_data import TuningDataOptions, build_tuning_data
+from megatron_ipt.tuning.example import Example
+from megatron_ipt.tuning.tuning_data import TuningDataOptions, build_tuning_data
 
 
 def test_answer_scores() -> None:

@@ -6,14 +6,14 @@ import copy
 import re
 from collections import Counter
 
-from megatron_ipt.synth.format import MARKERS, Pair, chain_of_thought, multiple_choice
-from megatron_ipt.synth.templates import (
+from megatron_ipt.corpora.templates import (
     OPTION_MARKERS,
     QA_TEMPLATES,
     anatomy,
     render_chain,
     render_instruction,
 )
+from megatron_ipt.synth.format import MARKERS, Pair, chain_of_thought, multiple_choice
 
 OPTIONS = ["Heart", "Liver", "Lung", "Kidney"]
 PAIRS = [

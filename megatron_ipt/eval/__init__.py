@@ -1,0 +1,1 @@
+"""Evaluation of exported models: held-out perplexity and held-out tasks (``heldout``)."""

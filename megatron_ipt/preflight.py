@@ -1,0 +1,148 @@
+"""Fail fast before any process group starts: ``python -m megatron_ipt.preflight``.
+
+The Slurm scripts run it in the batch shell: it parses the node list, resolves the master, checks
+required paths (and, with ``--train-config``, the training config and every data prefix it names)
+and prints ``export MASTER_ADDR=... MASTER_PORT=...`` for the script to evaluate. It sits above the
+base layer: it may import training configs, and nothing in the base layer imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from megatron_ipt.launch import LaunchError, slurm_master
+
+
+def _blend_prefixes(blend: object) -> list[str]:
+    """Dataset prefixes named by a blend in any of the config's forms (weights dropped)."""
+    if blend in (None, "", []):
+        return []
+    items: list[object]
+    if isinstance(blend, str):
+        items = list(blend.split())
+    elif isinstance(blend, (list, tuple)):
+        items = []
+        for item in blend:
+            items.extend(item if isinstance(item, (list, tuple)) else [item])
+    else:
+        raise LaunchError(f"cannot read data blend {blend!r}")
+    prefixes = []
+    for item in items:
+        if isinstance(item, (int, float)):
+            continue
+        try:
+            float(str(item))
+        except ValueError:
+            prefixes.append(str(item))
+    return prefixes
+
+
+def missing_prefix(prefix: str) -> str | None:
+    """Why an indexed-dataset prefix is unusable, or None when PREFIX.bin and PREFIX.idx exist."""
+    missing = [ext for ext in (".bin", ".idx") if not Path(prefix + ext).is_file()]
+    if missing:
+        return f"data prefix {prefix!r}: missing {', '.join(prefix + e for e in missing)}"
+    return None
+
+
+def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
+    """Problems with a training config that would stop the job later: bad keys, missing inputs."""
+    from megatron_ipt.config import ConfigError, load_config
+    from megatron_ipt.train.config import TrainConfig
+
+    try:
+        cfg = load_config(TrainConfig, config, list(overrides))
+    except ConfigError as err:
+        return [f"training config: {err}"]
+    problems = []
+    for field_name in ("train", "valid"):
+        for prefix in _blend_prefixes(getattr(cfg.data, field_name)):
+            why = missing_prefix(prefix)
+            if why:
+                problems.append(f"data.{field_name}: {why}")
+    if cfg.model.init_from and not Path(cfg.model.init_from).is_dir():
+        problems.append(f"model.init_from: checkpoint directory {cfg.model.init_from!r} does not exist")
+    if cfg.checkpoint.resume not in ("auto", "none") and not Path(cfg.checkpoint.resume).exists():
+        problems.append(f"checkpoint.resume: checkpoint {cfg.checkpoint.resume!r} does not exist")
+    tok = cfg.data.tokenizer
+    if ("/" in tok or tok.endswith((".model", ".gguf"))) and not Path(tok).exists():
+        problems.append(f"data.tokenizer: {tok!r} does not exist (a name like 'mistral', or a path)")
+    if not Path(cfg.ds_config).is_file():
+        problems.append(f"ds_config: DeepSpeed config {cfg.ds_config!r} does not exist")
+    return problems
+
+
+def preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]:
+    """Check everything the step needs; return the export lines for MASTER_ADDR/MASTER_PORT."""
+    problems: list[str] = []
+    for path in args.require_file:
+        if not Path(path).is_file():
+            problems.append(f"required file {path!r} does not exist")
+    for path in args.require_path:
+        if not Path(path).exists():
+            problems.append(f"required input {path!r} does not exist")
+    for path in args.require_dir:
+        if not Path(path).is_dir():
+            problems.append(f"required directory {path!r} does not exist")
+    for prefix in args.require_prefix:
+        why = missing_prefix(prefix)
+        if why:
+            problems.append(why)
+    if args.train_config:
+        problems += check_train_config(args.train_config, args.overrides)
+    exports: list[str] = []
+    if environ.get("SLURM_JOB_ID"):
+        try:
+            addr, port = slurm_master(environ)
+            exports = [f"export MASTER_ADDR={shlex.quote(addr)}", f"export MASTER_PORT={port}"]
+        except LaunchError as err:
+            problems.append(str(err))
+    if problems:
+        raise LaunchError("preflight failed:\n  - " + "\n  - ".join(problems))
+    return exports
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m megatron_ipt.preflight",
+        allow_abbrev=False,
+        description="Launcher helpers for the Slurm scripts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    pre = sub.add_parser(
+        "preflight",
+        allow_abbrev=False,
+        help="fail fast in the batch shell: node list, master address, required inputs",
+        description="Check the job's node list and inputs before any step starts. Prints "
+        "'export MASTER_ADDR=.. MASTER_PORT=..' lines (inside a Slurm job) for the script to "
+        "eval; exits 2 with one line per problem otherwise. Arguments after the config are "
+        "training-config overrides (--key.sub=value).",
+    )
+    pre.add_argument("--require-file", action="append", default=[], metavar="PATH")
+    pre.add_argument("--require-dir", action="append", default=[], metavar="PATH")
+    pre.add_argument("--require-path", action="append", default=[], metavar="PATH",
+                     help="a file or directory that must exist")
+    pre.add_argument("--require-prefix", action="append", default=[], metavar="PREFIX",
+                     help="an indexed-dataset prefix: PREFIX.bin and PREFIX.idx must exist")
+    pre.add_argument("--train-config", metavar="YAML",
+                     help="load this training config with the overrides and check its inputs")
+    args, overrides = parser.parse_known_args(argv)
+    if overrides and not args.train_config:
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    args.overrides = overrides
+    try:
+        for line in preflight(args, os.environ):
+            print(line)
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
