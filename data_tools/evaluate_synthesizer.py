@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         log.info("held-out pair loss %.4f", report["loss"]["pair_loss"])
     if not args.no_generation:
-        from megatron_ipt.synth.engines import load_engine
+        from megatron_ipt.synth.engines import EngineConfig
         from megatron_ipt.tuning.evaluate import generation_scores
 
         path = heldout_examples_path(args.data_prefix)
@@ -72,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(path, encoding="utf-8") as fh:
             examples = [Example.from_dict(json.loads(line)) for line in fh if line.strip()]
         examples = examples[: args.max_examples]
-        engine = load_engine(
-            args.engine, args.model, tokenizer=args.tokenizer, max_model_len=args.max_model_len
-        )
+        engine = EngineConfig(kind=args.engine, model=args.model, tokenizer=args.tokenizer or "",
+                              max_model_len=args.max_model_len).build()
         report["generation"] = generation_scores(engine, examples, args.max_new_tokens, args.response_tokens)
     print(json.dumps(report, indent=2))
     if args.output:

@@ -289,7 +289,7 @@ def answer_losses(model, tokenizer, tasks: Sequence[EvalTask], max_length: int =
 
 def generate_answers(engine, tasks: Sequence[EvalTask], max_new_tokens: int = 32, max_length: int = 1024) -> list[str]:
     """Greedy answers through the synthesis engine (the answer is the first non-empty line)."""
-    from megatron_ipt.synth.engines import SamplingParams
+    from megatron_ipt.synth.engine_types import SamplingParams
 
     budget = max_new_tokens * 8 if any(t.chain_of_thought for t in tasks) else max_new_tokens
     prompts = [_prompt_ids(engine.tokenizer, t, max_length - budget) for t in tasks]
@@ -333,7 +333,7 @@ def evaluate_model(
     """Held-out perplexity on ``texts`` and task scores on ``tasks`` for the HF model at ``model_dir``."""
     import gc
 
-    from megatron_ipt.synth.engines import load_engine
+    from megatron_ipt.synth.engines import EngineConfig
     from megatron_ipt.tokenizer import load_tokenizer
 
     t0 = time.perf_counter()
@@ -350,7 +350,7 @@ def evaluate_model(
         del model
         gc.collect()
         # fp32 for the one-shot generation: on CPU, bf16 weights paid a long first-call warm-up.
-        engine = load_engine("hf", model_dir, tokenizer=tokenizer, dtype="float32")
+        engine = EngineConfig(kind="hf", model=str(model_dir), dtype="float32").build(tokenizer=tokenizer)
         generations = generate_answers(engine, tasks, max_new_tokens, max_length)
         result["tasks"] = asdict(score_tasks(tasks, generations, loss, loss_tokens))
         log.info("%s: answer loss %.3f, EM %.3f, F1 %.3f, option accuracy %.3f", model_dir, loss,

@@ -10,25 +10,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from megatron_ipt.log import get_logger
-from megatron_ipt.synth.engines import (
+from megatron_ipt.synth.engine_types import (
     Generation,
     SamplingParams,
     check_prompt_lengths,
     cut_at_stop,
+    normalize_dtype,
     per_prompt_params,
     resolve_tokenizer,
 )
 from megatron_ipt.tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    from megatron_ipt.synth.engines import EngineConfig
+
 log = get_logger(__name__)
 
-DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-          "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
 
 
 def sample_seed(seed: int, sample_index: int) -> int:
@@ -52,38 +54,31 @@ class _Row:
 
 
 class HFEngine:
-    """Generation with a transformers causal LM (see ``engines.Engine``)."""
+    """Generation with a transformers causal LM (see :class:`~megatron_ipt.synth.engine_types.Engine`)."""
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        tokenizer: str | Path | Tokenizer | None = None,
-        max_model_len: int = 4096,
-        dtype: str = "auto",
-        device: str = "auto",
-        batch_size: int = 8,
-        model: torch.nn.Module | None = None,
-    ) -> None:
+    def __init__(self, config: EngineConfig, tokenizer: Tokenizer | None = None,
+                 model: torch.nn.Module | None = None) -> None:
+        """``config`` as built by :meth:`EngineConfig.build`; ``model``: an already loaded model to use."""
         from transformers import AutoModelForCausalLM
 
+        device = config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        dtype = normalize_dtype(config.dtype)
         if dtype == "auto":
             torch_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        elif dtype in DTYPES:
-            torch_dtype = DTYPES[dtype]
         else:
-            raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
+            torch_dtype = getattr(torch, dtype)
         if model is None:
             t0 = time.time()
-            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype)
-            log.info("loaded %s in %.1fs (%s, %s)", model_dir, time.time() - t0, torch_dtype, self.device)
+            model = AutoModelForCausalLM.from_pretrained(str(config.model), dtype=torch_dtype)
+            log.info("loaded %s in %.1fs (%s, %s)", config.model, time.time() - t0, torch_dtype, self.device)
         self.model = model.to(self.device).eval()
-        self.tokenizer = resolve_tokenizer(model_dir, tokenizer)
-        limit = getattr(self.model.config, "max_position_embeddings", None) or max_model_len
-        self.max_model_len = min(max_model_len, limit)
-        self.batch_size = batch_size
+        self.tokenizer = resolve_tokenizer(config.model, tokenizer or config.tokenizer or None)
+        limit = getattr(self.model.config, "max_position_embeddings", None) or config.max_model_len
+        self.max_model_len = min(config.max_model_len, limit)
+        self.batch_size = config.batch_size
         self.eos_ids = self._eos_ids()
         self.pad_id = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else 0
 

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from megatron_ipt.log import get_logger
-from megatron_ipt.synth.engines import (
+from megatron_ipt.synth.engine_types import (
     Generation,
     SamplingParams,
     check_prompt_lengths,
+    normalize_dtype,
     per_prompt_params,
     resolve_tokenizer,
 )
 from megatron_ipt.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from megatron_ipt.synth.engines import EngineConfig
 
 log = get_logger(__name__)
 
@@ -38,32 +43,24 @@ def _import_vllm():
 
 
 class VLLMEngine:
-    """Generation with vLLM (see ``engines.Engine``)."""
+    """Generation with vLLM (see :class:`~megatron_ipt.synth.engine_types.Engine`)."""
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        tokenizer: str | Path | Tokenizer | None = None,
-        max_model_len: int = 4096,
-        dtype: str = "auto",
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.9,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, config: EngineConfig, tokenizer: Tokenizer | None = None) -> None:
+        """``config`` as built by :meth:`EngineConfig.build`."""
         vllm, self._TokensPrompt = _import_vllm()
         self._vllm = vllm
-        self.tokenizer = resolve_tokenizer(model_dir, tokenizer)
-        self.max_model_len = max_model_len
+        self.tokenizer = resolve_tokenizer(config.model, tokenizer or config.tokenizer or None)
+        self.max_model_len = config.max_model_len
         self.llm = vllm.LLM(
-            model=str(model_dir),
+            model=str(config.model),
             # vLLM detokenizes with an HF tokenizer: the given directory, else the model's own.
-            tokenizer=str(tokenizer) if isinstance(tokenizer, str | Path) and Path(tokenizer).is_dir() else str(model_dir),
-            dtype="bfloat16" if dtype == "auto" else dtype,
-            max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size,
+            tokenizer=config.tokenizer if config.tokenizer and Path(config.tokenizer).is_dir() else str(config.model),
+            dtype="bfloat16" if config.dtype == "auto" else normalize_dtype(config.dtype),
+            max_model_len=config.max_model_len,
+            tensor_parallel_size=config.tensor_parallel_size,
             enable_prefix_caching=True,  # chained M-shot prompts share long prefixes
-            gpu_memory_utilization=gpu_memory_utilization,
-            seed=seed,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            seed=config.seed,
         )
         self.eos_ids = {self.tokenizer.eos_id} if self.tokenizer.eos_id is not None else set()
 

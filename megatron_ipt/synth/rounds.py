@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from megatron_ipt.synth.engines import Engine, Generation, SamplingParams
+from megatron_ipt.synth.engine_types import Engine, Generation, SamplingParams
 from megatron_ipt.synth.format import Pair, context_text, pairs_text, parse_pairs
 from megatron_ipt.tokenizer import Tokenizer
 

@@ -24,25 +24,13 @@ from pathlib import Path
 from megatron_ipt.config import ConfigError
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
-from megatron_ipt.synth.engines import Engine, load_engine
+from megatron_ipt.synth.engine_types import Engine
+from megatron_ipt.synth.engines import EngineConfig
 from megatron_ipt.synth.rounds import Entry, RoundsConfig, run_rounds
 
 log = get_logger(__name__)
 
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
-
-
-@dataclass
-class EngineConfig:
-    kind: str = "auto"  # auto | hf | vllm
-    model: str = ""  # a Hugging Face model directory (the tuned synthesizer)
-    tokenizer: str = ""  # default: the model directory's
-    max_model_len: int = 4096
-    dtype: str = "auto"
-    device: str = "auto"
-    batch_size: int = 8  # transformers engine: sequences decoded together
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
 
 
 @dataclass
@@ -78,6 +66,10 @@ class SynthesizeConfig:
             raise ConfigError("output_dir: required")
         if not self.engine.model:
             raise ConfigError("engine.model: give the synthesizer's model directory")
+        try:
+            self.engine.validate()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.rounds < 1 or self.batch_texts < 1:
@@ -356,11 +348,7 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
             stats_file = out_dir / f"{shard_stem(f)}.stats.json"
             results[str(f)] = json.loads(stats_file.read_text()) if stats_file.exists() else {"skipped": True}
     if todo and engine is None:
-        e = cfg.engine
-        engine = load_engine(e.kind, e.model, tokenizer=e.tokenizer or None, max_model_len=e.max_model_len,
-                             dtype=e.dtype, device=e.device, batch_size=e.batch_size,
-                             tensor_parallel_size=e.tensor_parallel_size,
-                             gpu_memory_utilization=e.gpu_memory_utilization)
+        engine = cfg.engine.build()
     for f in todo:
         results[str(f)] = synthesize_shard(engine, cfg, f, out_dir)
     return results

@@ -130,7 +130,7 @@ def generation_scores(
     max_pairs_per_example: int | None = None,
 ) -> dict[str, Any]:
     """Parse rate of free generations and response EM / token F1 for the gold instructions."""
-    from megatron_ipt.synth.engines import SamplingParams
+    from megatron_ipt.synth.engine_types import SamplingParams
     from megatron_ipt.synth.rounds import build_prompt_ids, is_degenerate
 
     tok = engine.tokenizer

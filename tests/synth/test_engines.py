@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from megatron_ipt.synth.engine_hf import HFEngine
-from megatron_ipt.synth.engines import (
-    Engine,
-    SamplingParams,
-    cut_at_stop,
-    load_engine,
-    resolve_kind,
-)
+from megatron_ipt.synth.engine_types import Engine, SamplingParams, cut_at_stop, normalize_dtype
+from megatron_ipt.synth.engines import EngineConfig
 
 TEXTS = ["The heart pumps blood through the body.", "short", "Cells divide by mitosis and meiosis.", "x y"]
 
@@ -28,7 +23,7 @@ def tiny_dir(tmp_path_factory, save_tiny_llama):
 
 @pytest.fixture(scope="module")
 def engine(tiny_dir):
-    return load_engine("hf", tiny_dir, tokenizer="mistral", batch_size=3)
+    return EngineConfig(kind="hf", model=str(tiny_dir), tokenizer="mistral", batch_size=3).build()
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +54,7 @@ def test_greedy_matches_model_generate(engine, prompts):
 
 
 def test_batch_size_does_not_change_greedy_output(tiny_dir, engine, prompts):
-    single = HFEngine(tiny_dir, tokenizer=engine.tokenizer, batch_size=1, model=engine.model)
+    single = HFEngine(EngineConfig(model=str(tiny_dir), batch_size=1), tokenizer=engine.tokenizer, model=engine.model)
     params = SamplingParams(max_new_tokens=8)
     assert [g[0].token_ids for g in single.generate(prompts, params)] == [
         g[0].token_ids for g in engine.generate(prompts, params)
@@ -92,7 +87,7 @@ def test_stop_string_cuts_text(engine, prompts):
 
 def test_eos_ends_generation_and_is_not_returned(tiny_dir, engine, prompts):
     first = engine.generate(prompts[:1], SamplingParams(max_new_tokens=4))[0][0].token_ids
-    eng = HFEngine(tiny_dir, tokenizer=engine.tokenizer, model=engine.model)
+    eng = HFEngine(EngineConfig(model=str(tiny_dir)), tokenizer=engine.tokenizer, model=engine.model)
     eng.eos_ids = {first[2]}  # the third greedy token now counts as end of sequence
     gen = eng.generate(prompts[:1], SamplingParams(max_new_tokens=4))[0][0]
     assert gen.finish_reason == "eos"
@@ -102,13 +97,29 @@ def test_eos_ends_generation_and_is_not_returned(tiny_dir, engine, prompts):
 def test_kind_resolution_and_missing_vllm(tiny_dir):
     assert cut_at_stop("a <QUE> b <CON> c </CON>", ("</CON>", "<CON>")) == ("a <QUE> b ", True)
     if torch.cuda.is_available() and importlib.util.find_spec("vllm"):
-        assert resolve_kind("auto") == "vllm"
+        assert EngineConfig(model=str(tiny_dir)).resolved_kind() == "vllm"
         return
-    assert resolve_kind("auto") == "hf"
-    with pytest.raises(ValueError, match="engine kind"):
-        resolve_kind("llama.cpp")
+    assert EngineConfig(model=str(tiny_dir)).resolved_kind() == "hf"
+    with pytest.raises(ValueError, match="engine.kind"):
+        EngineConfig(kind="llama.cpp", model=str(tiny_dir)).build()
     with pytest.raises(RuntimeError, match="pip install vllm"):
-        load_engine("vllm", tiny_dir, tokenizer="mistral")
+        EngineConfig(kind="vllm", model=str(tiny_dir), tokenizer="mistral").build()
+
+
+def test_engine_config_checks_and_one_dtype_spelling(tiny_dir, engine):
+    assert [normalize_dtype(d) for d in ("bf16", "bfloat16", "fp32", "float32", "fp16", "auto")] == [
+        "bfloat16", "bfloat16", "float32", "float32", "float16", "auto"]
+    with pytest.raises(ValueError, match="dtype must be auto or one of"):
+        EngineConfig(model=str(tiny_dir), dtype="int8").build()
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        EngineConfig(model=str(tiny_dir), batch_size=0).build()
+    with pytest.raises(ValueError, match="engine.model is empty"):
+        EngineConfig().build()
+    with pytest.raises(ValueError, match="preloaded model works with kind=hf only"):
+        EngineConfig(kind="vllm", model=str(tiny_dir)).build(model=engine.model)
+    # bf16 and bfloat16 build the same engine dtype
+    bf = HFEngine(EngineConfig(model=str(tiny_dir), dtype="bf16", device="cpu"), tokenizer=engine.tokenizer)
+    assert next(bf.model.parameters()).dtype == torch.bfloat16
 
 
 def test_repetition_penalty_matches_model_generate(engine, prompts):

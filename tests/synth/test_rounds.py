@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from megatron_ipt.synth.engines import Generation, SamplingParams, per_prompt_params
+from megatron_ipt.synth.engine_types import Generation, SamplingParams, per_prompt_params
 from megatron_ipt.synth.format import Pair, context_text, pairs_text
 from megatron_ipt.synth.rounds import (
     Entry,

@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from megatron_ipt.synth.engine_hf import HFEngine
+from megatron_ipt.synth.engines import EngineConfig
 from megatron_ipt.synth.synthesize import (
     InputError,
     SynthesizeConfig,
@@ -27,7 +28,7 @@ def tiny_dir(tmp_path_factory, save_tiny_llama):
 
 @pytest.fixture(scope="module")
 def engine(tiny_dir, mistral_tokenizer):
-    return HFEngine(tiny_dir, tokenizer=mistral_tokenizer, batch_size=4)
+    return HFEngine(EngineConfig(model=str(tiny_dir), batch_size=4), tokenizer=mistral_tokenizer)
 
 
 def write_corpus(path, n, start=0):
@@ -48,10 +49,11 @@ def make_cfg(tmp_path, tiny_dir, out, **kw):
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from megatron_ipt.synth.engine_hf import HFEngine
-    from megatron_ipt.synth.synthesize import SynthesizeConfig, EngineConfig, synthesize
+    from megatron_ipt.synth.engines import EngineConfig
+    from megatron_ipt.synth.synthesize import SynthesizeConfig, synthesize
     cfg = SynthesizeConfig(**{k: v for k, v in %(cfg)r.items() if k != "engine"})
     cfg.engine = EngineConfig(**%(cfg)r["engine"])
-    real = HFEngine(cfg.engine.model, tokenizer="mistral", batch_size=4)
+    real = HFEngine(EngineConfig(model=cfg.engine.model, tokenizer="mistral", batch_size=4))
 
     class KilledOnThirdBatch:
         tokenizer, max_model_len, calls = real.tokenizer, real.max_model_len, 0

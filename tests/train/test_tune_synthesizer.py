@@ -68,11 +68,11 @@ def test_zero3_tuning_lowers_heldout_pair_loss(tmp_path, mistral_tokenizer, trai
     print(f"held-out pair loss {before['pair_loss']:.3f} -> {after['pair_loss']:.3f}")
     assert after["pair_loss"] < before["pair_loss"] - 0.3, (before, after)
 
-    from megatron_ipt.synth.engines import load_engine
+    from megatron_ipt.synth.engines import EngineConfig
     from megatron_ipt.tuning.example import Example
     from megatron_ipt.tuning.tuning_data import heldout_examples_path
 
-    engine = load_engine("hf", export, max_model_len=1024)
+    engine = EngineConfig(kind="hf", model=str(export), max_model_len=1024).build()
     assert engine.tokenizer.bos_id == mistral_tokenizer.bos_id and engine.tokenizer.vocab_size == 32000
     import json
 

@@ -80,6 +80,7 @@ def test_pair_loss_matches_hand_computation(tmp_path: Path, tiny_model, mistral_
 
 def test_generation_scores_with_hf_engine(tiny_model, mistral_tokenizer) -> None:
     from megatron_ipt.synth.engine_hf import HFEngine
+    from megatron_ipt.synth.engines import EngineConfig
 
     tok = mistral_tokenizer
     ids = response_prompt_ids(tok, EXAMPLES[0], 1)
@@ -87,13 +88,13 @@ def test_generation_scores_with_hf_engine(tiny_model, mistral_tokenizer) -> None
     # the training layout: BOS, the context segment, then one pairs segment ending in "<ANS>"
     head = "<QUE> What colour is the sky? <ANS> blue </END>\n\n<QUE> What is green? <ANS>"
     assert ids == [tok.bos_id, *tok.encode(context_text(EXAMPLES[0].context)), *tok.encode(head)]
-    engine = HFEngine("unused", tokenizer=tok, model=tiny_model, max_model_len=1024, batch_size=4)
+    engine = HFEngine(EngineConfig(max_model_len=1024, batch_size=4), tokenizer=tok, model=tiny_model)
     scores = generation_scores(engine, EXAMPLES, max_new_tokens=12, response_tokens=6)
     assert scores["contexts"] == 2 and scores["responses"] == 3 and scores["skipped_too_long"] == 0
     assert 0.0 <= scores["parse_rate"] <= 1.0 and 0.0 <= scores["response_f1"] <= 1.0
     # a random model neither closes pairs nor answers: the scores say so rather than hiding it
     assert scores["parse_rate"] == 0.0 and scores["response_exact_match"] == 0.0
-    short = HFEngine("unused", tokenizer=tok, model=tiny_model, max_model_len=40, batch_size=4)
+    short = HFEngine(EngineConfig(max_model_len=40, batch_size=4), tokenizer=tok, model=tiny_model)
     assert (
         generation_scores(short, EXAMPLES[:1], max_new_tokens=30, response_tokens=30)["skipped_too_long"] == 3
     )

@@ -1,0 +1,120 @@
+"""The types every generation engine shares: sampling parameters, generations, the ``Engine``
+protocol and small prompt checks. This module imports no engine, so the engines and the code that
+builds them (:mod:`megatron_ipt.synth.engines`) both depend on it and never on each other.
+
+Prompts are token ids (the caller adds BOS itself, so no engine can double it). ``generate``
+returns ``n`` generations per prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
+
+# One spelling set for weight dtypes, normalised to torch's names.
+DTYPE_NAMES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+               "half": "float16", "float32": "float32", "fp32": "float32", "float": "float32"}
+
+
+def normalize_dtype(dtype: str) -> str:
+    """``auto`` or a canonical torch dtype name (``bf16`` -> ``bfloat16``); a clear error otherwise."""
+    if dtype == "auto":
+        return dtype
+    try:
+        return DTYPE_NAMES[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be auto or one of {sorted(DTYPE_NAMES)}, got {dtype!r}") from None
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to decode. ``temperature == 0`` is greedy; ``n`` samples per prompt need temperature > 0
+    to differ. ``stop`` strings end a generation (the stop string itself is cut from the text)."""
+
+    max_new_tokens: int = 400
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or output (CTRL-style)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class Generation:
+    """One generated continuation. ``token_ids`` never include the EOS that ended it;
+    ``finish_reason`` is ``"eos"``, ``"stop"`` (a stop string) or ``"length"``."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "length"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    tokenizer: Tokenizer
+    max_model_len: int
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams],
+        show_progress: bool = False,
+    ) -> list[list[Generation]]:
+        """``params`` is one for all prompts or one per prompt (per-prompt seeds)."""
+        ...
+
+
+def per_prompt_params(
+    prompt_ids: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams]
+) -> list[SamplingParams]:
+    if isinstance(params, SamplingParams):
+        return [params] * len(prompt_ids)
+    params = list(params)
+    if len(params) != len(prompt_ids):
+        raise ValueError(f"{len(params)} sampling params for {len(prompt_ids)} prompts")
+    return params
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def check_prompt_lengths(prompt_ids: Sequence[Sequence[int]], max_model_len: int, params: Sequence[SamplingParams]) -> None:
+    for i, (ids, p) in enumerate(zip(prompt_ids, params, strict=True)):
+        if not ids:
+            raise ValueError(f"prompt {i} is empty")
+        if len(ids) + p.max_new_tokens > max_model_len:
+            raise ValueError(
+                f"prompt {i} has {len(ids)} tokens; with max_new_tokens={p.max_new_tokens} it exceeds "
+                f"max_model_len={max_model_len} (the caller must truncate)"
+            )
+
+
+def resolve_tokenizer(model_dir: str | Path, tokenizer: str | Path | Tokenizer | None) -> Tokenizer:
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    return load_tokenizer(tokenizer if tokenizer is not None else model_dir)
