@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from megatron_ipt.corpora.templates import render_chain, render_instruction
@@ -69,8 +69,26 @@ def chains_of_shard(records: list[dict]) -> list[list[dict]]:
     return [c for _, c in sorted(chains, key=lambda pc: pc[0])]
 
 
-def synthesized_documents(inputs: Iterable[str | Path], seed: int, stats: Counter) -> Iterator[dict]:
-    """Documents from ``data_tools.synthesize`` outputs; ``stats`` counts layouts and entries."""
+PairFilter = Callable[[list[Pair]], list[Pair]]
+
+
+def filter_pairs(rec: dict, pair_filters: Sequence[PairFilter]) -> dict:
+    """A copy of a synthesized record whose pairs passed every filter (quality, contamination), in order."""
+    pairs = [Pair.from_dict(p) for p in rec["pairs"]]
+    for keep in pair_filters:
+        if not pairs:
+            break
+        pairs = keep(pairs)
+    return {**rec, "pairs": [p.to_dict() for p in pairs]}
+
+
+def synthesized_documents(inputs: Iterable[str | Path], seed: int, stats: Counter,
+                          pair_filters: Sequence[PairFilter] = ()) -> Iterator[dict]:
+    """Documents from ``data_tools.synthesize`` outputs; ``stats`` counts layouts and entries.
+
+    ``pair_filters`` see each record's pairs in file order (so cross-text dedup is deterministic);
+    an entry left without pairs stays in its chain as raw text.
+    """
     for path in expand_inputs([str(p) for p in inputs]):
         if path.name.endswith(".stats.json"):
             continue
@@ -79,7 +97,7 @@ def synthesized_documents(inputs: Iterable[str | Path], seed: int, stats: Counte
             missing = [k for k in ("id", "text", "pairs", "round", "linked") if k not in rec]
             if missing:
                 raise InputError(f"{path}:{line}: synthesized record lacks field {missing[0]!r}")
-            records.append(rec)
+            records.append(filter_pairs(rec, pair_filters) if pair_filters else rec)
         for chain in chains_of_shard(records):
             doc = render_chain(chain, chain_seed(seed, str(chain[0]["id"])))
             stats[f"layout:{doc.layout}{'+inverted' if doc.inverted else ''}"] += 1

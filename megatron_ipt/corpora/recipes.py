@@ -28,6 +28,7 @@ from megatron_ipt.corpora.chains import (
     synthesized_documents,
     tuning_documents,
 )
+from megatron_ipt.corpora.quality import QualityConfig, QualityGate
 from megatron_ipt.io import atomic_path, atomic_write_json, atomic_write_text
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.synthesize import expand_inputs
@@ -52,6 +53,7 @@ class CorporaConfig:
     workers: int = 1  # tokenizing processes (0: in this process)
     skip_bad_records: bool = False
     progress: bool = True
+    quality: QualityConfig = field(default_factory=QualityConfig)  # the quality gate on synthesized pairs
 
     def validate(self) -> None:
         for name in ("synthesized", "raw", "tuning", "instructions"):
@@ -120,8 +122,10 @@ def synthesis_totals(inputs: list[str]) -> dict:
     return out
 
 
-def _components(cfg: CorporaConfig, stats: dict[str, Counter]) -> list[tuple[str, Iterator[dict]]]:
-    comps = [("instruct", synthesized_documents(cfg.synthesized, cfg.seed, stats["instruct"]))]
+def _components(cfg: CorporaConfig, stats: dict[str, Counter],
+                quality: QualityGate) -> list[tuple[str, Iterator[dict]]]:
+    comps = [("instruct", synthesized_documents(cfg.synthesized, cfg.seed, stats["instruct"],
+                                                pair_filters=[quality.filter]))]
     if cfg.recipe == "general":
         if cfg.raw:
             exclude = _converted_ids(cfg.synthesized)
@@ -155,7 +159,8 @@ def build_corpora(cfg: CorporaConfig) -> dict:
     out = Path(cfg.output_dir).resolve()
     stats: dict[str, Counter] = {k: Counter() for k in ("instruct", "raw", "tuning", "instructions")}
     components: dict[str, dict] = {}
-    for name, docs in _components(cfg, stats):
+    quality = QualityGate(cfg.quality)
+    for name, docs in _components(cfg, stats, quality):
         doc_path = out / "documents" / f"{name}.jsonl"
         counts = _write_documents(doc_path, docs)
         log.info("%s: %d documents -> %s", name, counts["documents"], doc_path)
@@ -182,6 +187,10 @@ def build_corpora(cfg: CorporaConfig) -> dict:
         extra = {k: v for k, v in stats[name].items() if not k.startswith("layout:")}
         if extra:
             comp["counts"] = dict(extra)
+    if cfg.quality.enabled:
+        components["instruct"]["quality"] = {"pairs_checked": quality.checked,
+                                              "pairs_dropped": sum(quality.drops.values()),
+                                              "dropped": dict(sorted(quality.drops.items(), key=lambda kv: -kv[1]))}
     blend = [[weights[k], components[k]["prefix"]] for k in components if k in weights]
     atomic_write_text(out / "blend.yaml", "# written by data_tools.build_corpora: include it in a training config\n"
                       + yaml.safe_dump({"data": {"train": blend}}, sort_keys=False))
@@ -204,6 +213,12 @@ def report_markdown(report: dict) -> str:
         lines += ["", f"Synthesis ({syn['shards']} shards): {syn['texts']:,} texts, {syn['pairs']:,} pairs "
                   f"({syn['pairs_per_text']} per text), {syn['texts_without_pairs']:,} texts without pairs, "
                   f"{syn['degenerate_outputs']:,} degenerate outputs, {syn['texts_truncated']:,} texts truncated."]
+    for name, c in report["components"].items():
+        q = c.get("quality")
+        if q:
+            why = ", ".join(f"{k} {v:,}" for k, v in q["dropped"].items()) or "none"
+            lines += ["", f"Quality gate on {name}: {q['pairs_dropped']:,} of {q['pairs_checked']:,} pairs dropped "
+                      f"({why})."]
     for name, c in report["components"].items():
         if c.get("templates"):
             total = sum(c["templates"].values())

@@ -99,3 +99,26 @@ def test_recipe_validation():
         CorporaConfig(recipe="domain", synthesized=["x"], output_dir="o").validate()
     with pytest.raises(ConfigError, match="raw is not part of the domain recipe"):
         CorporaConfig(recipe="domain", synthesized=["x"], raw=["r"], instructions=["i"], output_dir="o").validate()
+
+
+def test_quality_gate_counted_in_the_report_and_switchable(tmp_path):
+    shard = synthesized(tmp_path)
+    bad = {"id": "d9", "text": "Protein 9 binds nothing.", "round": 0, "slot": 9, "linked": False,
+           "pairs": [{"instruction": "Which?\nOptions:\n- Heart\n- Liver", "response": "Kidney"},
+                     {"instruction": "Why?\nLet's think step by step.", "response": "Let's think step by step."},
+                     {"instruction": "What does protein 0 bind?", "response": "Receptor 0 again."}]}
+    with open(shard, "a") as fh:
+        fh.write(json.dumps(bad) + "\n")
+    instr = write_jsonl(tmp_path / "instr.jsonl", [{"question": "Name a color.", "response": "Blue."}])
+    base = dict(recipe="domain", synthesized=[str(shard)], instructions=[str(instr)], tokenizer="mistral",
+                workers=0, progress=False)
+    report = build_corpora(CorporaConfig(**base, output_dir=str(tmp_path / "on")))
+    q = report["components"]["instruct"]["quality"]
+    assert q == {"pairs_checked": 8, "pairs_dropped": 3, "dropped": {"mc_answer_not_in_options": 1,
+                                                                     "cot_without_final_answer": 1,
+                                                                     "duplicate_in_corpus": 1}}
+    assert "3 of 8 pairs dropped" in (tmp_path / "on" / "mixture_report.md").read_text()
+    cfg = load_config(CorporaConfig, None, [f"--{k}={json.dumps(v)}" for k, v in base.items()]
+                      + [f"--output_dir={tmp_path / 'off'}", "--quality.mc_answer=false"])
+    q = build_corpora(cfg)["components"]["instruct"]["quality"]
+    assert q["pairs_dropped"] == 2 and "mc_answer_not_in_options" not in q["dropped"]
