@@ -22,17 +22,15 @@ from __future__ import annotations
 import json
 import sys
 
-from megatron_ipt.config import ConfigError, config_from_argv
+from megatron_ipt.config import ConfigError, config_from_argv, config_help
 from megatron_ipt.corpora.recipes import CorporaConfig
 from megatron_ipt.log import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_tools.synthesize import settings_help
-
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print(__doc__ + "\n".join(settings_help(CorporaConfig)))
+        print(__doc__ + config_help(CorporaConfig))
         return 0
     setup_logging()
     from megatron_ipt.corpora.recipes import build_corpora, report_markdown

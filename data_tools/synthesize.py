@@ -16,30 +16,18 @@ Settings (``--name=value``; nested with dots; lists as YAML, e.g. ``--stop='["<C
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
-from megatron_ipt.config import ConfigError, config_from_argv
+from megatron_ipt.config import ConfigError, config_from_argv, config_help
 from megatron_ipt.log import setup_logging
 from megatron_ipt.synth.synthesize import InputError, SynthesizeConfig
-
-
-def settings_help(cls: type = SynthesizeConfig, prefix: str = "") -> list[str]:
-    lines = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if dataclasses.is_dataclass(default):
-            lines += settings_help(type(default), f"{prefix}{f.name}.")
-        else:
-            lines.append(f"  --{prefix}{f.name}={json.dumps(default)}")
-    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print(__doc__ + "\n".join(settings_help()))
+        print(__doc__ + config_help(SynthesizeConfig))
         return 0
     setup_logging()
     try:

@@ -2,7 +2,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from megatron_ipt.config import ConfigError, config_from_argv, load_config, parse_overrides, save_config
+from megatron_ipt.config import (
+    ConfigError,
+    config_from_argv,
+    config_help,
+    config_keys,
+    load_config,
+    parse_overrides,
+    save_config,
+)
 
 
 @dataclass
@@ -74,3 +82,36 @@ def test_bad_files(tmp_path):
 
 def test_parse_overrides_tree():
     assert parse_overrides(["--a.b=1", "--a.c", "x", "--d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
+
+
+@dataclass
+class Described:
+    plain: int = 1  # a trailing comment
+    # a comment above
+    # on two lines
+    above: str = "x"
+    both: float = 2.0  # the trailing one wins  (a "# in a string" is no comment: see next)
+    hashed: str = "#not-a-comment"
+    nested: Optim = field(default_factory=Optim)
+
+
+def test_config_help_lists_every_key_with_type_default_and_description():
+    keys = {k.key: k for k in config_keys(Described)}
+    assert list(keys) == ["plain", "above", "both", "hashed", "nested.lr", "nested.betas"]
+    assert keys["plain"].description == "a trailing comment"
+    assert keys["above"].description == "a comment above on two lines"
+    assert keys["both"].description.startswith("the trailing one wins")
+    assert keys["hashed"].description == "" and keys["hashed"].default == "#not-a-comment"
+    assert (keys["nested.betas"].type, keys["nested.betas"].default) == ("tuple[float, float]", (0.9, 0.95))
+    text = config_help(Described)
+    assert "--plain=1" in text and "(int)  a trailing comment" in text and "--nested.lr=0.001" in text
+
+
+def test_stage_configs_describe_every_key():
+    from megatron_ipt.corpora.recipes import CorporaConfig
+    from megatron_ipt.synth.synthesize import SynthesizeConfig
+    from megatron_ipt.train.config import TrainConfig
+
+    for cls in (TrainConfig, SynthesizeConfig, CorporaConfig):
+        missing = [k.key for k in config_keys(cls) if not k.description]
+        assert not missing, f"{cls.__name__}: keys without a '# description' comment: {missing}"

@@ -44,15 +44,15 @@ class CorporaConfig:
     synthesized: list[str] | str = field(default_factory=list)  # data_tools.synthesize outputs
     raw: list[str] | str = field(default_factory=list)  # general: the raw corpus ({id, text})
     tuning: list[str] | str = field(default_factory=list)  # general: tuning examples {context, pairs}
-    tuning_repeat: float = 4.0
+    tuning_repeat: float = 4.0  # general: weight of the tuning data in the blend (the paper's 4x)
     instructions: list[str] | str = field(default_factory=list)  # domain: {question, response} records
     instruction_ratio: float = 1.0  # domain: instruction tokens per domain token
-    output_dir: str = ""
-    tokenizer: str = "mistral"
-    seed: int = 0
+    output_dir: str = ""  # documents/, data/, blend.yaml and mixture_report.json go here
+    tokenizer: str = "mistral"  # mistral, a SentencePiece .model, an HF directory or a .gguf
+    seed: int = 0  # seed of template choice and shuffling
     workers: int = 1  # tokenizing processes (0: in this process)
-    skip_bad_records: bool = False
-    progress: bool = True
+    skip_bad_records: bool = False  # count and skip invalid records instead of failing
+    progress: bool = True  # show progress bars
     quality: QualityConfig = field(default_factory=QualityConfig)  # the quality gate on synthesized pairs
 
     def validate(self) -> None:

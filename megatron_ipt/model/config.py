@@ -11,25 +11,25 @@ from megatron_ipt.model.attention import CHOICES
 
 @dataclass
 class ModelConfig:
-    arch: Literal["mistral", "llama"] = "mistral"
+    arch: Literal["mistral", "llama"] = "mistral"  # decoder family (HF MistralForCausalLM / LlamaForCausalLM)
     # An HF model directory (continual pre-training); the shape fields below are then ignored.
     init_from: str | None = None
-    vocab_size: int = 32000
-    hidden_size: int = 64
-    intermediate_size: int = 176
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    head_dim: int | None = None
-    max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
-    initializer_range: float = 0.02
-    tie_word_embeddings: bool = False
+    vocab_size: int = 32000  # embedding rows; must cover the tokenizer's ids
+    hidden_size: int = 64  # model width
+    intermediate_size: int = 176  # SwiGLU MLP width
+    num_layers: int = 2  # decoder layers
+    num_heads: int = 4  # query heads
+    num_kv_heads: int = 2  # key/value heads (grouped-query attention; divides num_heads)
+    head_dim: int | None = None  # per-head width (null: hidden_size / num_heads)
+    max_position_embeddings: int = 2048  # longest sequence the RoPE tables cover
+    rope_theta: float = 10000.0  # RoPE base frequency
+    rms_norm_eps: float = 1e-5  # RMSNorm epsilon
+    initializer_range: float = 0.02  # std of the normal weight initialisation
+    tie_word_embeddings: bool = False  # share the input embedding and the LM head
     # Parameter count the config claims; building a different count is an error (null: unchecked).
     expected_parameters: int | None = None
-    attention: str = "auto"
-    activation_checkpointing: bool = False
+    attention: str = "auto"  # auto | doc_sdpa | doc_flash | sdpa | eager (auto: doc_flash on CUDA with flash-attn, else doc_sdpa)
+    activation_checkpointing: bool = False  # recompute layer activations in backward (saves memory)
 
     def validate(self) -> None:
         if self.attention not in CHOICES:

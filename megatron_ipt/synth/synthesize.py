@@ -36,26 +36,26 @@ INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 @dataclass
 class SynthesizeConfig:
     inputs: list[str] | str = field(default_factory=list)  # files, folders or globs of {id, text} records
-    output_dir: str = ""
+    output_dir: str = ""  # one OUTPUT_DIR/<shard>.jsonl (+ .stats.json) per input file
     engine: EngineConfig = field(default_factory=EngineConfig)
     rounds: int = 2  # M: 2 for general corpora, 3 for domain corpora
-    max_new_tokens: int = 400
-    temperature: float = 0.0
-    top_p: float = 1.0
+    max_new_tokens: int = 400  # tokens generated per round
+    temperature: float = 0.0  # sampling temperature (0: greedy)
+    top_p: float = 1.0  # nucleus sampling mass
     n: int = 1  # samples per text (their pairs are merged)
-    seed: int = 0
+    seed: int = 0  # sampling seed
     max_pairs: int = 0  # cap on pairs per text; 0 = no cap
-    stop: list[str] = field(default_factory=lambda: ["<CON>", "</CON>"])
+    stop: list[str] = field(default_factory=lambda: ["<CON>", "</CON>"])  # generation stops at these strings
     repetition_penalty: float = 1.0  # > 1 guards untuned/small synthesizers against loops
     batch_texts: int = 256  # texts per checkpointed batch
     fraction: float = 1.0  # convert only this share of texts (chosen by a hash of the id)
     limit: int = 0  # at most this many texts per shard; 0 = all
-    text_key: str = "text"
-    id_key: str = "id"
+    text_key: str = "text"  # record field holding the text
+    id_key: str = "id"  # record field holding the id
     skip_bad_records: bool = False  # count and skip invalid JSON / missing text instead of failing
     shard_index: int = -1  # -1: $SLURM_ARRAY_TASK_ID or 0
     num_shards: int = -1  # -1: $SLURM_ARRAY_TASK_COUNT or 1
-    progress: bool = True
+    progress: bool = True  # show a progress bar
 
     def validate(self) -> None:
         if isinstance(self.inputs, str):

@@ -19,9 +19,9 @@ class DataConfig:
     train: Any = None
     # Held-out blend for periodic evaluation (null: no evaluation).
     valid: Any = None
-    seq_len: int = 2048
-    tokenizer: str = "mistral"
-    seed: int = 1234
+    seq_len: int = 2048  # tokens per training sample
+    tokenizer: str = "mistral"  # the tokenizer the data was built with (mistral, .model, HF dir, .gguf)
+    seed: int = 1234  # seed of the blend and sample shuffling
     # Where the data core caches blend/packing indices (null: next to the first train prefix).
     cache_dir: str | None = None
     num_workers: int = 0  # DataLoader worker processes per rank
@@ -29,32 +29,32 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
+    lr: float = 3e-4  # peak learning rate (after warm-up)
+    min_lr: float = 3e-5  # cosine decay floor
+    warmup_steps: int = 100  # linear warm-up steps
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (not on norms and biases)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    eps: float = 1e-8  # AdamW epsilon
+    grad_clip: float = 1.0  # global gradient-norm clip
 
 
 @dataclass
 class CheckpointConfig:
-    dir: str = "checkpoints"
+    dir: str = "checkpoints"  # checkpoint directory (relative: under the cwd)
     interval: int = 1000  # steps between saves (0: only at the end and on preemption)
-    keep_last: int = 3
+    keep_last: int = 3  # checkpoints kept; older ones are deleted
     resume: str = "auto"  # auto | none | a checkpoint tag directory
-    allow_data_change: bool = False
-    save_at_end: bool = True
+    allow_data_change: bool = False  # resume even if the data blend differs from the checkpoint's
+    save_at_end: bool = True  # save a checkpoint after the last step
 
 
 @dataclass
 class LoggingConfig:
-    interval: int = 10
+    interval: int = 10  # steps between metric lines (metrics.jsonl, log, tensorboard)
     eval_interval: int = 500  # 0: no periodic evaluation
     eval_iters: int = 10  # micro-batches per rank per evaluation
-    tensorboard: bool = True
+    tensorboard: bool = True  # write RUN_DIR/tensorboard/ event files
     # Peak FLOP/s of one device for MFU; null: GPU spec table, or a measured CPU matmul.
     peak_flops_per_device: float | None = None
 
@@ -62,12 +62,12 @@ class LoggingConfig:
 @dataclass
 class ExportConfig:
     dir: str | None = None  # write an HF model directory here at the end of training
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"  # weights dtype of the exported model
 
 
 @dataclass
 class TrainConfig:
-    run_dir: str = "runs/default"
+    run_dir: str = "runs/default"  # metrics.jsonl, tensorboard/ and the resolved config
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -77,9 +77,9 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps
     micro_batch_size: int = 4  # samples per rank per forward
     global_batch_size: int = 256  # samples per optimizer step over all ranks
-    precision: Literal["bf16", "fp32"] = "bf16"
-    ds_config: str = "ds_configs/zero2.json"
-    seed: int = 42
+    precision: Literal["bf16", "fp32"] = "bf16"  # training precision (bf16 mixed or fp32)
+    ds_config: str = "ds_configs/zero2.json"  # DeepSpeed JSON (ZeRO stage, offload); shipped ones by name
+    seed: int = 42  # seed of the model initialisation
     # Stop after this many steps in this process (testing preemption); 0: run to `steps`.
     stop_after: int = 0
 
