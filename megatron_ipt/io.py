@@ -1,14 +1,21 @@
-"""Atomic file output: write under a temporary name in the same folder, then rename.
+"""Atomic outputs: write under a unique temporary name in the same folder, fsync, then rename.
 
-A kill at any moment leaves either the old file or the complete new one under the final name,
-never a half-written one.
+A kill at any moment leaves either the old output or the complete new one under the final name,
+never a half-written one and never neither. Files: :func:`atomic_path`. Directories (exported
+models, converted checkpoints): :func:`atomic_dir`, which swaps the new directory in with one
+``renameat2(RENAME_EXCHANGE)`` where the kernel has it, and keeps the old directory until the new
+one is in place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,3 +60,103 @@ def clean_stale_tmp(folder: str | Path) -> int:
             p.unlink()
             n += 1
     return n
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (before it is renamed into place)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(Path(folder))
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # old kernel or a filesystem without it
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
+def _old_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def recover_dir(path: str | Path) -> None:
+    """Finish what a killed :func:`atomic_dir` left: put a set-aside old directory back when the
+    final name is missing, and remove temporaries of writers that are gone."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not path.exists():
+        os.replace(olds.pop(), path)
+        fsync_dir(path.parent)
+    for stale in [*olds, *path.parent.glob(f".{path.name}.tmp-*")]:
+        pid = stale.name.rsplit("-", 2)[-2] if stale.name.count("-") >= 2 else ""
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue  # another live writer's work in progress
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside ``path``; on success fsync it and swap it in.
+
+    The old ``path`` stays in place until the new directory is complete and fsynced; it is then
+    exchanged with the new one in a single step and removed. On an exception the temporary is
+    removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        if not path.exists():
+            os.rename(tmp, path)
+        elif _exchange(tmp, path):
+            shutil.rmtree(tmp)  # tmp now holds the old directory
+        else:  # no atomic exchange: set the old one aside, move the new in, then drop the old
+            old = _old_name(path)
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

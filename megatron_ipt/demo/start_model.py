@@ -6,12 +6,11 @@ token ids; only the network is small and untrained.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from megatron_ipt.demo.paths import DemoPaths
 from megatron_ipt.demo.sizes import DemoSize
+from megatron_ipt.io import atomic_dir
 from megatron_ipt.log import get_logger
 
 log = get_logger(__name__)
@@ -35,12 +34,9 @@ def build_tiny_model(out_dir: Path, tokenizer_dir: Path | None = None, seed: int
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     log.info("tiny start model (%s parameters) -> %s", f"{model.num_parameters():,}", out_dir)
     return out_dir
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 
+from megatron_ipt.io import atomic_dir
 from megatron_ipt.log import get_logger
 
 log = get_logger(__name__)
@@ -59,13 +59,9 @@ def convert_gguf_to_hf(gguf_path: str | Path, out_dir: str | Path, dtype: str = 
     if real_missing or unexpected:
         raise RuntimeError(f"GGUF weights do not fit the config: missing {real_missing}, unexpected {unexpected}")
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    fresh.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out_dir
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from megatron_ipt.io import atomic_dir
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.train.checkpoint import CheckpointError, latest_checkpoint, read_meta
 
@@ -60,15 +61,12 @@ def save_tokenizer(spec: str, out: Path) -> None:
 
 
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
-    """Write the HF directory for ``ckpt`` to ``out_dir`` (atomically: a temp dir renamed at the end)."""
+    """Write the HF directory for ``ckpt`` to ``out_dir`` (atomically: see :func:`megatron_ipt.io.atomic_dir`)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     tag_dir = resolve_tag_dir(ckpt)
     meta = read_meta(tag_dir)
     out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     hf_cfg: dict[str, Any] = dict(meta["hf_config"])
     model_type = hf_cfg.pop("model_type")
     config = AutoConfig.for_model(model_type, **hf_cfg)
@@ -83,11 +81,9 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, dtype: str = "bfloa
         raise CheckpointError(f"{tag_dir}: weights do not fit the saved config (missing {missing}, unexpected {unexpected})")
     model = model.to(torch_dtype)
     model.config.dtype = torch_dtype
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    save_tokenizer(meta["tokenizer"], tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:  # the previous export stays until this one is complete
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        save_tokenizer(meta["tokenizer"], tmp)
     log.info("export: %s -> %s (%s, step %d)", tag_dir, out, dtype, meta["step"])
     return out
 
