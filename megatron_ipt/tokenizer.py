@@ -6,11 +6,17 @@ Accepted specs:
 - a Hugging Face tokenizer directory (``tokenizer.json`` / ``tokenizer_config.json``);
 - a ``.gguf`` file (the tokenizer embedded in a GGUF model).
 
-``encode`` never adds BOS/EOS: callers add them explicitly where the format says so.
+``encode`` never adds BOS/EOS: callers add them explicitly where the format says so. It also never
+turns user text into control ids: a literal ``</s>`` or ``<|im_end|>`` inside a document is encoded
+as ordinary text (special tokens split), so web text cannot forge document ends.
+
+``fingerprint()`` identifies a tokenizer by what decides the ids (its vocabulary and special ids),
+not by how it was named: every dataset writer records it and the trainer compares it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from functools import cached_property
 from pathlib import Path
@@ -50,6 +56,29 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
 
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Control ids (BOS, EOS, unknown, chat markers): never produced by ``encode``."""
+        raise NotImplementedError
+
+    def vocabulary(self) -> list[str]:
+        """Every piece, in id order."""
+        raise NotImplementedError
+
+    @cached_property
+    def vocab_hash(self) -> str:
+        """Hash of the pieces in id order and of the special ids: equal means the same ids for the same pieces."""
+        h = hashlib.sha256()
+        for piece in self.vocabulary():
+            h.update(piece.encode("utf-8", "surrogatepass") + b"\0")
+        h.update(f"special={sorted(self.special_ids)}|bos={self.bos_id}|eos={self.eos_id}".encode())
+        return h.hexdigest()[:16]
+
+    def fingerprint(self) -> dict:
+        """The provenance record every dataset writer stores: hash, name, size, BOS/EOS ids."""
+        return {"hash": self.vocab_hash, "name": self.name, "vocab_size": self.vocab_size,
+                "bos_id": self.bos_id, "eos_id": self.eos_id}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, vocab_size={self.vocab_size})"
 
@@ -75,6 +104,15 @@ class SentencePieceTokenizer(Tokenizer):
     def decode(self, ids: list[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
 
+    @cached_property
+    def special_ids(self) -> frozenset[int]:
+        # SentencePiece never matches control pieces in input text: encode is immune by design.
+        n = self.vocab_size
+        return frozenset(i for i in range(n) if self.sp.is_control(i) or self.sp.is_unknown(i))
+
+    def vocabulary(self) -> list[str]:
+        return [self.sp.id_to_piece(i) for i in range(self.vocab_size)]
+
     def __getstate__(self) -> dict:
         # The C++ processor does not pickle; worker processes reload it from the file.
         return {"model_file": self.model_file, "name": self.name, "num_threads": self.num_threads}
@@ -98,16 +136,35 @@ class HFTokenizer(Tokenizer):
         self.vocab_size = len(self.hf)
         self.bos_id = self.hf.bos_token_id
         self.eos_id = self.hf.eos_token_id
+        _ = self._fast  # switches special-token splitting on before any encode
 
     @cached_property
     def _fast(self):
-        return getattr(self.hf, "backend_tokenizer", None) or getattr(self.hf, "_tokenizer", None)
+        fast = getattr(self.hf, "backend_tokenizer", None) or getattr(self.hf, "_tokenizer", None)
+        if fast is not None:
+            # Special tokens in user text are split like any text (a literal <|im_end|> is not id 2).
+            fast.encode_special_tokens = True
+        return fast
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         fast = self._fast
         if fast is not None:
             return [e.ids for e in fast.encode_batch(texts, add_special_tokens=False)]
-        return self.hf(texts, add_special_tokens=False)["input_ids"]
+        return self.hf(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    @cached_property
+    def special_ids(self) -> frozenset[int]:
+        ids = set(self.hf.all_special_ids)
+        decoder = getattr(self.hf, "added_tokens_decoder", {}) or {}
+        ids.update(i for i, tok in decoder.items() if getattr(tok, "special", False))
+        return frozenset(int(i) for i in ids if i is not None)
+
+    def vocabulary(self) -> list[str]:
+        by_id = [""] * self.vocab_size
+        for piece, i in self.hf.get_vocab().items():
+            if 0 <= i < self.vocab_size:
+                by_id[i] = piece
+        return by_id
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)

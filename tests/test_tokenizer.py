@@ -35,3 +35,68 @@ def test_bad_specs(tmp_path):
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(TokenizerError, match="not a .model"):
         load_tokenizer(tmp_path / "x.txt")
+
+
+MARKERS = ["</s>", "<s>", "<unk>", "<|im_end|>", "<|im_start|>", "<|endoftext|>"]
+DOCS = [f"Web text quoting {m} in the middle{m}and{m}" for m in MARKERS] + [
+    "</s><|im_end|> at the very start", "a chat log: <|im_start|>user\nhi<|im_end|>\n<|endoftext|>"]
+
+
+def _tokenizer_of_kind(kind: str, smollm2_dir, tmp_path_factory):
+    from megatron_ipt.model.hf_import import smollm2_gguf_path
+    from megatron_ipt.train.export import save_tokenizer
+
+    if kind == "sentencepiece":
+        return load_tokenizer("mistral")
+    if kind == "hf-dir":
+        return load_tokenizer(smollm2_dir)
+    if kind == "gguf":
+        return load_tokenizer(smollm2_gguf_path())
+    out = tmp_path_factory.mktemp("mistral_hf")  # Mistral's SentencePiece model as an HF directory
+    save_tokenizer("mistral", out)
+    return load_tokenizer(out)
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "hf-dir", "gguf", "hf-dir-sentencepiece"])
+def test_control_tokens_in_user_text_stay_text(kind, smollm2_dir, tmp_path_factory, tmp_path):
+    """A literal </s> or <|im_end|> in a document is ordinary text; BOS/EOS only where the pipeline puts them."""
+    import json
+
+    from megatron_ipt.data.indexed import IndexedDataset
+    from megatron_ipt.data.preprocess import preprocess
+
+    tok = _tokenizer_of_kind(kind, smollm2_dir, tmp_path_factory)
+    assert {tok.bos_id, tok.eos_id} <= tok.special_ids
+    for doc, ids in zip(DOCS, tok.encode_batch(DOCS), strict=True):
+        assert not set(ids) & tok.special_ids, (doc, ids)
+        assert tok.decode(ids) == doc
+    # The same through preprocess (worker processes reload the tokenizer from its pickle).
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    s = preprocess(src, tmp_path / "out", tok, workers=1, prepend_bos=True, append_eod=True, progress=False)
+    ds = IndexedDataset(s["prefix"])
+    assert len(ds) == len(DOCS)
+    for i, doc in enumerate(DOCS):
+        ids = [int(x) for x in ds[i]]
+        assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+        assert not set(ids[1:-1]) & tok.special_ids, (doc, ids)
+        assert tok.decode(ids[1:-1]) == doc
+
+
+def test_fingerprint_names_vocabulary_not_spelling(smollm2_dir, tmp_path):
+    """The same vocabulary loaded by two routes has one hash; another vocabulary another."""
+    from megatron_ipt.model.hf_import import smollm2_gguf_path
+    from megatron_ipt.train.export import save_tokenizer
+
+    mistral = load_tokenizer("mistral").fingerprint()
+    import shutil
+
+    save_tokenizer("mistral", tmp_path)
+    assert load_tokenizer(tmp_path).fingerprint()["hash"] == mistral["hash"]
+    shutil.copyfile(mistral_model_path(), tmp_path / "copy.model")
+    assert load_tokenizer(tmp_path / "copy.model").fingerprint()["hash"] == mistral["hash"]
+    smol = load_tokenizer(smollm2_dir).fingerprint()
+    assert load_tokenizer(smollm2_gguf_path()).fingerprint()["hash"] == smol["hash"]
+    assert smol["hash"] != mistral["hash"]
+    assert (mistral["vocab_size"], mistral["bos_id"], mistral["eos_id"], mistral["name"]) == (32000, 1, 2, "mistral")
+    assert smol["vocab_size"] == 49152 and smol["name"] == str(smollm2_dir)

@@ -79,6 +79,20 @@ def test_prompt_ids_hand_built(mistral_tokenizer):
     assert pairs_text(pairs) in tok.decode(expected)
 
 
+def test_prompt_ids_keep_literal_control_tokens_as_text(smollm2_dir):
+    """A text or pair quoting <|im_end|> or </s> never injects a control id into a synthesis prompt."""
+    from megatron_ipt.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(smollm2_dir)
+    pairs = [Pair("What ends a turn?", "The marker <|im_end|>."), Pair("And </s>?", "<|endoftext|> too.")]
+    text = "Chat logs contain <|im_start|>user hi<|im_end|> and </s> literally."
+    ids = build_prompt_ids(tok, [("first <|endoftext|>", pairs)], text)
+    specials = [(i, t) for i, t in enumerate(ids) if t in tok.special_ids]
+    eos = len(tok.encode(context_text("first <|endoftext|>"))) + len(tok.encode(pairs_text(pairs))) + 1
+    assert specials == [(0, tok.bos_id), (eos, tok.eos_id), (eos + 1, tok.bos_id)]
+    assert tok.decode(ids[eos + 2:]) == context_text(text)
+
+
 def test_five_texts_two_rounds_with_a_broken_chain(mistral_tokenizer):
     tok = mistral_tokenizer
     eng = ScriptedEngine(tok, {"t1": "I cannot find any question here."})
