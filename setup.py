@@ -23,6 +23,7 @@ setup(
         "pyarrow",
         "pyyaml",
         "tqdm",
+        "zstandard",
     ],
     extras_require={
         # CUDA-only: flash-attn builds against CUDA, vllm pins its own torch.

@@ -35,11 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     from megatron_ipt.corpora.recipes import build_corpora, report_markdown
     from megatron_ipt.data.readers import DataError
-    from megatron_ipt.synth.synthesize import InputError
 
     try:
         report = build_corpora(config_from_argv(CorporaConfig, argv))
-    except (ConfigError, InputError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(report_markdown(report))

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from megatron_ipt.data.readers import DataError, read_jsonl_lines
 from megatron_ipt.io import atomic_write_json
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.tuning.example import Example
@@ -50,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def example_of(rec: dict, where: str) -> Example:
+    """One held-out example record, or a :class:`DataError` naming its line and missing field."""
+    for key in ("dataset", "context", "pairs"):
+        if key not in rec:
+            raise DataError("missing (written by build_synthesizer_data)", where=where, field=key)
+    return Example.from_dict(rec)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
@@ -69,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             print(f"error: {path} not found (built by build_synthesizer_data)", file=sys.stderr)
             return 1
-        with open(path, encoding="utf-8") as fh:
-            examples = [Example.from_dict(json.loads(line)) for line in fh if line.strip()]
-        examples = examples[: args.max_examples]
+        try:
+            examples = [example_of(rec, where) for rec, where in read_jsonl_lines(path, 0, args.max_examples)]
+        except DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         engine = EngineConfig(kind=args.engine, model=args.model, tokenizer=args.tokenizer or "",
                               max_model_len=args.max_model_len).build()
         report["generation"] = generation_scores(engine, examples, args.max_new_tokens, args.response_tokens)

@@ -20,8 +20,9 @@ import json
 import sys
 
 from megatron_ipt.config import ConfigError, config_from_argv, config_help
+from megatron_ipt.data.readers import DataError
 from megatron_ipt.log import setup_logging
-from megatron_ipt.synth.synthesize import InputError, SynthesizeConfig
+from megatron_ipt.synth.synthesize import SynthesizeConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_ipt.synth.synthesize import synthesize
 
         results = synthesize(cfg)
-    except (ConfigError, InputError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     totals = {k: sum(r.get(k, 0) for r in results.values()) for k in ("texts", "pairs", "degenerate_outputs")}

@@ -8,15 +8,15 @@ continues the document of the previous entry in its slot, every other entry star
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from megatron_ipt.corpora.templates import render_chain, render_instruction
+from megatron_ipt.data.readers import DataError, expand_inputs, iter_records
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.format import Pair
-from megatron_ipt.synth.synthesize import InputError, expand_inputs, iter_texts
+from megatron_ipt.synth.synthesize import iter_texts
 
 log = get_logger(__name__)
 
@@ -30,21 +30,8 @@ def chain_seed(seed: int, first_id: str) -> int:
     return int.from_bytes(digest, "little") % (2**63 - 1)
 
 
-def _json_lines(path: Path, stats: Counter) -> Iterator[tuple[int, dict]]:
-    import gzip
-
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        for i, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise InputError(f"{path}:{i}: not a UTF-8 JSON line ({err})") from err
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}:{i}: not a JSON object")
-            yield i, obj
+def _line(where: str) -> str:
+    return where.rsplit(":", 1)[1]
 
 
 def chains_of_shard(records: list[dict]) -> list[list[dict]]:
@@ -89,14 +76,14 @@ def synthesized_documents(inputs: Iterable[str | Path], seed: int, stats: Counte
     ``pair_filters`` see each record's pairs in file order (so cross-text dedup is deterministic);
     an entry left without pairs stays in its chain as raw text.
     """
-    for path in expand_inputs([str(p) for p in inputs]):
-        if path.name.endswith(".stats.json"):
+    for f in expand_inputs(list(inputs)):
+        if f.path.name.endswith(".stats.json"):
             continue
         records = []
-        for line, rec in _json_lines(path, stats):
+        for rec, where in iter_records(f):
             missing = [k for k in ("id", "text", "pairs", "round", "linked") if k not in rec]
             if missing:
-                raise InputError(f"{path}:{line}: synthesized record lacks field {missing[0]!r}")
+                raise DataError("a synthesized record needs it", where=where, field=missing[0])
             records.append(filter_pairs(rec, pair_filters) if pair_filters else rec)
         for chain in chains_of_shard(records):
             doc = render_chain(chain, chain_seed(seed, str(chain[0]["id"])))
@@ -109,8 +96,8 @@ def synthesized_documents(inputs: Iterable[str | Path], seed: int, stats: Counte
 def raw_documents(inputs: Iterable[str | Path], stats: Counter, exclude: set[str] | None = None,
                   text_key: str = "text", id_key: str = "id", skip_bad_records: bool = False) -> Iterator[dict]:
     """Raw texts as documents, leaving out ids in ``exclude`` (texts that were converted)."""
-    for path in expand_inputs([str(p) for p in inputs]):
-        for rid, text in iter_texts(path, stats, text_key, id_key, skip_bad_records):
+    for f in expand_inputs(list(inputs)):
+        for rid, text in iter_texts(f, stats, text_key, id_key, skip_bad_records):
             if exclude and rid in exclude:
                 stats["excluded_converted"] += 1
                 continue
@@ -119,14 +106,16 @@ def raw_documents(inputs: Iterable[str | Path], stats: Counter, exclude: set[str
 
 def tuning_documents(inputs: Iterable[str | Path], seed: int, stats: Counter) -> Iterator[dict]:
     """The synthesizer's tuning examples ``{context|text, pairs}``, templated like synthesized chains."""
-    for path in expand_inputs([str(p) for p in inputs]):
-        for line, rec in _json_lines(path, stats):
+    for f in expand_inputs(list(inputs)):
+        for rec, where in iter_records(f):
             context = rec.get("context", rec.get("text"))
             pairs = rec.get("pairs")
             if not isinstance(context, str) or not isinstance(pairs, list):
-                raise InputError(f"{path}:{line}: a tuning example needs 'context' (or 'text') and 'pairs'")
+                field = "pairs" if isinstance(context, str) else "context"
+                raise DataError("a tuning example needs 'context' (or 'text') and 'pairs'", where=where,
+                                field=field)
             parsed = [Pair.from_dict(p) for p in pairs]
-            rid = str(rec.get("id", f"{path.stem}:{line}"))
+            rid = str(rec.get("id", f"{f.path.stem}:{_line(where)}"))
             doc = render_chain([(context, parsed)], chain_seed(seed, rid))
             stats[f"layout:{doc.layout}{'+inverted' if doc.inverted else ''}"] += 1
             yield {"id": rid, "text": doc.text, "layout": doc.layout}
@@ -141,13 +130,14 @@ def _first(rec: dict, keys: tuple[str, ...]) -> str | None:
 
 def instruction_documents(inputs: Iterable[str | Path], stats: Counter, skip_bad_records: bool = False) -> Iterator[dict]:
     """General instructions as ``{question} {response}`` (no chat template; system prompts dropped)."""
-    for path in expand_inputs([str(p) for p in inputs]):
-        for line, rec in _json_lines(path, stats):
+    for f in expand_inputs(list(inputs)):
+        for rec, where in iter_records(f):
             q, a = _first(rec, QUESTION_KEYS), _first(rec, RESPONSE_KEYS)
             if q is None or a is None:
-                msg = f"{path}:{line}: needs one of {QUESTION_KEYS} and one of {RESPONSE_KEYS}"
+                field = QUESTION_KEYS[0] if q is None else RESPONSE_KEYS[0]
+                msg = f"needs one of {QUESTION_KEYS} and one of {RESPONSE_KEYS}"
                 if not skip_bad_records:
-                    raise InputError(msg + " (skip_bad_records=true counts and skips it)")
+                    raise DataError(msg + " (skip_bad_records=true counts and skips it)", where=where, field=field)
                 stats["bad_records"] += 1
                 continue
-            yield {"id": str(rec.get("id", f"{path.stem}:{line}")), "text": render_instruction(q, a)}
+            yield {"id": str(rec.get("id", f"{f.path.stem}:{_line(where)}")), "text": render_instruction(q, a)}

@@ -29,9 +29,9 @@ from megatron_ipt.corpora.chains import (
     tuning_documents,
 )
 from megatron_ipt.corpora.quality import QualityConfig, QualityGate
+from megatron_ipt.data.readers import DataError, expand_inputs, iter_records
 from megatron_ipt.io import atomic_path, atomic_write_json, atomic_write_text
 from megatron_ipt.log import get_logger
-from megatron_ipt.synth.synthesize import expand_inputs
 
 log = get_logger(__name__)
 
@@ -88,11 +88,13 @@ def _write_documents(path: Path, docs: Iterator[dict]) -> dict:
 
 def _converted_ids(inputs: list[str]) -> set[str]:
     ids: set[str] = set()
-    for path in expand_inputs(inputs):
-        if path.name.endswith(".stats.json"):
+    for f in expand_inputs(inputs):
+        if f.path.name.endswith(".stats.json"):
             continue
-        with open(path, encoding="utf-8") as fh:
-            ids.update(str(json.loads(line)["id"]) for line in fh if line.strip())
+        for rec, where in iter_records(f):
+            if "id" not in rec:
+                raise DataError("a synthesized record needs it", where=where, field="id")
+            ids.add(str(rec["id"]))
     return ids
 
 

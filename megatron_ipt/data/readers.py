@@ -1,43 +1,70 @@
-"""Input corpora as a stream of raw records, and the per-record validation policy.
+"""Every file input of the project: JSON lines, parquet, folders, globs and saved ``datasets``.
 
-Inputs: ``.jsonl``, ``.jsonl.gz`` (also ``.json``/``.json.gz`` holding JSON lines), ``.parquet``, a
-directory of those (recursive, sorted), or a ``datasets`` dataset saved with ``save_to_disk``.
+Inputs: ``.jsonl`` / ``.json`` / ``.ndjson`` holding JSON lines, plain or compressed (``.gz``,
+``.zst``), ``.parquet``, a folder of those (recursive, sorted), a glob, or a ``datasets`` dataset
+saved with ``save_to_disk``. :func:`expand_inputs` turns input specs into :class:`InputFile` s.
 
-The reading process only splits files into records (raw bytes for JSON lines, Python objects for
-columnar files); decoding and validation (:func:`parse_record`) run in the tokenizing workers.
-File-level faults (truncated gzip, unreadable parquet) surface as :class:`FileFault`.
+Three ways to read them:
+
+- :func:`iter_records`: a stream of ``(record, where)`` with ``where`` = ``"file:line"`` (``"file:row"``
+  for columnar files); a bad line raises :class:`DataError` or, with ``skip_bad``, is counted.
+- :func:`scan_records`: the same stream with bad lines handed to the caller as
+  ``(where, None, DataError)`` (callers with their own skip policy); ``start``/``stop`` select a
+  line range ``[start, stop)`` (0-based line indices), read streaming.
+- :func:`read_records`: batches of raw payloads for the tokenizing workers (bytes for JSON lines,
+  decoded and validated there by :func:`parse_record`).
+
+Every error is a :class:`DataError` whose message names the file, the line and the field.
 """
 
 from __future__ import annotations
 
+import glob
 import gzip
+import io
 import json
 import zlib
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
+from megatron_ipt.log import get_logger
+
+log = get_logger(__name__)
+
+COMPRESSIONS = ("", ".gz", ".zst")
+JSONL_SUFFIXES = tuple(base + c for base in (".jsonl", ".json", ".ndjson") for c in COMPRESSIONS)
 PARQUET_SUFFIXES = (".parquet",)
+INPUT_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
+_GLOB_CHARS = frozenset("*?[")
 
 
 class DataError(ValueError):
-    """Bad input, with the file, line and field it concerns."""
+    """Bad input: ``file:line: field 'x': message``. ``reason`` names its skip category."""
+
+    def __init__(
+        self, message: str, *, where: str | None = None, field: str | None = None, reason: str = "bad_record"
+    ) -> None:
+        self.detail, self.where, self.field, self.reason = message, where, field, reason
+        loc = f"{where}: " if where else ""
+        loc += f"field '{field}': " if field else ""
+        super().__init__(loc + message)
 
 
-class FileFault(Exception):
+class FileFault(DataError):
     """A file that cannot be read any further (``reason`` is a skip category)."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason=reason)
 
 
-class BadRecord(Exception):
+class BadRecord(DataError):
+    """A record that does not validate; the caller adds file and line."""
+
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -54,7 +81,8 @@ def is_hf_dataset_dir(path: Path) -> bool:
     )
 
 
-def _kind_of(path: Path) -> str | None:
+def kind_of(path: Path) -> str | None:
+    """``"jsonl"``, ``"parquet"`` or None, from the file name."""
     name = path.name.lower()
     if name.endswith(JSONL_SUFFIXES):
         return "jsonl"
@@ -63,30 +91,246 @@ def _kind_of(path: Path) -> str | None:
     return None
 
 
-def expand_inputs(inputs: list[str | Path] | str | Path) -> list[InputFile]:
-    """Files to read, in order: explicit files as given, directories expanded recursively (sorted)."""
+def input_stem(path: Path) -> str:
+    """The file name without its input suffix (``a.jsonl.gz`` -> ``a``)."""
+    name = path.name
+    for suffix in sorted(INPUT_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _expand_dir(path: Path) -> list[InputFile]:
+    """A folder: its saved datasets and input files, recursively, sorted; files inside a saved
+    dataset (its ``state.json`` ...) belong to the dataset."""
+    hf_dirs = sorted(p for p in path.rglob("*") if is_hf_dataset_dir(p))
+    hf_dirs = [d for d in hf_dirs if not any(o in d.parents for o in hf_dirs)]
+    found = [
+        p for p in sorted(path.rglob("*"))
+        if p.is_file() and kind_of(p) and not any(d in p.parents for d in hf_dirs)
+    ]
+    return [InputFile(d, "hf_dataset") for d in hf_dirs] + [InputFile(p, kind_of(p) or "") for p in found]
+
+
+def _expand_one(path: Path, spec: str) -> list[InputFile]:
+    if is_hf_dataset_dir(path):
+        return [InputFile(path, "hf_dataset")]
+    if path.is_dir():
+        files = _expand_dir(path)
+        if not files:
+            raise DataError(f"{path}: directory holds no .jsonl, .jsonl.gz, .jsonl.zst or .parquet file",
+                            reason="no_input")
+        return files
+    if path.is_file():
+        kind = kind_of(path)
+        if kind is None:
+            raise DataError(f"{path}: unknown input type (want .jsonl, .jsonl.gz, .jsonl.zst, .parquet "
+                            "or a saved dataset folder)", reason="no_input")
+        return [InputFile(path, kind)]
+    raise DataError(f"{spec}: no such file or directory", reason="no_input")
+
+
+def expand_inputs(inputs: Iterable[str | Path] | str | Path) -> list[InputFile]:
+    """Files to read, in the order given: a file as is, a folder expanded recursively (sorted), a
+    glob (``*``, ``?``, ``[``; ``**`` recursive) to its sorted matches, a saved dataset folder as
+    one input. A file named twice is read once (first place kept)."""
     if isinstance(inputs, str | Path):
         inputs = [inputs]
     files: list[InputFile] = []
+    seen: set[Path] = set()
     for item in inputs:
-        path = Path(item)
-        if is_hf_dataset_dir(path):
-            files.append(InputFile(path, "hf_dataset"))
-        elif path.is_dir():
-            found = [p for p in sorted(path.rglob("*")) if p.is_file() and _kind_of(p)]
-            hf_dirs = sorted(p for p in path.iterdir() if is_hf_dataset_dir(p))
-            if not found and not hf_dirs:
-                raise DataError(f"{path}: directory holds no .jsonl, .jsonl.gz or .parquet file")
-            files.extend(InputFile(p, "hf_dataset") for p in hf_dirs)
-            files.extend(InputFile(p, _kind_of(p)) for p in found if not any(d in p.parents for d in hf_dirs))
-        elif path.is_file():
-            kind = _kind_of(path)
-            if kind is None:
-                raise DataError(f"{path}: unknown input type (want .jsonl, .jsonl.gz, .parquet)")
-            files.append(InputFile(path, kind))
+        spec = str(item)
+        path = Path(spec)
+        if not path.exists() and _GLOB_CHARS & set(spec):
+            matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
+            if not matches:
+                raise DataError(f"{spec}: the glob matches no file", reason="no_input")
+            # A glob names input files (or folders); anything else it matches, and the files
+            # inside a saved dataset, are left out.
+            hf_dirs = {m for m in matches if is_hf_dataset_dir(m)}
+            expanded = [
+                f for m in matches
+                if (m.is_dir() or kind_of(m)) and not any(p in hf_dirs or is_hf_dataset_dir(p) for p in m.parents)
+                for f in _expand_one(m, str(m))
+            ]
+            if not expanded:
+                raise DataError(f"{spec}: the glob matches no .jsonl, .jsonl.gz, .jsonl.zst or .parquet file",
+                                reason="no_input")
         else:
-            raise DataError(f"{path}: no such file or directory")
+            expanded = _expand_one(path, spec)
+        for f in expanded:
+            key = f.path.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(f)
     return files
+
+
+def as_input_file(source: InputFile | str | Path) -> InputFile:
+    """One input file (a path is classified as :func:`expand_inputs` would)."""
+    if isinstance(source, InputFile):
+        return source
+    files = expand_inputs([source])
+    if len(files) != 1:
+        raise DataError(f"{source}: expected one input file, found {len(files)}", reason="no_input")
+    return files[0]
+
+
+# --------------------------------------------------------------------------- compressed streams
+
+
+class _ZstdReader(io.RawIOBase):
+    """Decompresses a (multi-frame) zstd file; a frame cut short raises ``EOFError`` at its end
+    (``zstandard``'s own stream reader ends silently there)."""
+
+    def __init__(self, path: Path) -> None:
+        import zstandard
+
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._pending = b""
+        self._started = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        import zstandard
+
+        while not self._pending:
+            chunk = self._fh.read(1 << 17)
+            if not chunk:
+                if self._started and not self._obj.eof:
+                    raise EOFError("compressed file ended before the end-of-stream marker")
+                return 0
+            try:
+                while chunk:
+                    self._started = True
+                    self._pending += self._obj.decompress(chunk)
+                    chunk = b""
+                    if self._obj.eof:  # the next frame starts in the unused bytes
+                        chunk = self._obj.unused_data
+                        self._obj = self._dctx.decompressobj()
+                        self._started = bool(chunk)
+            except zstandard.ZstdError as err:
+                raise EOFError(f"corrupt zstd data ({err})") from err
+        n = min(len(buf), len(self._pending))
+        buf[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    """The decompressed bytes of a plain, ``.gz`` or ``.zst`` file."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if name.endswith(".zst"):
+        return io.BufferedReader(_ZstdReader(path), buffer_size=1 << 17)
+    return open(path, "rb")
+
+
+def _compression(path: Path) -> str:
+    name = path.name.lower()
+    return "zstd" if name.endswith(".zst") else "gzip" if name.endswith(".gz") else ""
+
+
+def _iter_lines(path: Path, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """``(line_number, raw_line)`` (1-based) of the 0-based line range ``[start, stop)``, blank lines
+    left out; a cut-short or corrupt file raises :class:`FileFault` naming the line it reached."""
+    line_no = 0
+    comp = _compression(path)
+    try:
+        with open_binary(path) as fh:
+            for line_no, line in enumerate(fh, 1):  # noqa: B007 - line_no is reported on faults
+                if line_no <= start:
+                    continue
+                if stop is not None and line_no > stop:
+                    return
+                if line.strip():
+                    yield line_no, line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise FileFault(f"truncated_{comp or 'file'}",
+                        f"{path}:{line_no + 1}: corrupt or truncated {comp or 'file'} ({err})") from err
+    except OSError as err:
+        raise FileFault("unreadable_file", f"{path}:{line_no + 1}: cannot read ({err})") from err
+
+
+def _decode_line(raw: bytes, where: str) -> tuple[dict | None, DataError | None]:
+    try:
+        obj = json.loads(raw)  # bytes: decoded as UTF-8 (strict) inside json
+    except UnicodeDecodeError as err:
+        return None, DataError(f"invalid UTF-8 at byte {err.start}", where=where, reason="invalid_utf8")
+    except json.JSONDecodeError as err:
+        return None, DataError(f"malformed JSON ({err.msg} at column {err.colno})", where=where,
+                               reason="malformed_json")
+    if not isinstance(obj, dict):
+        return None, DataError(f"a JSON {type(obj).__name__}, expected an object", where=where,
+                               reason="not_an_object")
+    return obj, None
+
+
+def scan_records(
+    source: InputFile | str | Path, start: int = 0, stop: int | None = None, columns: list[str] | None = None
+) -> Iterator[tuple[str, dict | None, DataError | None]]:
+    """``(where, record, None)`` per record, ``(where, None, error)`` per bad line, streaming.
+
+    ``start``/``stop``: the 0-based line (row) range ``[start, stop)``; ``columns``: the columns of
+    columnar files to read (default all). File faults raise :class:`FileFault`.
+    """
+    f = as_input_file(source)
+    if f.kind == "jsonl":
+        for line_no, raw in _iter_lines(f.path, start, stop):
+            where = f"{f.path}:{line_no}"
+            obj, err = _decode_line(raw, where)
+            yield where, obj, err
+        return
+    reader = _read_parquet if f.kind == "parquet" else _read_hf
+    for batch in reader(f.path, columns, start, 1000):
+        for row, rec in batch:
+            if stop is not None and row > stop:
+                return
+            yield f"{f.path}:{row}", rec, None
+
+
+def iter_records(
+    inputs: Iterable[InputFile | str | Path] | InputFile | str | Path,
+    skip_bad: bool = False,
+    stats: Counter | None = None,
+    columns: list[str] | None = None,
+) -> Iterator[tuple[dict, str]]:
+    """``(record, "file:line")`` over every input; a bad line raises :class:`DataError`, or with
+    ``skip_bad`` is counted in ``stats`` under its reason and skipped (with a warning)."""
+    if isinstance(inputs, InputFile | str | Path):
+        inputs = [inputs]
+    files = [f for s in inputs for f in ([s] if isinstance(s, InputFile) else expand_inputs([s]))]
+    for f in files:
+        for where, rec, err in scan_records(f, columns=columns):
+            if err is not None:
+                if not skip_bad:
+                    raise err
+                if stats is not None:
+                    stats[err.reason] += 1
+                log.warning("%s; skipped", err)
+                continue
+            assert rec is not None
+            yield rec, where
+
+
+def read_jsonl_lines(path: str | Path, start: int = 0, stop: int | None = None) -> Iterator[tuple[dict, str]]:
+    """The records of lines ``[start, stop)`` (0-based) of one JSON-lines file (plain, gz or zst),
+    streaming; a bad line raises :class:`DataError`."""
+    f = InputFile(Path(path), "jsonl")
+    for where, rec, err in scan_records(f, start, stop):
+        if err is not None:
+            raise err
+        assert rec is not None
+        yield rec, where
 
 
 def read_records(
@@ -106,38 +350,30 @@ def read_records(
 
 
 def _read_jsonl(path: Path, start: int, batch_size: int) -> Iterator[list[tuple[int, Any]]]:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     batch: list[tuple[int, Any]] = []
-    line_no = 0
     try:
-        with opener(path, "rb") as fh:
-            for line_no, line in enumerate(fh, 1):  # noqa: B007 - line_no is reported on faults
-                if line_no <= start or not line.strip():
-                    continue
-                batch.append((line_no, line))
-                if len(batch) >= batch_size:
-                    yield batch
-                    batch = []
-    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        for line_no, line in _iter_lines(path, start):
+            batch.append((line_no, line))
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+    except FileFault:
         if batch:
             yield batch
-        raise FileFault("truncated_gzip", f"{path}:{line_no + 1}: corrupt or truncated gzip ({err})") from err
-    except OSError as err:
-        if batch:
-            yield batch
-        raise FileFault("unreadable_file", f"{path}:{line_no + 1}: cannot read ({err})") from err
+        raise
     if batch:
         yield batch
 
 
 def _read_parquet(
-    path: Path, columns: list[str], start: int, batch_size: int
+    path: Path, columns: list[str] | None, start: int, batch_size: int
 ) -> Iterator[list[tuple[int, Any]]]:
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
-        present = [c for c in columns if c in pf.schema_arrow.names]
+        names = pf.schema_arrow.names
+        present = names if columns is None else [c for c in columns if c in names]
         row = 0
         for rb in pf.iter_batches(batch_size=batch_size, columns=present or None):
             rows = rb.to_pylist()
@@ -155,7 +391,9 @@ def _read_parquet(
         raise
 
 
-def _read_hf(path: Path, columns: list[str], start: int, batch_size: int) -> Iterator[list[tuple[int, Any]]]:
+def _read_hf(
+    path: Path, columns: list[str] | None, start: int, batch_size: int
+) -> Iterator[list[tuple[int, Any]]]:
     import datasets
 
     try:
@@ -165,14 +403,15 @@ def _read_hf(path: Path, columns: list[str], start: int, batch_size: int) -> Ite
     splits = [ds[k] for k in sorted(ds.keys())] if isinstance(ds, datasets.DatasetDict) else [ds]
     row = 0
     for split in splits:
-        present = [c for c in columns if c in split.column_names]
+        names = split.column_names
+        present = names if columns is None else [c for c in columns if c in names]
         n = len(split)
         for s in range(0, n, batch_size):
-            if row + min(batch_size, n - s) <= start:
-                row += min(batch_size, n - s)
+            size = min(batch_size, n - s)
+            if row + size <= start:
+                row += size
                 continue
             cols = split[s : s + batch_size]
-            size = min(batch_size, n - s)
             batch = []
             for i in range(size):
                 row += 1

@@ -29,19 +29,16 @@ import re
 import string
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from megatron_ipt.data.readers import DataError, iter_records
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER
 
 log = get_logger("megatron_ipt.eval.heldout")
-
-
-class EvalInputError(ValueError):
-    """A texts or tasks file that cannot be read; the message names file, line and field."""
 
 
 @dataclass(frozen=True)
@@ -78,32 +75,13 @@ def task_prompt(task: EvalTask) -> str:
 # --------------------------------------------------------------------------- input files
 
 
-def _iter_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
-    try:
-        fh = open(path, encoding="utf-8")
-    except OSError as err:
-        raise EvalInputError(f"{path}: cannot open: {err}") from err
-    with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalInputError(f"{path}:{lineno}: invalid JSON: {err}") from err
-            if not isinstance(obj, dict):
-                raise EvalInputError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, obj
-
-
 def read_texts(path: str | Path, key: str = "text", limit: int | None = None) -> list[str]:
-    """Texts from a JSONL file of ``{key: str}`` records."""
-    path = Path(path)
+    """Texts from a JSON-lines file of ``{key: str}`` records."""
     texts = []
-    for lineno, obj in _iter_jsonl(path):
+    for obj, where in iter_records(path):
         value = obj.get(key)
         if not isinstance(value, str) or not value.strip():
-            raise EvalInputError(f"{path}:{lineno}: field {key!r} missing, empty or not a string")
+            raise DataError("missing, empty or not a string", where=where, field=key)
         texts.append(value)
         if limit is not None and len(texts) >= limit:
             break
@@ -111,22 +89,22 @@ def read_texts(path: str | Path, key: str = "text", limit: int | None = None) ->
 
 
 def read_tasks(path: str | Path, limit: int | None = None) -> list[EvalTask]:
-    """Tasks from JSONL: ``{context, instruction, response[, dataset]}`` or
+    """Tasks from JSON lines: ``{context, instruction, response[, dataset]}`` or
     ``{context, pairs: [{instruction, response}, ...][, dataset]}`` (one task per pair)."""
-    path = Path(path)
     tasks: list[EvalTask] = []
-    for lineno, obj in _iter_jsonl(path):
+    for obj, where in iter_records(path):
         context = obj.get("context")
         if not isinstance(context, str) or not context.strip():
-            raise EvalInputError(f"{path}:{lineno}: field 'context' missing, empty or not a string")
+            raise DataError("missing, empty or not a string", where=where, field="context")
         pairs = obj["pairs"] if "pairs" in obj else [obj]
         if not isinstance(pairs, list):
-            raise EvalInputError(f"{path}:{lineno}: field 'pairs' must be a list")
+            raise DataError("must be a list", where=where, field="pairs")
         for j, pair in enumerate(pairs):
-            where = f"{path}:{lineno}: " + (f"pairs[{j}]." if "pairs" in obj else "field ")
             for key in ("instruction", "response"):
                 if not isinstance(pair, dict) or not isinstance(pair.get(key), str) or not pair[key].strip():
-                    raise EvalInputError(f"{where}{key!r} missing, empty or not a string")
+                    if "pairs" in obj:
+                        raise DataError(f"pairs[{j}].{key!r} missing, empty or not a string", where=where)
+                    raise DataError("missing, empty or not a string", where=where, field=key)
             tasks.append(EvalTask.from_pair(context, pair["instruction"], pair["response"], obj.get("dataset", "")))
             if limit is not None and len(tasks) >= limit:
                 return tasks
@@ -382,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         texts = read_texts(args.texts, args.text_key, args.limit_texts) if args.texts else []
         tasks = read_tasks(args.tasks, args.limit_tasks) if args.tasks else []
-    except EvalInputError as err:
+    except DataError as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2
     result = evaluate_model(args.model, texts, tasks, max_length=args.max_length,

@@ -10,8 +10,6 @@ partial file removed. A shard whose output exists is skipped on rerun.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import gzip
 import hashlib
 import json
 import os
@@ -22,6 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_ipt.config import ConfigError
+from megatron_ipt.data.readers import (
+    DataError,
+    InputFile,
+    as_input_file,
+    expand_inputs,
+    input_stem,
+    scan_records,
+)
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.engine_types import Engine
@@ -29,9 +35,6 @@ from megatron_ipt.synth.engines import EngineConfig
 from megatron_ipt.synth.rounds import Entry, RoundsConfig, run_rounds
 
 log = get_logger(__name__)
-
-INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
-
 
 @dataclass
 class SynthesizeConfig:
@@ -89,91 +92,47 @@ class SynthesizeConfig:
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class InputError(ValueError):
-    """A bad input record (names file, line and field)."""
-
-
-def expand_inputs(specs: list[str]) -> list[Path]:
-    """Files from paths, folders (their input files, sorted) and globs; sorted and deduplicated."""
-    files: set[Path] = set()
-    for spec in specs:
-        p = Path(spec)
-        if p.is_dir():
-            files.update(f for f in p.rglob("*") if f.is_file() and f.name.endswith(INPUT_SUFFIXES))
-        elif p.is_file():
-            files.add(p)
-        else:
-            matched = [Path(m) for m in glob.glob(spec, recursive=True)]
-            if not matched:
-                raise FileNotFoundError(f"input {spec!r} matches no file")
-            files.update(m for m in matched if m.is_file())
-    return sorted(files)
-
-
 def shard_stem(path: Path) -> str:
-    name = path.name
-    for suffix in sorted(INPUT_SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    return input_stem(path)
 
 
-def _raw_records(path: Path, stats: Counter) -> Iterator[tuple[int, dict | None, str | None]]:
-    """(line, record, error) for each line or row; bytes that are not UTF-8 are counted and skipped."""
-    if path.name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
-            yield i, row, None
-        return
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        for i, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                stats["bad_utf8"] += 1
-                log.warning("%s:%d: not UTF-8 (%s); skipped", path, i, err.reason)
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield i, None, f"invalid JSON ({err.msg})"
-                continue
-            yield i, obj if isinstance(obj, dict) else None, None if isinstance(obj, dict) else "not a JSON object"
-
-
-def iter_texts(path: Path, stats: Counter, text_key: str = "text", id_key: str = "id",
+def iter_texts(path: Path | InputFile, stats: Counter, text_key: str = "text", id_key: str = "id",
                skip_bad_records: bool = False) -> Iterator[tuple[str, str]]:
-    """``(id, text)`` records of one file: empty texts and repeated ids are counted and skipped;
-    a record without a text raises :class:`InputError` naming file and line (or is counted)."""
+    """``(id, text)`` records of one file: lines that are not UTF-8, empty texts and repeated ids are
+    counted and skipped; a record without a text raises :class:`DataError` naming file, line and
+    field (or, with ``skip_bad_records``, is counted)."""
+    f = as_input_file(path)
     seen: set[str] = set()
-    for line, obj, error in _raw_records(path, stats):
-        text = obj.get(text_key) if obj is not None else None
-        if error is None and not isinstance(text, str):
-            error = f"field {text_key!r} missing or not a string"
+    for where, obj, error in scan_records(f):
+        if error is not None and error.reason == "invalid_utf8":
+            stats["bad_utf8"] += 1
+            log.warning("%s; skipped", error)
+            continue
+        if error is None and obj is not None and not isinstance(obj.get(text_key), str):
+            error = DataError("missing or not a string", where=where, field=text_key, reason="missing_key")
         if error is not None:
             if not skip_bad_records:
-                raise InputError(f"{path}:{line}: {error} (skip_bad_records=true counts and skips it)")
+                raise DataError(f"{error.detail} (skip_bad_records=true counts and skips it)", where=error.where,
+                                field=error.field, reason=error.reason)
             stats["bad_records"] += 1
-            log.warning("%s:%d: %s; skipped", path, line, error)
+            log.warning("%s; skipped", error)
             continue
+        assert obj is not None
+        text = obj[text_key]
         rid = obj.get(id_key)
-        rid = f"{shard_stem(path)}:{line}" if rid is None else str(rid)
+        rid = f"{shard_stem(f.path)}:{where.rsplit(':', 1)[1]}" if rid is None else str(rid)
         if not text.strip():
             stats["empty_texts"] += 1
             continue
         if rid in seen:
             stats["duplicate_ids"] += 1
-            log.warning("%s:%d: id %r repeats an earlier record; skipped", path, line, rid)
+            log.warning("%s: id %r repeats an earlier record; skipped", where, rid)
             continue
         seen.add(rid)
         yield rid, text
 
 
-def read_texts(path: Path, cfg: SynthesizeConfig, stats: Counter) -> list[tuple[str, str]]:
+def read_texts(path: Path | InputFile, cfg: SynthesizeConfig, stats: Counter) -> list[tuple[str, str]]:
     """The texts of one shard this run converts (``fraction`` and ``limit`` applied)."""
     out: list[tuple[str, str]] = []
     for rid, text in iter_texts(path, stats, cfg.text_key, cfg.id_key, cfg.skip_bad_records):
@@ -335,7 +294,7 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
     cfg.validate()
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = my_shards(expand_inputs(cfg.inputs), cfg.shard_index, cfg.num_shards)
+    files = my_shards([f.path for f in expand_inputs(cfg.inputs)], cfg.shard_index, cfg.num_shards)
     stems = Counter(shard_stem(f) for f in files)
     clash = [s for s, c in stems.items() if c > 1]
     if clash:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from megatron_ipt.data.readers import InputFile, scan_records
 from megatron_ipt.synth.format import Pair
 from megatron_ipt.tuning.example import ConvertError, ConvertStats, Example
 from megatron_ipt.tuning.pubmed import iter_pubmed_records, mine_pubmed
@@ -66,28 +67,16 @@ def _qa_item(item: Any, where: str) -> Pair:
 
 
 def _jsonl_lines(path: Path, stats: ConvertStats, skip_bad: bool) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            stats.records += 1
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ConvertError(where, None, "a line must be a JSON object", "bad_json")
-            except json.JSONDecodeError as e:
-                err = ConvertError(where, None, f"invalid JSON: {e}", "bad_json")
-                if not skip_bad:
-                    raise err from e
-                stats.skip(err)
-                continue
-            except ConvertError as err:
-                if not skip_bad:
-                    raise
-                stats.skip(err)
-                continue
-            yield where, obj
+    for where, obj, bad in scan_records(InputFile(path, "jsonl")):
+        stats.records += 1
+        if bad is not None:
+            err = ConvertError(where, None, f"invalid JSON: {bad.detail}", "bad_json")
+            if not skip_bad:
+                raise err
+            stats.skip(err)
+            continue
+        assert obj is not None
+        yield where, obj
 
 
 def _guarded(make, where: str, stats: ConvertStats, skip_bad: bool) -> Example | None:
@@ -248,15 +237,11 @@ def detect_format(path: str | Path) -> str:
         return "pubmed"
     if name.endswith(".json"):
         return "squad"
-    if name.endswith(".jsonl"):
-        with open(p, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    try:
-                        keys = set(json.loads(line))
-                    except (json.JSONDecodeError, TypeError) as e:
-                        raise ConvertError(f"{p}:1", None, f"cannot detect format: {e}", "bad_json") from e
-                    return "collection" if "QA_list" in keys else "jsonl"
+    if name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
+        for where, obj, bad in scan_records(InputFile(p, "jsonl")):
+            if bad is not None or obj is None:
+                raise ConvertError(where, None, f"cannot detect format: {bad.detail if bad else ''}", "bad_json")
+            return "collection" if "QA_list" in obj else "jsonl"
         raise ConvertError(str(p), None, "empty file", "no_input")
     raise ConvertError(str(p), None, "unknown file type; pass --format", "no_input")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from megatron_ipt.data.readers import DataError
 from megatron_ipt.synth.format import Pair
 
 
@@ -31,13 +32,11 @@ class Example:
         return cls(d["dataset"], d["context"], [Pair.from_dict(p) for p in d["pairs"]], d.get("source", ""))
 
 
-class ConvertError(ValueError):
-    """Bad input, with its location: ``file:line: field 'x': message``."""
+class ConvertError(DataError):
+    """The readers' :class:`DataError`, spelled positionally: ``file:line: field 'x': message``."""
 
     def __init__(self, where: str, field_name: str | None, message: str, reason: str = "bad_record") -> None:
-        self.reason = reason
-        loc = f"{where}: field '{field_name}': " if field_name else f"{where}: "
-        super().__init__(loc + message)
+        super().__init__(message, where=where, field=field_name, reason=reason)
 
 
 @dataclass

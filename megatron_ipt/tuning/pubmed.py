@@ -15,7 +15,6 @@ output does not depend on record order.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import importlib.metadata
 import json
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from megatron_ipt.data.readers import InputFile, iter_records, open_binary
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.format import Pair, chain_of_thought, multiple_choice
@@ -152,10 +152,6 @@ def _record(article: ET.Element) -> PubmedRecord:
     )
 
 
-def _open(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
 def iter_pubmed_records(
     paths: Iterable[str | Path] | None = None,
     limit: int | None = None,
@@ -171,7 +167,7 @@ def iter_pubmed_records(
     n = 0
     with tqdm(desc="reading PubMed", unit="rec", disable=not progress) as bar:
         for path in files:
-            with _open(path) as fh:
+            with open_binary(path) as fh:
                 for _, el in ET.iterparse(fh, events=("end",)):
                     if el.tag != "PubmedArticle":
                         continue
@@ -200,8 +196,7 @@ def load_pubmed_records(
         cache = Path(cache)
         meta = cache.with_name(cache.name + ".meta.json")
         if cache.exists() and meta.exists() and json.loads(meta.read_text()) == key:
-            with open(cache) as fh:
-                return [PubmedRecord.from_dict(json.loads(line)) for line in fh]
+            return [PubmedRecord.from_dict(rec) for rec, _ in iter_records(InputFile(cache, "jsonl"))]
     records = list(iter_pubmed_records(files, limit=limit, progress=True))
     if cache is not None:
         with atomic_path(cache) as tmp, open(tmp, "w") as fh:

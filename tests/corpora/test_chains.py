@@ -15,7 +15,7 @@ from megatron_ipt.corpora.chains import (
     synthesized_documents,
     tuning_documents,
 )
-from megatron_ipt.synth.synthesize import InputError
+from megatron_ipt.data.readers import DataError
 
 
 def rec(i, rnd, slot, linked, n_pairs=1):
@@ -54,7 +54,7 @@ def test_synthesized_documents(tmp_path):
     assert [d["text"] for d in synthesized_documents([shard], seed=2, stats=Counter())] != [d["text"] for d in docs]
     assert chain_seed(1, "t0") != chain_seed(1, "t1")
     shard.write_text(json.dumps({"id": "x", "text": "y"}) + "\n")
-    with pytest.raises(InputError, match=r"s0.jsonl:1: .*'pairs'"):
+    with pytest.raises(DataError, match=r"s0.jsonl:1: .*'pairs'"):
         list(synthesized_documents([shard], 0, Counter()))
 
 
@@ -76,7 +76,7 @@ def test_tuning_and_instruction_documents(tmp_path):
     instr.write_text(json.dumps({"system_prompt": "You are helpful.", "question": "Add 2 and 2.", "response": "4"})
                      + "\n" + json.dumps({"instruction": "Say hi.", "output": "Hi!"}) + "\n"
                      + json.dumps({"question": "No answer."}) + "\n")
-    with pytest.raises(InputError, match=r"instr.jsonl:3"):
+    with pytest.raises(DataError, match=r"instr.jsonl:3"):
         list(instruction_documents([instr], Counter()))
     stats: Counter = Counter()
     docs = list(instruction_documents([instr], stats, skip_bad_records=True))

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
+from megatron_ipt.data.readers import DataError
 from megatron_ipt.eval.heldout import (
-    EvalInputError,
     EvalTask,
     answer_losses,
     choose_option,
@@ -103,14 +103,14 @@ def test_input_files(tmp_path):
     assert len(read_tasks(good, limit=2)) == 2
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"context": "c", "instruction": "q", "response": "a"}) + "\n{oops\n")
-    with pytest.raises(EvalInputError, match=r"bad.jsonl:2: invalid JSON"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2: malformed JSON"):
         read_tasks(bad)
     bad.write_text(json.dumps({"context": "c", "pairs": [{"instruction": "q"}]}) + "\n")
-    with pytest.raises(EvalInputError, match=r"bad.jsonl:1: pairs\[0\]\.'response'"):
+    with pytest.raises(DataError, match=r"bad.jsonl:1: pairs\[0\]\.'response'"):
         read_tasks(bad)
     texts = tmp_path / "texts.jsonl"
     texts.write_text(json.dumps({"text": "a"}) + "\n" + json.dumps({"body": "b"}) + "\n")
-    with pytest.raises(EvalInputError, match=r"texts.jsonl:2: field 'text'"):
+    with pytest.raises(DataError, match=r"texts.jsonl:2: field 'text'"):
         read_texts(texts)
 
 

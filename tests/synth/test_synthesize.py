@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 
+from megatron_ipt.data.readers import DataError
 from megatron_ipt.synth.engine_hf import HFEngine
 from megatron_ipt.synth.engines import EngineConfig
 from megatron_ipt.synth.synthesize import (
-    InputError,
     SynthesizeConfig,
     read_texts,
     selected,
@@ -124,7 +124,7 @@ def test_bad_input_is_counted_or_named(tmp_path):
     cfg = SynthesizeConfig(inputs=[str(path)], output_dir="x")
     from collections import Counter
 
-    with pytest.raises(InputError, match=r"bad\.jsonl\.gz:7: field 'text' missing"):
+    with pytest.raises(DataError, match=r"bad\.jsonl\.gz:7: field 'text': missing"):
         read_texts(path, cfg, Counter())
     cfg.skip_bad_records = True
     stats: Counter = Counter()
