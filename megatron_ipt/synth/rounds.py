@@ -6,6 +6,10 @@ when the chain is unbroken (the previous entry in the slot produced pairs) and t
 fits ``max_model_len - max_new_tokens`` counted in real tokens. Otherwise it is prompted alone.
 An entry is ``linked`` when it was prompted after a chain and produced at least one pair: a
 linked entry continues the previous entry's document.
+
+Failures are isolated per prompt: a prompt that cannot fit even after truncation, that the engine
+rejects or fails on, or whose output cannot be decoded or parsed becomes an entry with no pairs and
+a ``failure`` reason (counted in the stats; never a made-up output); the rest of its batch is kept.
 """
 
 from __future__ import annotations
@@ -16,9 +20,14 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from megatron_ipt.synth.engine_types import Engine, Generation, SamplingParams
+from megatron_ipt.log import get_logger
+from megatron_ipt.synth.engine_types import Engine, Generation, SamplingParams, check_prompt_lengths
 from megatron_ipt.synth.format import Pair, context_text, pairs_text, parse_pairs
 from megatron_ipt.tokenizer import Tokenizer
+
+log = get_logger(__name__)
+
+FAILURE_REASONS = ("too_long", "engine_error", "decode_error", "parse_error")
 
 
 @dataclass
@@ -33,14 +42,25 @@ class Entry:
     linked: bool = False
     stats: dict = field(default_factory=dict)  # per-entry counters (not part of the output record)
 
+    @property
+    def failure(self) -> str | None:
+        """Why this text got no synthesis at all (one of ``FAILURE_REASONS``), else None."""
+        return self.stats.get("failure")
+
     def record(self) -> dict:
-        return {"id": self.id, "text": self.text, "pairs": [p.to_dict() for p in self.pairs],
-                "round": self.round, "linked": self.linked, "slot": self.slot}
+        rec = {"id": self.id, "text": self.text, "pairs": [p.to_dict() for p in self.pairs],
+               "round": self.round, "linked": self.linked, "slot": self.slot}
+        if self.failure:
+            rec["failure"] = self.failure  # the text stays raw; no pair was made up for it
+        return rec
 
     @classmethod
     def from_record(cls, rec: dict) -> Entry:
+        stats = dict(rec.get("stats", {}))
+        if rec.get("failure"):
+            stats.setdefault("failure", rec["failure"])
         return cls(str(rec["id"]), rec["text"], [Pair.from_dict(p) for p in rec["pairs"]],
-                   int(rec["round"]), int(rec.get("slot", 0)), bool(rec["linked"]), dict(rec.get("stats", {})))
+                   int(rec["round"]), int(rec.get("slot", 0)), bool(rec["linked"]), stats)
 
 
 def chunk_layout(n: int, rounds: int) -> list[list[int]]:
@@ -178,12 +198,67 @@ def pairs_from_generations(gens: Sequence[Generation], max_pairs: int) -> tuple[
     return pairs, stats
 
 
+@dataclass(frozen=True)
+class PromptFailure:
+    """A prompt that produced no generation: ``reason`` is one of ``FAILURE_REASONS``."""
+
+    reason: str
+    message: str
+
+
+def _failure_of(err: Exception) -> PromptFailure:
+    if isinstance(err, UnicodeError):
+        reason = "decode_error"
+    elif isinstance(err, ValueError) and any(s in str(err) for s in ("max_model_len", "maximum model length")):
+        reason = "too_long"  # the engine's own length check (vLLM's wording or ours)
+    else:
+        reason = "engine_error"
+    return PromptFailure(reason, f"{type(err).__name__}: {err}"[:500])
+
+
+def generate_isolated(engine: Engine, prompts: Sequence[Sequence[int]],
+                      params: Sequence[SamplingParams]) -> list[list[Generation] | PromptFailure]:
+    """``engine.generate`` with failures kept to the prompt that caused them.
+
+    Prompts too long for the engine are failed up front (the engine would reject the whole batch);
+    if the batch call raises, each prompt is retried alone and only those that fail alone are
+    failed. When every prompt of a batch of two or more fails alone, the engine itself is broken
+    (out of memory, a dead device): that error is raised rather than recorded for every text.
+    """
+    results: list[list[Generation] | PromptFailure | None] = [None] * len(prompts)
+    ok: list[int] = []
+    for i, (ids, p) in enumerate(zip(prompts, params, strict=True)):
+        try:
+            check_prompt_lengths([ids], engine.max_model_len, [p])
+            ok.append(i)
+        except ValueError as err:
+            results[i] = PromptFailure("too_long", str(err).replace("prompt 0", "the prompt"))
+    if ok:
+        try:
+            outs = engine.generate([prompts[i] for i in ok], [params[i] for i in ok])
+            for i, gens in zip(ok, outs, strict=True):
+                results[i] = gens
+        except Exception as batch_err:  # noqa: BLE001 - any engine fault is isolated per prompt below
+            log.warning("a batch of %d prompts failed (%s); retrying each prompt alone", len(ok), batch_err)
+            errors: list[Exception] = []
+            for i in ok:
+                try:
+                    results[i] = engine.generate([prompts[i]], [params[i]])[0]
+                except Exception as err:  # noqa: BLE001
+                    errors.append(err)
+                    results[i] = _failure_of(err)
+            if len(ok) >= 2 and len(errors) == len(ok):
+                raise errors[0] from batch_err
+    return [r for r in results if r is not None]
+
+
 def synthesize_batch(engine: Engine, cfg: RoundsConfig, items: Sequence[tuple[str, str, int, int]],
                      histories: dict[int, list[Entry]], cache: dict[str, list[int]]) -> list[Entry]:
-    """Prompt one batch of ``(id, text, round, slot)`` and return their entries."""
+    """Prompt one batch of ``(id, text, round, slot)`` and return their entries (failed ones included)."""
     tok = engine.tokenizer
     budget = engine.max_model_len - cfg.max_new_tokens
-    prompts, chained, cut = [], [], []
+    prompts: list[list[int] | PromptFailure] = []
+    chained, cut = [], []
     for _, text, _, slot in items:
         chain = unbroken_chain(histories.get(slot, []))
         ids = build_prompt_ids(tok, chain, text, cache) if chain else None
@@ -191,22 +266,40 @@ def synthesize_batch(engine: Engine, cfg: RoundsConfig, items: Sequence[tuple[st
             prompts.append(ids)
             chained.append(True)
             cut.append(False)
-        else:
+            continue
+        chained.append(False)
+        try:
             alone, was_cut = fit_text(tok, text, budget)
-            prompts.append(alone)
-            chained.append(False)
-            cut.append(was_cut)
+        except ValueError as err:
+            prompts.append(PromptFailure("too_long", str(err)))
+            cut.append(False)
+            continue
+        prompts.append(alone)
+        cut.append(was_cut)
     params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                              n=cfg.n, seed=text_seed(cfg.seed, text_id), stop=cfg.stop,
                              repetition_penalty=cfg.repetition_penalty)
               for text_id, *_ in items]
-    outputs = engine.generate(prompts, params)
+    live = [j for j, ids in enumerate(prompts) if not isinstance(ids, PromptFailure)]
+    outputs: list[list[Generation] | PromptFailure] = list(prompts)  # failures stay as they are
+    for j, out in zip(live, generate_isolated(engine, [prompts[j] for j in live], [params[j] for j in live]),
+                      strict=True):
+        outputs[j] = out
     entries = []
-    for (text_id, text, rnd, slot), ids, was_chained, was_cut, gens in zip(
+    for (text_id, text, rnd, slot), ids, was_chained, was_cut, out in zip(
         items, prompts, chained, cut, outputs, strict=True
     ):
-        pairs, stats = pairs_from_generations(gens, cfg.max_pairs)
-        stats.update(prompt_tokens=len(ids), text_truncated=was_cut, chained=was_chained)
+        if not isinstance(out, PromptFailure):
+            try:
+                pairs, stats = pairs_from_generations(out, cfg.max_pairs)
+            except Exception as err:  # noqa: BLE001 - a parser bug must not take the batch down
+                out = PromptFailure("parse_error", f"{type(err).__name__}: {err}"[:500])
+        if isinstance(out, PromptFailure):
+            log.warning("text %r (round %d): %s: %s; kept raw, no pairs", text_id, rnd, out.reason, out.message)
+            stats = {"failure": out.reason, "error": out.message}
+            pairs = []
+        stats.update(prompt_tokens=0 if isinstance(out, PromptFailure) else len(ids), text_truncated=was_cut,
+                     chained=was_chained)
         entries.append(Entry(text_id, text, pairs, rnd, slot, was_chained and bool(pairs), stats))
     return entries
 

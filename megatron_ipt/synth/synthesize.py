@@ -179,8 +179,11 @@ def summarize(entries: list[Entry], input_stats: Counter, seconds: float) -> dic
     s: Counter = Counter()
     finish: Counter = Counter()
     hist: Counter = Counter()
+    failed: Counter = Counter()
     for e in entries:
         st = e.stats
+        if e.failure:
+            failed[e.failure] += 1
         hist[len(e.pairs)] += 1
         for key in ("malformed", "duplicates", "unfinished", "degenerate", "degenerate_pairs", "prompt_tokens",
                     "output_tokens", "capped"):
@@ -198,6 +201,8 @@ def summarize(entries: list[Entry], input_stats: Counter, seconds: float) -> dic
         "pairs_per_text": round(pairs / texts, 3) if texts else 0.0,
         "pairs_per_text_histogram": {str(k): hist[k] for k in sorted(hist)},
         "texts_without_pairs": hist[0],
+        "failed_texts": sum(failed.values()),  # no generation at all (kept raw, no pairs), by reason below
+        "failures": dict(sorted(failed.items())),
         "rounds": dict(sorted(Counter(str(e.round) for e in entries).items())),
         "chained": s["chained"],
         "linked": s["linked"],

@@ -145,3 +145,56 @@ def test_parquet_input_and_fraction(tmp_path):
     kept = read_texts(tmp_path / "p.parquet", cfg, stats)
     assert 25 <= len(kept) <= 55 and stats["not_selected"] == 200 - len(kept)
     assert [i for i, _ in kept] == [i for i in ids if selected(i, 0.2)]
+
+
+class OverstatedWindow:
+    """The real engine behind a runner told the window is 4,096 tokens when the model has 512: a
+    long text is then not truncated enough, and the real engine rejects its batch."""
+
+    def __init__(self, real):
+        self.real, self.tokenizer, self.max_model_len, self.calls = real, real.tokenizer, 4096, 0
+
+    def generate(self, prompts, params, show_progress=False):
+        self.calls += 1
+        return self.real.generate(prompts, params)
+
+
+def test_one_overlong_prompt_fails_alone(engine, mistral_tokenizer):
+    from megatron_ipt.synth.engine_types import SamplingParams
+    from megatron_ipt.synth.rounds import PromptFailure, generate_isolated
+
+    tok = mistral_tokenizer
+    ok = [[tok.bos_id, *tok.encode("The heart pumps blood.")], [tok.bos_id, *tok.encode("Cells divide.")]]
+    too_long = [tok.bos_id] + [100] * 600
+    params = [SamplingParams(max_new_tokens=6)] * 3
+    with pytest.raises(ValueError, match="max_model_len"):
+        engine.generate([ok[0], too_long, ok[1]], params)  # the engine alone rejects the whole batch
+    out = generate_isolated(engine, [ok[0], too_long, ok[1]], params)
+    assert isinstance(out[1], PromptFailure) and out[1].reason == "too_long" and "601 tokens" in out[1].message
+    alone = engine.generate(ok, params[:2])
+    assert [g[0].token_ids for g in (out[0], out[2])] == [g[0].token_ids for g in alone]
+
+
+def test_runner_keeps_the_batch_of_a_failed_prompt(tmp_path, tiny_dir, engine):
+    """One text whose prompt the real engine rejects: recorded with its reason, counted, no pairs; the
+    other texts of its batch come out exactly as in a run without it."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "s0.jsonl", 5)
+    with open(tmp_path / "in" / "s0.jsonl", "a") as fh:
+        fh.write(json.dumps({"id": "huge", "text": "protein " * 700}) + "\n")
+    cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", temperature=0.0, n=1, rounds=1, batch_texts=6)
+    wrapped = OverstatedWindow(engine)
+    stats = synthesize(cfg, wrapped)[str(tmp_path / "in" / "s0.jsonl")]
+    assert wrapped.calls == 1 + 6  # the batch, then each prompt alone
+    records = [json.loads(x) for x in (tmp_path / "out" / "s0.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [f"d{i}" for i in range(5)] + ["huge"]
+    assert records[-1]["failure"] == "too_long" and records[-1]["pairs"] == [] and not records[-1]["linked"]
+    assert all("failure" not in r for r in records[:-1])
+    assert stats["failed_texts"] == 1 and stats["failures"] == {"too_long": 1} and stats["texts"] == 6
+    assert stats["output_tokens"] == 5 * 8  # the failed prompt produced nothing, not a dummy
+
+    clean = tmp_path / "clean"
+    (clean / "in").mkdir(parents=True)
+    write_corpus(clean / "in" / "s0.jsonl", 5)
+    synthesize(make_cfg(clean, tiny_dir, clean / "out", temperature=0.0, n=1, rounds=1, batch_texts=6), engine)
+    assert (clean / "out" / "s0.jsonl").read_text().splitlines() == [json.dumps(r) for r in records[:-1]]
