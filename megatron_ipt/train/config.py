@@ -7,10 +7,28 @@ parts (ZeRO stage details, offload) and gets batch sizes, clipping and precision
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from megatron_ipt.train.data import TrainStream
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The batch arithmetic of a run on ``world`` ranks, computed and checked once."""
+
+    micro_batch: int  # samples per rank per forward
+    global_batch: int  # samples per optimizer step over all ranks
+    world: int  # data-parallel ranks
+    grad_accum: int  # micro-batches per rank per optimizer step
+    steps: int  # optimizer steps of the whole run
+
+    @property
+    def total_samples(self) -> int:
+        return self.steps * self.global_batch
 
 
 @dataclass
@@ -25,6 +43,18 @@ class DataConfig:
     # Where the data core caches blend/packing indices (null: next to the first train prefix).
     cache_dir: str | None = None
     num_workers: int = 0  # DataLoader worker processes per rank
+
+    def build_train(self, batch: BatchPlan, rank: int, consumed_samples: int = 0) -> TrainStream:
+        """This rank's stream of optimizer steps over ``train``, from ``consumed_samples`` on."""
+        from megatron_ipt.train.data import TrainStream
+
+        return TrainStream.from_config(self, batch, rank, consumed_samples)
+
+    def build_valid(self, batch: BatchPlan, eval_iters: int, rank: int) -> list[dict[str, Any]]:
+        """This rank's fixed held-out micro-batches over ``valid`` (the same at every evaluation)."""
+        from megatron_ipt.train.data import eval_batches
+
+        return eval_batches(self, batch, eval_iters, rank)
 
 
 @dataclass
@@ -97,11 +127,13 @@ class TrainConfig:
         if self.checkpoint.resume not in ("auto", "none") and not self.checkpoint.resume:
             raise ConfigError("checkpoint.resume must be auto, none or a checkpoint directory")
 
-    def grad_accum(self, world_size: int) -> int:
+    def batch_plan(self, world_size: int) -> BatchPlan:
+        """Micro/global batch, ranks and gradient accumulation: the one place they are derived."""
         per_step = self.micro_batch_size * world_size
-        if self.global_batch_size % per_step:
+        if world_size < 1 or self.global_batch_size % per_step:
             raise ConfigError(
                 f"global_batch_size={self.global_batch_size} is not divisible by micro_batch_size "
                 f"{self.micro_batch_size} x {world_size} ranks"
             )
-        return self.global_batch_size // per_step
+        return BatchPlan(self.micro_batch_size, self.global_batch_size, world_size,
+                         self.global_batch_size // per_step, self.steps)

@@ -15,8 +15,8 @@ import torch
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.data.blend import BlendError, parse_blend
-from megatron_ipt.data.loader import build_eval_loader, build_train_loader
-from megatron_ipt.train.config import DataConfig
+from megatron_ipt.data.loader import TrainLoader, build_eval_loader, build_train_loader
+from megatron_ipt.train.config import BatchPlan, DataConfig
 
 
 def check_blend(spec: Any, where: str) -> list[tuple[float, str]]:
@@ -39,16 +39,21 @@ def dataset_ids(batch: dict[str, Any]) -> torch.Tensor:
 class TrainStream:
     """``next_step()`` -> this rank's ``grad_accum`` micro-batches of the next optimizer step."""
 
-    def __init__(self, cfg: DataConfig, micro_batch: int, global_batch: int, total_steps: int, rank: int,
-                 world: int, consumed_samples: int = 0) -> None:
-        self.blend = check_blend(cfg.train, "data.train")
-        self.dataset_names = [p for _, p in self.blend]
-        self.grad_accum = global_batch // (micro_batch * world)
-        self.loader = build_train_loader(
-            self.blend, cfg.seq_len, micro_batch, total_steps * global_batch, dp_rank=rank, dp_size=world,
+    def __init__(self, blend: list[tuple[float, str]], loader: TrainLoader, grad_accum: int) -> None:
+        self.blend = blend
+        self.dataset_names = [p for _, p in blend]
+        self.loader = loader
+        self.grad_accum = grad_accum
+        self._it: Iterator[dict[str, Any]] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, batch: BatchPlan, rank: int, consumed_samples: int = 0) -> TrainStream:
+        blend = check_blend(cfg.train, "data.train")
+        loader = build_train_loader(
+            blend, cfg.seq_len, batch.micro_batch, batch.total_samples, dp_rank=rank, dp_size=batch.world,
             seed=cfg.seed, consumed_samples=consumed_samples, cache_dir=cfg.cache_dir, num_workers=cfg.num_workers,
         )
-        self._it: Iterator[dict[str, Any]] | None = None
+        return cls(blend, loader, batch.grad_accum)
 
     @property
     def fingerprint(self) -> str:
@@ -67,9 +72,9 @@ class TrainStream:
             raise RuntimeError(f"data ran out after {self.consumed_samples} samples") from err
 
 
-def eval_batches(cfg: DataConfig, micro_batch: int, n_micro: int, rank: int, world: int) -> list[dict[str, Any]]:
+def eval_batches(cfg: DataConfig, batch: BatchPlan, n_micro: int, rank: int) -> list[dict[str, Any]]:
     """The fixed held-out micro-batches of this rank (the same at every evaluation)."""
     blend = check_blend(cfg.valid, "data.valid")
-    loader = build_eval_loader(blend, cfg.seq_len, micro_batch, n_micro * micro_batch * world, dp_rank=rank,
-                               dp_size=world, cache_dir=cfg.cache_dir)
+    loader = build_eval_loader(blend, cfg.seq_len, batch.micro_batch, n_micro * batch.micro_batch * batch.world,
+                               dp_rank=rank, dp_size=batch.world, cache_dir=cfg.cache_dir)
     return list(loader)

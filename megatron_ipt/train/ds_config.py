@@ -36,7 +36,7 @@ def build_ds_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     ds.update(
         train_batch_size=cfg.global_batch_size,
         train_micro_batch_size_per_gpu=cfg.micro_batch_size,
-        gradient_accumulation_steps=cfg.grad_accum(world_size),
+        gradient_accumulation_steps=cfg.batch_plan(world_size).grad_accum,
         gradient_clipping=cfg.optim.grad_clip,
         bf16={"enabled": cfg.precision == "bf16"},
         steps_per_print=10**9,  # our own logger reports

@@ -22,7 +22,7 @@ from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.model.build import build_model, hf_config, model_shape
 from megatron_ipt.train import checkpoint as ckpt
 from megatron_ipt.train.config import TrainConfig
-from megatron_ipt.train.data import TrainStream, dataset_ids, eval_batches
+from megatron_ipt.train.data import TrainStream, dataset_ids
 from megatron_ipt.train.ds_config import build_ds_config, zero_stage
 from megatron_ipt.train.loss import backward_scale, global_token_count, masked_loss_sum
 from megatron_ipt.train.metrics import MetricsWriter, flops_per_token, peak_flops
@@ -76,12 +76,11 @@ def plan_run(cfg: TrainConfig, dist_env: DistEnv) -> Plan:
             f"{resume_from}: saved with global_batch_size={meta['global_batch_size']}, "
             f"this run uses {cfg.global_batch_size}"
         )
-    train = TrainStream(cfg.data, cfg.micro_batch_size, cfg.global_batch_size, cfg.steps, dist_env.rank,
-                        dist_env.world_size, meta.get("consumed_samples", 0))
+    batch = cfg.batch_plan(dist_env.world_size)
+    train = cfg.data.build_train(batch, dist_env.rank, meta.get("consumed_samples", 0))
     valid = None
     if cfg.data.valid not in (None, "", []) and cfg.logging.eval_interval:
-        valid = eval_batches(cfg.data, cfg.micro_batch_size, cfg.logging.eval_iters, dist_env.rank,
-                             dist_env.world_size)
+        valid = cfg.data.build_valid(batch, cfg.logging.eval_iters, dist_env.rank)
     if meta:
         ckpt.check_compatible(meta, _shape_of_config(cfg), train.fingerprint, cfg.checkpoint.allow_data_change,
                               resume_from)
@@ -124,7 +123,7 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
-        self.grad_accum = cfg.grad_accum(self.world)
+        self.grad_accum = plan.train.grad_accum
         self.step = 0
         self.tokens_per_dataset: dict[str, int] = {}
         if plan.resume_from is not None:

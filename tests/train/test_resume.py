@@ -71,7 +71,6 @@ def test_zero3_resume_reshard_and_export(tmp_path, pubmed_prefixes, train_job, m
     from megatron_ipt.config import load_config
     from megatron_ipt.model.build import build_model
     from megatron_ipt.train.config import TrainConfig
-    from megatron_ipt.train.data import eval_batches
     from megatron_ipt.train.export import consolidated_state_dict
     from megatron_ipt.train.loss import masked_loss_sum
 
@@ -81,7 +80,7 @@ def test_zero3_resume_reshard_and_export(tmp_path, pubmed_prefixes, train_job, m
     total = n = 0.0
     with torch.no_grad():
         for rank in range(2):
-            for mb in eval_batches(cfg.data, cfg.micro_batch_size, cfg.logging.eval_iters, rank, 2):
+            for mb in cfg.data.build_valid(cfg.batch_plan(2), cfg.logging.eval_iters, rank):
                 # use_cache=False: transformers only honours packed position_ids without a cache.
                 logits = hf(input_ids=mb["input_ids"], position_ids=mb["position_ids"], use_cache=False).logits
                 total += float(masked_loss_sum(logits, mb["labels"], mb["loss_mask"]))
