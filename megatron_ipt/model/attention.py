@@ -1,26 +1,35 @@
 """Document-aware attention for packed samples, plugged into transformers' attention registry.
 
 A packed sample holds several documents; ``position_ids`` restart at 0 where a document starts.
-The model is called with ``attention_mask=None``, so these functions receive no mask and derive the
-document boundaries from ``position_ids`` themselves: no token ever attends across a boundary.
+The model is called with ``attention_mask=None``; no token ever attends across a boundary.
+The boundaries come once per micro-batch as a :class:`PackedDocuments` (built by
+:func:`packed_documents` from the loader's ``cu_seqlens``/``max_seqlen``, passed to the model as the
+``packed_documents`` keyword, which transformers hands to every layer). Without it each layer derives
+them from ``position_ids`` itself (plain calls, tests), which costs a host sync per layer.
 
-- ``doc_sdpa``: block-diagonal causal mask + ``torch.nn.functional.scaled_dot_product_attention``
-  (CPU, and the reference).
-- ``doc_flash``: ``flash_attn_varlen_func`` over ``cu_seqlens`` (CUDA; flash-attn imported lazily).
+- ``doc_sdpa``: block-diagonal causal mask + ``scaled_dot_product_attention`` (CPU, and the reference).
+- ``doc_flex``: PyTorch FlexAttention with a document block mask (CUDA, compiled; no extra package).
+  On CPU it runs forward only, eagerly (torch has no FlexAttention backward on CPU).
+- ``doc_varlen``: PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` over ``cu_seqlens``
+  (CUDA, bf16/fp16, sm80+; no extra package).
+- ``doc_flash``: flash-attn's ``flash_attn_varlen_func`` over ``cu_seqlens`` (CUDA; imported lazily).
 
-Select with ``model.attention: auto | doc_sdpa | doc_flash | sdpa | eager``.
+Select with ``model.attention: auto | doc_sdpa | doc_flex | doc_varlen | doc_flash | sdpa | eager``;
+``auto`` never picks an attention that lets packed documents see each other.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-DOC_BACKENDS = ("doc_sdpa", "doc_flash")
+DOC_BACKENDS = ("doc_sdpa", "doc_flex", "doc_varlen", "doc_flash")
 CHOICES = ("auto", *DOC_BACKENDS, "sdpa", "eager")
+HALF = (torch.bfloat16, torch.float16)
 
 
 class AttentionBackendError(RuntimeError):
@@ -36,11 +45,13 @@ def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
 
 def block_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
     """(B, 1, S, S) boolean mask: True where query i may attend key j (same document, j <= i)."""
-    doc = document_ids(position_ids)
-    seq = position_ids.shape[1]
-    causal = torch.ones(seq, seq, dtype=torch.bool, device=position_ids.device).tril()
-    same_doc = doc[:, :, None] == doc[:, None, :]
-    return (same_doc & causal)[:, None, :, :]
+    return _mask_from_doc_ids(document_ids(position_ids))
+
+
+def _mask_from_doc_ids(doc: torch.Tensor) -> torch.Tensor:
+    seq = doc.shape[1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=doc.device).tril()
+    return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None, :, :]
 
 
 def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -54,12 +65,64 @@ def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tens
     return cu, int((cu[1:] - cu[:-1]).max().item())
 
 
+@dataclass
+class PackedDocuments:
+    """The document boundaries of one micro-batch, in the form its attention backend consumes."""
+
+    backend: str
+    batch: int
+    seq: int
+    cu_seqlens: torch.Tensor  # int32 (n+1,) on the compute device, offsets into the flattened batch
+    max_seqlen: int  # a host int: no device sync to read it
+    restarts: bool  # any row holds more than one document
+    mask: Any = None  # doc_sdpa (with restarts): (B, 1, S, S) bool; doc_flex: its BlockMask
+
+
+def packed_documents(
+    backend: str,
+    position_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
+    device: torch.device | str | None = None,
+) -> PackedDocuments:
+    """Boundaries of a (B, S) micro-batch for ``backend``, built once and shared by every layer.
+
+    With the loader's host-side ``cu_seqlens``/``max_seqlen`` nothing here waits on the device;
+    without them they are derived from ``position_ids`` (one sync, once per micro-batch).
+    """
+    device = torch.device(device) if device is not None else position_ids.device
+    b, s = position_ids.shape
+    if cu_seqlens is None or max_seqlen is None:
+        cu_seqlens, max_seqlen = cu_seqlens_from_position_ids(position_ids)
+    cu_host = cu_seqlens.to("cpu") if cu_seqlens.device.type != "cpu" else cu_seqlens
+    restarts = cu_host.numel() - 1 > b
+    docs = PackedDocuments(backend, b, s, cu_seqlens.to(device=device, dtype=torch.int32, non_blocking=True),
+                           int(max_seqlen), restarts)
+    if (backend == "doc_sdpa" and restarts) or backend == "doc_flex":
+        lengths = (cu_host[1:] - cu_host[:-1]).to(torch.int64)
+        doc = torch.repeat_interleave(torch.arange(lengths.numel()), lengths).reshape(b, s).to(device)
+        docs.mask = _mask_from_doc_ids(doc) if backend == "doc_sdpa" else _flex_block_mask(doc)
+    return docs
+
+
+def _documents(kwargs: dict[str, Any], query: torch.Tensor, backend: str) -> PackedDocuments:
+    docs = kwargs.get("packed_documents")
+    if isinstance(docs, PackedDocuments) and docs.backend == backend:
+        return docs
+    return packed_documents(backend, _positions(kwargs, query))
+
+
 def _positions(kwargs: dict[str, Any], query: torch.Tensor) -> torch.Tensor:
     pos = kwargs.get("position_ids")
     if pos is None:  # unpacked call (e.g. plain generation): one document per row
         b, _, s, _ = query.shape
         return torch.arange(s, device=query.device).expand(b, s)
     return pos.expand(query.shape[0], -1) if pos.shape[0] == 1 else pos
+
+
+def _no_cache(query: torch.Tensor, key: torch.Tensor, name: str) -> None:
+    if key.shape[2] != query.shape[2]:
+        raise AttentionBackendError(f"{name} is for training (no KV cache); use 'sdpa' for generation")
 
 
 def doc_sdpa_forward(
@@ -73,25 +136,106 @@ def doc_sdpa_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """Block-diagonal causal SDPA. q: (B, H, S, D), k/v: (B, KV, S, D) -> (B, S, H, D)."""
-    if key.shape[2] != query.shape[2]:
-        raise AttentionBackendError("doc_sdpa is for training (no KV cache); use 'sdpa' for generation")
-    pos = _positions(kwargs, query)
+    _no_cache(query, key, "doc_sdpa")
+    docs = _documents(kwargs, query, "doc_sdpa")
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:
         key = key.repeat_interleave(n_rep, dim=1)
         value = value.repeat_interleave(n_rep, dim=1)
-    restarts = bool((pos[:, 1:] == 0).any())
-    if restarts:
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=block_causal_mask(pos), dropout_p=dropout, scale=scaling
-        )
+    if docs.restarts:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=docs.mask, dropout_p=dropout,
+                                             scale=scaling)
     else:  # one document per row: plain causal attention is cheaper
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True)
     return out.transpose(1, 2).contiguous(), None
 
 
+# -- FlexAttention -----------------------------------------------------------------------------
+_compiled_flex: Any = None
+
+
+def _flex_block_mask(doc: torch.Tensor) -> Any:
+    """A BlockMask letting query q see key k when both lie in one document and k <= q."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_document_causal(b, h, q, k):  # noqa: ANN001 (FlexAttention's mask_mod signature)
+        return (doc[b, q] == doc[b, k]) & (q >= k)
+
+    b, s = doc.shape
+    return create_block_mask(same_document_causal, b, None, s, s, device=doc.device)
+
+
+def _flex() -> Any:
+    """flex_attention, compiled once per process on CUDA (eager it materializes the scores)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if _compiled_flex is None and torch.cuda.is_available():
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex or flex_attention
+
+
+def doc_flex_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """FlexAttention under the micro-batch's document block mask. -> (B, S, H, D)."""
+    _no_cache(query, key, "doc_flex")
+    if dropout:
+        raise AttentionBackendError("doc_flex has no attention dropout; set the model's attention_dropout to 0")
+    if query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
+        raise AttentionBackendError("doc_flex has no backward on CPU (a torch limit); train with doc_sdpa")
+    docs = _documents(kwargs, query, "doc_flex")
+    out = _flex()(query, key, value, block_mask=docs.mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+# -- varlen kernels over cu_seqlens ------------------------------------------------------------------
 def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
+
+
+def torch_varlen_available() -> bool:
+    """torch ships ``torch.nn.attention.varlen`` (a flash kernel; CUDA only)."""
+    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+
+
+def _varlen_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    b, h, s, d = query.shape
+    q = query.transpose(1, 2).reshape(b * s, h, d)
+    k = key.transpose(1, 2).reshape(b * s, key.shape[1], d)
+    v = value.transpose(1, 2).reshape(b * s, value.shape[1], d)
+    return q, k, v
+
+
+def doc_varlen_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """torch's ``varlen_attn`` (causal) over the documents of the flattened batch -> (B, S, H, D)."""
+    _no_cache(query, key, "doc_varlen")
+    if dropout:
+        raise AttentionBackendError("doc_varlen has no attention dropout; set the model's attention_dropout to 0")
+    from torch.nn.attention.varlen import varlen_attn
+
+    b, h, s, d = query.shape
+    docs = _documents(kwargs, query, "doc_varlen")
+    q, k, v = _varlen_inputs(query, key, value)
+    out = varlen_attn(q, k, v, docs.cu_seqlens, docs.cu_seqlens, docs.max_seqlen, docs.max_seqlen,
+                      scale=scaling, window_size=(-1, 0), enable_gqa=k.shape[1] != h)
+    return out.reshape(b, s, h, d), None
 
 
 def doc_flash_forward(
@@ -109,37 +253,54 @@ def doc_flash_forward(
         from flash_attn import flash_attn_varlen_func
     except ImportError as err:
         raise AttentionBackendError(
-            "model.attention=doc_flash needs flash-attn on a CUDA machine (pip install flash-attn); "
-            "use doc_sdpa on CPU"
+            "model.attention=doc_flash needs flash-attn on a CUDA machine (pip install flash-attn "
+            "--no-build-isolation); use doc_sdpa on CPU"
         ) from err
     b, h, s, d = query.shape
-    pos = _positions(kwargs, query)
-    cu, max_len = cu_seqlens_from_position_ids(pos)
-    q = query.transpose(1, 2).reshape(b * s, h, d)
-    k = key.transpose(1, 2).reshape(b * s, key.shape[1], d)
-    v = value.transpose(1, 2).reshape(b * s, value.shape[1], d)
-    out = flash_attn_varlen_func(
-        q, k, v, cu, cu, max_len, max_len, dropout_p=dropout, softmax_scale=scaling, causal=True
-    )
+    docs = _documents(kwargs, query, "doc_flash")
+    q, k, v = _varlen_inputs(query, key, value)
+    out = flash_attn_varlen_func(q, k, v, docs.cu_seqlens, docs.cu_seqlens, docs.max_seqlen, docs.max_seqlen,
+                                 dropout_p=dropout, softmax_scale=scaling, causal=True)
     return out.reshape(b, s, h, d), None
 
 
 def register_backends() -> None:
-    """Make ``doc_sdpa`` and ``doc_flash`` known to transformers (idempotent)."""
+    """Make the document backends known to transformers (idempotent)."""
     from transformers import AttentionInterface
 
     AttentionInterface.register("doc_sdpa", doc_sdpa_forward)
+    AttentionInterface.register("doc_flex", doc_flex_forward)
+    AttentionInterface.register("doc_varlen", doc_varlen_forward)
     AttentionInterface.register("doc_flash", doc_flash_forward)
 
 
-def resolve_backend(choice: str, device_type: str) -> str:
-    """``auto`` -> doc_flash on CUDA with flash-attn, else doc_sdpa; checks explicit choices."""
+def _cuda_sm80() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+
+
+def resolve_backend(choice: str, device_type: str, dtype: torch.dtype = torch.float32) -> str:
+    """The attention to build for ``device_type`` computing in ``dtype``; checks explicit choices.
+
+    ``auto``: CPU -> doc_sdpa; CUDA -> doc_flash (flash-attn installed, half precision), else
+    doc_varlen (torch's varlen kernel, half precision, sm80+), else doc_flex. All are document-masked.
+    """
     if choice not in CHOICES:
         raise AttentionBackendError(f"model.attention={choice!r}: expected one of {', '.join(CHOICES)}")
+    cuda, half = device_type == "cuda", dtype in HALF
     if choice == "auto":
-        return "doc_flash" if device_type == "cuda" and flash_attn_available() else "doc_sdpa"
-    if choice == "doc_flash" and not (device_type == "cuda" and flash_attn_available()):
+        if not cuda:
+            return "doc_sdpa"
+        if half and flash_attn_available():
+            return "doc_flash"
+        if half and torch_varlen_available() and _cuda_sm80():
+            return "doc_varlen"
+        return "doc_flex"
+    if choice == "doc_flash" and not (cuda and flash_attn_available()):
         raise AttentionBackendError(
             "model.attention=doc_flash needs CUDA and the flash-attn package; use doc_sdpa or auto"
+        )
+    if choice == "doc_varlen" and not (cuda and half and torch_varlen_available()):
+        raise AttentionBackendError(
+            "model.attention=doc_varlen needs CUDA, bf16/fp16 and torch.nn.attention.varlen; use auto"
         )
     return choice

@@ -69,15 +69,18 @@ def count_parameters(cfg: ModelConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_model(cfg: ModelConfig, device_type: str = "cpu", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def build_model(cfg: ModelConfig, device_type: str = "cpu", dtype: torch.dtype = torch.float32,
+                compute_dtype: torch.dtype | None = None) -> torch.nn.Module:
     """A fresh (or ``init_from``-loaded) causal LM in training mode with the resolved attention.
 
+    ``dtype`` is the construction dtype; ``compute_dtype`` (default: ``dtype``) the one training runs
+    in (DeepSpeed casts to bf16 later), which decides the attention ``auto`` picks.
     Call inside a live ``HfDeepSpeedConfig`` for ZeRO-3 partitioned construction.
     """
     from transformers import AutoModelForCausalLM
 
     register_backends()
-    attn = resolve_backend(cfg.attention, device_type)
+    attn = resolve_backend(cfg.attention, device_type, compute_dtype or dtype)
     hf = hf_config(cfg, attn)
     if cfg.init_from is not None:
         model = AutoModelForCausalLM.from_pretrained(cfg.init_from, config=hf, dtype=dtype)

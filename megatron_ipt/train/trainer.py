@@ -19,6 +19,7 @@ import torch.distributed as dist
 from megatron_ipt.config import ConfigError, save_config
 from megatron_ipt.launch import DistEnv, dist_env_from_environ, init_distributed
 from megatron_ipt.log import get_logger, setup_logging
+from megatron_ipt.model.attention import DOC_BACKENDS, packed_documents
 from megatron_ipt.model.build import build_model, hf_config, model_shape
 from megatron_ipt.train import checkpoint as ckpt
 from megatron_ipt.train.config import TrainConfig
@@ -115,7 +116,8 @@ class Trainer:
 
             # Kept alive on self: while it exists, from_config/from_pretrained build partitioned.
             self._hf_ds_config = HfDeepSpeedConfig(ds_config)
-        model = build_model(cfg.model, self.device.type)
+        model = build_model(cfg.model, self.device.type, compute_dtype=self.dtype)
+        self.attention = model.config._attn_implementation
         self.n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         self.shape = model_shape(model)
         optimizer = build_optimizer(model, cfg.optim)
@@ -142,9 +144,17 @@ class Trainer:
         self.peak = peak_flops(cfg.logging.peak_flops_per_device, self.device.type, self.dtype)
 
     # -- one optimizer step -------------------------------------------------------------------
+    def _model_inputs(self, mb: dict[str, Any]) -> dict[str, Any]:
+        """Model keywords of one micro-batch; document boundaries built here once, for every layer."""
+        inputs: dict[str, Any] = {"input_ids": mb["input_ids"].to(self.device),
+                                  "position_ids": mb["position_ids"].to(self.device)}
+        if self.attention in DOC_BACKENDS:  # from the loader's host-side cu_seqlens: no device sync
+            inputs["packed_documents"] = packed_documents(self.attention, mb["position_ids"], mb.get("cu_seqlens"),
+                                                          mb.get("max_seqlen"), self.device)
+        return inputs
+
     def _forward_loss_sum(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.engine(input_ids=mb["input_ids"].to(self.device), position_ids=mb["position_ids"].to(self.device),
-                          attention_mask=None, use_cache=False)
+        out = self.engine(**self._model_inputs(mb), attention_mask=None, use_cache=False)
         return masked_loss_sum(out.logits, mb["labels"].to(self.device), mb["loss_mask"].to(self.device))
 
     def train_step(self) -> dict[str, float]:
