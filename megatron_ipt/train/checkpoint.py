@@ -5,6 +5,12 @@ rank 0 and marks the checkpoint complete, so a kill mid-save never leaves a "lat
 load. Every rank calls the save (it is a collective); only file bookkeeping is rank-0 work.
 A checkpoint saved on a different number of ranks is converted once to DeepSpeed's universal
 format (``step_00000100_universal/``) and loaded with ``checkpoint.load_universal``.
+
+Trust: checkpoint files are pickles, and unpickling can run code. Our own files (RNG states) hold
+tensors and plain values only and are read with ``torch.load(weights_only=True)``. DeepSpeed's own
+loader unpickles its shards without that guard, so before it runs, :func:`check_checkpoint` scans the
+pickle of every ``.pt`` file (without loading tensor data) and refuses any global outside
+:data:`SAFE_GLOBALS`. Even so, load checkpoints only from sources you trust.
 """
 
 from __future__ import annotations
@@ -28,6 +34,16 @@ log = get_logger(__name__)
 
 META = "meta.json"
 _TAG = re.compile(r"^step_(\d{8})$")
+_RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_(model|optim)_states\.pt$")
+# Non-tensor classes DeepSpeed pickles into its shards (ZeRO stage enum, loss scaler, bf16
+# fragment addresses); anything else in a checkpoint pickle is refused before DeepSpeed loads it.
+SAFE_GLOBALS = frozenset({
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+})
+REQUIRED_META = ("step", "global_batch_size", "world_size")
 
 
 class CheckpointError(ValueError):
@@ -60,22 +76,119 @@ def read_meta(tag_dir: str | Path) -> dict[str, Any]:
     path = Path(tag_dir) / META
     if not path.is_file():
         raise CheckpointError(f"{tag_dir}: not a complete checkpoint (no {META})")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: empty, truncated or corrupt ({err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: a JSON {type(meta).__name__}, expected an object")
+    missing = [k for k in REQUIRED_META if not isinstance(meta.get(k), int)]
+    if missing:
+        raise CheckpointError(f"{path}: key {missing[0]!r} missing or not an integer")
+    return meta
+
+
+def unsafe_globals(path: Path) -> list[str]:
+    """Globals the pickle in ``path`` would import that are not plain tensors/containers or
+    :data:`SAFE_GLOBALS`; reads only the pickle, not the tensor data."""
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    try:
+        found = get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as err:  # a truncated zip, a legacy/non-torch file, ...
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint file ({_one_line(err)})") from None
+    return sorted(set(found) - SAFE_GLOBALS)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def check_checkpoint(tag_dir: Path, meta: dict[str, Any]) -> None:
+    """Every shard and RNG file of the saved world size is present, intact and free of unknown
+    pickled globals (checked before DeepSpeed's unguarded loader touches any of them)."""
+    world = int(meta["world_size"])
+    files = sorted(tag_dir.glob("*.pt"))
+    names = {p.name for p in files}
+    missing_rng = [f"rng_rank{r}.pt" for r in range(world) if f"rng_rank{r}.pt" not in names]
+    if missing_rng:
+        raise CheckpointError(f"{tag_dir}: per-rank RNG file {missing_rng[0]} is missing "
+                              f"(saved on {world} ranks): the checkpoint is incomplete")
+    stage = int(meta.get("zero_stage", 1))
+    if stage in (0, 1, 2) and "mp_rank_00_model_states.pt" not in names:
+        raise CheckpointError(f"{tag_dir}: model shard mp_rank_00_model_states.pt is missing")
+    kinds = ("model", "optim") if stage == 3 else ("optim",) if stage else ()
+    for kind in kinds:
+        ranks = {int(m.group(1)) for p in files if (m := _RANK_FILE.search(p.name)) and m.group(2) == kind}
+        absent = sorted(set(range(world)) - ranks)
+        if absent:
+            raise CheckpointError(f"{tag_dir}: ZeRO-{stage} {kind} shard of rank {absent[0]} is missing "
+                                  f"(saved on {world} ranks)")
+    for path in files:
+        bad = unsafe_globals(path)
+        if bad:
+            raise CheckpointError(f"{path}: refused to load: its pickle imports {', '.join(bad[:3])} "
+                                  "(not a tensor or a known DeepSpeed class; load only trusted checkpoints)")
+
+
+def resumable_checkpoint(ckpt_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that is complete and intact; corrupt newer ones are skipped with a warning.
+
+    None when there is no checkpoint; an error when there are some but none of them loads.
+    """
+    found = list_checkpoints(ckpt_dir)
+    problems = []
+    for _, tag_dir in reversed(found):
+        try:
+            meta = read_meta(tag_dir)
+            check_checkpoint(tag_dir, meta)
+        except CheckpointError as err:
+            log.warning("checkpoint: skipping %s: %s", tag_dir.name, err)
+            problems.append(str(err))
+            continue
+        return tag_dir, meta
+    if problems:
+        raise CheckpointError(f"{ckpt_dir}: no intact checkpoint to resume from (newest: {problems[0]}); "
+                              "set checkpoint.resume=none to start over")
+    return None
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as tensors and plain values only (loadable with weights_only=True)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py_version, torch.tensor(py_state, dtype=torch.int64), py_gauss],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss),
+                  float(np_gauss)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py_version, py_state, py_gauss = state["python"]
+    random.setstate((py_version, tuple(int(x) for x in py_state.tolist()), py_gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def load_rng_file(path: Path) -> dict[str, Any]:
+    """Read an RNG file with ``weights_only=True``: a crafted pickle is refused, never run."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for foreign globals, RuntimeError for a torn zip, ...
+        raise CheckpointError(f"{path}: refused to load the RNG state ({_one_line(err)}); "
+                              "checkpoints must come from a trusted source") from None
+    if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= set(state):
+        raise CheckpointError(f"{path}: not an RNG state file (keys python, numpy, torch expected)")
+    return state
 
 
 def _barrier() -> None:
@@ -133,9 +246,8 @@ def load_checkpoint(engine: Any, tag_dir: Path, universal: bool) -> None:
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {target}")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    rng_file = tag_dir / f"rng_rank{rank}.pt"
-    if not universal and rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+    if not universal:  # a resharded resume draws new RNG streams; same ranks restore them exactly
+        set_rng_state(load_rng_file(tag_dir / f"rng_rank{rank}.pt"))
     log.info("checkpoint: resumed from %s%s", tag_dir, " (universal)" if universal else "")
 
 

@@ -18,7 +18,7 @@ import torch
 
 from megatron_ipt.io import atomic_dir
 from megatron_ipt.log import get_logger, setup_logging
-from megatron_ipt.train.checkpoint import CheckpointError, latest_checkpoint, read_meta
+from megatron_ipt.train.checkpoint import CheckpointError, check_checkpoint, latest_checkpoint, read_meta
 
 log = get_logger(__name__)
 
@@ -36,7 +36,7 @@ def resolve_tag_dir(path: str | Path) -> Path:
 def consolidated_state_dict(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
     """Full fp32 weights gathered from the ZeRO shards (stage 0: the module states file)."""
     if zero_stage == 0:
-        states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
         return {k: v.float() for k, v in states["module"].items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -66,6 +66,8 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, dtype: str = "bfloa
 
     tag_dir = resolve_tag_dir(ckpt)
     meta = read_meta(tag_dir)
+    # DeepSpeed's consolidation unpickles without a guard: scan every shard's pickle first.
+    check_checkpoint(tag_dir, meta)
     out = Path(out_dir)
     hf_cfg: dict[str, Any] = dict(meta["hf_config"])
     model_type = hf_cfg.pop("model_type")

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from megatron_ipt.io import atomic_write_text
 from megatron_ipt.log import get_logger
 
 log = get_logger(__name__)
@@ -61,6 +62,27 @@ class MetricsWriter:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def truncate_after(self, step: int) -> int:
+        """Drop records of steps after ``step`` (redone after a resume); returns how many went."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record_step = json.loads(line).get("step", 0)
+            except (json.JSONDecodeError, AttributeError):
+                dropped += 1  # a line torn by a kill mid-write
+                continue
+            if isinstance(record_step, int) and record_step > step:
+                dropped += 1
+            else:
+                kept.append(line + "\n")
+        if dropped:
+            atomic_write_text(self.path, "".join(kept))
+            log.info("metrics: dropped %d records after step %d from %s (those steps are redone)",
+                     dropped, step, self.path)
+        return dropped
 
     def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
         if not self.enabled:

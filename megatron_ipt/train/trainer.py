@@ -67,11 +67,15 @@ def plan_run(cfg: TrainConfig, dist_env: DistEnv) -> Plan:
     _check_model_fits(cfg, tokenizer)
     ds_config = build_ds_config(cfg, dist_env.world_size)
     resume_from: Path | None = None
+    meta: dict[str, Any] = {}
     if cfg.checkpoint.resume == "auto":
-        resume_from = ckpt.latest_checkpoint(cfg.checkpoint.dir)
+        found = ckpt.resumable_checkpoint(cfg.checkpoint.dir)  # skips corrupt newer ones, with a warning
+        if found is not None:
+            resume_from, meta = found
     elif cfg.checkpoint.resume != "none":
         resume_from = Path(cfg.checkpoint.resume)
-    meta = ckpt.read_meta(resume_from) if resume_from is not None else {}
+        meta = ckpt.read_meta(resume_from)
+        ckpt.check_checkpoint(resume_from, meta)
     if meta and meta["global_batch_size"] != cfg.global_batch_size:
         raise ckpt.CheckpointError(
             f"{resume_from}: saved with global_batch_size={meta['global_batch_size']}, "
@@ -135,6 +139,8 @@ class Trainer:
         self.data = plan.train
         self.run_dir = Path(cfg.run_dir)
         self.metrics = MetricsWriter(self.run_dir, self.rank == 0, cfg.logging.tensorboard)
+        # Steps after the checkpoint are redone: drop their records so no step is logged twice.
+        self.metrics.truncate_after(self.step)
         hf = model.config
         attn_dim = hf.num_attention_heads * (getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads)
         # Input-embedding lookups are not matmuls: leave them out of the 6N term.

@@ -58,6 +58,14 @@ def _fake_checkpoint(root: Path, cfg: TrainConfig, fingerprint: str) -> Path:
     meta = {"step": 4, "consumed_samples": 32, "global_batch_size": cfg.global_batch_size, "world_size": 1,
             "model_shape": _shape_of_config(cfg), "data_fingerprint": fingerprint}
     (tag / "meta.json").write_text(json.dumps(meta))
+    # The files of a complete 1-rank ZeRO-1 checkpoint (contents are not loaded by plan_run).
+    import torch
+
+    from megatron_ipt.train.checkpoint import rng_state
+
+    torch.save(rng_state(), tag / "rng_rank0.pt")
+    torch.save({"module": {}}, tag / "mp_rank_00_model_states.pt")
+    torch.save({}, tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
     return tag
 
 
