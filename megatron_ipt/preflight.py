@@ -15,39 +15,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from megatron_ipt.data.blend import Blend
 from megatron_ipt.launch import LaunchError, slurm_master
-
-
-def _blend_prefixes(blend: object) -> list[str]:
-    """Dataset prefixes named by a blend in any of the config's forms (weights dropped)."""
-    if blend in (None, "", []):
-        return []
-    items: list[object]
-    if isinstance(blend, str):
-        items = list(blend.split())
-    elif isinstance(blend, (list, tuple)):
-        items = []
-        for item in blend:
-            items.extend(item if isinstance(item, (list, tuple)) else [item])
-    else:
-        raise LaunchError(f"cannot read data blend {blend!r}")
-    prefixes = []
-    for item in items:
-        if isinstance(item, (int, float)):
-            continue
-        try:
-            float(str(item))
-        except ValueError:
-            prefixes.append(str(item))
-    return prefixes
-
-
-def missing_prefix(prefix: str) -> str | None:
-    """Why an indexed-dataset prefix is unusable, or None when PREFIX.bin and PREFIX.idx exist."""
-    missing = [ext for ext in (".bin", ".idx") if not Path(prefix + ext).is_file()]
-    if missing:
-        return f"data prefix {prefix!r}: missing {', '.join(prefix + e for e in missing)}"
-    return None
 
 
 def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
@@ -61,10 +30,9 @@ def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
         return [f"training config: {err}"]
     problems = []
     for field_name in ("train", "valid"):
-        for prefix in _blend_prefixes(getattr(cfg.data, field_name)):
-            why = missing_prefix(prefix)
-            if why:
-                problems.append(f"data.{field_name}: {why}")
+        blend = Blend.optional(getattr(cfg.data, field_name), f"data.{field_name}")  # validated by load_config
+        if blend is not None:
+            problems += blend.missing(f"data.{field_name}")
     if cfg.model.init_from and not Path(cfg.model.init_from).is_dir():
         problems.append(f"model.init_from: checkpoint directory {cfg.model.init_from!r} does not exist")
     if cfg.checkpoint.resume not in ("auto", "none") and not Path(cfg.checkpoint.resume).exists():
@@ -90,9 +58,7 @@ def preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]
         if not Path(path).is_dir():
             problems.append(f"required directory {path!r} does not exist")
     for prefix in args.require_prefix:
-        why = missing_prefix(prefix)
-        if why:
-            problems.append(why)
+        problems += Blend.parse(prefix, "--require-prefix").missing()
     if args.train_config:
         problems += check_train_config(args.train_config, args.overrides)
     exports: list[str] = []

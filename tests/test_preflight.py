@@ -81,3 +81,29 @@ def test_preflight_rejects_overrides_without_config(capsys) -> None:
     with pytest.raises(SystemExit):
         preflight.main(["preflight", "--steps=3"])
     assert "unrecognized arguments: --steps=3" in capsys.readouterr().err
+
+
+def test_preflight_checks_a_yaml_list_of_weight_prefix_entries(monkeypatch, capsys, tiny_prefix, repo_root,
+                                                                tmp_path) -> None:
+    """The form build_corpora's blend.yaml and hand-written configs use: each prefix itself is checked."""
+    import yaml
+
+    _clear_slurm(monkeypatch)
+    monkeypatch.chdir(repo_root)
+    missing = str(tmp_path / "absent_text_document")
+    run = tmp_path / "run.yaml"
+
+    def write(train: list) -> str:
+        run.write_text(yaml.safe_dump({"include": [str(repo_root / "configs" / "tiny.yaml")], "data": {"train": train}}))
+        return str(run)
+
+    good = [{"weight": 0.25, "prefix": tiny_prefix}, {"weight": 0.75, "prefix": tiny_prefix}]
+    assert preflight.main(["preflight", "--train-config", write(good)]) == 0
+    capsys.readouterr()
+    rc = preflight.main(["preflight", "--train-config", write([good[0], {"weight": 0.75, "prefix": missing}])])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"data.train: data prefix '{missing}': missing {missing}.bin, {missing}.idx" in err
+    assert "weight" not in err and tiny_prefix + "'" not in err  # only the absent prefix, by its own path
+    rc = preflight.main(["preflight", "--train-config", write([{"weight": -1, "prefix": tiny_prefix}])])
+    assert rc == 2 and f"data.train: blend weight for {tiny_prefix} must be positive, got -1" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from megatron_ipt.corpora.chains import (
     tuning_documents,
 )
 from megatron_ipt.corpora.quality import QualityConfig, QualityGate
+from megatron_ipt.data.blend import Blend
 from megatron_ipt.data.readers import DataError, expand_inputs, iter_records
 from megatron_ipt.io import atomic_path, atomic_write_json, atomic_write_text
 from megatron_ipt.log import get_logger
@@ -193,12 +194,12 @@ def build_corpora(cfg: CorporaConfig) -> dict:
         components["instruct"]["quality"] = {"pairs_checked": quality.checked,
                                               "pairs_dropped": sum(quality.drops.values()),
                                               "dropped": dict(sorted(quality.drops.items(), key=lambda kv: -kv[1]))}
-    blend = [[weights[k], components[k]["prefix"]] for k in components if k in weights]
+    blend = Blend.parse([[weights[k], components[k]["prefix"]] for k in components if k in weights], "mixture")
     atomic_write_text(out / "blend.yaml", "# written by data_tools.build_corpora: include it in a training config\n"
-                      + yaml.safe_dump({"data": {"train": blend}}, sort_keys=False))
+                      + yaml.safe_dump({"data": {"train": blend.to_yaml()}}, sort_keys=False))
     report = {"recipe": cfg.recipe, "tokenizer": cfg.tokenizer, "total_tokens": total_tokens,
-              "components": components, "blend": blend, "synthesis": synthesis_totals(cfg.synthesized),
-              "train_override": "--data.train=" + json.dumps(" ".join(f"{w} {p}" for w, p in blend))}
+              "components": components, "blend": [list(e) for e in blend], "synthesis": synthesis_totals(cfg.synthesized),
+              "train_override": "--data.train=" + json.dumps(blend.to_megatron())}
     atomic_write_json(out / "mixture_report.json", report)
     atomic_write_text(out / "mixture_report.md", report_markdown(report))
     return report

@@ -11,55 +11,147 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from megatron_ipt.data.indexed import IndexedDataset
+from megatron_ipt.config import ConfigError
+from megatron_ipt.data.indexed import IndexedDataset, missing_files
 from megatron_ipt.data.packing import INDEX_VERSION, PackedDataset, cached_arrays, sizes_digest
 from megatron_ipt.log import get_logger
 
 log = get_logger(__name__)
 
-Blend = list[tuple[float, str]]
+class BlendError(ConfigError):
+    """A blend spec that cannot be parsed or used (names the config key it came from)."""
 
 
-class BlendError(ValueError):
-    """A blend spec that cannot be parsed or used."""
+def _weight(value: Any, prefix: str, where: str) -> float:
+    if isinstance(value, bool):
+        raise BlendError(f"{where}: blend weight for {prefix} is not a number: {value!r}")
+    try:
+        w = float(value)
+    except (TypeError, ValueError):
+        raise BlendError(f"{where}: blend weight for {prefix} is not a number: {value!r}") from None
+    if not math.isfinite(w) or w <= 0:  # a zero weight would never be drawn: say so instead
+        raise BlendError(f"{where}: blend weight for {prefix} must be positive, got {value!r}")
+    return w
 
 
-def parse_blend(spec: Any) -> Blend:
-    """Accept ``"0.7 a 0.3 b"``, ``"a"``, ``["0.7", "a", ...]``, ``[[0.7, "a"], ...]``, ``[{"weight", "prefix"}]``."""
-    if isinstance(spec, str | Path):
-        spec = str(spec).split()
-    if not isinstance(spec, list | tuple) or not spec:
-        raise BlendError(f"blend must be a non-empty string or list, got {spec!r}")
-    if all(isinstance(x, dict) for x in spec):
-        try:
-            pairs = [(float(x["weight"]), str(x["prefix"])) for x in spec]
-        except (KeyError, TypeError, ValueError) as err:
-            raise BlendError(f"blend entries need 'weight' and 'prefix': {spec!r}") from err
-    elif all(isinstance(x, list | tuple) for x in spec):
-        try:
-            pairs = [(float(w), str(p)) for w, p in spec]
-        except (TypeError, ValueError) as err:
-            raise BlendError(f"blend pairs must be (weight, prefix): {spec!r}") from err
-    else:
-        items = [str(x) for x in spec]
-        if len(items) == 1:
-            pairs = [(1.0, items[0])]
-        elif len(items) % 2:
-            raise BlendError(f"blend needs 'weight prefix' pairs, got an odd count: {' '.join(items)}")
+def _prefix(value: Any, where: str) -> str:
+    if not isinstance(value, str | Path) or not str(value).strip():
+        raise BlendError(f"{where}: blend prefix must be a path, got {value!r}")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Blend:
+    """A validated blend: ``(weight, prefix)`` entries with finite, positive weights (so their sum is
+    too). Made by :meth:`parse` from any spelling a config or command line uses."""
+
+    entries: tuple[tuple[float, str], ...]
+
+    @classmethod
+    def parse(cls, spec: Any, where: str = "blend") -> Blend:
+        """Accept a :class:`Blend`, one prefix, Megatron's ``"0.3 A 0.7 B"`` (also as a list of
+        strings), ``[[w, prefix], ...]`` and YAML lists of ``{weight, prefix}`` mappings.
+
+        ``where`` (a config key, a file) starts every error message.
+        """
+        if isinstance(spec, Blend):
+            return spec
+        if isinstance(spec, str | Path):
+            spec = str(spec).split()
+        if not isinstance(spec, list | tuple) or not spec:
+            raise BlendError(f"{where}: a blend must be a non-empty string or list, got {spec!r}")
+        if all(isinstance(x, dict) for x in spec):
+            entries = []
+            for x in spec:
+                if set(x) != {"weight", "prefix"}:
+                    raise BlendError(f"{where}: blend entries need exactly 'weight' and 'prefix', got {x!r}")
+                p = _prefix(x["prefix"], where)
+                entries.append((_weight(x["weight"], p, where), p))
+        elif all(isinstance(x, list | tuple) for x in spec):
+            entries = []
+            for x in spec:
+                if len(x) != 2:
+                    raise BlendError(f"{where}: blend pairs must be [weight, prefix], got {x!r}")
+                p = _prefix(x[1], where)
+                entries.append((_weight(x[0], p, where), p))
+        elif any(isinstance(x, dict | list | tuple) for x in spec):
+            raise BlendError(f"{where}: a blend list mixes entry forms: {spec!r}")
         else:
-            try:
-                pairs = [(float(items[i]), items[i + 1]) for i in range(0, len(items), 2)]
-            except ValueError as err:
-                raise BlendError(f"blend weight is not a number in {' '.join(items)!r}") from err
-    for w, p in pairs:
-        if not np.isfinite(w) or w <= 0:
-            raise BlendError(f"blend weight for {p} must be positive, got {w}")
-    return pairs
+            items = [str(x) for x in spec]
+            if len(items) == 1:
+                entries = [(1.0, _prefix(items[0], where))]
+            elif len(items) % 2:
+                raise BlendError(f"{where}: a blend needs 'weight prefix' pairs, got an odd count: {' '.join(items)}")
+            else:
+                entries = [(_weight(items[i], items[i + 1], where), _prefix(items[i + 1], where))
+                           for i in range(0, len(items), 2)]
+        return cls(tuple(entries))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Blend:
+        """The ``data.train`` blend of a YAML file such as ``build_corpora``'s ``blend.yaml``."""
+        import yaml
+
+        try:
+            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as err:
+            raise BlendError(f"{path}: cannot read the blend file ({err})") from err
+        train = doc.get("data", {}).get("train") if isinstance(doc, dict) and isinstance(doc.get("data"), dict) else None
+        if train is None:
+            raise BlendError(f"{path}: no data.train blend in it")
+        return cls.parse(train, f"{path}: data.train")
+
+    @classmethod
+    def optional(cls, spec: Any, where: str = "blend") -> Blend | None:
+        """None for an unset blend (``None``, ``""``, ``[]``), else :meth:`parse`."""
+        return None if spec is None or (isinstance(spec, str | list | tuple) and not spec) else cls.parse(spec, where)
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return tuple(w for w, _ in self.entries)
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        return tuple(p for _, p in self.entries)
+
+    def __iter__(self) -> Iterator[tuple[float, str]]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def missing(self, where: str = "") -> list[str]:
+        """One problem line per prefix whose ``.bin``/``.idx`` is not there (empty: all exist)."""
+        lead = f"{where}: " if where else ""
+        out = []
+        for p in dict.fromkeys(self.prefixes):
+            files = missing_files(p)
+            if files:
+                out.append(f"{lead}data prefix {p!r}: missing {', '.join(files)}")
+        return out
+
+    def check_exists(self, where: str = "blend") -> Blend:
+        """This blend, or a :class:`BlendError` naming every missing file."""
+        problems = self.missing(where)
+        if problems:
+            raise BlendError("; ".join(problems))
+        return self
+
+    def to_megatron(self) -> str:
+        """Megatron's spelling: ``"0.3 A 0.7 B"``."""
+        return " ".join(f"{w} {p}" for w, p in self.entries)
+
+    def to_yaml(self) -> list[dict[str, Any]]:
+        """The YAML form: a list of ``{weight, prefix}`` mappings."""
+        return [{"weight": w, "prefix": p} for w, p in self.entries]
 
 
 def blend_indices(weights: np.ndarray, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,17 +182,17 @@ class BlendedDataset:
         shuffle: bool = True,
         cache_dir: str | Path | None = None,
     ) -> None:
-        self.blend = parse_blend(blend)
+        self.blend = Blend.parse(blend)
         self.seq_len = int(seq_len)
         self.seed = seed
         self.shuffle = shuffle
-        weights = np.array([w for w, _ in self.blend], dtype=np.float64)
+        weights = np.array(self.blend.weights, dtype=np.float64)
         self.weights = weights / weights.sum()
-        self.indexed = [IndexedDataset(p) for _, p in self.blend]
+        self.indexed = [IndexedDataset(p) for p in self.blend.prefixes]
         if num_samples is None:  # one pass over the blend's tokens
             num_samples = max(sum(ds.n_tokens for ds in self.indexed) // self.seq_len, 1)
         self.num_samples = int(num_samples)
-        self.cache_dir = Path(cache_dir) if cache_dir else Path(self.blend[0][1]).parent / "index-cache"
+        self.cache_dir = Path(cache_dir) if cache_dir else Path(self.blend.prefixes[0]).parent / "index-cache"
         self.fingerprint = self._fingerprint()
         arrays = cached_arrays(
             self.cache_dir,

@@ -63,8 +63,13 @@ def lossmask_prefix(prefix: str | Path) -> str:
     return f"{prefix}_lossmask"
 
 
+def missing_files(prefix: str | Path) -> list[str]:
+    """The files of the indexed dataset ``prefix`` that are not there (``PREFIX.bin``, ``PREFIX.idx``)."""
+    return [str(p) for p in (bin_path(prefix), idx_path(prefix)) if not p.is_file()]
+
+
 def exists(prefix: str | Path) -> bool:
-    return bin_path(prefix).is_file() and idx_path(prefix).is_file()
+    return not missing_files(prefix)
 
 
 def _fsync(path: Path) -> None:

@@ -127,19 +127,13 @@ def build_domain_corpus(paths: DemoPaths, start: str) -> dict:
 
 
 def blend_of(path: str) -> str:
-    """The trainer's ``data.train`` value from a blend YAML (``data.train: [[w, prefix], ...]``)."""
-    import yaml
+    """The trainer's ``data.train`` value (Megatron's ``"w prefix ..."``) from a blend YAML."""
+    from megatron_ipt.data.blend import Blend, BlendError
 
-    data = yaml.safe_load(Path(path).read_text())
-    train = data.get("data", {}).get("train") if isinstance(data, dict) else None
-    if not train:
-        raise DemoError(f"{path}: no data.train blend in it")
-    if isinstance(train, list):
-        flat: list[str] = []
-        for item in train:
-            flat += [str(x) for x in item] if isinstance(item, list) else [str(item)]
-        return " ".join(flat)
-    return str(train)
+    try:
+        return Blend.load(path).to_megatron()
+    except BlendError as err:
+        raise DemoError(str(err)) from err
 
 
 # ------------------------------------------------------------------ stage 5: continual pre-training

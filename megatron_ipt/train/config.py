@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from megatron_ipt.config import ConfigError
+from megatron_ipt.data.blend import Blend
 from megatron_ipt.model.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class BatchPlan:
 
 @dataclass
 class DataConfig:
-    # Blend of indexed-dataset prefixes: "0.7 a 0.3 b", [0.7, a, 0.3, b], or [a, b] (equal weights).
+    # Blend of indexed-dataset prefixes: a prefix, "0.7 a 0.3 b", [[0.7, a], [0.3, b]] or [{weight, prefix}, ...].
     train: Any = None
     # Held-out blend for periodic evaluation (null: no evaluation).
     valid: Any = None
@@ -117,6 +118,8 @@ class TrainConfig:
         self.model.validate()
         if self.data.train in (None, "", []):
             raise ConfigError("data.train is required: an indexed-dataset prefix or blend (--data.train=PREFIX)")
+        Blend.parse(self.data.train, "data.train")  # spelling and weights; files are checked where read
+        Blend.optional(self.data.valid, "data.valid")
         for name in ("steps", "micro_batch_size", "global_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

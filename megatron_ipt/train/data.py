@@ -8,28 +8,13 @@ from the data core's ``TrainLoader`` (Megatron sharding over a global sample ord
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from megatron_ipt.config import ConfigError
-from megatron_ipt.data.blend import BlendError, parse_blend
+from megatron_ipt.data.blend import Blend
 from megatron_ipt.data.loader import TrainLoader, build_eval_loader, build_train_loader
 from megatron_ipt.train.config import BatchPlan, DataConfig
-
-
-def check_blend(spec: Any, where: str) -> list[tuple[float, str]]:
-    """Parse a blend and check every prefix's .bin/.idx exists (a clear error before compute)."""
-    try:
-        blend = parse_blend(spec)
-    except BlendError as err:
-        raise ConfigError(f"{where}: {err}") from err
-    for _, prefix in blend:
-        for ext in (".bin", ".idx"):
-            if not Path(prefix + ext).is_file():
-                raise ConfigError(f"{where}: indexed dataset {prefix}{ext} not found")
-    return blend
 
 
 def dataset_ids(batch: dict[str, Any]) -> torch.Tensor:
@@ -39,16 +24,16 @@ def dataset_ids(batch: dict[str, Any]) -> torch.Tensor:
 class TrainStream:
     """``next_step()`` -> this rank's ``grad_accum`` micro-batches of the next optimizer step."""
 
-    def __init__(self, blend: list[tuple[float, str]], loader: TrainLoader, grad_accum: int) -> None:
+    def __init__(self, blend: Blend, loader: TrainLoader, grad_accum: int) -> None:
         self.blend = blend
-        self.dataset_names = [p for _, p in blend]
+        self.dataset_names = list(blend.prefixes)
         self.loader = loader
         self.grad_accum = grad_accum
         self._it: Iterator[dict[str, Any]] | None = None
 
     @classmethod
     def from_config(cls, cfg: DataConfig, batch: BatchPlan, rank: int, consumed_samples: int = 0) -> TrainStream:
-        blend = check_blend(cfg.train, "data.train")
+        blend = Blend.parse(cfg.train, "data.train").check_exists("data.train")
         loader = build_train_loader(
             blend, cfg.seq_len, batch.micro_batch, batch.total_samples, dp_rank=rank, dp_size=batch.world,
             seed=cfg.seed, consumed_samples=consumed_samples, cache_dir=cfg.cache_dir, num_workers=cfg.num_workers,
@@ -74,7 +59,7 @@ class TrainStream:
 
 def eval_batches(cfg: DataConfig, batch: BatchPlan, n_micro: int, rank: int) -> list[dict[str, Any]]:
     """The fixed held-out micro-batches of this rank (the same at every evaluation)."""
-    blend = check_blend(cfg.valid, "data.valid")
+    blend = Blend.parse(cfg.valid, "data.valid").check_exists("data.valid")
     loader = build_eval_loader(blend, cfg.seq_len, batch.micro_batch, n_micro * batch.micro_batch * batch.world,
                                dp_rank=rank, dp_size=batch.world, cache_dir=cfg.cache_dir)
     return list(loader)

@@ -10,7 +10,7 @@ import yaml
 
 from megatron_ipt.config import ConfigError, load_config
 from megatron_ipt.corpora.recipes import CorporaConfig, build_corpora
-from megatron_ipt.data.blend import parse_blend
+from megatron_ipt.data.blend import Blend
 from megatron_ipt.data.indexed import IndexedDataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,17 +61,19 @@ def test_domain_recipe(tmp_path, mistral_tokenizer):
     assert [w for w, _ in report["blend"]] == [0.5, 0.5]
     assert comps["instructions"]["repeat"] > 1
     blend_file = tmp_path / "out" / "blend.yaml"
-    assert parse_blend(yaml.safe_load(blend_file.read_text())["data"]["train"]) == [tuple(b) for b in report["blend"]]
+    assert yaml.safe_load(blend_file.read_text())["data"]["train"] == [
+        {"weight": w, "prefix": p} for w, p in report["blend"]]
+    assert list(Blend.load(blend_file)) == [tuple(b) for b in report["blend"]]
     assert "instruct" in (tmp_path / "out" / "mixture_report.md").read_text()
 
     # The trainer's config accepts the blend file as an include.
     from megatron_ipt.train.config import TrainConfig
-    from megatron_ipt.train.data import check_blend
 
     run = tmp_path / "run.yaml"
     run.write_text(yaml.safe_dump({"include": [str(REPO / "configs" / "tiny.yaml"), str(blend_file)]}))
     train_cfg = load_config(TrainConfig, run)
-    assert check_blend(train_cfg.data.train, "data.train") == [tuple(b) for b in report["blend"]]
+    blend = Blend.parse(train_cfg.data.train, "data.train").check_exists()
+    assert list(blend) == [tuple(b) for b in report["blend"]]
 
 
 def test_general_recipe(tmp_path):

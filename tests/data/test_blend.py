@@ -6,25 +6,91 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from megatron_ipt.data.blend import BlendedDataset, BlendError, blend_indices, parse_blend
+from megatron_ipt.config import ConfigError
+from megatron_ipt.data.blend import Blend, BlendedDataset, BlendError, blend_indices
 
 
-def test_parse_blend_forms() -> None:
-    want = [(0.7, "a"), (0.3, "b")]
-    assert parse_blend("0.7 a 0.3 b") == want
-    assert parse_blend(["0.7", "a", "0.3", "b"]) == want
-    assert parse_blend([[0.7, "a"], [0.3, "b"]]) == want
-    assert parse_blend([{"weight": 0.7, "prefix": "a"}, {"weight": 0.3, "prefix": "b"}]) == want
-    assert parse_blend("only/prefix") == [(1.0, "only/prefix")]
-    for bad, msg in [
-        ("0.7 a 0.3", "odd count"),
-        ("x a", "not a number"),
-        ("-1 a", "positive"),
-        ([], "non-empty"),
+def test_blend_parse_every_spelling() -> None:
+    want = ((0.7, "a"), (0.3, "b"))
+    for spec in [
+        "0.7 a 0.3 b",  # Megatron's string
+        ["0.7", "a", "0.3", "b"],  # the same, split (a command line's nargs)
+        [[0.7, "a"], [0.3, "b"]],  # [[w, p], ...] (JSON / YAML)
+        ((0.7, "a"), (0.3, "b")),
+        [{"weight": 0.7, "prefix": "a"}, {"prefix": "b", "weight": "0.3"}],  # YAML {weight, prefix} mappings
     ]:
-        with pytest.raises(BlendError, match=msg):
-            parse_blend(bad)
+        blend = Blend.parse(spec)
+        assert blend.entries == want and list(blend) == list(want), spec
+        assert blend.weights == (0.7, 0.3) and blend.prefixes == ("a", "b") and len(blend) == 2
+    assert Blend.parse("only/prefix").entries == ((1.0, "only/prefix"),)
+    assert Blend.parse(Path("only/prefix")).entries == ((1.0, "only/prefix"),)
+    assert Blend.parse(["only/prefix"]).entries == ((1.0, "only/prefix"),)
+    assert Blend.parse([[2, "a"]]).entries == ((2.0, "a"),)  # weights need not sum to one
+    blend = Blend.parse("0.7 a 0.3 b")
+    assert Blend.parse(blend) is blend  # parsed once: a Blend passes through
+    assert Blend.parse(blend.to_megatron()) == blend == Blend.parse(blend.to_yaml())
+    assert blend.to_megatron() == "0.7 a 0.3 b"
+    assert blend.to_yaml() == [{"weight": 0.7, "prefix": "a"}, {"weight": 0.3, "prefix": "b"}]
+    assert Blend.optional(None) is None and Blend.optional("") is None and Blend.optional([]) is None
+    assert Blend.optional("a") == Blend.parse("a")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("0.7 a 0.3", "data.train: a blend needs 'weight prefix' pairs, got an odd count: 0.7 a 0.3"),
+        ("x a", "data.train: blend weight for a is not a number: 'x'"),
+        ([["x", "a"]], "data.train: blend weight for a is not a number: 'x'"),
+        ([{"weight": "heavy", "prefix": "a"}], "data.train: blend weight for a is not a number: 'heavy'"),
+        ([{"weight": True, "prefix": "a"}], "data.train: blend weight for a is not a number: True"),
+        ([[None, "a"]], "data.train: blend weight for a is not a number: None"),
+        ("-1 a", "data.train: blend weight for a must be positive, got '-1'"),
+        ([[0.5, "a"], [-0.5, "b"]], "data.train: blend weight for b must be positive, got -0.5"),
+        ([{"weight": -2, "prefix": "a"}], "data.train: blend weight for a must be positive, got -2"),
+        ("0 a 0 b", "data.train: blend weight for a must be positive, got '0'"),  # a zero sum
+        ([[0.0, "a"]], "data.train: blend weight for a must be positive, got 0.0"),
+        ("nan a", "data.train: blend weight for a must be positive, got 'nan'"),
+        ("inf a", "data.train: blend weight for a must be positive, got 'inf'"),
+        ([], "data.train: a blend must be a non-empty string or list, got []"),
+        ("", "data.train: a blend must be a non-empty string or list, got []"),
+        (None, "data.train: a blend must be a non-empty string or list, got None"),
+        (3, "data.train: a blend must be a non-empty string or list, got 3"),
+        ([{"weight": 1}], "data.train: blend entries need exactly 'weight' and 'prefix', got {'weight': 1}"),
+        ([{"weight": 1, "prefix": "a", "extra": 2}], "blend entries need exactly 'weight' and 'prefix'"),
+        ([[0.5, "a", "b"]], "data.train: blend pairs must be [weight, prefix], got [0.5, 'a', 'b']"),
+        ([[0.5, 3]], "data.train: blend prefix must be a path, got 3"),
+        ([[0.5, "a"], "b"], "data.train: a blend list mixes entry forms"),
+    ],
+)
+def test_blend_parse_rejects(spec: object, message: str) -> None:
+    with pytest.raises(BlendError) as err:
+        Blend.parse(spec, "data.train")
+    assert message in str(err.value)
+    assert isinstance(err.value, ConfigError)  # command lines report it like any bad config value
+
+
+def test_blend_prefix_existence_and_blend_file(tmp_path: Path, make_ds) -> None:
+    present = str(tmp_path / "present")
+    make_ds(Path(present), 3, seed=0)
+    absent = str(tmp_path / "absent")
+    blend = Blend.parse([[0.5, present], [0.5, absent]])
+    assert blend.missing("data.train") == [f"data.train: data prefix '{absent}': missing {absent}.bin, {absent}.idx"]
+    with pytest.raises(BlendError, match=f"data.valid: data prefix '{absent}'"):
+        blend.check_exists("data.valid")
+    assert Blend.parse(present).check_exists().prefixes == (present,)
+    Path(absent + ".bin").write_bytes(b"")
+    assert blend.missing() == [f"data prefix '{absent}': missing {absent}.idx"]
+    f = tmp_path / "blend.yaml"
+    f.write_text(yaml.safe_dump({"data": {"train": blend.to_yaml()}}))
+    assert Blend.load(f) == blend
+    f.write_text(yaml.safe_dump({"data": {"train": [{"weight": -1, "prefix": present}]}}))
+    with pytest.raises(BlendError, match=rf"{f}: data.train: blend weight for .* must be positive"):
+        Blend.load(f)
+    f.write_text("data: {seq_len: 8}\n")
+    with pytest.raises(BlendError, match=rf"{f}: no data.train blend"):
+        Blend.load(f)
 
 
 def test_blend_indices_proportions_and_prefix_balance() -> None:

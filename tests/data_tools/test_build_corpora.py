@@ -7,7 +7,7 @@ import json
 import yaml
 
 from data_tools import build_corpora
-from megatron_ipt.data.blend import parse_blend
+from megatron_ipt.data.blend import Blend
 from megatron_ipt.data.indexed import IndexedDataset
 
 
@@ -36,7 +36,7 @@ def test_general_recipe_cli(tmp_path, capsys):
     assert build_corpora.main(argv) == 0
     printed = capsys.readouterr().out
     assert "| raw | 5 |" in printed and "train with: --data.train=" in printed
-    blend = parse_blend(yaml.safe_load((tmp_path / "out" / "blend.yaml").read_text())["data"]["train"])
+    blend = list(Blend.parse(yaml.safe_load((tmp_path / "out" / "blend.yaml").read_text())["data"]["train"]))
     assert [p.rsplit("/", 1)[-1] for _, p in blend] == ["instruct", "raw"]
     assert abs(sum(w for w, _ in blend) - 1) < 1e-5
     assert [len(IndexedDataset(p)) for _, p in blend] == [3, 5]

@@ -31,7 +31,7 @@ def test_unknown_config_key_is_named() -> None:
 
 
 def test_missing_data_prefix(tmp_path) -> None:
-    with pytest.raises(ConfigError, match=r"data\.train: indexed dataset .*nope\.bin not found"):
+    with pytest.raises(ConfigError, match=r"data\.train: data prefix '.*nope': missing .*nope\.bin, .*nope\.idx"):
         plan_run(_cfg(f"--data.train={tmp_path}/nope"), SINGLE)
 
 
@@ -92,7 +92,7 @@ def test_cli_fails_before_compute(tmp_path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
-    assert "error: data.train: indexed dataset" in proc.stderr and "missing.bin not found" in proc.stderr
+    assert f"error: data.train: data prefix '{tmp_path}/missing': missing {tmp_path}/missing.bin" in proc.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
     from megatron_ipt.train.__main__ import main
 
