@@ -26,7 +26,7 @@ system-deps:
 	      slurmctld slurmd slurm-client munge >/dev/null)
 
 demo: $(STAMP)
-	$(PY) -m megatron_ipt.demo --size $(DEMO_SIZE) --out demo_out
+	$(PY) -m megatron_ipt.demo --size $(DEMO_SIZE) --output-dir demo_out
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)

@@ -14,7 +14,7 @@ Writes OUTPUT_DIR/documents/*.jsonl, OUTPUT_DIR/data/<component>.bin/.idx (BOS/E
 OUTPUT_DIR/blend.yaml (``data.train`` for the trainer: ``include:`` it or copy the printed override)
 and OUTPUT_DIR/mixture_report.json/.md (documents, tokens, weights, template distribution).
 
-Settings (``--name=value``; lists as YAML, e.g. ``--raw='[a.jsonl, b/]'``; ``--config FILE`` for YAML):
+Lists take one or more values (``--raw a.jsonl b/``) or YAML (``--raw='[a.jsonl, b/]'``).
 """
 
 from __future__ import annotations
@@ -22,29 +22,26 @@ from __future__ import annotations
 import json
 import sys
 
-from megatron_ipt.config import ConfigError, config_from_argv, config_help
+from megatron_ipt.config import run_cli
 from megatron_ipt.corpora.recipes import CorporaConfig
 from megatron_ipt.log import setup_logging
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__ + config_help(CorporaConfig))
-        return 0
-    setup_logging()
+def run(cfg: CorporaConfig) -> int:
     from megatron_ipt.corpora.recipes import build_corpora, report_markdown
-    from megatron_ipt.data.readers import DataError
 
-    try:
-        report = build_corpora(config_from_argv(CorporaConfig, argv))
-    except (ConfigError, DataError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    setup_logging()
+    report = build_corpora(cfg)
     print(report_markdown(report))
     print("train with:", report["train_override"])
     print(json.dumps({"total_tokens": report["total_tokens"], "components": len(report["components"])}))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from megatron_ipt.data.readers import DataError
+
+    return run_cli(CorporaConfig, argv, run, __doc__, errors=(DataError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -3,16 +3,20 @@
 Example::
 
     python -m data_tools.inspect_data data/pubmed_text_document --decode 3 --tokenizer mistral
+    python -m data_tools.inspect_data --input data/pubmed_text_document --json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
+from typing import ClassVar
 
+from megatron_ipt.config import ConfigError, run_cli
 from megatron_ipt.data.indexed import IndexedDatasetError
 from megatron_ipt.data.inspect import dataset_stats, decoded_samples
+from megatron_ipt.tokenizer import TokenizerError
 
 
 def render(stats: dict) -> str:
@@ -33,35 +37,33 @@ def render(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m data_tools.inspect_data",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("prefix", help="dataset prefix (PREFIX.bin/.idx)")
-    p.add_argument(
-        "--decode", type=int, default=0, metavar="K", help="decode K documents (needs --tokenizer)"
-    )
-    p.add_argument("--tokenizer", help="'mistral', a SentencePiece .model, an HF directory or a .gguf")
-    p.add_argument("--seed", type=int, default=None, help="decode K random documents instead of the first K")
-    p.add_argument("--max-tokens", type=int, default=512, help="decode at most this many tokens per document")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    args = p.parse_args(argv)
-    if args.decode and not args.tokenizer:
-        p.error("--decode needs --tokenizer")
-    try:
-        stats = dataset_stats(args.prefix)
-        samples = []
-        if args.decode:
-            from megatron_ipt.tokenizer import load_tokenizer
+@dataclass
+class InspectArgs:
+    input: str = ""  # dataset prefix (PREFIX.bin/.idx); also the bare argument
+    decode: int = 0  # decode this many documents (needs --tokenizer)
+    tokenizer: str = ""  # 'mistral', a SentencePiece .model, an HF directory or a .gguf
+    seed: int | None = None  # decode random documents with this seed instead of the first ones
+    max_tokens: int = 512  # decode at most this many tokens per document
+    json: bool = False  # print one JSON object instead of text
 
-            samples = decoded_samples(
-                args.prefix, load_tokenizer(args.tokenizer), args.decode, args.seed, args.max_tokens
-            )
-    except IndexedDatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    POSITIONAL: ClassVar[str] = "input"
+    ALIASES: ClassVar[dict[str, str]] = {"prefix": "input"}
+
+    def validate(self) -> None:
+        if not self.input:
+            raise ConfigError("give the dataset prefix (PREFIX or --input PREFIX)")
+        if self.decode and not self.tokenizer:
+            raise ConfigError("--decode needs --tokenizer")
+
+
+def run(args: InspectArgs) -> int:
+    stats = dataset_stats(args.input)
+    samples = []
+    if args.decode:
+        from megatron_ipt.tokenizer import load_tokenizer
+
+        samples = decoded_samples(args.input, load_tokenizer(args.tokenizer), args.decode, args.seed,
+                                  args.max_tokens)
     if args.json:
         print(json.dumps({**stats, "samples": samples}, ensure_ascii=False))
         return 0
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         for span in s.get("loss_spans", []):
             print(f"  [loss] {span!r}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(InspectArgs, argv, run, __doc__, errors=(IndexedDatasetError, TokenizerError))
 
 
 if __name__ == "__main__":

@@ -8,34 +8,36 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 
+from megatron_ipt.config import ConfigError, run_cli
 from megatron_ipt.data.indexed import IndexedDatasetError
-from megatron_ipt.data.merge import merge_datasets
-from megatron_ipt.log import setup_logging
+
+
+@dataclass
+class MergeArgs:
+    input: list[str] = field(default_factory=list)  # dataset prefixes (PREFIX.bin/.idx), merged in order
+    output_prefix: str = ""  # prefix of the merged dataset
+
+    def validate(self) -> None:
+        for name in ("input", "output_prefix"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')} is required")
+
+
+def run(args: MergeArgs) -> int:
+    from megatron_ipt.data.merge import merge_datasets
+    from megatron_ipt.log import setup_logging
+
+    setup_logging()
+    print(json.dumps(merge_datasets(args.input, args.output_prefix)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m data_tools.merge_datasets",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--input", nargs="+", required=True, help="dataset prefixes (PREFIX.bin/.idx), merged in order"
-    )
-    p.add_argument("--output-prefix", required=True, help="prefix of the merged dataset")
-    args = p.parse_args(argv)
-    setup_logging()
-    try:
-        summary = merge_datasets(args.input, args.output_prefix)
-    except (IndexedDatasetError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
-    return 0
+    return run_cli(MergeArgs, argv, run, __doc__, errors=(IndexedDatasetError, ValueError))
 
 
 if __name__ == "__main__":

@@ -9,82 +9,93 @@ Inputs: .jsonl, .jsonl.gz, .parquet, directories of them, or a ``datasets`` data
 Records carry a text field (``--json-keys``) or ``segments`` ([{"text", "loss"} | {"special", "loss"}]),
 which also writes the per-token loss mask ``OUT_text_document_lossmask``. A summary JSON lands next
 to the output; an interrupted run resumes when rerun with the same arguments.
+
+Megatron-LM's own command line works unchanged: ``--input``, ``--output-prefix``, ``--json-keys a b``
+(one dataset per key), ``--tokenizer-type`` with ``--tokenizer-model``, ``--workers``, ``--append-eod``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
+from typing import ClassVar
 
+from megatron_ipt.config import ConfigError, run_cli
 from megatron_ipt.data.indexed import IndexedDatasetError
-from megatron_ipt.data.preprocess import preprocess
 from megatron_ipt.data.readers import DataError
 from megatron_ipt.log import setup_logging
 from megatron_ipt.tokenizer import TokenizerError
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m data_tools.preprocess_data",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--input",
-        nargs="+",
-        required=True,
-        help="files or directories (.jsonl, .jsonl.gz, .parquet, saved datasets)",
-    )
-    p.add_argument("--output-prefix", required=True, help="OUT: writes OUT_{key}_document.bin/.idx")
-    p.add_argument(
-        "--tokenizer", required=True, help="'mistral', a SentencePiece .model, an HF directory or a .gguf"
-    )
-    p.add_argument("--json-keys", default="text", help="field holding the text (default: text)")
-    p.add_argument("--workers", type=int, default=1, help="tokenizing processes (0: in this process)")
-    p.add_argument("--batch-size", type=int, default=1000, help="records per worker batch")
-    p.add_argument("--append-eod", action="store_true", help="append EOS to every document (loss 1)")
-    p.add_argument("--prepend-bos", action="store_true", help="prepend BOS to every document (loss 0)")
-    p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of failing")
-    p.add_argument(
-        "--overwrite", action="store_true", help="redo even if a complete or partial output exists"
-    )
-    p.add_argument(
-        "--checkpoint-seconds", type=float, default=5.0, help="seconds between resumable checkpoints (default 5)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+# Megatron-LM tokenizer types whose files this project's tokenizer loader reads from --tokenizer-model.
+MEGATRON_TOKENIZER_TYPES = ("HuggingFaceTokenizer", "GPTSentencePieceTokenizer", "SentencePieceTokenizer",
+                            "Llama2Tokenizer", "Llama3Tokenizer", "MistralTokenizer")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@dataclass
+class PreprocessArgs:
+    input: list[str] = field(default_factory=list)  # files or folders (.jsonl, .jsonl.gz, .parquet, saved datasets)
+    output_prefix: str = ""  # OUT: writes OUT_{key}_document.bin/.idx
+    tokenizer: str = ""  # 'mistral', a SentencePiece .model, an HF directory or a .gguf
+    tokenizer_type: str = ""  # Megatron-LM's --tokenizer-type (with --tokenizer-model); empty: not given
+    json_keys: list[str] = field(default_factory=lambda: ["text"])  # record fields to tokenize, one dataset each
+    workers: int = 1  # tokenizing processes (0: in this process)
+    batch_size: int = 1000  # records per worker batch
+    append_eod: bool = False  # append EOS to every document (loss 1)
+    prepend_bos: bool = False  # prepend BOS to every document (loss 0)
+    skip_bad_records: bool = False  # skip and count bad records instead of failing
+    overwrite: bool = False  # redo even if a complete or partial output exists
+    checkpoint_seconds: float = 5.0  # seconds between resumable checkpoints
+    progress: bool = True  # show a progress bar
+
+    ALIASES: ClassVar[dict[str, str]] = {"skip_bad": "skip_bad_records", "tokenizer_model": "tokenizer",
+                                         "json_key": "json_keys"}
+
+    def validate(self) -> None:
+        for name in ("input", "output_prefix"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')} is required")
+        if self.tokenizer_type:
+            if self.tokenizer_type not in MEGATRON_TOKENIZER_TYPES:
+                raise ConfigError(f"--tokenizer-type {self.tokenizer_type}: not supported here (use one of "
+                                  f"{', '.join(MEGATRON_TOKENIZER_TYPES)} with --tokenizer-model, or --tokenizer)")
+            if not self.tokenizer and self.tokenizer_type == "MistralTokenizer":
+                self.tokenizer = "mistral"
+        if not self.tokenizer:
+            raise ConfigError("--tokenizer (or --tokenizer-model) is required")
+        self.json_keys = [k for key in self.json_keys for k in key.split(",") if k]
+        if not self.json_keys or len(set(self.json_keys)) != len(self.json_keys):
+            raise ConfigError(f"--json-keys: give distinct field names, got {self.json_keys}")
+
+
+def run(args: PreprocessArgs) -> int:
+    from megatron_ipt.data.preprocess import preprocess
+    from megatron_ipt.tokenizer import load_tokenizer
+
     setup_logging()
-    keys = args.json_keys.split(",") if isinstance(args.json_keys, str) else args.json_keys
-    if len(keys) != 1:
-        print("error: one --json-keys field per run", file=sys.stderr)
-        return 2
-    try:
+    tokenizer = load_tokenizer(args.tokenizer)
+    for key in args.json_keys:
         summary = preprocess(
             args.input,
             args.output_prefix,
-            args.tokenizer,
-            json_key=keys[0],
+            tokenizer,
+            json_key=key,
             workers=args.workers,
             append_eod=args.append_eod,
             prepend_bos=args.prepend_bos,
-            skip_bad=args.skip_bad,
+            skip_bad=args.skip_bad_records,
             batch_size=args.batch_size,
-            progress=not args.no_progress,
+            progress=args.progress,
             checkpoint_s=args.checkpoint_seconds,
             overwrite=args.overwrite,
         )
-    except (DataError, IndexedDatasetError, TokenizerError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(
-        json.dumps({k: summary[k] for k in ("prefix", "read", "written", "skipped", "tokens", "elapsed_s")})
-    )
+        print(json.dumps({k: summary[k] for k in ("prefix", "read", "written", "skipped", "tokens", "elapsed_s")}))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(PreprocessArgs, argv, run, __doc__,
+                   errors=(DataError, IndexedDatasetError, TokenizerError))
 
 
 if __name__ == "__main__":

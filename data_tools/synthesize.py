@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m data_tools.synthesize [--config synth.yaml] --inputs='[corpus/]' --output-dir=out/ \\
+    python -m data_tools.synthesize [--config synth.yaml] --input corpus/ --output-dir out/ \\
         --engine.model=synthesizer/ [--engine.kind=auto|hf|vllm] [--rounds=3] [--key.sub=value ...]
 
 Inputs are JSONL / JSONL.gz / parquet files of ``{id, text}`` records (folders and globs allowed);
@@ -11,7 +11,7 @@ each input file is one shard and becomes ``OUTPUT_DIR/<name>.jsonl`` with record
 finished shards and resumes a killed one from its last checkpointed batch. In a Slurm array,
 ``--shard-index`` / ``--num-shards`` default to SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT.
 
-Settings (``--name=value``; nested with dots; lists as YAML, e.g. ``--stop='["<CON>"]'``):
+Lists take one or more values (``--input a.jsonl b/``) or YAML (``--stop='["<CON>"]'``).
 """
 
 from __future__ import annotations
@@ -19,29 +19,24 @@ from __future__ import annotations
 import json
 import sys
 
-from megatron_ipt.config import ConfigError, config_from_argv, config_help
+from megatron_ipt.config import run_cli
 from megatron_ipt.data.readers import DataError
 from megatron_ipt.log import setup_logging
 from megatron_ipt.synth.synthesize import SynthesizeConfig
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__ + config_help(SynthesizeConfig))
-        return 0
-    setup_logging()
-    try:
-        cfg = config_from_argv(SynthesizeConfig, argv)
-        from megatron_ipt.synth.synthesize import synthesize
+def run(cfg: SynthesizeConfig) -> int:
+    from megatron_ipt.synth.synthesize import synthesize
 
-        results = synthesize(cfg)
-    except (ConfigError, DataError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    setup_logging()
+    results = synthesize(cfg)
     totals = {k: sum(r.get(k, 0) for r in results.values()) for k in ("texts", "pairs", "degenerate_outputs")}
     print(json.dumps({"shards": len(results), **totals}))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(SynthesizeConfig, argv, run, __doc__, errors=(DataError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -150,6 +150,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if typing.get_origin(hint) is typing.Literal:
+        if value not in args and isinstance(value, str) and DTYPE_NAMES.get(value) in args:
+            return DTYPE_NAMES[value]
         if value not in args:
             raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
         return value
@@ -185,23 +187,32 @@ def _merge_into(obj: Any, data: dict[str, Any], where: str) -> Any:
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: Sequence[str] | dict[str, Any] = ()
 ) -> T:
-    """Defaults of ``cls``, then the YAML file at ``path``, then ``overrides``."""
+    """Defaults of ``cls``, then the YAML file at ``path``, then ``overrides`` (a tree, or command-line
+    arguments in the house grammar: see :func:`parse_argv`)."""
     cfg = cls()
     if path is not None:
         try:
-            cfg = _merge_into(cfg, _read_yaml(Path(path)), "")
+            cfg = _merge_into(cfg, _yaml_aliases(cls, _read_yaml(Path(path))), "")
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
-    tree = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-    if tree:
-        try:
+    try:
+        tree = overrides if isinstance(overrides, dict) else parse_argv(cls, overrides)
+        if tree:
             cfg = _merge_into(cfg, tree, "")
-        except ConfigError as err:
-            raise ConfigError(f"command-line override: {err}") from None
+    except ConfigError as err:
+        raise ConfigError(f"command-line override: {err}") from None
     post = getattr(cfg, "validate", None)
     if callable(post):
         post()
     return cfg
+
+
+def _yaml_aliases(cls: type, tree: dict[str, Any]) -> dict[str, Any]:
+    """A file's top-level alias keys (e.g. ``inputs`` for ``input``) under their real names."""
+    for alias, target in getattr(cls, "ALIASES", {}).items():
+        if alias in tree and "=" not in target and "." not in target and target not in tree:
+            tree[target] = tree.pop(alias)
+    return tree
 
 
 def config_from_argv(cls: type[T], argv: Sequence[str]) -> T:
@@ -218,6 +229,244 @@ def config_from_argv(cls: type[T], argv: Sequence[str]) -> T:
             del argv[i]
             break
     return load_config(cls, path, argv)
+
+
+# --- the command grammar ---------------------------------------------------------------------------
+# One grammar for every tool: ``--key.sub=value`` or ``--key.sub value``; ``-`` and ``_`` are the same
+# in key names (``--output-prefix`` is ``--output_prefix``); booleans as ``--flag``, ``--flag=true|false``
+# or ``--no-flag``; list keys take one or more values (``--input a b``, repeatable, or a YAML list
+# ``--input='[a, b]'``); ``--config FILE`` reads a YAML file first. A root config class may declare
+# ``ALIASES`` (alias key -> dotted key) and ``POSITIONAL`` (the key bare arguments fill).
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+# One spelling set for dtypes, normalised to torch's names.
+DTYPE_NAMES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+               "half": "float16", "float32": "float32", "fp32": "float32", "float": "float32"}
+
+
+def normalize_dtype(dtype: str) -> str:
+    """``auto`` or a canonical torch dtype name (``bf16`` -> ``bfloat16``); a clear error otherwise."""
+    if dtype == "auto":
+        return dtype
+    try:
+        return DTYPE_NAMES[dtype]
+    except KeyError:
+        raise ConfigError(f"dtype must be auto or one of {sorted(DTYPE_NAMES)}, got {dtype!r}") from None
+
+
+def _norm_key(key: str) -> str:
+    return ".".join(part.replace("-", "_") for part in key.split("."))
+
+
+def _key_hint(cls: type, key: str) -> tuple[Any, bool]:
+    """The type hint of dotted ``key`` in the tree ``cls`` and whether the key exists."""
+    node: Any = cls
+    hint: Any = None
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(node):
+            return hint, hint is Any
+        fields = {f.name: f for f in dataclasses.fields(node) if f.init}
+        if part not in fields:
+            return None, False
+        hint = typing.get_type_hints(node)[part]
+        node = hint if dataclasses.is_dataclass(hint) else _dataclass_default(fields[part])
+    return hint, True
+
+
+def _dataclass_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+        return type(value) if dataclasses.is_dataclass(value) else None
+    return None
+
+
+def _members(hint: Any) -> tuple[Any, ...]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _is_bool(hint: Any) -> bool:
+    return any(h is bool for h in _members(hint))
+
+
+def _list_item(hint: Any) -> Any | None:
+    """The item type when ``hint`` accepts a list (``list[str] | str`` included), else None."""
+    for h in _members(hint):
+        if typing.get_origin(h) is list:
+            args = typing.get_args(h)
+            return args[0] if args else Any
+    return None
+
+
+def _parse_value(raw: str, hint: Any, key: str) -> Any:
+    """A command-line string as a value for ``hint``: strings stay strings, the rest is read as YAML."""
+    members = _members(hint)
+    if type(None) in members and raw in ("null", "~", "None"):
+        return None
+    if _is_bool(hint) and all(h in (bool, type(None)) for h in members):
+        low = raw.lower()
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+        raise ConfigError(f"{key}: expected true/false, got {raw!r}")
+    if str in members and not any(typing.get_origin(h) in (list, tuple, dict) for h in members):
+        return raw
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--{key}: cannot read {raw!r} as a value ({err.__class__.__name__})") from None
+
+
+def _unknown_key(cls: type, key: str) -> ConfigError:
+    import difflib
+
+    keys = [k.key for k in config_keys(cls)] + list(getattr(cls, "ALIASES", {}))
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    hint = f" (did you mean --{close[0]}?)" if close else " (--help lists every key)"
+    top = key.split(".")[0]
+    node_hint, exists = _key_hint(cls, top)
+    if exists and "." in key and dataclasses.is_dataclass(node_hint):
+        valid = ", ".join(f.name for f in dataclasses.fields(node_hint))
+        return ConfigError(f"unknown config key {key} (valid keys here: {valid})")
+    return ConfigError(f"unknown config key {key}{hint}")
+
+
+def _positional(cls: type) -> tuple[str, ...]:
+    names = getattr(cls, "POSITIONAL", ())
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def parse_argv(cls: type, args: Sequence[str]) -> dict[str, Any]:
+    """Command-line arguments in the house grammar -> a (partial) tree for ``cls``."""
+    aliases = {_norm_key(k): v for k, v in getattr(cls, "ALIASES", {}).items()}
+    positional = _positional(cls)
+    flat: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("--") or arg == "--":
+            if not positional or arg == "--":
+                raise ConfigError(f"override must look like --key.sub=value, got {arg!r}")
+            key, raw, values = positional[0], None, [arg]
+            if _list_item(_key_hint(cls, key)[0]) is None:
+                positional = positional[1:]
+        else:
+            name, eq, raw_value = arg[2:].partition("=")
+            raw = raw_value if eq else None
+            key = _norm_key(name)
+            values = None
+        key = aliases.get(key, key)
+        if "=" in key:  # an alias that stands for a key and its value, e.g. fp32 -> dtype=float32
+            if raw is not None or values is not None:
+                raise ConfigError(f"{arg.split('=')[0]} takes no value")
+            key, raw = key.split("=", 1)
+        hint, exists = _key_hint(cls, key)
+        if not exists and key.startswith("no_") and _is_bool(_key_hint(cls, key[3:])[0]) and raw is None:
+            key, raw = key[3:], "false"
+            hint, exists = _key_hint(cls, key)
+        if not exists:
+            raise _unknown_key(cls, key)
+        item = _list_item(hint)
+        if values is None:
+            if raw is not None:
+                values = [raw]
+            elif _is_bool(hint) and not (item is not None):
+                if i < len(args) and args[i].lower() in (*_TRUE, *_FALSE):
+                    values = [args[i]]
+                    i += 1
+                else:
+                    values = ["true"]
+            elif item is not None:
+                values = []
+                while i < len(args) and not args[i].startswith("--"):
+                    values.append(args[i])
+                    i += 1
+                if not values:
+                    raise ConfigError(f"--{key} needs one or more values")
+            else:
+                if i >= len(args):
+                    raise ConfigError(f"override --{key} has no value")
+                values = [args[i]]
+                i += 1
+        if item is not None:
+            if len(values) == 1 and values[0].lstrip().startswith("["):
+                parsed = _parse_value(values[0], list, key)
+            else:
+                parsed = [_parse_value(v, item, key) for v in values]
+            if not isinstance(parsed, list):
+                parsed = [parsed]
+            previous = flat.get(key)
+            flat[key] = (previous if isinstance(previous, list) else []) + parsed
+        else:
+            flat[key] = _parse_value(values[0], hint, key)
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def cli_help(cls: type, doc: str) -> str:
+    """``--help`` text: the tool's docstring, the grammar, and every key with its description."""
+    aliases: dict[str, list[str]] = {}
+    for alias, target in getattr(cls, "ALIASES", {}).items():
+        aliases.setdefault(target, []).append("--" + alias.replace("_", "-"))
+    lines = [doc.rstrip(), "",
+             "Settings: --key=value or --key value (dotted for sections, '-' and '_' alike); booleans as",
+             "--flag, --flag=true|false or --no-flag; list keys take one or more values; --config FILE",
+             "reads a YAML file first, then the command line applies on top."]
+    positional = _positional(cls)
+    if positional:
+        lines.append(f"Bare arguments fill {', '.join('--' + p for p in positional)} in that order.")
+    lines.append("")
+    body = config_help(cls).splitlines()
+    keys = config_keys(cls)
+    for k, line in zip(keys, body, strict=True):
+        extra = aliases.get(k.key)
+        lines.append(f"{line}  [also {', '.join(extra)}]" if extra else line)
+    for target, names in aliases.items():
+        if "=" in target:
+            lines.append(f"  {', '.join(names)}  is --{target}")
+    return "\n".join(lines)
+
+
+def run_cli(
+    cls: type[T],
+    argv: Sequence[str] | None,
+    body: typing.Callable[[T], int | None],
+    doc: str,
+    errors: tuple[type[BaseException], ...] = (),
+) -> int:
+    """The house command line around ``body``: ``--help``, parse, run; every bad input is one line on
+    stderr and exit status 2."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(cli_help(cls, doc))
+        return 0
+    try:
+        cfg = config_from_argv(cls, argv)
+        status = body(cfg)
+    except (ConfigError, *errors) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    return 0 if status is None else status
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) or err.__class__.__name__
+    if isinstance(err, KeyError) and text.startswith("'"):
+        text = text.strip("'\"")
+    return " ".join(text.split())
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -59,7 +59,7 @@ ipt_preflight "${preflight_args[@]}"
 mkdir -p "$OUTPUT_DIR" || ipt_die "cannot create OUTPUT_DIR=$OUTPUT_DIR"
 tp=${TP:-${SLURM_GPUS_ON_NODE:-1}}
 [ "$tp" -ge 1 ] 2>/dev/null || tp=1  # no GPUs: the transformers engine ignores it anyway
-args=("--inputs=[$yaml_inputs]" "--output_dir=$OUTPUT_DIR" "--engine.model=$MODEL"
+args=("--input=[$yaml_inputs]" "--output_dir=$OUTPUT_DIR" "--engine.model=$MODEL"
       "--engine.kind=${ENGINE:-auto}"
       "--engine.tensor_parallel_size=$tp"
       "--num_shards=${NUM_SHARDS:-${SLURM_ARRAY_TASK_COUNT:-1}}"

@@ -1,4 +1,5 @@
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import pytest
 
@@ -9,6 +10,7 @@ from megatron_ipt.config import (
     config_keys,
     load_config,
     parse_overrides,
+    run_cli,
     save_config,
 )
 
@@ -115,3 +117,79 @@ def test_stage_configs_describe_every_key():
     for cls in (TrainConfig, SynthesizeConfig, CorporaConfig):
         missing = [k.key for k in config_keys(cls) if not k.description]
         assert not missing, f"{cls.__name__}: keys without a '# description' comment: {missing}"
+
+
+@dataclass
+class Tool:
+    input: list[str] = field(default_factory=list)  # one or more inputs
+    output_prefix: str = ""  # where it goes
+    progress: bool = True  # show progress
+    skip_bad_records: bool = False  # skip bad records
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"  # a dtype
+    name: str | None = None  # a string that may be null
+    optim: Optim = field(default_factory=Optim)
+
+    ALIASES: ClassVar[dict[str, str]] = {"skip_bad": "skip_bad_records", "fp32": "dtype=float32", "inputs": "input"}
+    POSITIONAL: ClassVar[str] = "input"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--input", "a", "b", "--output-prefix", "o", "--skip-bad", "--no-progress", "--optim.lr", "0.5"],
+        ["--input=a", "--input=b", "--output_prefix=o", "--skip_bad_records=true", "--progress=false",
+         "--optim.lr=0.5"],
+        ["--inputs=[a, b]", "--output-prefix=o", "--skip-bad", "true", "--progress", "false", "--optim.lr=0.5"],
+        ["a", "b", "--output-prefix", "o", "--skip-bad", "--progress=no", "--optim.lr=5e-1"],
+    ],
+)
+def test_one_grammar_many_spellings(argv):
+    cfg = config_from_argv(Tool, argv)
+    assert (cfg.input, cfg.output_prefix, cfg.skip_bad_records, cfg.progress, cfg.optim.lr) == (
+        ["a", "b"], "o", True, False, 0.5)
+
+
+def test_grammar_values_keep_their_type(tmp_path):
+    cfg = config_from_argv(Tool, ["--output-prefix", "yes", "--name", "null", "--input", "0.5", "--fp32"])
+    assert (cfg.output_prefix, cfg.name, cfg.input, cfg.dtype) == ("yes", None, ["0.5"], "float32")
+    assert config_from_argv(Tool, ["--dtype", "bf16"]).dtype == "bfloat16"  # one spelling set, normalised
+    assert config_from_argv(Tool, ["--dtype=fp32"]).dtype == "float32"
+    (tmp_path / "t.yaml").write_text("inputs: [x]\ndtype: fp32\n")  # aliases hold in files too
+    cfg = config_from_argv(Tool, ["--config", str(tmp_path / "t.yaml"), "--skip-bad"])
+    assert (cfg.input, cfg.dtype, cfg.skip_bad_records) == (["x"], "float32", True)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--outptu-prefix=o"], r"unknown config key outptu_prefix \(did you mean --output_prefix\?\)"),
+        (["--optim.lrr=1"], r"unknown config key optim.lrr \(valid keys here: lr, betas\)"),
+        (["--progress=maybe"], "progress: expected true/false, got 'maybe'"),
+        (["--dtype=int8"], "dtype: expected one of"),
+        (["--output-prefix"], "has no value"),
+        (["--input"], "needs one or more values"),
+        (["--fp32=1"], "--fp32 takes no value"),
+    ],
+)
+def test_grammar_errors(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_argv(Tool, argv)
+
+
+def test_run_cli_help_and_one_line_errors(capsys):
+    seen = []
+    assert run_cli(Tool, ["--help"], seen.append, "A tool.") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("A tool.") and "--output_prefix=" in out and "(str)  where it goes" in out
+    assert "[also --skip-bad]" in out and "--fp32  is --dtype=float32" in out
+    assert run_cli(Tool, ["x", "--output-prefix", "o"], seen.append, "A tool.") == 0
+    assert seen[0].input == ["x"]
+
+    def fails(cfg: Tool) -> int:
+        raise FileNotFoundError(f"{cfg.input[0]}: not found\n(second line)")
+
+    assert run_cli(Tool, ["--nope=1"], fails, "A tool.") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "unknown config key nope" in err and err.count("\n") == 1
+    assert run_cli(Tool, ["x"], fails, "A tool.", errors=(FileNotFoundError,)) == 2
+    assert capsys.readouterr().err == "error: x: not found (second line)\n"

@@ -41,7 +41,7 @@ def train_precision() -> str:
     """bf16 on GPUs; fp32 on CPU, where DeepSpeed's bf16 trained SmolLM2 at less than half the speed."""
     import torch
 
-    return "bf16" if torch.cuda.is_available() else "fp32"
+    return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
 def _read_json(path: Path) -> dict:
@@ -100,7 +100,7 @@ def tune_synthesizer(size: DemoSize, paths: DemoPaths) -> dict:
 
 def synthesize(size: DemoSize, paths: DemoPaths, start: str) -> dict:
     run_main("data_tools.synthesize", ["--config", CONFIGS / "synthesize.yaml", *_overrides({
-        "inputs": f"[{paths.raw}]", "output_dir": paths.synthesis, "engine.model": paths.synthesizer,
+        "input": f"[{paths.raw}]", "output_dir": paths.synthesis, "engine.model": paths.synthesizer,
         "rounds": size.rounds, "max_new_tokens": size.synth_max_new_tokens,
         "engine.max_model_len": size.synth_max_model_len})], "synthesis")
     stats = _read_json(paths.synthesis / f"{paths.raw.stem}.stats.json")

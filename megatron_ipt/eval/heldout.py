@@ -16,12 +16,11 @@ instruction-pre-trained model are compared on equal terms.
 
 CLI::
 
-    python -m megatron_ipt.eval --model DIR --texts heldout.jsonl --tasks tasks.jsonl --out eval.json
+    python -m megatron_ipt.eval --model DIR --texts heldout.jsonl --tasks tasks.jsonl --output eval.json
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import math
@@ -32,8 +31,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+from megatron_ipt.config import ConfigError, run_cli
 from megatron_ipt.data.readers import DataError, iter_records
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER
@@ -337,41 +337,47 @@ def evaluate_model(
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m megatron_ipt.eval",
-        description="Held-out perplexity and context-based task scores of a Hugging Face causal LM.",
-    )
-    parser.add_argument("--model", required=True, help="HF model directory (config, safetensors, tokenizer)")
-    parser.add_argument("--texts", help="JSONL of held-out texts ({'text': ...}) for perplexity")
-    parser.add_argument("--text-key", default="text", help="field holding the text in --texts (default: text)")
-    parser.add_argument("--tasks", help="JSONL of tasks: {context, instruction, response} or {context, pairs}")
-    parser.add_argument("--limit-texts", type=int, help="score only the first N texts")
-    parser.add_argument("--limit-tasks", type=int, help="score only the first N tasks")
-    parser.add_argument("--max-length", type=int, default=1024, help="tokens per scored sequence (default 1024)")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="greedy answer length (default 32)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--fp32", action="store_true", help="score in fp32 instead of bf16 autocast")
-    parser.add_argument("--out", help="write the results as JSON here (else print them)")
-    args = parser.parse_args(argv)
+@dataclass
+class EvaluateArgs:
+    model: str = ""  # HF model directory (config, safetensors, tokenizer)
+    texts: str | None = None  # JSONL of held-out texts ({'text': ...}) for perplexity
+    text_key: str = "text"  # field holding the text in --texts
+    tasks: str | None = None  # JSONL of tasks: {context, instruction, response} or {context, pairs}
+    limit_texts: int | None = None  # score only the first N texts
+    limit_tasks: int | None = None  # score only the first N tasks
+    max_length: int = 1024  # tokens per scored sequence
+    max_new_tokens: int = 32  # greedy answer length
+    batch_size: int = 4  # sequences scored together
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"  # scoring: bf16 autocast or fp32 (--fp32)
+    output: str | None = None  # write the results as JSON here (else print them)
+
+    ALIASES: ClassVar[dict[str, str]] = {"out": "output", "fp32": "dtype=float32"}
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("--model is required")
+        if not self.texts and not self.tasks:
+            raise ConfigError("give --texts and/or --tasks")
+
+
+def run(args: EvaluateArgs) -> int:
     setup_logging()
-    if not args.texts and not args.tasks:
-        parser.error("give --texts and/or --tasks")
-    try:
-        texts = read_texts(args.texts, args.text_key, args.limit_texts) if args.texts else []
-        tasks = read_tasks(args.tasks, args.limit_tasks) if args.tasks else []
-    except DataError as err:
-        print(f"evaluate: error: {err}", file=sys.stderr)
-        return 2
+    texts = read_texts(args.texts, args.text_key, args.limit_texts) if args.texts else []
+    tasks = read_tasks(args.tasks, args.limit_tasks) if args.tasks else []
     result = evaluate_model(args.model, texts, tasks, max_length=args.max_length,
-                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, bf16=not args.fp32)
-    if args.out:
+                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                            bf16=args.dtype == "bfloat16")
+    if args.output:
         from megatron_ipt.io import atomic_write_json
 
-        atomic_write_json(args.out, result)
+        atomic_write_json(args.output, result)
     else:
         print(json.dumps(result, indent=2))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(EvaluateArgs, argv, run, __doc__, errors=(DataError,))
 
 
 if __name__ == "__main__":

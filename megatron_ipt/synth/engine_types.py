@@ -13,21 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+# The one dtype spelling set lives in the config system; re-exported for the engines.
+from megatron_ipt.config import DTYPE_NAMES, normalize_dtype  # noqa: F401
 from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
-
-# One spelling set for weight dtypes, normalised to torch's names.
-DTYPE_NAMES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
-               "half": "float16", "float32": "float32", "fp32": "float32", "float": "float32"}
-
-
-def normalize_dtype(dtype: str) -> str:
-    """``auto`` or a canonical torch dtype name (``bf16`` -> ``bfloat16``); a clear error otherwise."""
-    if dtype == "auto":
-        return dtype
-    try:
-        return DTYPE_NAMES[dtype]
-    except KeyError:
-        raise ValueError(f"dtype must be auto or one of {sorted(DTYPE_NAMES)}, got {dtype!r}") from None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.data.readers import (
@@ -38,7 +39,9 @@ log = get_logger(__name__)
 
 @dataclass
 class SynthesizeConfig:
-    inputs: list[str] | str = field(default_factory=list)  # files, folders or globs of {id, text} records
+    ALIASES: ClassVar[dict[str, str]] = {"inputs": "input"}
+
+    input: list[str] | str = field(default_factory=list)  # files, folders or globs of {id, text} records
     output_dir: str = ""  # one OUTPUT_DIR/<shard>.jsonl (+ .stats.json) per input file
     engine: EngineConfig = field(default_factory=EngineConfig)
     rounds: int = 2  # M: 2 for general corpora, 3 for domain corpora
@@ -61,10 +64,10 @@ class SynthesizeConfig:
     progress: bool = True  # show a progress bar
 
     def validate(self) -> None:
-        if isinstance(self.inputs, str):
-            self.inputs = [self.inputs]
-        if not self.inputs:
-            raise ConfigError("inputs: give at least one input file, folder or glob")
+        if isinstance(self.input, str):
+            self.input = [self.input]
+        if not self.input:
+            raise ConfigError("input: give at least one input file, folder or glob")
         if not self.output_dir:
             raise ConfigError("output_dir: required")
         if not self.engine.model:
@@ -299,7 +302,7 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
     cfg.validate()
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = my_shards([f.path for f in expand_inputs(cfg.inputs)], cfg.shard_index, cfg.num_shards)
+    files = my_shards([f.path for f in expand_inputs(cfg.input)], cfg.shard_index, cfg.num_shards)
     stems = Counter(shard_stem(f) for f in files)
     clash = [s for s, c in stems.items() if c > 1]
     if clash:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from megatron_ipt.config import ConfigError, config_from_argv, config_help
+from megatron_ipt.config import ConfigError, cli_help, config_from_argv
 from megatron_ipt.data.indexed import IndexedDatasetError
 from megatron_ipt.model.build import ModelBuildError
 from megatron_ipt.tokenizer import TokenizerError
@@ -23,15 +23,13 @@ Common overrides:
   --checkpoint.resume=auto|none|DIR     resume from the latest checkpoint (default auto)
   --export.dir=DIR                      write an HF model directory at the end
 Exit status 75 means "preempted: checkpoint saved, requeue me".
-
-Every key (``--key.sub=value``; lists and mappings as YAML):
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or "-h" in argv or "--help" in argv:
-        print(USAGE + config_help(TrainConfig))
+        print(cli_help(TrainConfig, USAGE))
         return 0
     from megatron_ipt.train.checkpoint import CheckpointError
     from megatron_ipt.train.trainer import run

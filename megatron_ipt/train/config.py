@@ -108,7 +108,7 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps
     micro_batch_size: int = 4  # samples per rank per forward
     global_batch_size: int = 256  # samples per optimizer step over all ranks
-    precision: Literal["bf16", "fp32"] = "bf16"  # training precision (bf16 mixed or fp32)
+    precision: Literal["bfloat16", "float32"] = "bfloat16"  # training precision: bf16 mixed or fp32 (bf16/fp32 accepted)
     ds_config: str = "ds_configs/zero2.json"  # DeepSpeed JSON (ZeRO stage, offload); shipped ones by name
     seed: int = 42  # seed of the model initialisation
     # Stop after this many steps in this process (testing preemption); 0: run to `steps`.

@@ -38,7 +38,7 @@ def build_ds_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         train_micro_batch_size_per_gpu=cfg.micro_batch_size,
         gradient_accumulation_steps=cfg.batch_plan(world_size).grad_accum,
         gradient_clipping=cfg.optim.grad_clip,
-        bf16={"enabled": cfg.precision == "bf16"},
+        bf16={"enabled": cfg.precision == "bfloat16"},
         steps_per_print=10**9,  # our own logger reports
     )
     ds.setdefault("zero_optimization", {"stage": 0})

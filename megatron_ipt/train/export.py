@@ -1,6 +1,6 @@
 """Export a training checkpoint (any ZeRO stage) to a Hugging Face model directory.
 
-``python -m megatron_ipt.train.export CKPT OUT [--dtype bfloat16|float32]``: CKPT is a checkpoint tag
+``python -m megatron_ipt.train.export CKPT OUT [--dtype bf16|fp32]`` (or ``--input CKPT --output-dir OUT``): CKPT is a checkpoint tag
 directory (``.../step_00000100``) or a checkpoint root (its latest complete checkpoint is used).
 OUT gets ``config.json``, ``model.safetensors`` and the tokenizer files; it loads with
 ``AutoModelForCausalLM.from_pretrained(OUT)`` (and vLLM).
@@ -8,14 +8,15 @@ OUT gets ``config.json``, ``model.safetensors`` and the tokenizer files; it load
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 
+from megatron_ipt.config import ConfigError, run_cli
 from megatron_ipt.io import atomic_dir
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.train.checkpoint import CheckpointError, check_checkpoint, latest_checkpoint, read_meta
@@ -90,22 +91,27 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, dtype: str = "bfloa
     return out
 
 
+@dataclass
+class ExportArgs:
+    input: str = ""  # checkpoint tag dir (.../step_00000100) or checkpoint root (its latest is used)
+    output_dir: str = ""  # the HF model directory to write
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"  # saved weight dtype
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("input", "output_dir")
+    ALIASES: ClassVar[dict[str, str]] = {"ckpt": "input", "out": "output_dir"}
+
+    def validate(self) -> None:
+        if not self.input or not self.output_dir:
+            raise ConfigError("give the checkpoint and the output directory: CKPT OUT")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m megatron_ipt.train.export",
-        description="Export a megatron-ipt training checkpoint (any ZeRO stage) to a Hugging Face directory.",
-    )
-    parser.add_argument("ckpt", help="checkpoint tag dir (…/step_00000100) or checkpoint root (latest is used)")
-    parser.add_argument("out", help="output HF model directory")
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="saved weight dtype")
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        export_checkpoint(args.ckpt, args.out, args.dtype)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    def run(args: ExportArgs) -> int:
+        setup_logging()
+        export_checkpoint(args.input, args.output_dir, args.dtype)
+        return 0
+
+    return run_cli(ExportArgs, argv, run, __doc__, errors=(CheckpointError,))
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ class Trainer:
         self.rank = plan.dist.rank
         self.world = plan.dist.world_size
         self.device = torch.device("cuda", plan.dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        self.dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+        self.dtype = torch.bfloat16 if cfg.precision == "bfloat16" else torch.float32
         ds_config = plan.ds_config
         if plan.universal:
             ds_config = {**ds_config, "checkpoint": {"load_universal": True}}

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from data_tools.build_synthesizer_data import main
 from megatron_ipt.data.indexed import IndexedDataset
 
@@ -98,7 +96,7 @@ def test_cli_bad_input(tmp_path: Path, capsys) -> None:
         '{"context": "c", "pairs": [{"instruction": "i", "response": "r"}]}\n{"context": 5, "pairs": []}\n'
     )
     out = str(tmp_path / "o")
-    assert main(["--input", str(bad), "--output-prefix", out, "--tokenizer", "mistral"]) == 1
+    assert main(["--input", str(bad), "--output-prefix", out, "--tokenizer", "mistral"]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:2" in err and "field 'context'" in err
     assert (
@@ -123,8 +121,6 @@ def test_cli_bad_input(tmp_path: Path, capsys) -> None:
 
 
 def test_cli_help(capsys) -> None:
-    with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0
+    assert main(["--help"]) == 0
     text = capsys.readouterr().out
     assert "--output-prefix" in text and "--held-out" in text and "pubmed" in text

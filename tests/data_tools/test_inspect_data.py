@@ -29,5 +29,5 @@ def test_inspect(tmp_path: Path, capsys, mistral_tokenizer) -> None:
 
 
 def test_inspect_missing(tmp_path: Path, capsys) -> None:
-    assert main([str(tmp_path / "nothing")]) == 1
+    assert main([str(tmp_path / "nothing")]) == 2
     assert "missing" in capsys.readouterr().err

@@ -47,9 +47,9 @@ def test_merge_errors(tmp_path: Path, capsys) -> None:
                 str(tmp_path / "m"),
             ]
         )
-        == 1
+        == 2
     )
     assert "missing" in capsys.readouterr().err
-    assert main(["--input", str(tmp_path / "a"), "--output-prefix", str(tmp_path / "a")]) == 1
+    assert main(["--input", str(tmp_path / "a"), "--output-prefix", str(tmp_path / "a")]) == 2
     assert "also an input" in capsys.readouterr().err
     assert not (tmp_path / "m.bin").exists()

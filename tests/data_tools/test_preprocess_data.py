@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from data_tools.preprocess_data import main
 from megatron_ipt.data.indexed import IndexedDataset
 
 
 def test_help(capsys) -> None:
-    with pytest.raises(SystemExit) as err:
-        main(["--help"])
-    assert err.value.code == 0
+    assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for flag in (
         "--input",
@@ -45,7 +41,7 @@ def test_run_and_skip_bad(tmp_path: Path, capsys, mistral_tokenizer) -> None:
             "--no-progress",
         ]
     )
-    assert rc == 1
+    assert rc == 2
     err = capsys.readouterr().err
     assert f"{src}:2:" in err and "field 'body' is empty" in err and "--skip-bad" in err
     args = ["--input", str(src), "--output-prefix", str(out), "--tokenizer", "mistral", "--json-keys", "body"]
@@ -67,4 +63,30 @@ def test_bad_tokenizer_exit_code(tmp_path: Path, capsys) -> None:
     rc = main(
         ["--input", str(src), "--output-prefix", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "none")]
     )
-    assert rc == 1 and "not found" in capsys.readouterr().err
+    assert rc == 2 and "not found" in capsys.readouterr().err
+
+
+def test_megatron_lm_command_line_runs_unchanged(tmp_path: Path, capsys, mistral_tokenizer) -> None:
+    """Megatron-LM's tools/preprocess_data.py spellings: --tokenizer-type/--tokenizer-model, --json-keys a b."""
+    import shutil
+
+    from megatron_ipt.tokenizer import mistral_model_path
+
+    model = tmp_path / "tokenizer.model"
+    shutil.copyfile(mistral_model_path(), model)
+    src = tmp_path / "corpus.jsonl"
+    src.write_text('{"text": "a first text", "title": "One"}\n{"text": "second", "title": "Two"}\n')
+    out = tmp_path / "my-mistral"
+    argv = ("--input", str(src), "--output-prefix", str(out), "--tokenizer-type", "GPTSentencePieceTokenizer",
+            "--tokenizer-model", str(model), "--json-keys", "text", "title", "--workers", "1",
+            "--append-eod")
+    assert main(list(argv)) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [p["prefix"] for p in printed] == [f"{out}_text_document", f"{out}_title_document"]
+    eos = mistral_tokenizer.eos_id
+    assert IndexedDataset(f"{out}_text_document").get(1).tolist() == mistral_tokenizer.encode("second") + [eos]
+    assert IndexedDataset(f"{out}_title_document").get(0).tolist() == mistral_tokenizer.encode("One") + [eos]
+    bad = ["--input", str(src), "--output-prefix", str(out), "--tokenizer-type", "GPT2BPETokenizer"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "GPT2BPETokenizer: not supported" in err

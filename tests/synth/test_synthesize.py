@@ -38,7 +38,7 @@ def write_corpus(path, n, start=0):
 
 
 def make_cfg(tmp_path, tiny_dir, out, **kw):
-    base = dict(inputs=[str(tmp_path / "in")], output_dir=str(out), rounds=2, max_new_tokens=8,
+    base = dict(input=[str(tmp_path / "in")], output_dir=str(out), rounds=2, max_new_tokens=8,
                 temperature=0.8, n=2, batch_texts=3, progress=False)
     base.update(kw)
     cfg = SynthesizeConfig(**base)
@@ -121,7 +121,7 @@ def test_bad_input_is_counted_or_named(tmp_path):
         fh.write(b'{"id": "a", "text": "fine"}\n{"id": "b", "text": "   "}\n{"id": "a", "text": "again"}\n')
         fh.write(b'{"id": "c", "text": "caf\xe9 latin-1"}\n\n{"text": "no id"}\n{"id": "d", "txt": "x"}\n')
         fh.write(b'{"id": "e", "text": "trunc\n')
-    cfg = SynthesizeConfig(inputs=[str(path)], output_dir="x")
+    cfg = SynthesizeConfig(input=[str(path)], output_dir="x")
     from collections import Counter
 
     with pytest.raises(DataError, match=r"bad\.jsonl\.gz:7: field 'text': missing"):
@@ -138,7 +138,7 @@ def test_parquet_input_and_fraction(tmp_path):
 
     ids = [f"p{i}" for i in range(200)]
     pq.write_table(pa.table({"id": ids, "text": [f"text {i}" for i in range(200)]}), tmp_path / "p.parquet")
-    cfg = SynthesizeConfig(inputs=[str(tmp_path)], output_dir="x", fraction=0.2)
+    cfg = SynthesizeConfig(input=[str(tmp_path)], output_dir="x", fraction=0.2)
     from collections import Counter
 
     stats: Counter = Counter()

@@ -40,9 +40,8 @@ def test_mistral_tokenizer_exported_in_hf_form(tmp_path, mistral_tokenizer) -> N
 def test_cli_help_and_bad_path(tmp_path, capsys) -> None:
     from megatron_ipt.train.export import main
 
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0 and "ZeRO" in capsys.readouterr().out
+    assert main(["--help"]) == 0
+    assert "ZeRO" in capsys.readouterr().out
     assert main([str(tmp_path), str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "neither a checkpoint" in err

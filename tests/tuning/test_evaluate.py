@@ -136,4 +136,4 @@ def test_evaluate_synthesizer_cli(tmp_path: Path, tiny_model, mistral_tokenizer,
     ), printed[:300]
     assert report["loss"]["pair_tokens"] > 0 and report["loss"]["pair_loss"] > 5  # a random model
     assert report["generation"]["contexts"] == 1 and report["generation"]["responses"] >= 1
-    assert main(["--model", "x", "--data-prefix", str(tmp_path / "none"), "--no-loss"]) == 1
+    assert main(["--model", "x", "--data-prefix", str(tmp_path / "none"), "--no-loss"]) == 2
