@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: venv demo test lint system-deps clean
 
 # CPU torch first (a local wheel); otherwise pip resolves torch to a multi-GB CUDA build.
-$(STAMP): setup.py
+$(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip wheel setuptools
 	$(PIP) install -q torch==2.13.0

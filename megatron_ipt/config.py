@@ -191,8 +191,10 @@ def load_config(
     arguments in the house grammar: see :func:`parse_argv`)."""
     cfg = cls()
     if path is not None:
+        from megatron_ipt.resources import resolve
+
         try:
-            cfg = _merge_into(cfg, _yaml_aliases(cls, _read_yaml(Path(path))), "")
+            cfg = _merge_into(cfg, _yaml_aliases(cls, _read_yaml(resolve(path))), "")
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
     try:

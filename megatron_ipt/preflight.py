@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from megatron_ipt import resources
 from megatron_ipt.data.blend import Blend
 from megatron_ipt.launch import LaunchError, slurm_master
 
@@ -40,7 +41,7 @@ def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
     tok = cfg.data.tokenizer
     if ("/" in tok or tok.endswith((".model", ".gguf"))) and not Path(tok).exists():
         problems.append(f"data.tokenizer: {tok!r} does not exist (a name like 'mistral', or a path)")
-    if not Path(cfg.ds_config).is_file():
+    if not resources.resolve(cfg.ds_config).is_file():
         problems.append(f"ds_config: DeepSpeed config {cfg.ds_config!r} does not exist")
     return problems
 

@@ -1,6 +1,6 @@
 """The one-way import flow of the package, checked on every module (imports inside functions too).
 
-    base (config, io, log, launch, tokenizer) <- data <- synth <- tuning, corpora
+    base (config, io, log, launch, tokenizer, resources) <- data <- synth <- tuning, corpora
     base <- model <- train;  eval reads models and the synthesis format
     preflight sits above train; the demo is the one application over everything, data_tools included.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "megatron_ipt"
-BASE = {"config", "io", "log", "launch", "tokenizer", "__init__", "progress", "fsio"}
+BASE = {"config", "io", "log", "launch", "tokenizer", "__init__", "progress", "fsio", "resources"}
 
 # room -> the rooms it may import (besides itself and the base layer).
 ALLOWED: dict[str, set[str]] = {

@@ -17,8 +17,9 @@ from megatron_ipt.demo.paths import ARMS, DemoPaths
 from megatron_ipt.demo.sizes import DemoSize
 from megatron_ipt.demo.stages import DemoError, run_command, run_main, torchrun_module
 from megatron_ipt.demo.start_model import start_model_dir
+from megatron_ipt.resources import shipped_dir
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
+CONFIGS = shipped_dir("configs") / "demo"
 RAW_DOCUMENT = "_text_document"  # suffix preprocess_data adds to the output prefix
 
 

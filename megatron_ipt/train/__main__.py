@@ -54,5 +54,10 @@ def _exit_now(status: int) -> None:
     os._exit(status)
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``ipt-train`` console command."""
     _exit_now(main())
+
+
+if __name__ == "__main__":
+    console()

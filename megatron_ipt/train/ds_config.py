@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from megatron_ipt import resources
 from megatron_ipt.config import ConfigError
 from megatron_ipt.train.config import TrainConfig
 
@@ -17,7 +18,8 @@ OWNED_KEYS = (
 
 
 def load_ds_json(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """The DeepSpeed JSON at ``path`` (from the cwd, else the shipped ``ds_configs/`` file it names)."""
+    path = resources.resolve(path)
     if not path.is_file():
         raise ConfigError(f"ds_config: file not found: {path}")
     try:
