@@ -43,7 +43,24 @@ def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
         problems.append(f"data.tokenizer: {tok!r} does not exist (a name like 'mistral', or a path)")
     if not resources.resolve(cfg.ds_config).is_file():
         problems.append(f"ds_config: DeepSpeed config {cfg.ds_config!r} does not exist")
+    if not problems:
+        problems += _tokenizer_problems(cfg)
     return problems
+
+
+def _tokenizer_problems(cfg: object) -> list[str]:
+    """Data tokenized with another tokenizer than ``data.tokenizer`` (the trainer refuses it too, later)."""
+    from megatron_ipt.config import ConfigError
+    from megatron_ipt.tokenizer import TokenizerError, load_tokenizer
+    from megatron_ipt.train.data import check_data_tokenizer
+
+    try:
+        check_data_tokenizer(cfg.data, load_tokenizer(cfg.data.tokenizer))  # type: ignore[attr-defined]
+    except TokenizerError as err:
+        return [f"data.tokenizer: {err}"]
+    except ConfigError as err:
+        return [str(err)]
+    return []
 
 
 def preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]:

@@ -77,6 +77,26 @@ def test_preflight_checks_the_training_config(monkeypatch, capsys, tiny_prefix, 
     assert rc == 2 and "optim.lrr" in capsys.readouterr().err
 
 
+def test_preflight_refuses_data_of_another_tokenizer(monkeypatch, capsys, repo_root, tmp_path, smollm2_dir) -> None:
+    from megatron_ipt.data.preprocess import preprocess
+
+    _clear_slurm(monkeypatch)
+    monkeypatch.chdir(repo_root)
+    (tmp_path / "c.jsonl").write_text('{"text": "A document tokenized with Mistral."}\n')
+    prefix = preprocess(tmp_path / "c.jsonl", tmp_path / "c", "mistral", workers=0, progress=False)["prefix"]
+    config = str(repo_root / "configs" / "tiny.yaml")
+    assert preflight.main(["preflight", "--train-config", config, f"--data.train={prefix}"]) == 0
+    capsys.readouterr()
+    rc = preflight.main(["preflight", "--train-config", config, f"--data.train={prefix}",
+                         f"--data.tokenizer={smollm2_dir}", "--model.vocab_size=49152"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"data.train: dataset {prefix} was tokenized with mistral (vocab 32000" in err
+    assert f"but data.tokenizer is {smollm2_dir} (vocab 49152" in err and "data.allow_tokenizer_mismatch=true" in err
+    assert preflight.main(["preflight", "--train-config", config, f"--data.train={prefix}",
+                           f"--data.tokenizer={smollm2_dir}", "--data.allow_tokenizer_mismatch=true"]) == 0
+
+
 def test_preflight_rejects_overrides_without_config(capsys) -> None:
     with pytest.raises(SystemExit):
         preflight.main(["preflight", "--steps=3"])

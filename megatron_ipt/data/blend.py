@@ -193,11 +193,12 @@ class BlendedDataset:
             num_samples = max(sum(ds.n_tokens for ds in self.indexed) // self.seq_len, 1)
         self.num_samples = int(num_samples)
         self.cache_dir = Path(cache_dir) if cache_dir else Path(self.blend.prefixes[0]).parent / "index-cache"
-        self.fingerprint = self._fingerprint()
+        self.spec = self._spec()
+        self.fingerprint = hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()[:16]
         arrays = cached_arrays(
             self.cache_dir,
             "blend",
-            f"{self.fingerprint}-{self.num_samples}",
+            self.fingerprint,
             lambda: dict(
                 zip(
                     ("dataset_index", "dataset_sample_index"),
@@ -224,12 +225,14 @@ class BlendedDataset:
             for d, ((_, p), c) in enumerate(zip(self.blend, self.counts, strict=True))
         ]
 
-    def _fingerprint(self) -> str:
-        """Hash of prefixes, document counts/lengths, weights, seed, seq_len, shuffle: stored in checkpoints.
+    def _spec(self) -> dict[str, Any]:
+        """What decides the sample order: prefixes, document counts/lengths, weights, seed, seq_len,
+        shuffle and the sample count. Its hash is ``fingerprint``; both are stored in checkpoints.
 
-        The sample count is left out so a longer run over the same data keeps the same fingerprint.
+        The sample count is part of it: each dataset is packed and shuffled for exactly the samples it
+        supplies, so a longer run over the same data has another order and must not pass for the same.
         """
-        desc = {
+        return {
             "version": INDEX_VERSION,
             "datasets": [
                 {
@@ -244,8 +247,8 @@ class BlendedDataset:
             "seed": self.seed,
             "seq_len": self.seq_len,
             "shuffle": self.shuffle,
+            "num_samples": self.num_samples,
         }
-        return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
         return self.num_samples

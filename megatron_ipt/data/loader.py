@@ -20,7 +20,8 @@ API::
     train.consumed_samples       # samples consumed by ALL data-parallel ranks so far
     sd = train.state_dict()      # {"consumed_samples", "fingerprint"}: store in checkpoints
     train.load_state_dict(sd)    # resume exactly; a different blend fingerprint raises
-    train.fingerprint            # hash of prefixes, document sizes, weights, seed, seq_len
+    train.fingerprint            # hash of prefixes, document sizes, weights, seed, seq_len, sample count
+    train.spec                   # the description behind it (what a checkpoint compares, key by key)
     train.report()               # per dataset: weight, samples, epochs
 
     valid = build_eval_loader(blend_or_prefix, seq_len, micro_batch_size, num_samples, dp_rank, dp_size)
@@ -114,6 +115,11 @@ class TrainLoader:
     def fingerprint(self) -> str:
         return self.dataset.fingerprint
 
+    @property
+    def spec(self) -> dict:
+        """The blend's description behind ``fingerprint`` (a checkpoint stores it to say what changed)."""
+        return self.dataset.spec
+
     def report(self) -> list[dict]:
         return self.dataset.report()
 
@@ -144,7 +150,7 @@ class TrainLoader:
         if fp is not None and fp != self.fingerprint:
             raise ValueError(
                 f"checkpoint data fingerprint {fp} differs from this blend's {self.fingerprint}: "
-                "the datasets, weights, seed or seq_len changed, so resuming would not continue the same stream"
+                "the datasets, weights, seed, seq_len or sample count changed, so resuming would not continue the same stream"
             )
         ShardedBatchSampler(
             len(self.dataset), self.micro_batch_size, self.dp_rank, self.dp_size, state["consumed_samples"]

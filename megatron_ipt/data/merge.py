@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_ipt.data.indexed import IndexedDataset, IndexedDatasetWriter, exists, lossmask_prefix
+from megatron_ipt.data.provenance import common_record
 from megatron_ipt.io import atomic_write_json
 
 _DOCS_PER_CHUNK = 1 << 18
@@ -25,13 +26,16 @@ def _copy(src: IndexedDataset, writer: IndexedDatasetWriter, ones: bool = False)
 def merge_datasets(prefixes: list[str | Path], output_prefix: str | Path) -> dict:
     """Write ``output_prefix`` = the documents of ``prefixes`` in order; return a summary.
 
-    Token dtypes are widened to the widest input. When any input has a ``_lossmask`` twin the
-    output has one too, with ones for the inputs that lack it (every token of theirs counts).
+    Inputs made with different tokenizers (their ``tokenizer_fingerprint``) or token dtypes are
+    refused (:class:`~megatron_ipt.data.provenance.ProvenanceError`): their ids mean different
+    things. When any input has a ``_lossmask`` twin the output has one too, with ones for the
+    inputs that lack it (every token of theirs counts).
     """
     if not prefixes:
         raise ValueError("merge_datasets: no input prefix")
     sources = [IndexedDataset(p) for p in prefixes]
-    dtype = np.result_type(*[s.dtype for s in sources])
+    record = common_record([str(p) for p in prefixes], [s.dtype for s in sources])
+    dtype = sources[0].dtype
     masks = [IndexedDataset(lossmask_prefix(p)) if exists(lossmask_prefix(p)) else None for p in prefixes]
     out = str(output_prefix)
     if out in {str(p) for p in prefixes}:
@@ -61,6 +65,7 @@ def merge_datasets(prefixes: list[str | Path], output_prefix: str | Path) -> dic
         "documents": writer.n_docs,
         "tokens": writer.n_tokens,
         "dtype": str(dtype),
+        "tokenizer_fingerprint": record,
     }
     atomic_write_json(f"{out}.summary.json", summary)
     return summary

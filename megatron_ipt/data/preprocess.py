@@ -34,6 +34,7 @@ from megatron_ipt.data.indexed import (
     idx_path,
     lossmask_prefix,
 )
+from megatron_ipt.data.provenance import tokenizer_record
 from megatron_ipt.data.readers import DataError, FileFault, InputFile, expand_inputs, read_records
 from megatron_ipt.io import atomic_write_json
 from megatron_ipt.log import get_logger
@@ -64,7 +65,7 @@ def _fingerprint(
         st = f.path.stat()
         h.update(f"{f.path.resolve()}|{f.kind}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     h.update(
-        f"{tok.name}|{tok.vocab_size}|{opts.key}|{opts.append_eod}|{opts.prepend_bos}|{dtype}|{skip_bad}".encode()
+        f"{tok.name}|{tok.vocab_hash}|{tok.vocab_size}|{opts.key}|{opts.append_eod}|{opts.prepend_bos}|{dtype}|{skip_bad}".encode()
     )
     return h.hexdigest()[:16]
 
@@ -179,7 +180,7 @@ def preprocess(
     ``dataset_suffix=False`` writes to ``output_prefix`` itself. ``workers=0`` tokenizes in this
     process. The summary (also written to ``PREFIX.summary.json``) has ``prefix``, ``lossmask_prefix``
     (or None), ``read``, ``written``, ``skipped`` (by reason), ``skip_examples``, ``tokens``,
-    ``elapsed_s``. With ``skip_bad=False`` the first bad record raises :class:`DataError`.
+    ``elapsed_s`` and ``tokenizer_fingerprint`` (see :mod:`megatron_ipt.data.provenance`). With ``skip_bad=False`` the first bad record raises :class:`DataError`.
     """
     t0 = time.time()
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
@@ -317,6 +318,7 @@ def preprocess(
         "tokenizer": tok.name,
         "vocab_size": tok.vocab_size,
         "dtype": str(dtype),
+        "tokenizer_fingerprint": tokenizer_record(tok, dtype),  # checked by the trainer and merge
         "read": run.read,
         "written": run.written,
         "skipped": dict(run.skipped),

@@ -251,16 +251,59 @@ def load_checkpoint(engine: Any, tag_dir: Path, universal: bool) -> None:
     log.info("checkpoint: resumed from %s%s", tag_dir, " (universal)" if universal else "")
 
 
+def _flatten(value: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{path}.{k}" if path else str(k)))
+        return out
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_flatten(v, f"{path}[{i}]"))
+        return out
+    return {path: value}
+
+
+def data_changes(meta: dict[str, Any], fingerprint: str, spec: dict[str, Any] | None,
+                 tokenizer: dict[str, Any] | None) -> list[str]:
+    """What differs between the checkpoint's data stream and this run's, one ``key: old -> new`` each."""
+    changes: list[str] = []
+    saved_spec = meta.get("data_spec")
+    if meta.get("data_fingerprint") != fingerprint:
+        if isinstance(saved_spec, dict) and spec is not None:
+            old, new = _flatten(saved_spec), _flatten(spec)
+            changes += [f"{k}: {old.get(k, '(none)')} -> {new.get(k, '(none)')}"
+                        for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        if not changes:
+            changes.append(f"data fingerprint: {meta.get('data_fingerprint')} -> {fingerprint}")
+    saved_tok = meta.get("tokenizer_fingerprint")
+    if isinstance(saved_tok, dict) and tokenizer is not None and saved_tok.get("hash") != tokenizer.get("hash"):
+        changes.append(f"tokenizer: {saved_tok.get('name')} (hash {saved_tok.get('hash')}) -> "
+                       f"{tokenizer.get('name')} (hash {tokenizer.get('hash')})")
+    return changes
+
+
 def check_compatible(meta: dict[str, Any], shape: dict[str, Any], fingerprint: str, allow_data_change: bool,
-                     tag_dir: Path) -> None:
-    """Errors before any compute when the checkpoint belongs to another model or data stream."""
+                     tag_dir: Path, spec: dict[str, Any] | None = None,
+                     tokenizer: dict[str, Any] | None = None) -> None:
+    """Errors before any compute when the checkpoint belongs to another model or data stream.
+
+    The data stream is the blend (datasets, weights, seed, seq_len, sample count) and the tokenizer;
+    with ``allow_data_change`` a changed stream is accepted and every change is logged.
+    """
     saved = meta.get("model_shape", {})
     diff = {k: (saved.get(k), v) for k, v in shape.items() if saved.get(k) != v}
     if diff:
         details = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
         raise CheckpointError(f"{tag_dir}: checkpoint of another model shape ({details})")
-    if meta.get("data_fingerprint") != fingerprint and not allow_data_change:
+    changes = data_changes(meta, fingerprint, spec, tokenizer)
+    if not changes:
+        return
+    if not allow_data_change:
         raise CheckpointError(
-            f"{tag_dir}: data fingerprint {meta.get('data_fingerprint')} differs from this run's {fingerprint}; "
-            "set checkpoint.allow_data_change=true to resume on different data"
+            f"{tag_dir}: data fingerprint {meta.get('data_fingerprint')} differs from this run's {fingerprint} "
+            f"({'; '.join(changes)}); set checkpoint.allow_data_change=true to resume on different data"
         )
+    log.warning("checkpoint: resuming %s on changed data (checkpoint.allow_data_change=true): %s", tag_dir,
+                "; ".join(changes))

@@ -40,6 +40,7 @@ class DataConfig:
     valid: Any = None
     seq_len: int = 2048  # tokens per training sample
     tokenizer: str = "mistral"  # the tokenizer the data was built with (mistral, .model, HF dir, .gguf)
+    allow_tokenizer_mismatch: bool = False  # train on datasets whose recorded tokenizer differs (warned)
     seed: int = 1234  # seed of the blend and sample shuffling
     # Where the data core caches blend/packing indices (null: next to the first train prefix).
     cache_dir: str | None = None
@@ -76,7 +77,7 @@ class CheckpointConfig:
     interval: int = 1000  # steps between saves (0: only at the end and on preemption)
     keep_last: int = 3  # checkpoints kept; older ones are deleted
     resume: str = "auto"  # auto | none | a checkpoint tag directory
-    allow_data_change: bool = False  # resume even if the data blend differs from the checkpoint's
+    allow_data_change: bool = False  # resume although data, tokenizer or sample count differ (changes logged)
     save_at_end: bool = True  # save a checkpoint after the last step
 
 

@@ -17,6 +17,18 @@ from megatron_ipt.data.loader import TrainLoader, build_eval_loader, build_train
 from megatron_ipt.train.config import BatchPlan, DataConfig
 
 
+def check_data_tokenizer(cfg: DataConfig, tokenizer: Any) -> None:
+    """Refuse (before any compute) train/valid datasets whose recorded tokenizer is not ``data.tokenizer``."""
+    from megatron_ipt.data.provenance import check_datasets
+
+    override = None if cfg.allow_tokenizer_mismatch else "data.allow_tokenizer_mismatch"
+    for name in ("train", "valid"):
+        blend = Blend.optional(getattr(cfg, name), f"data.{name}")
+        if blend is not None:
+            blend.check_exists(f"data.{name}")
+            check_datasets(blend.prefixes, tokenizer, f"data.{name}", override, against="data.tokenizer")
+
+
 def dataset_ids(batch: dict[str, Any]) -> torch.Tensor:
     return batch["dataset_ids"] if "dataset_ids" in batch else batch["dataset_id"]
 

@@ -23,7 +23,7 @@ from megatron_ipt.model.attention import DOC_BACKENDS, packed_documents
 from megatron_ipt.model.build import build_model, hf_config, model_shape
 from megatron_ipt.train import checkpoint as ckpt
 from megatron_ipt.train.config import TrainConfig
-from megatron_ipt.train.data import TrainStream, dataset_ids
+from megatron_ipt.train.data import TrainStream, check_data_tokenizer, dataset_ids
 from megatron_ipt.train.ds_config import build_ds_config, zero_stage
 from megatron_ipt.train.loss import backward_scale, global_token_count, masked_loss_sum
 from megatron_ipt.train.metrics import MetricsWriter, flops_per_token, peak_flops
@@ -64,6 +64,7 @@ def plan_run(cfg: TrainConfig, dist_env: DistEnv) -> Plan:
     from megatron_ipt.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.data.tokenizer)
+    check_data_tokenizer(cfg.data, tokenizer)  # data tokenized with another tokenizer: refused first
     _check_model_fits(cfg, tokenizer)
     ds_config = build_ds_config(cfg, dist_env.world_size)
     resume_from: Path | None = None
@@ -88,7 +89,7 @@ def plan_run(cfg: TrainConfig, dist_env: DistEnv) -> Plan:
         valid = cfg.data.build_valid(batch, cfg.logging.eval_iters, dist_env.rank)
     if meta:
         ckpt.check_compatible(meta, _shape_of_config(cfg), train.fingerprint, cfg.checkpoint.allow_data_change,
-                              resume_from)
+                              resume_from, spec=train.loader.spec, tokenizer=tokenizer.fingerprint())
     return Plan(dist_env, ds_config, train, valid, tokenizer, resume_from, meta,
                 bool(meta) and meta["world_size"] != dist_env.world_size)
 
@@ -212,7 +213,9 @@ class Trainer:
             "zero_stage": zero_stage(self.plan.ds_config),
             "model_shape": self.shape,
             "data_fingerprint": self.data.fingerprint,
+            "data_spec": self.data.loader.spec,
             "tokenizer": self.cfg.data.tokenizer,
+            "tokenizer_fingerprint": self.plan.tokenizer.fingerprint(),
             "hf_config": self.engine.module.config.to_dict(),
             "tokens_per_dataset": self.tokens_per_dataset,
         }

@@ -133,7 +133,9 @@ def test_blended_dataset(tmp_path: Path, make_ds) -> None:
     assert all(np.array_equal(ds[i]["input_ids"], again[i]["input_ids"]) for i in range(0, 2000, 31))
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()} == mtimes  # cache reused
     longer = BlendedDataset(blend, seq_len=16, num_samples=3000, seed=7, cache_dir=tmp_path / "cache")
-    assert longer.fingerprint == ds.fingerprint  # same data spec, longer run
+    # A longer run has another order (each dataset is shuffled for its own sample count): never the same.
+    assert longer.fingerprint != ds.fingerprint
+    assert {k: (ds.spec[k], v) for k, v in longer.spec.items() if ds.spec[k] != v} == {"num_samples": (2000, 3000)}
     for other in (
         BlendedDataset(f"0.5 {big} 0.5 {small}", 16, 2000, seed=7, cache_dir=tmp_path / "cache"),
         BlendedDataset(blend, 16, 2000, seed=8, cache_dir=tmp_path / "cache"),

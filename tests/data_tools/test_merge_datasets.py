@@ -1,4 +1,4 @@
-"""merge_datasets: documents in order, widened dtype, loss-mask twins merged (ones where missing)."""
+"""merge_datasets: documents in order, loss-mask twins merged (ones where missing); mixed tokenizers or dtypes refused."""
 
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ def write(prefix: Path, docs: list[list[int]], dtype, mask: list[list[int]] | No
 
 
 def test_merge(tmp_path: Path, capsys) -> None:
-    write(tmp_path / "a", [[1, 2, 3], [4]], np.uint16)
+    write(tmp_path / "a", [[1, 2, 3], [4]], np.int32)
     write(tmp_path / "b", [[70000, 5]], np.int32, mask=[[0, 1]])
-    write(tmp_path / "c", [[6, 7]], np.uint16)
+    write(tmp_path / "c", [[6, 7]], np.int32)
     rc = main(["--input", *(str(tmp_path / n) for n in "abc"), "--output-prefix", str(tmp_path / "m")])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["documents"] == 4 and summary["tokens"] == 8 and summary["dtype"] == "int32"
+    assert summary["tokenizer_fingerprint"] is None  # hand-written inputs carry no record
     ds = IndexedDataset(tmp_path / "m")
     assert [ds.get(i).tolist() for i in range(len(ds))] == [[1, 2, 3], [4], [70000, 5], [6, 7]]
     mask = IndexedDataset(lossmask_prefix(tmp_path / "m"))
@@ -53,3 +54,31 @@ def test_merge_errors(tmp_path: Path, capsys) -> None:
     assert main(["--input", str(tmp_path / "a"), "--output-prefix", str(tmp_path / "a")]) == 2
     assert "also an input" in capsys.readouterr().err
     assert not (tmp_path / "m.bin").exists()
+
+
+def test_merge_refuses_other_tokenizer_or_dtype(tmp_path: Path, capsys, mistral_tokenizer, smollm2_dir) -> None:
+    """Ids of two tokenizers mean different things: merging them is refused, naming both."""
+    from megatron_ipt.data.preprocess import preprocess
+    from megatron_ipt.tokenizer import load_tokenizer
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"text": "The same words, two tokenizers."}) + "\n")
+    smol = load_tokenizer(smollm2_dir)
+    a = preprocess(src, tmp_path / "a", mistral_tokenizer, workers=0, progress=False)["prefix"]
+    a2 = preprocess(src, tmp_path / "a2", "mistral", workers=0, progress=False)["prefix"]
+    b = preprocess(src, tmp_path / "b", smol, workers=0, progress=False)["prefix"]
+    assert main(["--input", a, b, "--output-prefix", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot merge {a} (tokenized with mistral (vocab 32000" in err and str(smollm2_dir) in err
+    assert not (tmp_path / "m.bin").exists()
+    # Same tokenizer: merged, and the record travels to the output's summary.
+    assert main(["--input", a, a2, "--output-prefix", str(tmp_path / "m")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tokenizer_fingerprint"] == {**mistral_tokenizer.fingerprint(), "dtype": "uint16"}
+    assert json.loads((tmp_path / "m.summary.json").read_text())["tokenizer_fingerprint"]["hash"] == (
+        mistral_tokenizer.vocab_hash)
+    # Different dtypes (even without records) are refused too.
+    write(tmp_path / "u16", [[1, 2]], np.uint16)
+    write(tmp_path / "i32", [[70000]], np.int32)
+    assert main(["--input", str(tmp_path / "u16"), str(tmp_path / "i32"), "--output-prefix", str(tmp_path / "x")]) == 1
+    assert "different token dtypes" in capsys.readouterr().err and not (tmp_path / "x.bin").exists()

@@ -85,6 +85,65 @@ def test_checkpoint_of_another_shape_or_data(tmp_path, pubmed_prefixes) -> None:
         plan_run(_cfg(train, ckpt, "--global_batch_size=16"), SINGLE)
 
 
+def test_data_of_another_tokenizer_fails_before_any_step(tmp_path, pubmed_prefixes, smollm2_dir) -> None:
+    """Tokenized with Mistral's tokenizer, trained with SmolLM2's: every id is valid and wrong. Refused."""
+    prefix = pubmed_prefixes["train"]  # preprocess(..., mistral) through the data core
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_ipt.train", "--config", "configs/tiny.yaml", f"--data.train={prefix}",
+         f"--data.tokenizer={smollm2_dir}", "--model.vocab_size=49152", f"--run_dir={tmp_path}/run"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "Traceback" not in proc.stderr
+    assert f"data.train: dataset {prefix} was tokenized with mistral (vocab 32000" in err[0]
+    assert f"but data.tokenizer is {smollm2_dir} (vocab 49152" in err[0]
+    assert "data.allow_tokenizer_mismatch=true" in err[0]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    # The held-out blend is checked too.
+    from megatron_ipt.data.preprocess import preprocess
+
+    (tmp_path / "smol.jsonl").write_text("".join(json.dumps({"text": t * 40}) + "\n" for t in ("a b ", "c d ")))
+    smol = preprocess(tmp_path / "smol.jsonl", tmp_path / "smol", str(smollm2_dir), workers=0, progress=False,
+                      append_eod=True)["prefix"]
+    with pytest.raises(ConfigError, match=rf"data\.valid: dataset {pubmed_prefixes['valid']} was tokenized with mis"):
+        plan_run(_cfg(f"--data.train={smol}", f"--data.valid={pubmed_prefixes['valid']}", "--data.seq_len=128",
+                      f"--data.tokenizer={smollm2_dir}", "--model.vocab_size=49152",
+                      "--model.expected_parameters=null", f"--checkpoint.dir={tmp_path}/none"), SINGLE)
+
+
+def test_tokenizer_mismatch_override(tmp_path, pubmed_prefixes, smollm2_dir, caplog) -> None:
+    plan = plan_run(_cfg(f"--data.train={pubmed_prefixes['train']}", f"--data.tokenizer={smollm2_dir}",
+                         "--model.vocab_size=49152", "--model.expected_parameters=null",
+                         "--data.allow_tokenizer_mismatch=true", f"--checkpoint.dir={tmp_path}/ckpt"), SINGLE)
+    assert plan.tokenizer.vocab_size == 49152
+    assert "training on it anyway" in caplog.text and "was tokenized with mistral" in caplog.text
+
+
+def test_resume_refuses_changed_data_and_says_what_changed(tmp_path, pubmed_prefixes, caplog) -> None:
+    """A longer run (more samples: another order), other data or another tokenizer: refused or logged."""
+    args = [f"--data.train={pubmed_prefixes['train']}", f"--checkpoint.dir={tmp_path}/ckpt", "--steps=20"]
+    plan = plan_run(_cfg(*args), SINGLE)
+    cfg = _cfg(*args)
+    tag = _fake_checkpoint(tmp_path / "ckpt", cfg, plan.train.fingerprint)
+    meta = json.loads((tag / "meta.json").read_text())
+    meta |= {"data_spec": plan.train.loader.spec, "tokenizer_fingerprint": plan.tokenizer.fingerprint()}
+    (tag / "meta.json").write_text(json.dumps(meta))
+    assert plan_run(_cfg(*args), SINGLE).resume_meta["step"] == 4  # the same stream resumes
+    samples = 20 * cfg.global_batch_size
+    with pytest.raises(CheckpointError, match=rf"num_samples: {samples} -> {2 * samples}\)"):
+        plan_run(_cfg(*args, "--steps=40"), SINGLE)
+    with pytest.raises(CheckpointError, match=r"datasets\[0\]\.prefix: .*train -> .*other"):
+        plan_run(_cfg(*args, f"--data.train={pubmed_prefixes['other']}"), SINGLE)
+    meta["tokenizer_fingerprint"] = {**meta["tokenizer_fingerprint"], "hash": "0" * 16, "name": "old-tok"}
+    (tag / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"tokenizer: old-tok \(hash 0{16}\) -> mistral"):
+        plan_run(_cfg(*args), SINGLE)
+    caplog.clear()
+    plan_run(_cfg(*args, "--steps=40", "--checkpoint.allow_data_change=true"), SINGLE)
+    assert f"num_samples: {samples} -> {2 * samples}" in caplog.text and "tokenizer: old-tok" in caplog.text
+
+
 def test_cli_fails_before_compute(tmp_path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "megatron_ipt.train", "--config", "configs/tiny.yaml",
