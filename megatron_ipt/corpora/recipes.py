@@ -100,8 +100,10 @@ def _converted_ids(inputs: list[str]) -> set[str]:
 
 
 def synthesis_totals(inputs: list[str]) -> dict:
-    """Key figures summed over the ``*.stats.json`` that ``data_tools.synthesize`` wrote per shard."""
+    """Key figures summed over the ``*.stats.json`` that ``data_tools.synthesize`` wrote per shard, and
+    ``synthesizers``: each distinct provenance (model fingerprint, tokenizer, settings) with its shard count."""
     totals: Counter = Counter()
+    synthesizers: dict[str, dict] = {}
     shards = 0
     for spec in inputs:
         p = Path(spec)
@@ -118,9 +120,20 @@ def synthesis_totals(inputs: list[str]) -> dict:
             totals["unfinished_outputs"] += st.get("parse", {}).get("unfinished_outputs", 0)
             for key, value in st.get("input", {}).items():
                 totals[f"input_{key}"] += value
+            prov = st.get("provenance")
+            if isinstance(prov, dict):
+                key = json.dumps(prov, sort_keys=True)
+                synthesizers.setdefault(key, {**prov, "shards": 0})["shards"] += 1
+            else:
+                synthesizers.setdefault("", {"synthesizer": None, "shards": 0})["shards"] += 1
     if not shards:
         return {}
     out = {"shards": shards, **totals}
+    # Which model (and settings) wrote the shards: more than one entry means a mixed synthesis.
+    out["synthesizers"] = list(synthesizers.values())
+    if len(synthesizers) > 1:
+        log.warning("the synthesized shards come from %d different synthesizers or settings (see the mixture "
+                    "report's synthesis.synthesizers)", len(synthesizers))
     out["pairs_per_text"] = round(totals["pairs"] / totals["texts"], 3) if totals["texts"] else 0.0
     return out
 
@@ -157,8 +170,11 @@ def _weights(cfg: CorporaConfig, tokens: dict[str, int]) -> dict[str, float]:
 def build_corpora(cfg: CorporaConfig) -> dict:
     """Run a recipe end to end; returns the mixture report."""
     from megatron_ipt.data.preprocess import preprocess
+    from megatron_ipt.tokenizer import load_tokenizer
 
     cfg.validate()
+    tok = load_tokenizer(cfg.tokenizer)  # once for every component (preprocess reuses it)
+    tok_record: dict | None = None
     out = Path(cfg.output_dir).resolve()
     stats: dict[str, Counter] = {k: Counter() for k in ("instruct", "raw", "tuning", "instructions")}
     components: dict[str, dict] = {}
@@ -171,8 +187,9 @@ def build_corpora(cfg: CorporaConfig) -> dict:
             log.warning("component %s has no documents; it is left out of the blend", name)
             components[name] = counts | {"tokens": 0, "prefix": None}
             continue
-        summary = preprocess([doc_path], out / "data" / name, cfg.tokenizer, json_key="text", workers=cfg.workers,
+        summary = preprocess([doc_path], out / "data" / name, tok, json_key="text", workers=cfg.workers,
                              append_eod=True, prepend_bos=True, progress=cfg.progress, dataset_suffix=False)
+        tok_record = summary["tokenizer_fingerprint"]
         components[name] = counts | {"tokens": int(summary["tokens"]), "prefix": summary["prefix"]}
     tokens = {k: c["tokens"] for k, c in components.items()}
     if not any(tokens.values()):
@@ -195,9 +212,14 @@ def build_corpora(cfg: CorporaConfig) -> dict:
                                               "pairs_dropped": sum(quality.drops.values()),
                                               "dropped": dict(sorted(quality.drops.items(), key=lambda kv: -kv[1]))}
     blend = Blend.parse([[weights[k], components[k]["prefix"]] for k in components if k in weights], "mixture")
+    # The blend carries its tokenizer: a training config that includes it trains with the same one
+    # (and the trainer refuses another one, from the datasets' summaries).
+    tok_spec = cfg.tokenizer if not Path(cfg.tokenizer).exists() else str(Path(cfg.tokenizer).resolve())
     atomic_write_text(out / "blend.yaml", "# written by data_tools.build_corpora: include it in a training config\n"
-                      + yaml.safe_dump({"data": {"train": blend.to_yaml()}}, sort_keys=False))
-    report = {"recipe": cfg.recipe, "tokenizer": cfg.tokenizer, "total_tokens": total_tokens,
+                      f"# tokenized with {tok.name} (vocab {tok.vocab_size}, hash {tok.vocab_hash})\n"
+                      + yaml.safe_dump({"data": {"train": blend.to_yaml(), "tokenizer": tok_spec}}, sort_keys=False))
+    report = {"recipe": cfg.recipe, "tokenizer": cfg.tokenizer, "tokenizer_fingerprint": tok_record,
+              "total_tokens": total_tokens,
               "components": components, "blend": [list(e) for e in blend], "synthesis": synthesis_totals(cfg.synthesized),
               "train_override": "--data.train=" + json.dumps(blend.to_megatron())}
     atomic_write_json(out / "mixture_report.json", report)
@@ -216,6 +238,10 @@ def report_markdown(report: dict) -> str:
         lines += ["", f"Synthesis ({syn['shards']} shards): {syn['texts']:,} texts, {syn['pairs']:,} pairs "
                   f"({syn['pairs_per_text']} per text), {syn['texts_without_pairs']:,} texts without pairs, "
                   f"{syn['degenerate_outputs']:,} degenerate outputs, {syn['texts_truncated']:,} texts truncated."]
+        for who in syn.get("synthesizers", []):
+            model = who.get("synthesizer") or {}
+            lines.append(f"- synthesizer {model.get('path', 'unrecorded')} (hash {model.get('hash')}): "
+                         f"{who['shards']} shard(s)")
     for name, c in report["components"].items():
         q = c.get("quality")
         if q:

@@ -33,6 +33,7 @@ from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.engine_types import Engine
 from megatron_ipt.synth.engines import EngineConfig
+from megatron_ipt.synth.provenance import model_fingerprint
 from megatron_ipt.synth.rounds import Entry, RoundsConfig, run_rounds
 
 log = get_logger(__name__)
@@ -237,7 +238,9 @@ def synthesize_shard(engine: Engine, cfg: SynthesizeConfig, path: Path, out_dir:
     partial = out_dir / f".{stem}.partial.jsonl"
     input_stats: Counter = Counter()
     texts = read_texts(path, cfg, input_stats)
-    fingerprint = cfg.fingerprint()
+    provenance = shard_provenance(cfg, engine)
+    # A partial file from another model at the same path (retrained in place) is not reused.
+    fingerprint = f"{cfg.fingerprint()}-{provenance['synthesizer']['hash']}"
     done = _read_partial(partial, fingerprint)
     if not done:
         with open(partial, "w", encoding="utf-8") as fh:
@@ -279,7 +282,8 @@ def synthesize_shard(engine: Engine, cfg: SynthesizeConfig, path: Path, out_dir:
     with atomic_path(final) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for e in entries:
             fh.write(json.dumps(e.record(), ensure_ascii=False) + "\n")
-    summary = summarize(entries, input_stats, time.time() - t0) | {"input_file": str(path), "resumed_texts": resumed}
+    summary = summarize(entries, input_stats, time.time() - t0) | {"input_file": str(path), "resumed_texts": resumed,
+                                                                  "provenance": provenance}
     atomic_write_json(stats_path, summary)
     partial.unlink(missing_ok=True)
     log.info("%s: %d texts, %d pairs (%.2f per text), %d degenerate outputs -> %s", path, summary["texts"],
@@ -319,6 +323,14 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
     for f in todo:
         results[str(f)] = synthesize_shard(engine, cfg, f, out_dir)
     return results
+
+
+def shard_provenance(cfg: SynthesizeConfig, engine: Engine) -> dict:
+    """What made a shard: the synthesizer's model fingerprint, its tokenizer's, and the settings."""
+    settings = {k: v for k, v in config_dict(cfg).items() if k not in ("inputs", "output_dir", "progress",
+                                                                       "shard_index", "num_shards")}
+    return {"synthesizer": model_fingerprint(cfg.engine.model), "tokenizer": engine.tokenizer.fingerprint(),
+            "config": settings}
 
 
 def config_dict(cfg: SynthesizeConfig) -> dict:

@@ -267,7 +267,12 @@ def build_tuning_data(
             splits["heldout" if is_held_out_example(clean, opts.held_out, opts.seed) else "train"].append(
                 clean
             )
-    summary: dict = {"options": asdict(opts), "tokenizer": tok.name, "inputs": fingerprint, "splits": {}}
+    from megatron_ipt.data.indexed import best_dtype
+    from megatron_ipt.data.provenance import tokenizer_record
+
+    summary: dict = {"options": asdict(opts), "tokenizer": tok.name,
+                     "tokenizer_fingerprint": tokenizer_record(tok, best_dtype(tok.vocab_size)),
+                     "inputs": fingerprint, "splits": {}}
     for split in SPLITS:
         sized = measure(splits[split], tok, opts, stats)
         stats.examples_kept[split] = len(sized)

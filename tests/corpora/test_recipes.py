@@ -33,9 +33,12 @@ def synthesized(tmp_path: Path) -> Path:
 
 def test_domain_recipe(tmp_path, mistral_tokenizer):
     synthesized(tmp_path)
+    prov = {"synthesizer": {"path": "runs/synth/hf", "hash": "ab12", "weights": []},
+            "tokenizer": mistral_tokenizer.fingerprint(), "config": {"rounds": 2}}
     (tmp_path / "synth" / "s0.stats.json").write_text(json.dumps({"texts": 6, "pairs": 5, "texts_without_pairs": 1,
                                                                   "degenerate_outputs": 2, "texts_truncated": 0,
-                                                                  "parse": {"malformed_pieces": 3}}))
+                                                                  "parse": {"malformed_pieces": 3},
+                                                                  "provenance": prov}))
     instr = write_jsonl(tmp_path / "instr.jsonl", [{"question": f"Name color {i}.", "response": f"Color {i} is blue."}
                                                    for i in range(4)])
     cfg = CorporaConfig(recipe="domain", synthesized=[str(tmp_path / "synth")], instructions=[str(instr)],
@@ -64,7 +67,18 @@ def test_domain_recipe(tmp_path, mistral_tokenizer):
     assert yaml.safe_load(blend_file.read_text())["data"]["train"] == [
         {"weight": w, "prefix": p} for w, p in report["blend"]]
     assert list(Blend.load(blend_file)) == [tuple(b) for b in report["blend"]]
-    assert "instruct" in (tmp_path / "out" / "mixture_report.md").read_text()
+    md = (tmp_path / "out" / "mixture_report.md").read_text()
+    assert "instruct" in md and "synthesizer runs/synth/hf (hash ab12): 1 shard(s)" in md
+    # Provenance: the synthesizer that wrote the shards, and the tokenizer, travel with the corpora.
+    assert report["synthesis"]["synthesizers"] == [{**prov, "shards": 1}]
+    record = {**mistral_tokenizer.fingerprint(), "dtype": "uint16"}
+    assert report["tokenizer_fingerprint"] == record
+    for name in ("instruct", "instructions"):
+        summary = json.loads(Path(f"{comps[name]['prefix']}.summary.json").read_text())
+        assert summary["tokenizer_fingerprint"] == record
+    blend_text = blend_file.read_text()
+    assert yaml.safe_load(blend_text)["data"]["tokenizer"] == "mistral"
+    assert f"hash {mistral_tokenizer.vocab_hash}" in blend_text.splitlines()[1]
 
     # The trainer's config accepts the blend file as an include.
     from megatron_ipt.train.config import TrainConfig
@@ -74,6 +88,7 @@ def test_domain_recipe(tmp_path, mistral_tokenizer):
     train_cfg = load_config(TrainConfig, run)
     blend = Blend.parse(train_cfg.data.train, "data.train").check_exists()
     assert list(blend) == [tuple(b) for b in report["blend"]]
+    assert train_cfg.data.tokenizer == "mistral"  # training with the corpora's own tokenizer
 
 
 def test_general_recipe(tmp_path):

@@ -115,6 +115,35 @@ def test_finished_shards_are_skipped_and_slurm_array_split(tmp_path, tiny_dir, e
     assert sorted(synthesize(cfg, engine)) == [str(tmp_path / "in" / f"s{k}.jsonl") for k in (0, 2)]
 
 
+def test_each_shard_records_its_synthesizer(tmp_path, tiny_dir, engine, mistral_tokenizer):
+    """The stats of a shard name the model (by a sampled-bytes hash), its tokenizer and the settings."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from megatron_ipt.synth.provenance import model_fingerprint
+
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "s0.jsonl", 2)
+    cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", temperature=0.0, n=1, rounds=1)
+    prov = synthesize(cfg, engine)[str(tmp_path / "in" / "s0.jsonl")]["provenance"]
+    on_disk = json.loads((tmp_path / "out" / "s0.stats.json").read_text())["provenance"]
+    assert on_disk == prov
+    assert prov["synthesizer"] == model_fingerprint(tiny_dir) and prov["synthesizer"]["hash"]
+    assert prov["synthesizer"]["weights"][0]["name"] == "model.safetensors"
+    assert prov["tokenizer"] == mistral_tokenizer.fingerprint()
+    assert prov["config"]["rounds"] == 1 and prov["config"]["engine"]["model"] == str(tiny_dir)
+    # A copy is the same model; the same shapes with other weights (a retrained synthesizer) are not.
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    assert model_fingerprint(copy)["hash"] == prov["synthesizer"]["hash"]
+    weights = load_file(copy / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1
+    save_file(weights, copy / "model.safetensors", metadata={"format": "pt"})
+    assert model_fingerprint(copy)["hash"] != prov["synthesizer"]["hash"]
+
+
 def test_bad_input_is_counted_or_named(tmp_path):
     path = tmp_path / "bad.jsonl.gz"
     with gzip.open(path, "wb") as fh:

@@ -148,6 +148,11 @@ def test_heldout_split_resume_and_options(tmp_path: Path, mistral_tokenizer) -> 
     assert Path(s["splits"]["heldout"]["lossmask_prefix"] + ".bin").is_file()
     summary = tmp_path / "h.summary.json"
     assert json.loads(summary.read_text())["splits"] == s["splits"]
+    record = {**mistral_tokenizer.fingerprint(), "dtype": "uint16"}
+    assert s["tokenizer_fingerprint"] == record
+    for split in ("train", "heldout"):  # each split's dataset carries it too (the trainer checks those)
+        split_summary = json.loads(Path(s["splits"][split]["prefix"] + ".summary.json").read_text())
+        assert split_summary["tokenizer_fingerprint"] == record
     mtime = summary.stat().st_mtime_ns
     # a finished build is not redone (the examples are not even read) ...
     assert build_tuning_data(iter(()), tmp_path / "h", mistral_tokenizer, opts, fingerprint={"x": 1}) == s
