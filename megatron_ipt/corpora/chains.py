@@ -20,10 +20,6 @@ from megatron_ipt.synth.synthesize import iter_texts
 
 log = get_logger(__name__)
 
-QUESTION_KEYS = ("question", "instruction", "prompt", "input")
-RESPONSE_KEYS = ("response", "output", "answer", "completion")
-
-
 def chain_seed(seed: int, first_id: str) -> int:
     """One seed per chain, from the id of its first entry: the same chain renders the same way."""
     digest = hashlib.blake2b(f"chain:{seed}:{first_id}".encode(), digest_size=8).digest()
@@ -121,23 +117,123 @@ def tuning_documents(inputs: Iterable[str | Path], seed: int, stats: Counter) ->
             yield {"id": rid, "text": doc.text, "layout": doc.layout}
 
 
-def _first(rec: dict, keys: tuple[str, ...]) -> str | None:
-    for k in keys:
-        if isinstance(rec.get(k), str) and rec[k].strip():
-            return rec[k]
-    return None
+# Single-turn records: the question (one of these keys), an optional input/context appended to it,
+# and the response. Alpaca: instruction + input -> output; Dolly: instruction + context -> response;
+# OpenOrca: (system_prompt dropped) question -> response.
+QUESTION_KEYS = ("question", "instruction", "prompt")
+INPUT_KEYS = ("input", "context")
+RESPONSE_KEYS = ("response", "output", "answer", "completion")
+# Dropped on purpose and counted: the method writes general instructions without system prompts.
+SYSTEM_KEYS = ("system_prompt", "system")
+# Labels, not text: never part of a document, never counted as lost.
+METADATA_KEYS = ("id", "category", "source", "dataset", "task", "lang", "language", "url", "split", "type")
+# Multi-turn records: ShareGPT ``conversations: [{from, value}]`` or ``messages: [{role, content}]``.
+TURN_KEYS = ("conversations", "messages")
+USER_ROLES = ("human", "user", "prompter")
+ASSISTANT_ROLES = ("gpt", "assistant", "model", "chatgpt", "bing", "bard")
+
+
+class InstructionError(ValueError):
+    """A record with no usable (question, response); ``field`` names what is missing."""
+
+    def __init__(self, msg: str, field: str) -> None:
+        super().__init__(msg)
+        self.field = field
+
+
+def _text(rec: dict, key: str) -> str | None:
+    v = rec.get(key)
+    return v if isinstance(v, str) and v.strip() else None
+
+
+def _turn_pairs(turns: object, stats: Counter, key: str) -> list[tuple[str, str]]:
+    """(question, response) pairs of a conversation: consecutive turns of one side are joined,
+    system turns dropped; each dropped turn is counted by why."""
+    if not isinstance(turns, list):
+        raise InstructionError(f"{key!r} must be a list of turns", key)
+    sides: list[tuple[str, str]] = []  # ("user" | "assistant", text), same-side runs joined
+    for turn in turns:
+        role = turn.get("from", turn.get("role")) if isinstance(turn, dict) else None
+        text = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
+        role = str(role).lower() if role is not None else None
+        if role == "system":
+            stats["dropped_system_turns"] += 1
+            continue
+        side = "user" if role in USER_ROLES else "assistant" if role in ASSISTANT_ROLES else None
+        if side is None:
+            stats[f"dropped_turns_role:{role}"] += 1
+            continue
+        if not isinstance(text, str) or not text.strip():
+            stats["dropped_empty_turns"] += 1
+            continue
+        if sides and sides[-1][0] == side:
+            sides[-1] = (side, f"{sides[-1][1].rstrip()}\n\n{text.strip()}")
+        else:
+            sides.append((side, text))
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    while i < len(sides):
+        if sides[i][0] == "assistant":  # an answer to no question (the conversation starts with it)
+            stats["dropped_unprompted_responses"] += 1
+            i += 1
+        elif i + 1 < len(sides):
+            pairs.append((sides[i][1], sides[i + 1][1]))
+            i += 2
+        else:  # the last question has no answer
+            stats["dropped_unanswered_turns"] += 1
+            i += 1
+    stats["conversation_turns"] += 2 * len(pairs)
+    return pairs
+
+
+def instruction_pairs(rec: dict, stats: Counter) -> list[tuple[str, str]]:
+    """The (question, response) pairs of one general-instruction record, using every text field of the
+    documented formats; what is dropped on purpose (system prompts) and any other text field left
+    unused are counted in ``stats``. Raises :class:`InstructionError` when nothing usable is there."""
+    used: set[str] = set()
+    turn_key = next((k for k in TURN_KEYS if k in rec), None)
+    if turn_key is not None:
+        pairs = _turn_pairs(rec[turn_key], stats, turn_key)
+        if not pairs:
+            raise InstructionError(f"{turn_key!r} holds no question followed by an answer", turn_key)
+        used.add(turn_key)
+    else:
+        questions = [k for k in QUESTION_KEYS if _text(rec, k)]
+        inputs = [k for k in INPUT_KEYS if _text(rec, k)]
+        responses = [k for k in RESPONSE_KEYS if _text(rec, k)]
+        if not questions and inputs:  # {input, output}: the input is the question
+            questions, inputs = inputs[:1], inputs[1:]
+        if not questions or not responses:
+            field = QUESTION_KEYS[0] if not questions else RESPONSE_KEYS[0]
+            raise InstructionError(f"needs one of {QUESTION_KEYS + INPUT_KEYS} and one of {RESPONSE_KEYS}", field)
+        question = rec[questions[0]].strip()
+        for k in inputs:  # Alpaca's input, Dolly's context: part of the question
+            question += "\n\n" + rec[k].strip()
+            stats[f"appended_{k}"] += 1
+        pairs = [(question, rec[responses[0]])]
+        used.update([questions[0], *inputs, responses[0]])
+    for k in SYSTEM_KEYS:
+        if _text(rec, k):
+            stats[f"dropped_{k}"] += 1
+            used.add(k)
+    for k, v in rec.items():  # any other text: counted, so a new format's field is never lost unseen
+        if k not in used and k not in METADATA_KEYS and isinstance(v, str) and v.strip():
+            stats[f"unused_field:{k}"] += 1
+    return pairs
 
 
 def instruction_documents(inputs: Iterable[str | Path], stats: Counter, skip_bad_records: bool = False) -> Iterator[dict]:
-    """General instructions as ``{question} {response}`` (no chat template; system prompts dropped)."""
+    """General instructions as ``{question} {response}`` (no chat template; system prompts dropped and
+    counted); a conversation's pairs are joined by blank lines into one document."""
     for f in expand_inputs(list(inputs)):
         for rec, where in iter_records(f):
-            q, a = _first(rec, QUESTION_KEYS), _first(rec, RESPONSE_KEYS)
-            if q is None or a is None:
-                field = QUESTION_KEYS[0] if q is None else RESPONSE_KEYS[0]
-                msg = f"needs one of {QUESTION_KEYS} and one of {RESPONSE_KEYS}"
+            try:
+                pairs = instruction_pairs(rec, stats)
+            except InstructionError as err:
                 if not skip_bad_records:
-                    raise DataError(msg + " (skip_bad_records=true counts and skips it)", where=where, field=field)
+                    raise DataError(f"{err} (skip_bad_records=true counts and skips it)", where=where,
+                                    field=err.field) from None
                 stats["bad_records"] += 1
                 continue
-            yield {"id": str(rec.get("id", f"{f.path.stem}:{_line(where)}")), "text": render_instruction(q, a)}
+            text = "\n\n".join(render_instruction(q, a) for q, a in pairs)
+            yield {"id": str(rec.get("id", f"{f.path.stem}:{_line(where)}")), "text": text}

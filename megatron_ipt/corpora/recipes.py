@@ -191,6 +191,8 @@ def build_corpora(cfg: CorporaConfig) -> dict:
                              append_eod=True, prepend_bos=True, progress=cfg.progress, dataset_suffix=False)
         tok_record = summary["tokenizer_fingerprint"]
         components[name] = counts | {"tokens": int(summary["tokens"]), "prefix": summary["prefix"]}
+        if summary.get("skipped_total"):  # tokenization's own skips (none expected: counted if any)
+            components[name]["tokenize_skipped"] = summary["skipped"]
     tokens = {k: c["tokens"] for k, c in components.items()}
     if not any(tokens.values()):
         raise ConfigError("every component is empty: nothing to blend")
@@ -248,6 +250,10 @@ def report_markdown(report: dict) -> str:
             why = ", ".join(f"{k} {v:,}" for k, v in q["dropped"].items()) or "none"
             lines += ["", f"Quality gate on {name}: {q['pairs_dropped']:,} of {q['pairs_checked']:,} pairs dropped "
                       f"({why})."]
+    for name, c in report["components"].items():
+        counted = {**c.get("counts", {}), **{f"tokenize_{k}": v for k, v in c.get("tokenize_skipped", {}).items()}}
+        if counted:  # every drop and skip by reason, and what was joined in (nothing is lost unseen)
+            lines += ["", f"Counts of {name}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counted.items())) + "."]
     for name, c in report["components"].items():
         if c.get("templates"):
             total = sum(c["templates"].values())

@@ -81,4 +81,45 @@ def test_tuning_and_instruction_documents(tmp_path):
     stats: Counter = Counter()
     docs = list(instruction_documents([instr], stats, skip_bad_records=True))
     assert [d["text"] for d in docs] == ["Add 2 and 2. 4", "Say hi. Hi!"]  # system prompt dropped
-    assert stats["bad_records"] == 1
+    assert stats["bad_records"] == 1 and stats["dropped_system_prompt"] == 1
+
+
+def test_every_text_field_of_the_instruction_formats_is_used_or_counted(tmp_path):
+    """OpenOrca, Alpaca, Dolly, ShareGPT and chat messages: nothing is dropped without a count."""
+    records = [
+        {"id": "orca", "system_prompt": "You are an AI.", "question": "Is 7 prime?", "response": "Yes."},
+        {"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"},
+        {"instruction": "Summarize.", "input": "", "output": "Nothing to summarize."},  # Alpaca, empty input
+        {"instruction": "When was it built?", "context": "The bridge opened in 1932.", "response": "1932.",
+         "category": "closed_qa"},
+        {"id": "chat", "conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+                                         {"from": "gpt", "value": "Hello."}, {"from": "human", "value": "2+2?"},
+                                         {"from": "human", "value": "Quickly."}, {"from": "gpt", "value": "4."},
+                                         {"from": "human", "value": "Bye?"}]},
+        {"messages": [{"role": "assistant", "content": "Welcome."}, {"role": "user", "content": "Name a color."},
+                      {"role": "assistant", "content": "Blue."}, {"role": "tool", "content": "{}"}]},
+        {"input": "Capital of Peru?", "output": "Lima.", "rationale": "It is the largest city."},
+    ]
+    path = tmp_path / "instr.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    stats: Counter = Counter()
+    docs = list(instruction_documents([path], stats))
+    assert [d["text"] for d in docs] == [
+        "Is 7 prime? Yes.",
+        "Translate to French.\n\nGood morning Bonjour",
+        "Summarize. Nothing to summarize.",
+        "When was it built?\n\nThe bridge opened in 1932. 1932.",
+        "Hi Hello.\n\n2+2?\n\nQuickly. 4.",
+        "Name a color. Blue.",
+        "Capital of Peru? Lima.",
+    ]
+    assert [d["id"] for d in docs][:2] == ["orca", "instr:2"] and docs[4]["id"] == "chat"
+    assert dict(stats) == {
+        "dropped_system_prompt": 1, "appended_input": 1, "appended_context": 1, "dropped_system_turns": 1,
+        "dropped_unanswered_turns": 1, "dropped_unprompted_responses": 1, "dropped_turns_role:tool": 1,
+        "conversation_turns": 6, "unused_field:rationale": 1,
+    }
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"conversations": [{"from": "human", "value": "Anyone?"}]}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:1: field 'conversations': .*no question followed by an answer"):
+        list(instruction_documents([bad], Counter()))
