@@ -9,7 +9,8 @@ Inputs are JSONL / JSONL.gz / parquet files of ``{id, text}`` records (folders a
 each input file is one shard and becomes ``OUTPUT_DIR/<name>.jsonl`` with records
 ``{id, text, pairs, round, linked, slot}`` and ``OUTPUT_DIR/<name>.stats.json``. Rerunning skips
 finished shards and resumes a killed one from its last checkpointed batch. In a Slurm array,
-``--shard-index`` / ``--num-shards`` default to SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT.
+``--shard_index`` / ``--num_shards`` default to the array task (counted from the array's minimum
+task id) and the array's task count.
 
 Lists take one or more values (``--input a.jsonl b/``) or YAML (``--stop='["<CON>"]'``).
 """

@@ -1,6 +1,8 @@
-"""Who am I in the job: rank, world size and master address from torchrun, deepspeed or Slurm.
+"""Who am I in the job: rank, world size and master address from torchrun, deepspeed or Slurm, and
+which task of a job array (:func:`array_task`).
 
-Nothing else in the package reads launcher variables. ``init_distributed`` exports the standard
+Nothing else in the package reads launcher variables: executors (the command-line tools, the
+trainer) ask here and hand rank, world size and array task to the steps they run. ``init_distributed`` exports the standard
 ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` variables and starts
 ``torch.distributed`` through DeepSpeed (NCCL with GPUs, gloo without).
 
@@ -176,10 +178,67 @@ def slurm_master(env: Mapping[str, str]) -> tuple[str, int]:
     return addr, port
 
 
+def in_slurm_job(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process runs inside a Slurm job (batch shell or step)."""
+    return bool((os.environ if environ is None else environ).get("SLURM_JOB_ID"))
+
+
+def _launcher(env: Mapping[str, str]) -> str:
+    """Who started this process: "torchrun" (also deepspeed), "slurm" (a step) or "single"."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return "torchrun"
+    # SLURM_PROCID/SLURM_NTASKS are also set in the batch shell itself; only a step (srun) has a
+    # step id, and a python started bare in the batch shell is one process, not rank 0 of N.
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
+        return "slurm"
+    return "single"
+
+
+def process_rank(environ: Mapping[str, str] | None = None) -> int:
+    """This process's global rank, by the same precedence as :func:`dist_env_from_environ`, without
+    resolving the master (cheap enough for log prefixes); 0 when it cannot be read."""
+    env = os.environ if environ is None else environ
+    key = {"torchrun": "RANK", "slurm": "SLURM_PROCID"}.get(_launcher(env))
+    try:
+        return int(env[key]) if key else 0
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class ArrayTask:
+    """This process's task of a job array: ``index`` in ``0..count-1``."""
+
+    index: int
+    count: int
+    source: str  # "slurm" or "single"
+
+
+def array_task(environ: Mapping[str, str] | None = None) -> ArrayTask:
+    """The Slurm array task as a 0-based index: ``(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) //
+    SLURM_ARRAY_TASK_STEP`` of ``SLURM_ARRAY_TASK_COUNT`` (so ``--array=1-8`` and ``--array=0-14:2``
+    index 0..7); outside an array, task 0 of 1."""
+    env = os.environ if environ is None else environ
+    if "SLURM_ARRAY_TASK_ID" not in env:
+        return ArrayTask(0, 1, "single")
+    task_id = _int(env, "SLURM_ARRAY_TASK_ID")
+    low = _int(env, "SLURM_ARRAY_TASK_MIN", "0")
+    step = _int(env, "SLURM_ARRAY_TASK_STEP", "1")
+    count = _int(env, "SLURM_ARRAY_TASK_COUNT", "1")
+    index, off_step = divmod(task_id - low, max(step, 1))
+    if off_step or not 0 <= index < count:
+        raise LaunchError(
+            f"Slurm array task {task_id} (min {low}, step {step}, count {count}) is not one of {count} evenly "
+            "spaced tasks: submit a range (--array=A-B[:S]) or give the task index and count explicitly"
+        )
+    return ArrayTask(index, count, "slurm")
+
+
 def dist_env_from_environ(environ: Mapping[str, str] | None = None) -> DistEnv:
     """Read the launcher's variables; torchrun/deepspeed win over Slurm (srun inside torchrun)."""
     env = dict(os.environ if environ is None else environ)
-    if "RANK" in env and "WORLD_SIZE" in env:
+    launcher = _launcher(env)
+    if launcher == "torchrun":
         return DistEnv(
             rank=_int(env, "RANK"),
             world_size=_int(env, "WORLD_SIZE"),
@@ -188,9 +247,7 @@ def dist_env_from_environ(environ: Mapping[str, str] | None = None) -> DistEnv:
             master_port=_int(env, "MASTER_PORT", "29500"),
             source="torchrun",
         )
-    # SLURM_PROCID/SLURM_NTASKS are also set in the batch shell itself; only a step (srun) has a
-    # step id, and a python started bare in the batch shell is one process, not rank 0 of N.
-    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
+    if launcher == "slurm":
         addr, port = slurm_master(env)
         return DistEnv(
             rank=_int(env, "SLURM_PROCID"),

@@ -13,7 +13,9 @@ def setup_logging(rank: int | None = None, level: int | str | None = None) -> No
     """Configure the root ``megatron_ipt`` logger once per process."""
     global _CONFIGURED
     if rank is None:
-        rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+        from megatron_ipt.launch import process_rank  # launch logs through this module
+
+        rank = process_rank()
     if level is None:
         level = os.environ.get("MEGATRON_IPT_LOG_LEVEL", "INFO" if rank == 0 else "WARNING")
     logger = logging.getLogger("megatron_ipt")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from megatron_ipt import resources
 from megatron_ipt.data.blend import Blend
-from megatron_ipt.launch import LaunchError, slurm_master
+from megatron_ipt.launch import LaunchError, in_slurm_job, slurm_master
 
 
 def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
@@ -80,7 +80,7 @@ def preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]
     if args.train_config:
         problems += check_train_config(args.train_config, args.overrides)
     exports: list[str] = []
-    if environ.get("SLURM_JOB_ID"):
+    if in_slurm_job(environ):
         try:
             addr, port = slurm_master(environ)
             exports = [f"export MASTER_ADDR={shlex.quote(addr)}", f"export MASTER_PORT={port}"]

@@ -13,8 +13,8 @@
 #   ENGINE       auto | vllm | hf                                [auto: vLLM when a GPU is there]
 #   TP           tensor-parallel GPUs per task                   [GPUs of the task, else 1]
 #   CONFIG       a synthesis YAML (rounds, lengths, sampling)    (none: the tool's defaults)
-#   NUM_SHARDS   tasks that split the inputs                     [$SLURM_ARRAY_TASK_COUNT]
-#   SHARD_INDEX  this task's index                               [$SLURM_ARRAY_TASK_ID - min]
+#   NUM_SHARDS   tasks that split the inputs                     [the array's task count]
+#   SHARD_INDEX  this task's index                               [the array task's, from its min]
 #   RUN_NAME RUNS_DIR IPT_ROOT PYTHON SRUN_ARGS REQUEUE MAX_REQUEUES: see slurm/common.sh.
 # Other settings of data_tools.synthesize (--rounds=, --max_new_tokens=, ...) pass through.
 #
@@ -61,8 +61,9 @@ tp=${TP:-${SLURM_GPUS_ON_NODE:-1}}
 [ "$tp" -ge 1 ] 2>/dev/null || tp=1  # no GPUs: the transformers engine ignores it anyway
 args=("--input=[$yaml_inputs]" "--output_dir=$OUTPUT_DIR" "--engine.model=$MODEL"
       "--engine.kind=${ENGINE:-auto}"
-      "--engine.tensor_parallel_size=$tp"
-      "--num_shards=${NUM_SHARDS:-${SLURM_ARRAY_TASK_COUNT:-1}}"
-      "--shard_index=${SHARD_INDEX:-$(( ${SLURM_ARRAY_TASK_ID:-0} - ${SLURM_ARRAY_TASK_MIN:-0} ))}")
+      "--engine.tensor_parallel_size=$tp")
+# The tool takes its array task (index from the array's minimum, count) from the launcher itself.
+[ -n "${NUM_SHARDS:-}" ] && args+=("--num_shards=$NUM_SHARDS")
+[ -n "${SHARD_INDEX:-}" ] && args+=("--shard_index=$SHARD_INDEX")
 [ -n "${CONFIG:-}" ] && args=(--config "$CONFIG" "${args[@]}")
 ipt_srun "$PYTHON" -m data_tools.synthesize "${args[@]}" "$@"

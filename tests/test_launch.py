@@ -126,3 +126,53 @@ def test_unresolvable_master(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(LaunchError, match="cannot resolve master node 'no-such-node-x1'"):
         dist_env_from_environ({**SLURM_STEP, "SLURM_STEP_NODELIST": "no-such-node-x[1-2]"})
+
+
+@pytest.mark.parametrize(
+    ("env", "task"),
+    [
+        ({}, (0, 1, "single")),
+        ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "8"}, (0, 8, "slurm")),
+        # --array=3-4: the tasks are 0 and 1 of 2, not 3 and 4 (SLURM_ARRAY_TASK_MIN counts)
+        ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_COUNT": "2"}, (1, 2, "slurm")),
+        # --array=10-16:2 -> ids 10, 12, 14, 16
+        ({"SLURM_ARRAY_TASK_ID": "14", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_STEP": "2",
+          "SLURM_ARRAY_TASK_COUNT": "4"}, (2, 4, "slurm")),
+    ],
+)
+def test_array_task_counts_from_the_minimum(env: dict, task: tuple) -> None:
+    got = launch.array_task(env)
+    assert (got.index, got.count, got.source) == task
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"},  # --array=1,3,7
+        {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2",
+         "SLURM_ARRAY_TASK_COUNT": "4"},
+    ],
+)
+def test_array_task_rejects_uneven_arrays(env: dict) -> None:
+    with pytest.raises(LaunchError, match=r"Slurm array task \d+ \(min \d+, step \d+, count \d+\) is not one of"):
+        launch.array_task(env)
+    with pytest.raises(LaunchError, match="SLURM_ARRAY_TASK_ID='x' is not an integer"):
+        launch.array_task({"SLURM_ARRAY_TASK_ID": "x"})
+
+
+def test_process_rank_follows_the_launcher_precedence() -> None:
+    assert launch.process_rank({}) == 0
+    assert launch.process_rank({"RANK": "3", "WORLD_SIZE": "4", "SLURM_PROCID": "1", "SLURM_STEP_ID": "0"}) == 3
+    assert launch.process_rank({"SLURM_PROCID": "5", "SLURM_STEP_ID": "0"}) == 5
+    assert launch.process_rank({"SLURM_PROCID": "5"}) == 0  # the batch shell: not a step, one process
+    assert launch.process_rank({"RANK": "x", "WORLD_SIZE": "2"}) == 0
+
+
+def test_log_prefix_takes_the_rank_from_launch() -> None:
+    import subprocess
+    import sys
+
+    code = "from megatron_ipt.log import setup_logging, get_logger; setup_logging(); get_logger('x').warning('hi')"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), "SLURM_PROCID": "2", "SLURM_STEP_ID": "0"}
+    err = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stderr
+    assert "[rank2] WARNING megatron_ipt.x: hi" in err

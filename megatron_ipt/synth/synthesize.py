@@ -30,6 +30,7 @@ from megatron_ipt.data.readers import (
     scan_records,
 )
 from megatron_ipt.io import atomic_path, atomic_write_json
+from megatron_ipt.launch import array_task
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.engine_types import Engine
 from megatron_ipt.synth.engines import EngineConfig
@@ -60,8 +61,8 @@ class SynthesizeConfig:
     text_key: str = "text"  # record field holding the text
     id_key: str = "id"  # record field holding the id
     skip_bad_records: bool = False  # count and skip invalid JSON / missing text instead of failing
-    shard_index: int = -1  # -1: $SLURM_ARRAY_TASK_ID or 0
-    num_shards: int = -1  # -1: $SLURM_ARRAY_TASK_COUNT or 1
+    shard_index: int = -1  # this task's index; -1: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN, else 0
+    num_shards: int = -1  # tasks that split the inputs; -1: $SLURM_ARRAY_TASK_COUNT, else 1
     progress: bool = True  # show a progress bar
 
     def validate(self) -> None:
@@ -291,11 +292,17 @@ def synthesize_shard(engine: Engine, cfg: SynthesizeConfig, path: Path, out_dir:
     return summary
 
 
+def task_of(shard_index: int, num_shards: int) -> tuple[int, int]:
+    """The ``(index, count)`` of this task: the values given, else the launcher's array task."""
+    if shard_index < 0 or num_shards < 0:
+        task = array_task()
+        shard_index = task.index if shard_index < 0 else shard_index
+        num_shards = task.count if num_shards < 0 else num_shards
+    return shard_index, num_shards
+
+
 def my_shards(files: list[Path], shard_index: int, num_shards: int) -> list[Path]:
-    if shard_index < 0:
-        shard_index = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
-    if num_shards < 0:
-        num_shards = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1"))
+    shard_index, num_shards = task_of(shard_index, num_shards)
     if not 0 <= shard_index < num_shards:
         raise ConfigError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
     return files[shard_index::num_shards]
@@ -306,13 +313,16 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
     cfg.validate()
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = my_shards([f.path for f in expand_inputs(cfg.input)], cfg.shard_index, cfg.num_shards)
+    index, count = task_of(cfg.shard_index, cfg.num_shards)
+    every = [f.path for f in expand_inputs(cfg.input)]
+    files = my_shards(every, index, count)
     stems = Counter(shard_stem(f) for f in files)
     clash = [s for s, c in stems.items() if c > 1]
     if clash:
         raise ConfigError(f"input files share the output name {clash[0]!r}; rename one of them")
     todo = [f for f in files if not (out_dir / f"{shard_stem(f)}.jsonl").exists()]
-    log.info("%d shards for this task, %d already finished", len(files), len(files) - len(todo))
+    log.info("array task %d of %d takes %d of %d input files (%d already finished)", index, count, len(files),
+             len(every), len(files) - len(todo))
     results = {}
     for f in files:
         if f not in todo:

@@ -1,4 +1,6 @@
-"""`sbatch --array=0-1 slurm/synthesize.sh`: two array tasks, one shard each, transformers engine."""
+"""`sbatch --array=3-4 slurm/synthesize.sh`: two array tasks, one shard each, transformers engine.
+
+The array starts at 3: the tool numbers its tasks from SLURM_ARRAY_TASK_MIN (through launch)."""
 
 from __future__ import annotations
 
@@ -25,17 +27,18 @@ def test_array_synthesizes_one_shard_per_task(slurm_cluster, pubmed_shards, tiny
     args = ["--engine.tokenizer=mistral", "--limit=3", "--rounds=2", "--max_new_tokens=8",
             "--engine.max_model_len=1024", "--progress=false"]
     jid = slurm_cluster.sbatch(REPO / "slurm" / "synthesize.sh",
-                               ["--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1"], args, env=env)
+                               ["--array=3-4", "--gpus-per-node=0", "--cpus-per-task=1"], args, env=env)
     tasks = slurm_cluster.wait_array(jid, tasks=2, timeout=180)
-    logs = {t: slurm_cluster.job_log("synthesize", f"{jid}_{t}") for t in (0, 1)}
+    logs = {t: slurm_cluster.job_log("synthesize", f"{jid}_{t + 3}") for t in (0, 1)}
     for info in tasks:
         assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), logs
-    assert sorted(int(info["ArrayTaskId"]) for info in tasks) == [0, 1]
+    assert sorted(int(info["ArrayTaskId"]) for info in tasks) == [3, 4]
 
     # Task i took shard i (files[i::2]) and only that one.
     for task, (mine, other) in enumerate([pubmed_shards, pubmed_shards[::-1]]):
-        assert "--num_shards=2" in logs[task] and f"--shard_index={task}" in logs[task]
-        assert f"job={jid}_{task}" in logs[task]
+        assert "--num_shards" not in logs[task] and "--shard_index" not in logs[task]  # no shell arithmetic
+        assert f"job={jid}_{task + 3}" in logs[task]
+        assert f"array task {task} of 2 takes 1 of 2 input files (0 already finished)" in logs[task]
         tool_output = logs[task].split("launch:", 1)[1].split("\n", 1)[1]  # after the srun line
         assert mine.stem in tool_output and other.stem not in tool_output, logs[task]
 

@@ -102,7 +102,8 @@ def test_finished_shards_are_skipped_and_slurm_array_split(tmp_path, tiny_dir, e
     (tmp_path / "in").mkdir()
     for k in range(3):
         write_corpus(tmp_path / "in" / f"s{k}.jsonl", 2, start=10 * k)
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")  # --array=3-4: the second of two tasks
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "3")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
     cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", temperature=0.0, n=1)
     assert list(synthesize(cfg, engine)) == [str(tmp_path / "in" / "s1.jsonl")]
