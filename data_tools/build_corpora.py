@@ -10,6 +10,12 @@ Usage::
     python -m data_tools.build_corpora --recipe=general --synthesized=synth_out/ --raw=raw/ \\
         --tuning=tuning.jsonl --tokenizer=mistral --output-dir=corpora/general
 
+    # keep benchmark items out: drop pairs and instruction records sharing a 13-gram with them
+    python -m data_tools.build_corpora ... --contamination.eval_sets='[evals/, mmlu.jsonl]'
+
+Synthesized pairs pass the contamination gate (when evaluation sets are given), then a quality gate
+(``--quality.*`` switches each filter); both count what they drop in the mixture report.
+
 Writes OUTPUT_DIR/documents/*.jsonl, OUTPUT_DIR/data/<component>.bin/.idx (BOS/EOS per document),
 OUTPUT_DIR/blend.yaml (``data.train`` for the trainer: ``include:`` it or copy the printed override)
 and OUTPUT_DIR/mixture_report.json/.md (documents, tokens, weights, template distribution).

@@ -52,24 +52,27 @@ def chains_of_shard(records: list[dict]) -> list[list[dict]]:
     return [c for _, c in sorted(chains, key=lambda pc: pc[0])]
 
 
-PairFilter = Callable[[list[Pair]], list[Pair]]
+PairFilter = Callable[[list[list[Pair]]], list[list[Pair]]]  # the pairs of many texts -> those kept
+FILTER_BATCH = 4096  # texts handed to a pair filter at once (vectorized filters amortize their overhead)
 
 
-def filter_pairs(rec: dict, pair_filters: Sequence[PairFilter]) -> dict:
-    """A copy of a synthesized record whose pairs passed every filter (quality, contamination), in order."""
-    pairs = [Pair.from_dict(p) for p in rec["pairs"]]
-    for keep in pair_filters:
-        if not pairs:
-            break
-        pairs = keep(pairs)
-    return {**rec, "pairs": [p.to_dict() for p in pairs]}
+def filter_pairs(records: list[dict], pair_filters: Sequence[PairFilter]) -> list[dict]:
+    """Copies of synthesized records whose pairs passed every filter (contamination, quality), in order."""
+    out: list[dict] = []
+    for start in range(0, len(records), FILTER_BATCH):
+        batch = records[start : start + FILTER_BATCH]
+        texts = [[Pair.from_dict(p) for p in rec["pairs"]] for rec in batch]
+        for keep in pair_filters:
+            texts = keep(texts)
+        out += [{**rec, "pairs": [p.to_dict() for p in pairs]} for rec, pairs in zip(batch, texts, strict=True)]
+    return out
 
 
 def synthesized_documents(inputs: Iterable[str | Path], seed: int, stats: Counter,
                           pair_filters: Sequence[PairFilter] = ()) -> Iterator[dict]:
     """Documents from ``data_tools.synthesize`` outputs; ``stats`` counts layouts and entries.
 
-    ``pair_filters`` see each record's pairs in file order (so cross-text dedup is deterministic);
+    ``pair_filters`` see the records' pairs in file order (so cross-text dedup is deterministic);
     an entry left without pairs stays in its chain as raw text.
     """
     for f in expand_inputs(list(inputs)):
@@ -80,7 +83,9 @@ def synthesized_documents(inputs: Iterable[str | Path], seed: int, stats: Counte
             missing = [k for k in ("id", "text", "pairs", "round", "linked") if k not in rec]
             if missing:
                 raise DataError("a synthesized record needs it", where=where, field=missing[0])
-            records.append(filter_pairs(rec, pair_filters) if pair_filters else rec)
+            records.append(rec)
+        if pair_filters:
+            records = filter_pairs(records, pair_filters)
         for chain in chains_of_shard(records):
             doc = render_chain(chain, chain_seed(seed, str(chain[0]["id"])))
             stats[f"layout:{doc.layout}{'+inverted' if doc.inverted else ''}"] += 1

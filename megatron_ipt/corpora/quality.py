@@ -94,6 +94,10 @@ class QualityGate:
         self.drops: Counter = Counter()  # reason -> pairs dropped
         self.checked = 0
 
+    def filter_texts(self, texts: Sequence[Sequence[Pair]]) -> list[list[Pair]]:
+        """A pair filter for ``chains.synthesized_documents``: each text in turn, in order."""
+        return [self.filter(pairs) for pairs in texts]
+
     def filter(self, pairs: Sequence[Pair]) -> list[Pair]:
         """The pairs that pass, in order; ``self.drops[reason]`` counts the rest."""
         if not self.cfg.enabled:

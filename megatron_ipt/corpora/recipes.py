@@ -28,6 +28,7 @@ from megatron_ipt.corpora.chains import (
     synthesized_documents,
     tuning_documents,
 )
+from megatron_ipt.corpora.decontaminate import ContaminationConfig, ContaminationGate
 from megatron_ipt.corpora.quality import QualityConfig, QualityGate
 from megatron_ipt.data.blend import Blend
 from megatron_ipt.data.readers import DataError, expand_inputs, iter_records
@@ -55,6 +56,7 @@ class CorporaConfig:
     skip_bad_records: bool = False  # count and skip invalid records instead of failing
     progress: bool = True  # show progress bars
     quality: QualityConfig = field(default_factory=QualityConfig)  # the quality gate on synthesized pairs
+    contamination: ContaminationConfig = field(default_factory=ContaminationConfig)  # the n-gram gate against evaluation sets
 
     def validate(self) -> None:
         for name in ("synthesized", "raw", "tuning", "instructions"):
@@ -74,6 +76,7 @@ class CorporaConfig:
             raise ConfigError("the domain recipe needs instructions: general {question, response} records")
         if self.tuning_repeat <= 0 or self.instruction_ratio <= 0:
             raise ConfigError("tuning_repeat and instruction_ratio must be positive")
+        self.contamination.validate()
 
 
 def _write_documents(path: Path, docs: Iterator[dict]) -> dict:
@@ -138,10 +141,12 @@ def synthesis_totals(inputs: list[str]) -> dict:
     return out
 
 
-def _components(cfg: CorporaConfig, stats: dict[str, Counter],
-                quality: QualityGate) -> list[tuple[str, Iterator[dict]]]:
+def _components(cfg: CorporaConfig, stats: dict[str, Counter], quality: QualityGate,
+                contamination: ContaminationGate | None) -> list[tuple[str, Iterator[dict]]]:
+    # Contamination first: a benchmark item is counted as such even when it is also a duplicate.
+    pair_filters = [contamination.filter_texts] if contamination else []
     comps = [("instruct", synthesized_documents(cfg.synthesized, cfg.seed, stats["instruct"],
-                                                pair_filters=[quality.filter]))]
+                                                pair_filters=[*pair_filters, quality.filter_texts]))]
     if cfg.recipe == "general":
         if cfg.raw:
             exclude = _converted_ids(cfg.synthesized)
@@ -152,6 +157,10 @@ def _components(cfg: CorporaConfig, stats: dict[str, Counter],
     else:
         comps.append(("instructions", instruction_documents(cfg.instructions, stats["instructions"],
                                                             cfg.skip_bad_records)))
+    if contamination:
+        kinds = {"tuning": "tuning_examples", "instructions": "instruction_records"}
+        comps = [(name, contamination.filter_documents(docs, kinds[name]) if name in kinds else docs)
+                 for name, docs in comps]
     return comps
 
 
@@ -179,7 +188,8 @@ def build_corpora(cfg: CorporaConfig) -> dict:
     stats: dict[str, Counter] = {k: Counter() for k in ("instruct", "raw", "tuning", "instructions")}
     components: dict[str, dict] = {}
     quality = QualityGate(cfg.quality)
-    for name, docs in _components(cfg, stats, quality):
+    contamination = ContaminationGate(cfg.contamination) if cfg.contamination.eval_sets else None
+    for name, docs in _components(cfg, stats, quality, contamination):
         doc_path = out / "documents" / f"{name}.jsonl"
         counts = _write_documents(doc_path, docs)
         log.info("%s: %d documents -> %s", name, counts["documents"], doc_path)
@@ -224,6 +234,8 @@ def build_corpora(cfg: CorporaConfig) -> dict:
               "total_tokens": total_tokens,
               "components": components, "blend": [list(e) for e in blend], "synthesis": synthesis_totals(cfg.synthesized),
               "train_override": "--data.train=" + json.dumps(blend.to_megatron())}
+    if contamination:
+        report["contamination"] = contamination.report()
     atomic_write_json(out / "mixture_report.json", report)
     atomic_write_text(out / "mixture_report.md", report_markdown(report))
     return report
@@ -250,6 +262,14 @@ def report_markdown(report: dict) -> str:
             why = ", ".join(f"{k} {v:,}" for k, v in q["dropped"].items()) or "none"
             lines += ["", f"Quality gate on {name}: {q['pairs_dropped']:,} of {q['pairs_checked']:,} pairs dropped "
                       f"({why})."]
+    con = report.get("contamination")
+    if con:
+        removed = ", ".join(f"{v:,} of {con['checked'][k]:,} {k.replace('_', ' ')}" for k, v in con["removed"].items())
+        lines += ["", f"Contamination gate ({con['ngram']}-grams): removed {removed or 'nothing'}.", "",
+                  "| evaluation set | items | shorter than n | n-grams | removed |", "|---|---:|---:|---:|---|"]
+        for name, s in con["sets"].items():
+            what = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in s["removed"].items()) or "nothing"
+            lines.append(f"| {name} | {s['items']:,} | {s['items_shorter_than_ngram']:,} | {s['ngrams']:,} | {what} |")
     for name, c in report["components"].items():
         counted = {**c.get("counts", {}), **{f"tokenize_{k}": v for k, v in c.get("tokenize_skipped", {}).items()}}
         if counted:  # every drop and skip by reason, and what was joined in (nothing is lost unseen)

@@ -89,7 +89,7 @@ def test_gate_in_synthesized_documents(tmp_path):
              "pairs": [GOOD[0].to_dict()]}]  # its only pair repeats t0's: t1 stays in the chain as raw text
     (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     gate, stats = QualityGate(), Counter()
-    [doc] = list(synthesized_documents([tmp_path], 0, stats, pair_filters=[gate.filter]))
+    [doc] = list(synthesized_documents([tmp_path], 0, stats, pair_filters=[gate.filter_texts]))
     assert gate.drops == Counter({"empty_response": 1, "duplicate_in_corpus": 1})
     assert stats["pairs"] == 2 and stats["entries"] == 2
     assert doc["text"].count("What does the protein bind?") == 1 and "Text one." in doc["text"]

@@ -135,7 +135,8 @@ def test_quality_gate_counted_in_the_report_and_switchable(tmp_path):
                                                                      "cot_without_final_answer": 1,
                                                                      "duplicate_in_corpus": 1}}
     assert "3 of 8 pairs dropped" in (tmp_path / "on" / "mixture_report.md").read_text()
-    cfg = load_config(CorporaConfig, None, [f"--{k}={json.dumps(v)}" for k, v in base.items()]
+    cfg = load_config(CorporaConfig, None, [f"--{k}={v if isinstance(v, str) else json.dumps(v)}"
+                                            for k, v in base.items()]
                       + [f"--output_dir={tmp_path / 'off'}", "--quality.mc_answer=false"])
     q = build_corpora(cfg)["components"]["instruct"]["quality"]
     assert q["pairs_dropped"] == 2 and "mc_answer_not_in_options" not in q["dropped"]

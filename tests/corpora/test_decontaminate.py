@@ -1,0 +1,129 @@
+"""The contamination gate: lm-eval's normalization, exact n-gram hashing, evaluation-set reading,
+and a planted benchmark item removed from the corpora and counted per evaluation set."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from megatron_ipt.corpora.decontaminate import (
+    ContaminationConfig,
+    ContaminationGate,
+    NgramHasher,
+    eval_sources,
+    normalized_words,
+)
+from megatron_ipt.corpora.recipes import CorporaConfig, build_corpora
+from megatron_ipt.data.readers import DataError
+from megatron_ipt.synth.format import Pair
+
+# 20 words; any 13 consecutive ones are a contaminating span.
+BENCH = ("Which enzyme, found in the human pancreas, breaks down starch into simple sugars during "
+         "digestion of a typical meal?")
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_normalization_follows_lm_eval():
+    assert normalized_words("It's  a Well-Known\tFACT, isn't it?") == ["its", "a", "wellknown", "fact", "isnt", "it"]
+    assert normalized_words("ÉCOLE café") == ["École", "café"]  # only ASCII letters are lower-cased
+
+
+def test_ngram_hashes_match_exact_ngrams():
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(12)]
+    texts = [" ".join(rng.choice(vocab) for _ in range(rng.randint(0, 9))) for _ in range(300)]
+    n = 3
+    hasher = NgramHasher(n)
+    hashes, owner, lengths = hasher.hashes(texts)
+    assert lengths.tolist() == [len(t.split()) for t in texts]
+    by_gram: dict[tuple, set[int]] = {}
+    for i, t in enumerate(texts):
+        for k, h in enumerate(hashes[owner == i].tolist()):
+            gram = tuple(t.split()[k : k + n])  # windows come in order and never cross into another text
+            by_gram.setdefault(gram, set()).add(h)
+        assert (owner == i).sum() == max(len(t.split()) - n + 1, 0)
+    assert all(len(hs) == 1 for hs in by_gram.values())  # the same n-gram always hashes the same
+    assert len({next(iter(hs)) for hs in by_gram.values()}) == len(by_gram)  # different n-grams differently
+    assert NgramHasher(n).hashes(texts)[0].tolist() == hashes.tolist()  # stable across instances
+
+
+def test_gate_on_pairs_counts_per_set(tmp_path):
+    words = BENCH.split()
+    bench = write_jsonl(tmp_path / "evals" / "enzymes.jsonl",
+                        [{"question": BENCH, "choices": ["Amylase", "Lipase"], "label": 0},
+                         {"question": "Too short to match anything."}])
+    other = write_jsonl(tmp_path / "evals" / "other.jsonl", [{"text": " ".join(f"x{i}" for i in range(30))}])
+    gate = ContaminationGate(ContaminationConfig(eval_sets=[str(bench), str(other)]))
+    planted = Pair("Answer this: " + " ".join(words[3:16]).upper().replace(",", ";"), "Amylase.")
+    near = Pair(" ".join(words[3:15]), "twelve words only")  # 12 words: no 13-gram in common
+    across = Pair(" ".join(words[:7]), " ".join(words[7:16]))  # the span runs from instruction into response
+    assert gate.filter_pairs([near, planted, across]) == [near]
+    rep = gate.report()
+    assert rep["removed"] == {"synthesized_pairs": 2} and rep["checked"] == {"synthesized_pairs": 3}
+    assert rep["sets"]["enzymes"]["removed"] == {"synthesized_pairs": 2}
+    assert rep["sets"]["enzymes"]["items"] == 2 and rep["sets"]["enzymes"]["items_shorter_than_ngram"] == 1
+    assert rep["sets"]["other"]["removed"] == {}
+    docs = [{"id": "a", "text": "x3 x4 x5 x6 x7 x8 x9 x10 x11 x12 x13 x14 x15 extra"}, {"id": "b", "text": "clean"}]
+    assert [d["id"] for d in gate.filter_documents(docs, "instruction_records")] == ["b"]
+    assert gate.report()["sets"]["other"]["removed"] == {"instruction_records": 1}
+
+
+def test_eval_sources_read_task_yamls_and_folders(tmp_path):
+    evals = tmp_path / "evals"
+    data = write_jsonl(evals / "data" / "bench_test.jsonl", [{"question": BENCH}])
+    write_jsonl(evals / "loose.jsonl", [{"question": "x"}])
+    (evals / "bench.yaml").write_text(
+        "task: my_bench\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: data/bench_test.jsonl\n"
+        "output_type: multiple_choice\ndoc_to_text: !function utils.doc_to_text\n")
+    sets = eval_sources([evals])
+    assert [(name, files) for name, _, files in sets] == [("my_bench", [data]), ("loose", [evals / "loose.jsonl"])]
+    (tmp_path / "hub.yaml").write_text("task: hub\ndataset_path: super_glue\n")
+    with pytest.raises(DataError, match=r"hub.yaml: field 'dataset_path' is 'super_glue'"):
+        eval_sources([tmp_path / "hub.yaml"])
+    (tmp_path / "bad.jsonl").write_text('{"question": "fine"}\n{not json\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not a UTF-8 JSON line"):
+        ContaminationGate(ContaminationConfig(eval_sets=[str(tmp_path / "bad.jsonl")]))
+    with pytest.raises(DataError, match="no such evaluation set"):
+        eval_sources([tmp_path / "missing"])
+
+
+def test_build_corpora_removes_a_planted_benchmark_item(tmp_path):
+    words = BENCH.split()
+    recs = [{"id": "t0", "text": "Starch digestion starts in the mouth.", "round": 0, "slot": 0, "linked": False,
+             "pairs": [{"instruction": " ".join(words[:14]), "response": "Amylase."},
+                       {"instruction": "Where does digestion start?", "response": "In the mouth."}]}]
+    shard = write_jsonl(tmp_path / "synth" / "s0.jsonl", recs)
+    instr = write_jsonl(tmp_path / "instr.jsonl", [{"question": BENCH, "response": "Amylase."},
+                                                   {"question": "Name a color.", "response": "Blue."}])
+    evals = tmp_path / "evals"
+    write_jsonl(evals / "items.jsonl", [{"question": BENCH, "answer": "Amylase"}])
+    (evals / "task.yaml").write_text(f"task: enzymes\ndataset_path: json\ndata_files: {evals / 'items.jsonl'}\n")
+    cfg = CorporaConfig(recipe="domain", synthesized=[str(shard)], instructions=[str(instr)], tokenizer="mistral",
+                        workers=0, progress=False, output_dir=str(tmp_path / "out"),
+                        contamination=ContaminationConfig(eval_sets=str(evals)))
+    report = build_corpora(cfg)
+    con = report["contamination"]
+    assert con["removed"] == {"synthesized_pairs": 1, "instruction_records": 1}
+    assert con["sets"]["enzymes"]["removed"] == {"synthesized_pairs": 1, "instruction_records": 1}
+    assert report["components"]["instructions"]["documents"] == 1
+    corpus = "".join((tmp_path / "out" / "documents" / f).read_text() for f in ("instruct.jsonl", "instructions.jsonl"))
+    assert "pancreas" not in corpus and "Where does digestion start?" in corpus and "Name a color." in corpus
+    assert "| enzymes | 1 |" in (tmp_path / "out" / "mixture_report.md").read_text()
+
+
+def test_benchmark_tiny_form():
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(repo / "benchmarks" / "decontaminate.py"), "--tiny"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "removed 20 (set lookup: 20)" in out and out.count("pairs/s") == 2
