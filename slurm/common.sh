@@ -2,7 +2,8 @@
 # The one launch helper every slurm/*.sh script sources. It only launches: the Python entry points
 # do the work, and `python -m megatron_ipt.preflight preflight` does the checking.
 #
-# Each stage script locates the repo (IPT_ROOT), then sources this file and calls
+# Each stage script finds this file (IPT_ROOT, else its own folder, the submit dir or the job's
+# recorded command: sbatch runs a spooled copy of the script), sources it, and calls
 #   ipt_setup STAGE            cd to the repo, pick PYTHON, make this job's run directories
 #   ipt_preflight ARGS...      fail fast (exit 2, message in the job log) on a bad node list or a
 #                              missing input; exports MASTER_ADDR/MASTER_PORT for the step
@@ -34,6 +35,7 @@
 # during GraceTime is what the next run resumes from.
 
 IPT_EXIT_REQUEUE=75
+IPT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # `bash slurm/STAGE.sh --help`: the script's header (usage, environment, #SBATCH defaults).
 case "${1:-}" in
@@ -146,40 +148,20 @@ ipt_srun() {
     return "$rc"
 }
 
-# ipt_train STAGE CONFIG [OVERRIDES...]: a training stage. Environment variables become config
-# overrides (only when set); command-line overrides come last and win.
-#   DATA, VALID (blends), STEPS, GLOBAL_BATCH, MICRO_BATCH, SEQ_LEN, LR, DS_CONFIG, TOKENIZER,
-#   INIT_FROM (HF checkpoint dir), EXPORT_DIR, RESUME (auto|none|checkpoint dir),
-#   CKPT_DIR (save and resume dir) [$RUN_DIR/checkpoints]
-#   BLEND: a YAML with a `data:` section laid over CONFIG (the blend.yaml `data_tools.build_corpora`
-#   writes); the job runs a config that includes both, saved in its job directory.
-# Relative paths are relative to the checkout: the step runs there.
+# ipt_train STAGE CONFIG [OVERRIDES...]: a training stage. The arguments come from
+# `python -m megatron_ipt.slurm train-args` (the environment -> config-override map and the BLEND
+# launch config live there: DATA, VALID, STEPS, GLOBAL_BATCH, MICRO_BATCH, SEQ_LEN, LR, DS_CONFIG,
+# TOKENIZER, INIT_FROM, EXPORT_DIR, RESUME; CKPT_DIR [$RUN_DIR/checkpoints]; BLEND: a YAML with a
+# `data:` section laid over CONFIG, saved as the job directory's launch_config.yaml). Command-line
+# overrides come last and win. Relative paths are relative to the checkout: the step runs there.
 ipt_train() {
-    local stage=$1 config=$2
+    local stage=$1 config=$2 out
     shift 2
     ipt_setup "$stage"
-    [ -f "$config" ] || ipt_die "training config '$config' not found (relative to $IPT_ROOT)"
-    if [ -n "${BLEND:-}" ]; then
-        [ -f "$BLEND" ] || ipt_die "BLEND file '$BLEND' not found (relative to $IPT_ROOT)"
-        printf '# written by slurm/common.sh: the stage config with the data blend over it\ninclude:\n  - %s\n  - %s\n' \
-            "$(realpath "$config")" "$(realpath "$BLEND")" >"$JOB_DIR/launch_config.yaml"
-        config=$JOB_DIR/launch_config.yaml
-    fi
-    CKPT_DIR=${CKPT_DIR:-$RUN_DIR/checkpoints}
-    local -a args=(--config "$config" "--run_dir=$JOB_DIR" "--checkpoint.dir=$CKPT_DIR")
-    [ -n "${DATA:-}" ] && args+=("--data.train=$DATA")
-    [ -n "${VALID:-}" ] && args+=("--data.valid=$VALID")
-    [ -n "${STEPS:-}" ] && args+=("--steps=$STEPS")
-    [ -n "${GLOBAL_BATCH:-}" ] && args+=("--global_batch_size=$GLOBAL_BATCH")
-    [ -n "${MICRO_BATCH:-}" ] && args+=("--micro_batch_size=$MICRO_BATCH")
-    [ -n "${SEQ_LEN:-}" ] && args+=("--data.seq_len=$SEQ_LEN")
-    [ -n "${LR:-}" ] && args+=("--optim.lr=$LR")
-    [ -n "${DS_CONFIG:-}" ] && args+=("--ds_config=$DS_CONFIG")
-    [ -n "${TOKENIZER:-}" ] && args+=("--data.tokenizer=$TOKENIZER")
-    [ -n "${INIT_FROM:-}" ] && args+=("--model.init_from=$INIT_FROM")
-    [ -n "${EXPORT_DIR:-}" ] && args+=("--export.dir=$EXPORT_DIR")
-    [ -n "${RESUME:-}" ] && args+=("--checkpoint.resume=$RESUME")
-    args+=("$@")
+    out=$("$PYTHON" -m megatron_ipt.slurm train-args --config "$config" --job-dir "$JOB_DIR" \
+        --run-dir "$RUN_DIR" -- "$@") || ipt_die "stage $IPT_STAGE: bad training settings (see above)"
+    local -a args
+    mapfile -t args <<<"$out"
     ipt_preflight --train-config "${args[@]:1}"
     ipt_srun "$PYTHON" -m megatron_ipt.train "${args[@]}"
 }

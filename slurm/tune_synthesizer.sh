@@ -27,15 +27,11 @@
 #SBATCH --output=%x-%j.out
 
 set -uo pipefail
-# sbatch runs a spooled copy of this script: find the checkout from IPT_ROOT, the submit dir, or
-# the submitted script's path as Slurm recorded it (the first record: an array id lists every task).
-if [ -z "${IPT_ROOT:-}" ]; then
-    for _d in "$(dirname "$0")/.." "${SLURM_SUBMIT_DIR:-}" \
-        "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's|^ *Command=\([^ ]*\)/slurm/[^/ ]*\( .*\)*$|\1|p' | head -n 1)"; do
-        [ -n "$_d" ] && [ -f "$_d/slurm/common.sh" ] && { IPT_ROOT=$(cd "$_d" && pwd); break; }
-    done
-fi
-[ -f "${IPT_ROOT:-}/slurm/common.sh" ] || { echo "[ipt] error: cannot find the megatron-ipt checkout (IPT_ROOT=${IPT_ROOT:-unset}); set IPT_ROOT" >&2; exit 2; }
+# sbatch runs a spooled copy: find slurm/common.sh from IPT_ROOT, else this folder, the submit dir or
+# the job's recorded command (its first record: an array id lists every task).
+[ -n "${IPT_ROOT:-}" ] || for IPT_ROOT in "$(dirname "$0")/.." "${SLURM_SUBMIT_DIR:-}" \
+    "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's|^ *Command=\([^ ]*\)/slurm/[^/ ]*\( .*\)*$|\1|p' | head -n 1)"; do [ -f "$IPT_ROOT/slurm/common.sh" ] && break; done
+[ -f "$IPT_ROOT/slurm/common.sh" ] || { echo "[ipt] error: cannot find the megatron-ipt checkout (IPT_ROOT=$IPT_ROOT); set IPT_ROOT" >&2; exit 2; }
 # shellcheck source=slurm/common.sh
 source "$IPT_ROOT/slurm/common.sh"
 

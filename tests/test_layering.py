@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "corpora": {"data", "synth"},
     "eval": {"data", "model", "synth"},
     "preflight": {"data", "model", "train"},
+    "slurm": set(),  # the Slurm scripts' policy (env -> overrides, launch config): base only
     "demo": {"data", "model", "synth", "train", "tuning", "corpora", "eval", "preflight", "data_tools"},
 }
 

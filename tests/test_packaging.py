@@ -46,7 +46,7 @@ def test_wheel_has_commands_configs_and_every_package(wheel: Path) -> None:
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert {"ipt-preprocess", "ipt-train", "ipt-synthesize", "ipt-demo"} <= set(scripts)
+    assert {"ipt-preprocess", "ipt-train", "ipt-synthesize", "ipt-demo", "ipt-launch"} <= set(scripts)
     for command, target in scripts.items():
         assert f"{command} = {target}" in text
     for folder in ("configs", "ds_configs"):
