@@ -79,7 +79,7 @@ def check_material(size: DemoSize, out: Path, min_free_gb: float | None = None) 
     free = free_gb(out)
     if free < need:
         problems.append(f"only {free:.1f} GB free under {out}, the {size.name} demo needs {need:.1f} GB: "
-                        "free some space or pass --out DIR on a larger disk")
+                        "free some space or pass --output-dir DIR on a larger disk")
     if problems:
         raise DemoError("\n".join(problems))
     from megatron_ipt.tuning.pubmed import shipped_pubmed_files

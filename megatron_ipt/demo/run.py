@@ -23,7 +23,7 @@ def check_out_dir(size: DemoSize, out: Path) -> None:
         if previous.get("settings") != size.to_dict():
             name = previous.get("size")
             raise DemoError(f"{out} holds a '{name}' demo with other settings; rerun with the same --size/--set "
-                            f"to resume it, or give another --out (or delete {out})")
+                            f"to resume it, or give another --output-dir (or delete {out})")
     else:
         atomic_write_json(meta, {"size": size.name, "settings": size.to_dict()})
 
