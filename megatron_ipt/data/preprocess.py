@@ -38,6 +38,7 @@ from megatron_ipt.data.provenance import tokenizer_record
 from megatron_ipt.data.readers import DataError, FileFault, InputFile, expand_inputs, read_records
 from megatron_ipt.io import atomic_write_json
 from megatron_ipt.log import get_logger
+from megatron_ipt.progress import progress as progress_of
 from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
 
 log = get_logger(__name__)
@@ -228,7 +229,8 @@ def preprocess(
     resumed_docs = run.written
 
     columns = [json_key, "segments"]
-    bar = _progress_bar(progress, run.written)
+    bar = progress_of(desc="tokenizing", unit="doc", initial=run.written, enabled=progress, unit_scale=True,
+                      smoothing=0.1)
     last_ckpt = time.time()
     pool = None
     try:
@@ -248,10 +250,9 @@ def preprocess(
                 b = pending if isinstance(pending, EncodedBatch) else pending.get()
                 run.add(b, files[fi].path, skip_bad)
                 batch_last = b.last_record
-                if bar is not None:
-                    bar.update(b.lengths.size)
-                    el = max(time.time() - bar.start_t, 1e-9)
-                    bar.set_postfix(tok_s=f"{(run.writer.n_tokens - tok0) / el:,.0f}", refresh=False)
+                el = max(time.monotonic() - bar.start, 1e-9)
+                bar.set_postfix(tok_s=f"{(run.writer.n_tokens - tok0) / el:,.0f}")
+                bar.update(b.lengths.size)
             run.file_index, run.record = (fi + 1, 0) if done_file else (fi, batch_last or run.record)
             if time.time() - last_ckpt >= checkpoint_s:
                 run.checkpoint(fp)
@@ -299,8 +300,7 @@ def preprocess(
                 run.mask.close()
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if pool is not None:
         pool.close()
         pool.join()
@@ -354,14 +354,6 @@ def preprocess(
 
 def _empty_batch(last: int) -> EncodedBatch:
     return EncodedBatch(np.zeros(0, np.int64), np.zeros(0, np.int64), None, 0, last)
-
-
-def _progress_bar(enabled: bool, initial: int):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(desc="tokenizing", unit="doc", unit_scale=True, initial=initial, smoothing=0.1)
 
 
 __all__ = ["preprocess", "dataset_prefix", "summary_path", "DataError", "bin_path", "idx_path"]

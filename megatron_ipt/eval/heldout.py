@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal
 from megatron_ipt.config import ConfigError, run_cli
 from megatron_ipt.data.readers import DataError, iter_records
 from megatron_ipt.log import get_logger, setup_logging
+from megatron_ipt.progress import progress
 from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER
 
 log = get_logger("megatron_ipt.eval.heldout")
@@ -201,12 +202,11 @@ def sequence_losses(
     Sequences are batched by length with right padding; loss is computed in fp32.
     """
     import torch
-    from tqdm import tqdm
 
     device = next(model.parameters()).device
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(sequences)
-    bar = tqdm(total=sum(len(s[0]) for s in sequences), desc=desc or "scoring", unit="tok", leave=False)
+    bar = progress(total=sum(len(s[0]) for s in sequences), desc=desc or "scoring", unit="tok", leave=False)
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         width = max(len(sequences[i][0]) for i in idx)

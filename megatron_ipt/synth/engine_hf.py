@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from megatron_ipt.log import get_logger
+from megatron_ipt.progress import progress
 from megatron_ipt.synth.engine_types import (
     Generation,
     SamplingParams,
@@ -107,18 +108,11 @@ class HFEngine:
         ]
         # Longest first, ties by position: similar lengths share a batch (little padding).
         order = sorted(range(len(rows)), key=lambda r: (-len(rows[r].prompt), r))
-        bar = None
-        if show_progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(rows), desc="generate", unit="seq")
-        for start in range(0, len(order), self.batch_size):
-            batch = [rows[r] for r in order[start : start + self.batch_size]]
-            self._generate_batch(batch)
-            if bar is not None:
+        with progress(total=len(rows), desc="generate", unit="seq", enabled=show_progress) as bar:
+            for start in range(0, len(order), self.batch_size):
+                batch = [rows[r] for r in order[start : start + self.batch_size]]
+                self._generate_batch(batch)
                 bar.update(len(batch))
-        if bar is not None:
-            bar.close()
         results: list[list[Generation]] = [[] for _ in prompt_ids]
         for row in rows:
             results[row.prompt_index].append(Generation(row.text, row.out, row.finish or "length"))

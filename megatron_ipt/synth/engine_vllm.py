@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from megatron_ipt.log import get_logger
+from megatron_ipt.progress import progress_mode
 from megatron_ipt.synth.engine_types import (
     Generation,
     SamplingParams,
@@ -86,7 +87,7 @@ class VLLMEngine:
         per_prompt = per_prompt_params(prompt_ids, params)
         check_prompt_lengths(prompt_ids, self.max_model_len, per_prompt)
         prompts = [self._TokensPrompt(prompt_token_ids=[int(t) for t in ids]) for ids in prompt_ids]
-        outputs = self.llm.generate(prompts, [self._vllm_params(p) for p in per_prompt], use_tqdm=show_progress)
+        outputs = self.llm.generate(prompts, [self._vllm_params(p) for p in per_prompt], use_tqdm=progress_mode(show_progress) == "bar")
         results = []
         for req in outputs:
             gens = []

@@ -32,6 +32,7 @@ from megatron_ipt.data.readers import (
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.launch import array_task
 from megatron_ipt.log import get_logger
+from megatron_ipt.progress import progress
 from megatron_ipt.synth.engine_types import Engine
 from megatron_ipt.synth.engines import EngineConfig
 from megatron_ipt.synth.provenance import model_fingerprint
@@ -255,11 +256,7 @@ def synthesize_shard(engine: Engine, cfg: SynthesizeConfig, path: Path, out_dir:
     if resumed:
         log.info("%s: resuming with %d texts already synthesized", path, resumed)
 
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(texts), initial=resumed, desc=stem, unit="text", dynamic_ncols=True)
+    bar = progress(total=len(texts), initial=resumed, desc=stem, unit="text", enabled=cfg.progress)
     t0 = time.time()
     new_texts = new_tokens = 0
 
@@ -272,14 +269,12 @@ def synthesize_shard(engine: Engine, cfg: SynthesizeConfig, path: Path, out_dir:
             os.fsync(fh.fileno())
         new_texts += len(entries)
         new_tokens += sum(e.stats.get("output_tokens", 0) for e in entries)
-        if bar is not None:
-            dt = max(time.time() - t0, 1e-9)
-            bar.update(len(entries))
-            bar.set_postfix(texts_s=f"{new_texts / dt:.2f}", gen_tok_s=f"{new_tokens / dt:.0f}", round=rnd)
+        dt = max(time.time() - t0, 1e-9)
+        bar.set_postfix(texts_s=f"{new_texts / dt:.2f}", gen_tok_s=f"{new_tokens / dt:.0f}", round=rnd)
+        bar.update(len(entries))
 
     entries = run_rounds(engine, texts, cfg.rounds_config(), cfg.batch_texts, done, checkpoint)
-    if bar is not None:
-        bar.close()
+    bar.close()
     with atomic_path(final) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for e in entries:
             fh.write(json.dumps(e.record(), ensure_ascii=False) + "\n")

@@ -11,6 +11,7 @@ import torch
 
 from megatron_ipt.io import atomic_write_text
 from megatron_ipt.log import get_logger
+from megatron_ipt.progress import format_eta
 
 log = get_logger(__name__)
 
@@ -84,7 +85,9 @@ class MetricsWriter:
                      dropped, step, self.path)
         return dropped
 
-    def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
+    def write(self, step: int, kind: str, values: dict[str, Any], total: int | None = None,
+              eta_s: float | None = None) -> None:
+        """One record; the console line shows ``step/total`` and the ETA when given."""
         if not self.enabled:
             return
         record = {"step": step, "kind": kind, "time": time.time(), **values}
@@ -96,7 +99,10 @@ class MetricsWriter:
                     self.tb.add_scalar(f"{kind}/{key}", value, step)
             self.tb.flush()
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items() if not isinstance(v, dict))
-        log.info("%s step %d: %s", kind, step, shown)
+        where = f"{step}/{total}" if total else str(step)
+        if eta_s is not None:
+            where += f" (ETA {format_eta(eta_s)})"
+        log.info("%s step %s: %s", kind, where, shown)
 
     def close(self) -> None:
         if self.tb is not None:

@@ -235,7 +235,7 @@ class Trainer:
         cfg = self.cfg
         log_every = max(1, cfg.logging.interval)
         window: list[dict[str, float]] = []
-        t0 = time.perf_counter()
+        t0 = t_run = time.perf_counter()
         steps_this_run = 0
         last_saved = self.step if self.plan.resume_from is not None else -1
         while self.step < cfg.steps:
@@ -261,7 +261,7 @@ class Trainer:
                     "mfu": tflops * 1e12 / self.peak,
                     "consumed_samples": self.data.consumed_samples,
                     "tokens_per_dataset": dict(self.tokens_per_dataset),
-                })
+                }, total=cfg.steps, eta_s=(time.perf_counter() - t_run) / steps_this_run * (cfg.steps - self.step))
                 for name, n in self.tokens_per_dataset.items():
                     if self.metrics.tb is not None:
                         self.metrics.tb.add_scalar(f"tokens/{Path(name).name}", n, self.step)

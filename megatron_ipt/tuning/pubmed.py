@@ -24,11 +24,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from megatron_ipt.data.readers import InputFile, iter_records, open_binary
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
+from megatron_ipt.progress import progress as progress_of
 from megatron_ipt.synth.format import Pair, chain_of_thought, multiple_choice
 from megatron_ipt.tuning.example import Example
 
@@ -165,7 +164,7 @@ def iter_pubmed_records(
     """
     files = [Path(p) for p in paths] if paths is not None else shipped_pubmed_files()
     n = 0
-    with tqdm(desc="reading PubMed", unit="rec", disable=not progress) as bar:
+    with progress_of(total=limit, desc="reading PubMed", unit="rec", enabled=progress) as bar:
         for path in files:
             with open_binary(path) as fh:
                 for _, el in ET.iterparse(fh, events=("end",)):

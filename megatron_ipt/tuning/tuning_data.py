@@ -21,10 +21,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
+from megatron_ipt.progress import progress
 from megatron_ipt.synth.format import MARKERS, Pair, context_text, example_segments, pairs_text
 from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
 from megatron_ipt.tuning.example import ConvertStats, Example
@@ -157,7 +156,9 @@ def measure(
 ) -> list[Sized]:
     """Token lengths; contexts too long are truncated (never the pairs), pairs too long are rejected."""
     out: list[Sized] = []
-    bar = tqdm(total=len(examples), desc="measuring examples", unit="ex", disable=len(examples) < 5000)
+    # Small sets measure in moments: no progress for them.
+    bar = progress(total=len(examples), desc="measuring examples", unit="ex",
+                   enabled=False if len(examples) < 5000 else None)
     for start in range(0, len(examples), _ENCODE_CHUNK):
         bar.update(min(_ENCODE_CHUNK, len(examples) - start))
         chunk = examples[start : start + _ENCODE_CHUNK]
