@@ -3,7 +3,9 @@
 One seed per chain drives every choice (layout, wording, option order and markers), so output is
 reproducible; rendering only reads its input. Layout shares follow the reference: classic ~81%,
 dialogue / numbered / inline few-shot / next-turn ~5% each (the last three need >= 2 pairs per
-entry), and ~5% of chains put the pairs before the text. All wording here is this project's own.
+entry), and ~5% of chains (classic ones only) put the pairs before the text. The numbered layout
+lists every question and then every answer; the lead-in is one sentence after the text; inline
+few-shot gives the answer and then its rationale. All wording here is this project's own.
 """
 
 from __future__ import annotations
@@ -15,87 +17,123 @@ from dataclasses import dataclass
 from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER, Pair
 
 # ---- wording pools -------------------------------------------------------------------------------
+# Pools are composed from parts where the parts combine into natural English; each entry is distinct
+# (tests check sizes, uniqueness and that every entry renders all of its placeholders).
 
-READ_PREFIXES = (
-    "Read the passage below.\n\n", "Here is a text:\n\n", "Consider the following.\n\n", "Passage:\n",
-    "Background:\n", "Study this text, then answer the questions after it.\n\n", "Source:\n",
-    "Go through this excerpt first.\n\n", "Article:\n", "Look at the following material.\n\n",
-    "Reading:\n", "Context for the questions below:\n\n",
-) + ("",) * 12  # half the chains start with the bare text
+_READ_VERBS = ("Read", "Study", "Look over", "Go through", "Take a look at", "Review", "Examine", "Consider")
+_READ_OBJECTS = ("the passage below", "the following text", "this excerpt", "the article that follows",
+                 "the text below")
+_READ_LABELS = ("Passage:\n", "Text:\n", "Article:\n", "Excerpt:\n", "Document:\n", "Context:\n",
+                "Background:\n", "Reading:\n")
+READ_PREFIXES_WORDED = tuple(f"{v} {o}{end}" for v in _READ_VERBS for o in _READ_OBJECTS
+                             for end in (":\n\n",)) + _READ_LABELS
+READ_PREFIXES = READ_PREFIXES_WORDED + ("",) * len(READ_PREFIXES_WORDED)  # half the chains start bare
 
-LEAD_INS = (
-    "Answer the question. ", "Based on the passage, answer: ", "Using the text, respond: ", "Please answer: ",
-    "From what you read: ", "Reply briefly. ", "Keep the passage in mind. ", "Question about the text: ",
-    "Think about the reading. ", "Refer to the passage. "
-) + ("",) * 10  # half the chains use no lead-in
+# One sentence between a text and its questions (never repeated before each question).
+_LEAD_VERBS = ("Answer", "Respond to", "Work through", "Reply to", "Now answer", "Please answer",
+               "Try to answer", "Take on")
+_LEAD_OBJECTS = ("the questions below", "the following questions", "these questions")
+_LEAD_BASES = (" based on the passage.", " using what the text says.")
+LEAD_INS_WORDED = tuple(f"{v} {o}{b}" for v in _LEAD_VERBS for o in _LEAD_OBJECTS for b in _LEAD_BASES) + (
+    "Here are some questions about the text.", "The text above answers the questions that follow.",
+    "Test your understanding of the passage.", "What does the passage say? Find out below.",
+    "A few questions on what you just read.", "Check what you learned from the reading.",
+)
+LEAD_INS = LEAD_INS_WORDED + ("",) * len(LEAD_INS_WORDED)  # half the chains use no lead-in
 
-QA_TEMPLATES = (
-    "Q: {q}\nA: {a}", "Question: {q}\nAnswer: {a}", "{q}\n{a}", "{q} {a}", "Query: {q}\nResponse: {a}",
-    "Problem: {q}\nSolution: {a}", "{q}\nThe answer is: {a}", "Input: {q}\nOutput: {a}",
-    "Here is a question: {q}\nAnd its answer: {a}", "{q}\n\n{a}", "Task: {q}\nResult: {a}",
-    "Ask: {q}\nReply: {a}", "{q}\nAnswer: {a}", "Prompt: {q}\nCompletion: {a}", "{q} -- {a}",
-    "Inquiry: {q}\nExplanation: {a}",
+_QA_LABELS = (("Question", "Answer"), ("Q", "A"), ("Query", "Response"), ("Prompt", "Reply"),
+              ("Problem", "Solution"), ("Ask", "Answer"), ("Input", "Output"), ("Task", "Result"),
+              ("Inquiry", "Reply"), ("Quiz", "Answer"), ("Question", "Response"), ("Q", "Answer"),
+              ("Prompt", "Completion"), ("Request", "Response"), ("Exercise", "Answer"),
+              ("Question", "Reply"), ("Query", "Answer"), ("Question asked", "Answer given"))
+QA_TEMPLATES = tuple(f"{x}: {{q}}\n{y}: {{a}}" for x, y in _QA_LABELS) + tuple(
+    f"{x}: {{q}} {y}: {{a}}" for x, y in _QA_LABELS[:8]) + (
+    "{q}\n{a}", "{q} {a}", "{q}\n\n{a}", "{q}\nThe answer is {a}", "{q}\nAnswer: {a}",
+    "Here is a question: {q}\nAnd its answer: {a}", "{q}\nIn short: {a}", "{q}\nReply: {a}",
+    "{q} -- {a}", "Someone asked: {q}\nThe reply was: {a}", "{q}\nA short answer: {a}",
+    "Answer this question: {q}\n{a}", "{q}\nResponse: {a}", "What is asked: {q}\nWhat is answered: {a}",
+    "{q}\nMy answer: {a}", "Question about the text: {q}\nAnswer from the text: {a}",
 )
 
-MC_TEMPLATES = (
-    "{q}\n{o}\nAnswer: {a}", "Question: {q}\nChoices:\n{o}\nCorrect answer: {a}", "{q}\nPick one:\n{o}\n{a}",
-    "{q} Select the right option.\n{o}\nThe right option is {a}.", "Multiple choice: {q}\n{o}\nAnswer: {a}",
-    "{q}\nWhich of these is correct?\n{o}\nIt is {a}.", "{q}\nCandidates:\n{o}\nSolution: {a}",
-    "Choose the best answer. {q}\n{o}\n{a}",
-)
+_MC_STEMS = ("{q}", "Question: {q}", "Q: {q}", "Multiple choice: {q}", "Pick the best option. {q}")
+_MC_OPTION_INTROS = ("{o}", "Options:\n{o}", "Choices:\n{o}", "Possible answers:\n{o}")
+_MC_ANSWERS = ("Answer: {a}", "The correct option is {a}", "The right choice: {a}")
+MC_TEMPLATES = tuple(f"{s}\n{o}\n{a}" for s in _MC_STEMS for o in _MC_OPTION_INTROS for a in _MC_ANSWERS)
 MC_NO_OPTIONS_TEMPLATES = (  # options dropped: the answer is the option's text
-    "{q}\nAnswer: {a}", "Q: {q}\nA: {a}", "{q} {a}", "Question: {q}\nResponse: {a}",
+    "{q}\nAnswer: {a}", "Q: {q}\nA: {a}", "{q} {a}", "Question: {q}\nResponse: {a}", "{q}\n{a}",
+    "{q}\nThe answer is {a}",
 )
 
-COT_TEMPLATES = (
-    "{q}\nLet's work through it. {r}\nSo the answer is {a}.", "Question: {q}\nReasoning: {r}\nAnswer: {a}",
-    "{q}\nStep by step: {r} Hence: {a}", "{q}\nThink first, then answer.\n{r}\nFinal answer: {a}",
-    "Q: {q}\nA: {r} Therefore, {a}.", "{q}\nExplanation: {r}\nConclusion: {a}", "Solve: {q}\n{r}\nThe answer: {a}",
-    "{q}\nWorking: {r}\nResult: {a}", "{q}\nLet us reason carefully. {r} The answer is {a}.",
-    "Question: {q}\nRationale: {r}\nSo: {a}",
-)
+_COT_STEMS = ("{q}", "Question: {q}", "Q: {q}", "Problem: {q}", "{q} Explain your reasoning.",
+              "Consider this question: {q}")
+_COT_REASONS = ("Let's work through it. {r}", "Reasoning: {r}", "Step by step: {r}", "Here is the reasoning. {r}",
+                "Thinking it over: {r}", "Explanation: {r}", "Working: {r}")
+_COT_CONCLUSIONS = ("So the answer is {a}", "Answer: {a}", "Therefore: {a}", "Final answer: {a}",
+                    "Hence the answer: {a}", "That gives {a}")
+COT_TEMPLATES = tuple(f"{s}\n{r}\n{c}" for s in _COT_STEMS for r in _COT_REASONS for c in _COT_CONCLUSIONS)
 
-MC_COT_TEMPLATES = (
-    "{q}\n{o}\nLet's reason it out. {r}\nThe answer is {a}.", "Question: {q}\nOptions:\n{o}\nReasoning: {r}\nAnswer: {a}",
-    "{q}\nChoose from:\n{o}\nThinking: {r} So the choice is {a}.", "{q}\n{o}\nExplain, then answer.\n{r}\nAnswer: {a}",
-    "Multiple choice with reasoning: {q}\n{o}\n{r}\nFinal choice: {a}", "{q}\nPossible answers:\n{o}\n{r} Therefore: {a}",
-)
+_MC_COT_REASONS = ("Reasoning: {r}", "Let's think it through. {r}", "Explanation: {r}", "Working it out: {r}")
+_MC_COT_CONCLUSIONS = ("So the answer is {a}", "Answer: {a}", "The correct choice is {a}", "Final choice: {a}")
+MC_COT_TEMPLATES = tuple(f"{s}\n{o}\n{r}\n{c}" for s in _MC_STEMS for o in _MC_OPTION_INTROS
+                         for r in _MC_COT_REASONS for c in _MC_COT_CONCLUSIONS)
 
 # (label kind, option line format, answer format): lettered/numbered options answer with their label.
-OPTION_MARKERS = (
-    ("upper", "{L}. {o}", "{L}"), ("upper", "({L}) {o}", "({L})"), ("upper", "{L}) {o}", "{L}"),
-    ("lower", "{L}) {o}", "{L}"), ("lower", "({L}) {o}", "({L})"), ("upper", "[{L}] {o}", "{L}"),
-    ("digit", "{L}. {o}", "{L}"), ("digit", "({L}) {o}", "{L}"), ("upper", "Option {L}: {o}", "option {L}"),
-    ("none", "- {o}", "{o}"), ("none", "* {o}", "{o}"), ("none", "+ {o}", "{o}"),
-)
+_MARKER_LINES = (("{L}. {o}", "{L}"), ("({L}) {o}", "({L})"), ("{L}) {o}", "{L}"), ("[{L}] {o}", "{L}"),
+                 ("{L}: {o}", "{L}"), ("{L} - {o}", "{L}"), ("Option {L}: {o}", "option {L}"),
+                 ("Choice {L}: {o}", "choice {L}"), ("{L}. {o}", "{L}. {o}"), ("({L}) {o}", "({L}) {o}"))
+_BULLETS = ("- {o}", "* {o}", "+ {o}", "\u2022 {o}", "\u2013 {o}", "> {o}", "{o}", "-- {o}", "=> {o}", "~ {o}")
+OPTION_MARKERS = tuple((kind, line, answer) for kind in ("upper", "lower", "digit")
+                       for line, answer in _MARKER_LINES) + tuple(("none", b, "{o}") for b in _BULLETS)
 
-SPEAKERS = (
-    ("User", "Assistant"), ("Student", "Teacher"), ("Inquirer", "Responder"), ("Reader", "Expert"), ("Questioner", "Respondent"),
-    ("Interviewer", "Specialist"), ("Human", "AI"), ("Learner", "Tutor"), ("Asker", "Answerer"),
-    ("Curious reader", "Guide"), ("Friend", "Scholar"), ("Visitor", "Host"),
+_SPEAKER_PAIRS = (
+    ("User", "Assistant"), ("Student", "Teacher"), ("Inquirer", "Responder"), ("Reader", "Expert"),
+    ("Questioner", "Respondent"), ("Interviewer", "Specialist"), ("Human", "AI"), ("Learner", "Tutor"),
+    ("Asker", "Answerer"), ("Curious reader", "Guide"), ("Friend", "Scholar"), ("Visitor", "Host"),
+    ("Pupil", "Instructor"), ("Client", "Consultant"), ("Trainee", "Mentor"), ("Patient", "Doctor"),
+    ("Journalist", "Researcher"), ("Customer", "Agent"), ("Child", "Parent"), ("Novice", "Veteran"),
+    ("Member", "Moderator"), ("Caller", "Operator"), ("Apprentice", "Master"), ("Participant", "Facilitator"),
+    ("Listener", "Speaker"),
 )
-DIALOGUE_INTROS = ("", "", "A conversation about the text:\n", "Discussion:\n", "Two people talk about it.\n")
+SPEAKERS = _SPEAKER_PAIRS
+DIALOGUE_INTROS = ("", "", "A conversation about the text:\n", "Discussion:\n", "Two people talk about it.\n",
+                   "The following exchange is about the passage.\n")
 
-NUMBERED_STYLES = (
-    "Question {i}: {q}\nAnswer {i}: {a}", "{i}. {q}\n{a}", "Q{i}. {q}\nA{i}. {a}", "({i}) {q}\nAnswer: {a}",
-    "#{i} {q}\n=> {a}", "Item {i}: {q}\nResponse: {a}",
-)
+# Numbered layout: every question first, then every answer (header, question line, header, answer line).
+_NUMBERED_HEADERS = (("Questions:", "Answers:"), ("Answer these questions:", "Answer key:"),
+                     ("Here are some questions about the text.", "And their answers:"), ("Quiz:", "Solutions:"),
+                     ("Test your understanding:", "Answers:"), ("Questions on the passage:", "Responses:"))
+_NUMBERED_LINES = (("{i}. {q}", "{i}. {a}"), ("Q{i}: {q}", "A{i}: {a}"), ("({i}) {q}", "({i}) {a}"),
+                   ("Question {i}: {q}", "Answer {i}: {a}"))
+NUMBERED_STYLES = tuple((qh, ql, ah, al) for qh, ah in _NUMBERED_HEADERS for ql, al in _NUMBERED_LINES)
 
 FEWSHOT_STYLES = (  # (intro, example line, final question line)
     ("Worked examples:\n", "{q} -> {a}", "Now you: {q}\n{a}"),
     ("Some questions with answers:\n", "Q: {q} A: {a}", "Your turn. Q: {q} A: {a}"),
     ("Examples first.\n", "Input: {q}\nOutput: {a}", "Input: {q}\nOutput: {a}"),
     ("Learn from these:\n", "{q}\n{a}", "Then answer this: {q}\n{a}"),
+    ("A few solved questions:\n", "Question: {q}\nAnswer: {a}", "Next question: {q}\nAnswer: {a}"),
+    ("Study the pattern.\n", "{q} => {a}", "{q} => {a}"),
+    ("Practice with these:\n", "Q. {q}\nA. {a}", "Now try this one. Q. {q}\nA. {a}"),
+    ("", "Example: {q}\nSolution: {a}", "Problem: {q}\nSolution: {a}"),
+    ("Here are some answered questions.\n", "- {q} {a}", "One more: {q} {a}"),
+    ("Solved examples come first, then a new question.\n", "{q}\nAnswer: {a}", "{q}\nAnswer: {a}"),
 )
+# Inline few-shot shows the answer first and the rationale after it.
+FEWSHOT_RATIONALES = ("{a}\nReason: {r}", "{a}\nExplanation: {r}", "{a} (because: {r})", "{a}\nWhy: {r}",
+                      "{a} -- reasoning: {r}")
+# Other flat layouts (dialogue, numbered, next turn) reason first, then answer.
+FLAT_RATIONALES = ("{r} So the answer is {a}", "{r}\nAnswer: {a}", "{r} Therefore: {a}", "{r}\nSo: {a}")
 
 NEXT_TURN_PHRASES = ("Next question: ", "Follow-up: ", "And another: ", "One more: ", "Then: ", "Also, ",
-                     "Building on that: ", "A further question: ")
+                     "Building on that: ", "A further question: ", "Next: ", "Another one: ", "Moving on: ",
+                     "Here is a follow-up: ", "Continuing: ")
 
 INVERTED_TEXT_PREFIXES = ("", "Text:\n", "The questions above refer to this passage:\n", "Source text:\n",
                           "Answers come from the following.\n")
 
 LAYOUTS = ("classic", "dialogue", "numbered", "fewshot", "next_turn")
 MULTI_PAIR_LAYOUTS = ("numbered", "fewshot", "next_turn")
+INVERT_SHARE = 0.062  # of classic chains: ~5% of all chains, as in the reference; only classic inverts
 
 
 # ---- pair anatomy --------------------------------------------------------------------------------
@@ -154,8 +192,10 @@ class Style:
     marker: tuple[str, str, str]
     speakers: tuple[str, str]
     dialogue_intro: str
-    numbered: str
+    numbered: tuple[str, str, str, str]
     fewshot: tuple[str, str, str]
+    fewshot_rationale: str
+    flat_rationale: str
     next_turn: str
     inverted_prefix: str
     text_gap: str
@@ -167,13 +207,15 @@ def choose_style(rng: random.Random, min_pairs: int) -> Style:
     layout = "classic" if r < 0.81 else LAYOUTS[1 + min(3, int((r - 0.81) / 0.0475))]
     if layout in MULTI_PAIR_LAYOUTS and min_pairs < 2:
         layout = "classic"
+    invert = rng.random() < INVERT_SHARE
     return Style(
-        layout=layout, inverted=rng.random() < 0.05, read_prefix=rng.choice(READ_PREFIXES),
+        layout=layout, inverted=invert and layout == "classic", read_prefix=rng.choice(READ_PREFIXES),
         lead_in=rng.choice(LEAD_INS), qa=rng.choice(QA_TEMPLATES), mc=rng.choice(MC_TEMPLATES),
         mc_keep_options=rng.random() < 0.5, mc_plain=rng.choice(MC_NO_OPTIONS_TEMPLATES), cot=rng.choice(COT_TEMPLATES),
         mc_cot=rng.choice(MC_COT_TEMPLATES), marker=rng.choice(OPTION_MARKERS), speakers=rng.choice(SPEAKERS),
         dialogue_intro=rng.choice(DIALOGUE_INTROS), numbered=rng.choice(NUMBERED_STYLES),
-        fewshot=rng.choice(FEWSHOT_STYLES), next_turn=rng.choice(NEXT_TURN_PHRASES),
+        fewshot=rng.choice(FEWSHOT_STYLES), fewshot_rationale=rng.choice(FEWSHOT_RATIONALES),
+        flat_rationale=rng.choice(FLAT_RATIONALES), next_turn=rng.choice(NEXT_TURN_PHRASES),
         inverted_prefix=rng.choice(INVERTED_TEXT_PREFIXES), text_gap=rng.choice(("\n\n", "\n")),
         entry_gap=rng.choice(("\n\n", "\n\n\n")),
     )
@@ -192,20 +234,24 @@ def _options_and_answer(a: Anatomy, style: Style, rng: random.Random) -> tuple[s
 
 
 def flat_pair(pair: Pair, style: Style, rng: random.Random) -> tuple[str, str]:
-    """(question, answer) strings for the layouts that show any pair the same way."""
+    """(question, answer) strings for the layouts that show any pair the same way.
+
+    A rationale comes after the answer in inline few-shot, before it in the other flat layouts.
+    """
     a = anatomy(pair)
     q, ans = a.question, a.answer
     if a.options:
         block, ans = _options_and_answer(a, style, rng)
         q = f"{q}\n{block}"
     if a.rationale:
-        ans = f"{a.rationale} So the answer is {ans}."
+        form = style.fewshot_rationale if style.layout == "fewshot" else style.flat_rationale
+        ans = form.format(r=a.rationale, a=ans)
     return q, ans
 
 
 def classic_pair(pair: Pair, style: Style, rng: random.Random) -> str:
     a = anatomy(pair)
-    q = style.lead_in + a.question
+    q = a.question
     if a.kind == "qa":
         return style.qa.format(q=q, a=a.answer)
     if a.kind == "cot":
@@ -225,8 +271,11 @@ def render_pairs(pairs: Sequence[Pair], style: Style, rng: random.Random) -> str
     if style.layout == "dialogue":
         user, bot = style.speakers
         return style.dialogue_intro + "\n".join(f"{user}: {q}\n{bot}: {a}" for q, a in flat)
-    if style.layout == "numbered":
-        return "\n".join(style.numbered.format(i=i, q=q, a=a) for i, (q, a) in enumerate(flat, 1))
+    if style.layout == "numbered":  # all questions, then all answers
+        q_head, q_line, a_head, a_line = style.numbered
+        questions = "\n".join(q_line.format(i=i, q=q) for i, (q, _) in enumerate(flat, 1))
+        answers = "\n".join(a_line.format(i=i, a=a) for i, (_, a) in enumerate(flat, 1))
+        return f"{q_head}\n{questions}\n\n{a_head}\n{answers}"
     if style.layout == "fewshot":
         intro, example, final = style.fewshot
         shots = "\n".join(example.format(q=q, a=a) for q, a in flat[:-1])
@@ -271,6 +320,8 @@ def render_chain(entries: Sequence, seed: int) -> Rendered:
             docs.append(text)
             continue
         block = render_pairs(pairs, style, rng)
+        if style.layout == "classic" and style.lead_in and not style.inverted:
+            block = f"{style.lead_in}\n{block}"  # one sentence after the text, not one per question
         if style.inverted:
             docs.append(f"{block}\n\n{style.inverted_prefix}{text}")
         else:

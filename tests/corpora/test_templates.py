@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy
+import random
 import re
 from collections import Counter
 
+import pytest
+
+from megatron_ipt.corpora import templates as T
 from megatron_ipt.corpora.templates import (
     OPTION_MARKERS,
     QA_TEMPLATES,
     anatomy,
+    choose_style,
     render_chain,
     render_instruction,
 )
@@ -111,3 +116,125 @@ def test_raw_chain_and_instruction_rendering():
     assert render_instruction("  What is 2+2? ", "4.\n") == "What is 2+2? 4."
     rec = {"text": "Dict entry.", "pairs": [{"instruction": "Q?", "response": "A."}]}
     assert "Dict entry." in render_chain([rec], 0).text
+
+
+def test_pool_sizes_within_twice_the_reference():
+    assert len(T.QA_TEMPLATES) >= 40 and len(T.COT_TEMPLATES) >= 100 and len(T.MC_COT_TEMPLATES) >= 120
+    assert len(T.OPTION_MARKERS) >= 40 and len(T.MC_TEMPLATES) >= 24
+    for pool in (T.READ_PREFIXES, T.LEAD_INS):  # half the chains get none
+        worded = [p for p in pool if p]
+        assert len(worded) >= 40 and pool.count("") == len(worded)
+    assert len(T.SPEAKERS) >= 25 and len(T.NUMBERED_STYLES) >= 6 and len(T.FEWSHOT_STYLES) >= 5
+    assert len(T.NEXT_TURN_PHRASES) >= 8
+
+
+POOLS = {name: getattr(T, name) for name in (
+    "READ_PREFIXES_WORDED", "LEAD_INS_WORDED", "QA_TEMPLATES", "MC_TEMPLATES", "MC_NO_OPTIONS_TEMPLATES",
+    "COT_TEMPLATES", "MC_COT_TEMPLATES", "OPTION_MARKERS", "SPEAKERS", "DIALOGUE_INTROS", "NUMBERED_STYLES",
+    "FEWSHOT_STYLES", "FEWSHOT_RATIONALES", "FLAT_RATIONALES", "NEXT_TURN_PHRASES", "INVERTED_TEXT_PREFIXES")}
+
+
+@pytest.mark.parametrize("name", sorted(POOLS))
+def test_no_duplicate_entries(name):
+    pool = [p for p in POOLS[name] if p]  # the empty entries of the intro pools are deliberate
+    assert len(pool) == len(set(pool)), [p for p, n in Counter(pool).items() if n > 1]
+
+
+def _renders_in_order(template: str, **values: str) -> None:
+    out = template.format(**values)
+    positions = [out.index(v) for v in values.values()]
+    assert positions == sorted(positions), (template, out)
+    assert all(out.count(v) == 1 for v in values.values()), template
+    assert "{" not in out and "}" not in out, template
+
+
+def test_every_template_renders_all_its_placeholders_in_order():
+    q, o, r, a = "QQQ", "OOO", "RRR", "AAA"
+    for t in T.QA_TEMPLATES + T.MC_NO_OPTIONS_TEMPLATES:
+        _renders_in_order(t, q=q, a=a)
+    for t in T.MC_TEMPLATES:
+        _renders_in_order(t, q=q, o=o, a=a)
+    for t in T.COT_TEMPLATES:
+        _renders_in_order(t, q=q, r=r, a=a)
+    for t in T.MC_COT_TEMPLATES:
+        _renders_in_order(t, q=q, o=o, r=r, a=a)
+    for t in T.FEWSHOT_RATIONALES:  # inline few-shot: the answer, then why
+        _renders_in_order(t, a=a, r=r)
+    for t in T.FLAT_RATIONALES:
+        _renders_in_order(t, r=r, a=a)
+    for q_head, q_line, a_head, a_line in T.NUMBERED_STYLES:
+        assert q_head and a_head
+        _renders_in_order(q_line, i="7", q=q)
+        _renders_in_order(a_line, i="7", a=a)
+    for _intro, example, final in T.FEWSHOT_STYLES:
+        _renders_in_order(example, q=q, a=a)
+        _renders_in_order(final, q=q, a=a)
+    for kind, line, answer in T.OPTION_MARKERS:
+        if kind == "none":
+            assert answer == "{o}"
+            _renders_in_order(line, o=o)
+        else:
+            _renders_in_order(line, L="L", o=o)
+            assert "L" in answer.format(L="L", o=o)
+    for text in T.READ_PREFIXES_WORDED + T.LEAD_INS_WORDED:
+        assert text[0].isupper() and "{" not in text
+    for text in T.LEAD_INS_WORDED:  # one sentence
+        assert text.endswith((".", "?")) and "\n" not in text
+
+
+QA3 = [Pair(f"Question number {k} about QTOKEN{k}?", f"Reply number {k} ATOKEN{k}.") for k in range(3)]
+
+
+def _seeds_with(layout: str, chain, n: int = 20) -> list[int]:
+    found = [s for s in range(3000) if render_chain(chain, s).layout == layout]
+    assert len(found) >= n, layout
+    return found[:n]
+
+
+def test_numbered_lists_all_questions_then_all_answers():
+    chain = [("Body text.", QA3)]
+    for seed in _seeds_with("numbered", chain):
+        text = render_chain(chain, seed).text
+        last_question = max(text.index(f"QTOKEN{k}") for k in range(3))
+        first_answer = min(text.index(f"ATOKEN{k}") for k in range(3))
+        assert last_question < first_answer, text
+        assert [text.index(f"QTOKEN{k}") for k in range(3)] == sorted(text.index(f"QTOKEN{k}") for k in range(3))
+
+
+def test_lead_in_is_one_sentence_after_the_text():
+    chain = [("Body text one.", QA3), ("Body text two.", QA3[:2])]
+    checked = 0
+    for seed in range(400):
+        style = choose_style(random.Random(seed), 2)  # render_chain's first draws
+        doc = render_chain(chain, seed)
+        if doc.layout != "classic" or doc.inverted or not style.lead_in:
+            assert style.lead_in not in doc.text or not style.lead_in
+            continue
+        assert doc.text.count(style.lead_in) == 2  # once per entry, not once per question
+        for body in ("Body text one.", "Body text two."):
+            after = doc.text.index(body) + len(body)
+            assert doc.text.index(style.lead_in, after) - after <= 2  # right after the text (a line break)
+        checked += 1
+    assert checked > 100
+
+
+def test_inline_fewshot_puts_the_rationale_after_the_answer():
+    cot = Pair(*chain_of_thought("Is the effect QTOKENX?", "Because RTOKENX held.", "ATOKENX"))
+    chain = [("Body.", [QA3[0], cot, QA3[1]])]
+    for seed in _seeds_with("fewshot", chain):
+        text = render_chain(chain, seed).text
+        assert text.index("QTOKENX") < text.index("ATOKENX") < text.index("RTOKENX"), text
+    for layout in ("dialogue", "numbered", "next_turn"):  # the other flat layouts reason, then answer
+        for seed in _seeds_with(layout, chain, 5):
+            text = render_chain(chain, seed).text
+            assert text.index("RTOKENX") < text.index("ATOKENX"), text
+
+
+def test_only_classic_chains_invert():
+    layouts = Counter()
+    for seed in range(3000):
+        doc = render_chain(CHAIN, seed)
+        if doc.inverted:
+            layouts[doc.layout] += 1
+            assert doc.text.index("Which organ makes bile?") < doc.text.index("First abstract about bile.")
+    assert set(layouts) == {"classic"} and 0.03 < layouts["classic"] / 3000 < 0.07
