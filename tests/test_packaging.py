@@ -88,11 +88,22 @@ def test_installed_wheel_runs_outside_the_checkout(wheel: Path, tmp_path: Path) 
     package, tiny = json.loads(where.stdout.strip().splitlines()[-1])
     assert Path(package).is_relative_to(env_dir) and Path(tiny).is_relative_to(env_dir)
 
-    (work / "corpus.jsonl").write_text('{"text": "an installed package"}\n{"text": "second"}\n')
+    from megatron_ipt.tuning.pubmed import iter_pubmed_records
+
+    records = [f"{r.title}\n{r.abstract}" for r in iter_pubmed_records(limit=24)]
+    (work / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in records))
     proc = run(bin_dir / "ipt-preprocess", "--input", "corpus.jsonl", "--output-prefix", "out/data",
                "--tokenizer", "mistral", "--workers", "0", "--append-eod", "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["written"] == 2
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["written"] == len(records)
     assert (work / "out" / "data_text_document.bin").stat().st_size > 0
+    # A tiny train run on it: the shipped configs/tiny.yaml and its default ds_configs/zero2.json
+    # come from the installed package, the data and outputs from this directory.
+    proc = run(bin_dir / "ipt-train", "--config", "configs/tiny.yaml", "--data.train=out/data_text_document",
+               "--steps=2", "--run_dir=run", "--checkpoint.dir=run/ckpt", "--logging.interval=1",
+               "--logging.tensorboard=false", "--logging.eval_interval=0")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    steps = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in steps if m["kind"] == "train"] == [1, 2]
     proc = run(bin_dir / "ipt-merge", "--input", "nothing", "--output-prefix", "m")
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
