@@ -193,3 +193,34 @@ def test_run_cli_help_and_one_line_errors(capsys):
     assert err.startswith("error: ") and "unknown config key nope" in err and err.count("\n") == 1
     assert run_cli(Tool, ["x"], fails, "A tool.", errors=(FileNotFoundError,)) == 2
     assert capsys.readouterr().err == "error: x: not found (second line)\n"
+
+
+TOOLS = {  # module -> its settings class: every command line of the project, in the one grammar
+    "data_tools.preprocess_data": "PreprocessArgs",
+    "data_tools.merge_datasets": "MergeArgs",
+    "data_tools.inspect_data": "InspectArgs",
+    "data_tools.build_synthesizer_data": "BuildSynthesizerDataArgs",
+    "data_tools.evaluate_synthesizer": "EvaluateSynthesizerArgs",
+    "data_tools.synthesize": "SynthesizeConfig",
+    "data_tools.build_corpora": "CorporaConfig",
+    "megatron_ipt.eval.heldout": "EvaluateArgs",
+    "megatron_ipt.train.export": "ExportArgs",
+    "megatron_ipt.demo.__main__": "DemoArgs",
+    "megatron_ipt.train.__main__": "TrainConfig",
+}
+
+
+@pytest.mark.parametrize("module", list(TOOLS))
+def test_every_tool_helps_with_every_key(module, capsys):
+    import importlib
+
+    mod = importlib.import_module(module)
+    cls = getattr(mod, TOOLS[module])
+    assert mod.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for key in config_keys(cls):
+        assert key.description, f"{module}: --{key.key} has no '# description' comment"
+        assert f"--{key.key}=" in out and key.description in out, key.key
+    assert mod.main(["--no-such-key=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "unknown config key no_such_key" in err and err.count("\n") == 1
