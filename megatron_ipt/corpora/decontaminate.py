@@ -18,7 +18,6 @@ would take about 70 bytes per n-gram (``benchmarks/decontaminate.py`` measures b
 
 from __future__ import annotations
 
-import json
 import string
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,15 +29,7 @@ import numpy as np
 import yaml
 
 from megatron_ipt.config import ConfigError
-from megatron_ipt.data.readers import (
-    JSONL_SUFFIXES,
-    PARQUET_SUFFIXES,
-    DataError,
-    FileFault,
-    InputFile,
-    expand_inputs,
-    read_records,
-)
+from megatron_ipt.data.readers import DataError, expand_inputs, input_stem, iter_records, kind_of
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.format import Pair
 
@@ -224,37 +215,10 @@ def _item_text(obj: Any, fields: Sequence[str]) -> str:
     return " ".join(strings(obj))
 
 
-def _columns(f: InputFile) -> list[str]:
-    """Every column of a columnar input (JSON lines carry their own keys)."""
-    if f.kind == "parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(f.path).names)
-    if f.kind == "hf_dataset":
-        import datasets
-
-        ds = datasets.load_from_disk(str(f.path))
-        names = ds.column_names
-        return sorted({c for cols in names.values() for c in cols}) if isinstance(names, dict) else list(names)
-    return []
-
-
 def _data_items(path: Path, fields: Sequence[str]) -> Iterator[str]:
-    """Evaluation items of one JSONL/parquet file, through the reader layer."""
-    try:
-        for f in expand_inputs([path]):
-            for batch in read_records(f, list(fields) or _columns(f)):
-                for line, payload in batch:
-                    if isinstance(payload, bytes | bytearray):
-                        try:
-                            payload = json.loads(payload)
-                        except ValueError as err:
-                            raise DataError(f"{f.path}:{line}: not a UTF-8 JSON line ({err})") from None
-                    if not isinstance(payload, dict):
-                        raise DataError(f"{f.path}:{line}: an evaluation item must be a JSON object")
-                    yield _item_text(payload, fields)
-    except FileFault as err:
-        raise DataError(str(err)) from None
+    """Evaluation items of one JSONL/parquet file (or saved dataset), through the reader layer."""
+    for rec, _where in iter_records([path]):
+        yield _item_text(rec, fields)
 
 
 def _task_files(task: Path) -> tuple[str, list[Path]]:
@@ -301,11 +265,10 @@ def eval_sources(specs: Iterable[str | Path]) -> list[tuple[str, str, list[Path]
             claimed.update(f.resolve() for f in files)
             sets.append((name, str(task), files))
         if path.is_dir():
-            data = [f.path for f in expand_inputs([path])] if any(
-                p.name.lower().endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES) for p in path.rglob("*")) else []
-            sets += [(f.stem.split(".")[0], str(f), [f]) for f in data if f.resolve() not in claimed]
+            data = [f.path for f in expand_inputs([path])] if any(kind_of(p) for p in path.rglob("*")) else []
+            sets += [(input_stem(f), str(f), [f]) for f in data if f.resolve() not in claimed]
         elif not tasks:
-            sets.append((path.name.split(".")[0], str(path), [path]))
+            sets.append((input_stem(path), str(path), [path]))
     names = Counter(n for n, _, _ in sets)
     seen: Counter = Counter()
     out = []

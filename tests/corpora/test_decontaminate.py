@@ -89,7 +89,7 @@ def test_eval_sources_read_task_yamls_and_folders(tmp_path):
     with pytest.raises(DataError, match=r"hub.yaml: field 'dataset_path' is 'super_glue'"):
         eval_sources([tmp_path / "hub.yaml"])
     (tmp_path / "bad.jsonl").write_text('{"question": "fine"}\n{not json\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2: not a UTF-8 JSON line"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2: malformed JSON"):
         ContaminationGate(ContaminationConfig(eval_sets=[str(tmp_path / "bad.jsonl")]))
     with pytest.raises(DataError, match="no such evaluation set"):
         eval_sources([tmp_path / "missing"])
@@ -127,3 +127,14 @@ def test_benchmark_tiny_form():
     out = subprocess.run([sys.executable, str(repo / "benchmarks" / "decontaminate.py"), "--tiny"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert "removed 20 (set lookup: 20)" in out and out.count("pairs/s") == 2
+
+
+def test_parquet_eval_set_and_selected_fields(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"question": [BENCH], "note": ["unrelated words " * 10]}), tmp_path / "bench.parquet")
+    planted = [Pair(BENCH, "Amylase.")]
+    assert ContaminationGate(ContaminationConfig(eval_sets=[str(tmp_path / "bench.parquet")])).filter_pairs(planted) == []
+    only_note = ContaminationGate(ContaminationConfig(eval_sets=[str(tmp_path / "bench.parquet")], fields=["note"]))
+    assert only_note.filter_pairs(planted) == planted and only_note.sets[0].name == "bench"
