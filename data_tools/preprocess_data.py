@@ -17,6 +17,7 @@ Megatron-LM's own command line works unchanged: ``--input``, ``--output-prefix``
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -63,7 +64,7 @@ class PreprocessArgs:
                 self.tokenizer = "mistral"
         if not self.tokenizer:
             raise ConfigError("--tokenizer (or --tokenizer-model) is required")
-        self.json_keys = [k for key in self.json_keys for k in key.split(",") if k]
+        self.json_keys = [k for key in self.json_keys for k in re.split(r"[,\s]+", key) if k]  # "a b", "a,b"
         if not self.json_keys or len(set(self.json_keys)) != len(self.json_keys):
             raise ConfigError(f"--json-keys: give distinct field names, got {self.json_keys}")
 

@@ -45,17 +45,15 @@ ipt_setup synthesize
 [ -n "${MODEL:-}" ] || ipt_die "MODEL is required: the instruction synthesizer's HF directory"
 read -r -a inputs <<<"$INPUTS"
 preflight_args=(--require-dir "$MODEL")
-yaml_inputs=
 for f in "${inputs[@]}"; do
     case "$f" in *[*?[]*) ;; *) preflight_args+=(--require-path "$f") ;; esac  # globs: the tool expands
-    yaml_inputs+="${yaml_inputs:+, }\"$f\""
 done
 [ -n "${CONFIG:-}" ] && preflight_args+=(--require-file "$CONFIG")
 ipt_preflight "${preflight_args[@]}"
 mkdir -p "$OUTPUT_DIR" || ipt_die "cannot create OUTPUT_DIR=$OUTPUT_DIR"
 tp=${TP:-${SLURM_GPUS_ON_NODE:-1}}
 [ "$tp" -ge 1 ] 2>/dev/null || tp=1  # no GPUs: the transformers engine ignores it anyway
-args=("--input=[$yaml_inputs]" "--output_dir=$OUTPUT_DIR" "--engine.model=$MODEL"
+args=(--input "${inputs[@]}" "--output_dir=$OUTPUT_DIR" "--engine.model=$MODEL"
       "--engine.kind=${ENGINE:-auto}"
       "--engine.tensor_parallel_size=$tp")
 # The tool takes its array task (index from the array's minimum, count) from the launcher itself.

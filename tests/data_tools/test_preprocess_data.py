@@ -86,6 +86,13 @@ def test_megatron_lm_command_line_runs_unchanged(tmp_path: Path, capsys, mistral
     eos = mistral_tokenizer.eos_id
     assert IndexedDataset(f"{out}_text_document").get(1).tolist() == mistral_tokenizer.encode("second") + [eos]
     assert IndexedDataset(f"{out}_title_document").get(0).tolist() == mistral_tokenizer.encode("One") + [eos]
+    from data_tools.preprocess_data import PreprocessArgs
+    from megatron_ipt.config import config_from_argv
+
+    for spelled in (["text title"], ["text,title"], ["text", "title"]):  # one shell word (slurm JSON_KEYS) too
+        cfg = config_from_argv(PreprocessArgs, ["--input", "x", "--output-prefix", "o", "--tokenizer", "mistral",
+                                                "--json-keys", *spelled])
+        assert cfg.json_keys == ["text", "title"]
     bad = ["--input", str(src), "--output-prefix", str(out), "--tokenizer-type", "GPT2BPETokenizer"]
     assert main(bad) == 2
     err = capsys.readouterr().err
