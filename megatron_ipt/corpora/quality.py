@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from megatron_ipt.corpora.templates import anatomy
+from megatron_ipt.corpora.templates import anatomy, normalize
 from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER, Pair
 from megatron_ipt.synth.rounds import is_degenerate
 
@@ -30,7 +29,6 @@ DROP_REASONS = ("empty_response", "degenerate", "mc_bad_options", "mc_answer_not
                 "cot_without_question", "cot_without_final_answer", "cot_without_rationale",
                 "duplicate_in_text", "duplicate_in_corpus")
 
-_SPACE = re.compile(r"\s+")
 _ALNUM = re.compile(r"\w", re.UNICODE)
 
 
@@ -42,13 +40,6 @@ class QualityConfig:
     cot_answer: bool = True  # drop chain-of-thought pairs without a question, rationale or final answer
     dedup_text: bool = True  # drop a question asked again within the same text
     dedup_corpus: bool = True  # drop a question already asked anywhere earlier in the corpus (normalized hash)
-
-
-def normalize(s: str) -> str:
-    """Comparison form: NFKC, case-folded, punctuation dropped, spacing collapsed."""
-    s = unicodedata.normalize("NFKC", s).upper().casefold()
-    s = "".join(" " if unicodedata.category(c).startswith(("P", "S")) else c for c in s)
-    return _SPACE.sub(" ", s).strip()
 
 
 def question_hash(instruction: str) -> int:

@@ -11,6 +11,8 @@ few-shot gives the answer and then its rationale. All wording here is this proje
 from __future__ import annotations
 
 import random
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -136,6 +138,8 @@ MULTI_PAIR_LAYOUTS = ("numbered", "fewshot", "next_turn")
 INVERT_SHARE = 0.062  # of classic chains: ~5% of all chains, as in the reference; only classic inverts
 
 
+_SPACE = re.compile(r"\s+")
+
 # ---- pair anatomy --------------------------------------------------------------------------------
 
 
@@ -171,8 +175,15 @@ def _label(kind: str, i: int) -> str:
     return {"upper": chr(65 + i % 26), "lower": chr(97 + i % 26), "digit": str(i + 1)}.get(kind, "")
 
 
-def _norm(s: str) -> str:
-    return s.strip().rstrip(".").strip().lower()
+def normalize(s: str) -> str:
+    """Comparison form of an answer or question: NFKC, case-folded, punctuation dropped, spacing collapsed.
+
+    The quality gate accepts a multiple-choice answer under this form, so the templates map it to
+    its option's label under the same form.
+    """
+    s = unicodedata.normalize("NFKC", s).upper().casefold()
+    s = "".join(" " if unicodedata.category(c).startswith(("P", "S")) else c for c in s)
+    return _SPACE.sub(" ", s).strip()
 
 
 @dataclass(frozen=True)
@@ -227,7 +238,7 @@ def _options_and_answer(a: Anatomy, style: Style, rng: random.Random) -> tuple[s
     rng.shuffle(order)
     kind, line, answer_fmt = style.marker
     block = "\n".join(line.format(L=_label(kind, i), o=o) for i, o in enumerate(order))
-    hit = [i for i, o in enumerate(order) if _norm(o) == _norm(a.answer)]
+    hit = [i for i, o in enumerate(order) if normalize(o) == normalize(a.answer)]
     if hit and kind != "none":
         return block, answer_fmt.format(L=_label(kind, hit[0]), o=order[hit[0]])
     return block, a.answer

@@ -238,3 +238,13 @@ def test_only_classic_chains_invert():
             layouts[doc.layout] += 1
             assert doc.text.index("Which organ makes bile?") < doc.text.index("First abstract about bile.")
     assert set(layouts) == {"classic"} and 0.03 < layouts["classic"] / 3000 < 0.07
+
+
+def test_answer_maps_to_its_label_under_the_quality_gates_normalization():
+    import dataclasses
+
+    a = anatomy(Pair(multiple_choice("Which organ makes bile?", OPTIONS), " LIVER!"))
+    style = dataclasses.replace(choose_style(random.Random(0), 1), marker=("upper", "{L}. {o}", "{L}"))
+    for seed in range(10):
+        block, answer = T._options_and_answer(a, style, random.Random(seed))
+        assert block.splitlines()[ord(answer) - ord("A")] == f"{answer}. Liver"
