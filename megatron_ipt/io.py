@@ -160,3 +160,53 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class OutputLocked(ValueError):
+    """Another live process is writing the same output (bad input: the command line names it)."""
+
+
+@contextlib.contextmanager
+def output_lock(output: str | Path) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``OUTPUT.lock`` (beside the output) while writing it.
+
+    A second writer of the same output gets :class:`OutputLocked` at once (a one-line message with
+    the holder's pid) instead of the two runs tearing each other's temporary files. The kernel drops
+    the lock when its holder exits, even by kill -9, so a stale lock file never blocks a rerun; a
+    finished holder removes the file.
+    """
+    import fcntl
+
+    lock = Path(f"{output}.lock")
+    for parent in lock.parents:  # name the file that stands where a folder must be
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "a file stands where a folder must be", str(parent))
+            break
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutputLocked(f"{output}: another run (pid {holder}) is writing this output now "
+                               f"(lock {lock}); wait for it or choose another output") from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder finished and removed the file between our open and flock: retry
+    else:
+        raise OutputLocked(f"{output}: the lock {lock} keeps changing hands; another run is writing this output")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()  # before releasing: a waiter that opened the old file sees it is gone
+        os.close(fd)

@@ -87,6 +87,8 @@ def preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]
         except LaunchError as err:
             problems.append(str(err))
     if problems:
+        if len(problems) == 1:  # one problem: one line
+            raise LaunchError(f"preflight failed: {problems[0]}")
         raise LaunchError("preflight failed:\n  - " + "\n  - ".join(problems))
     return exports
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from megatron_ipt.corpora.templates import render_chain, render_instruction
-from megatron_ipt.data.readers import DataError, expand_inputs, iter_records
+from megatron_ipt.data.readers import DataError, expand_inputs, iter_records, lone_surrogate
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.format import Pair
 from megatron_ipt.synth.synthesize import iter_texts
@@ -28,6 +28,49 @@ def chain_seed(seed: int, first_id: str) -> int:
 
 def _line(where: str) -> str:
     return where.rsplit(":", 1)[1]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_pairs(value: object, where: str, field: str = "pairs") -> list[Pair]:
+    """``[{instruction, response}, ...]`` as pairs, or a :class:`DataError` naming the bad entry."""
+    if not isinstance(value, list):
+        raise DataError(f"must be a list of {{instruction, response}} objects, got a {type(value).__name__}",
+                        where=where, field=field)
+    pairs = []
+    for i, p in enumerate(value):
+        if not isinstance(p, dict):
+            raise DataError(f"must be an {{instruction, response}} object, got a {type(p).__name__}", where=where,
+                            field=f"{field}[{i}]")
+        for key in ("instruction", "response"):
+            if not isinstance(p.get(key), str) or lone_surrogate(p[key]) is not None:
+                raise DataError(f"{key!r} missing, not a string or not valid Unicode", where=where,
+                                field=f"{field}[{i}]")
+        pairs.append(Pair.from_dict(p))
+    return pairs
+
+
+def check_synthesized(rec: dict, where: str) -> dict:
+    """A synthesized record with the types ``data_tools.synthesize`` writes, else a :class:`DataError`
+    (a ``text: null`` would render as "None", a ``linked: "no"`` would link)."""
+    missing = [k for k in ("id", "text", "pairs", "round", "linked") if k not in rec]
+    if missing:
+        raise DataError("a synthesized record needs it", where=where, field=missing[0])
+    if not isinstance(rec["id"], str | int) or isinstance(rec["id"], bool):
+        raise DataError("must be a string or an integer", where=where, field="id")
+    if not isinstance(rec["text"], str) or lone_surrogate(rec["text"]) is not None:
+        raise DataError(f"must be a string of valid Unicode, got {type(rec['text']).__name__}", where=where,
+                        field="text")
+    if not _is_int(rec["round"]) or rec["round"] < 0:
+        raise DataError(f"must be a round number >= 0, got {rec['round']!r}", where=where, field="round")
+    if not _is_int(rec.get("slot", 0)):
+        raise DataError(f"must be an integer, got {rec['slot']!r}", where=where, field="slot")
+    if not isinstance(rec["linked"], bool):
+        raise DataError(f"must be true or false, got {rec['linked']!r}", where=where, field="linked")
+    check_pairs(rec["pairs"], where)
+    return rec
 
 
 def chains_of_shard(records: list[dict]) -> list[list[dict]]:
@@ -80,9 +123,7 @@ def synthesized_documents(inputs: Iterable[str | Path], seed: int, stats: Counte
             continue
         records = []
         for rec, where in iter_records(f):
-            missing = [k for k in ("id", "text", "pairs", "round", "linked") if k not in rec]
-            if missing:
-                raise DataError("a synthesized record needs it", where=where, field=missing[0])
+            check_synthesized(rec, where)
             records.append(rec)
         if pair_filters:
             records = filter_pairs(records, pair_filters)
@@ -115,7 +156,9 @@ def tuning_documents(inputs: Iterable[str | Path], seed: int, stats: Counter) ->
                 field = "pairs" if isinstance(context, str) else "context"
                 raise DataError("a tuning example needs 'context' (or 'text') and 'pairs'", where=where,
                                 field=field)
-            parsed = [Pair.from_dict(p) for p in pairs]
+            if lone_surrogate(context) is not None:
+                raise DataError("holds a lone surrogate (not valid Unicode)", where=where, field="context")
+            parsed = check_pairs(pairs, where)
             rid = str(rec.get("id", f"{f.path.stem}:{_line(where)}"))
             doc = render_chain([(context, parsed)], chain_seed(seed, rid))
             stats[f"layout:{doc.layout}{'+inverted' if doc.inverted else ''}"] += 1

@@ -32,7 +32,7 @@ from megatron_ipt.corpora.decontaminate import ContaminationConfig, Contaminatio
 from megatron_ipt.corpora.quality import QualityConfig, QualityGate
 from megatron_ipt.data.blend import Blend
 from megatron_ipt.data.readers import DataError, expand_inputs, iter_records
-from megatron_ipt.io import atomic_path, atomic_write_json, atomic_write_text
+from megatron_ipt.io import OutputLocked, atomic_path, atomic_write_json, atomic_write_text, output_lock
 from megatron_ipt.log import get_logger
 
 log = get_logger(__name__)
@@ -77,6 +77,8 @@ class CorporaConfig:
         if self.tuning_repeat <= 0 or self.instruction_ratio <= 0:
             raise ConfigError("tuning_repeat and instruction_ratio must be positive")
         self.contamination.validate()
+        if self.workers < 0:
+            raise ConfigError(f"workers must be 0 (tokenize in this process) or more, got {self.workers}")
 
 
 def _write_documents(path: Path, docs: Iterator[dict]) -> dict:
@@ -185,6 +187,16 @@ def build_corpora(cfg: CorporaConfig) -> dict:
     tok = load_tokenizer(cfg.tokenizer)  # once for every component (preprocess reuses it)
     tok_record: dict | None = None
     out = Path(cfg.output_dir).resolve()
+    try:
+        with output_lock(out):  # a second build into the same output_dir is refused, not interleaved
+            return _build_corpora(cfg, out)
+    except OutputLocked as err:
+        raise ConfigError(f"output_dir: {err}") from None
+
+
+def _build_corpora(cfg: CorporaConfig, out: Path) -> dict:
+    from megatron_ipt.data.preprocess import preprocess
+
     stats: dict[str, Counter] = {k: Counter() for k in ("instruct", "raw", "tuning", "instructions")}
     components: dict[str, dict] = {}
     quality = QualityGate(cfg.quality)
@@ -206,6 +218,10 @@ def build_corpora(cfg: CorporaConfig) -> dict:
     tokens = {k: c["tokens"] for k, c in components.items()}
     if not any(tokens.values()):
         raise ConfigError("every component is empty: nothing to blend")
+    if cfg.recipe == "domain" and not tokens.get("instruct"):
+        # The instructions are weighted by the converted domain tokens: without any, no mixture exists.
+        raise ConfigError(f"synthesized: no documents in {', '.join(cfg.synthesized)}: the domain recipe "
+                          "mixes instructions in proportion to the converted domain corpus")
     weights = _weights(cfg, tokens)
     total_tokens = sum(tokens.values())
     for name, comp in components.items():

@@ -215,6 +215,46 @@ def write_index(path: Path, dtype: np.dtype, lengths: np.ndarray) -> None:
         os.fsync(fh.fileno())
 
 
+def _check_sizes_and_pointers(ip: Path, sizes: np.ndarray, pointers: np.ndarray, itemsize: int,
+                              chunk: int = _CHUNK) -> None:
+    """Sizes are non-negative and each pointer is the byte offset the sizes before it imply (so no
+    document reads another's tokens); vectorised, chunk by chunk, O(documents)."""
+    offset = 0
+    for s in range(0, len(sizes), chunk):
+        sz = np.asarray(sizes[s : s + chunk], dtype=np.int64)
+        neg = np.flatnonzero(sz < 0)
+        if neg.size:
+            raise IndexedDatasetError(f"{ip}: document {s + int(neg[0])} has a negative size {int(sz[neg[0]])}: corrupt")
+        want = (np.cumsum(sz) - sz + offset) * itemsize
+        bad = np.flatnonzero(np.asarray(pointers[s : s + chunk]) != want)
+        if bad.size:
+            i = int(bad[0])
+            raise IndexedDatasetError(
+                f"{ip}: pointer of document {s + i} is {int(pointers[s + i])}, the sizes before it put it at "
+                f"{int(want[i])}: sizes and pointers disagree (corrupt index)"
+            )
+        offset += int(sz.sum())
+
+
+def max_token_id(ds: IndexedDataset) -> int:
+    """The largest token id in ``ds`` (-1 when empty): from ``PREFIX.summary.json`` when preprocess
+    recorded it for these very tokens, else one vectorised scan of ``.bin``."""
+    import json
+
+    summary = Path(f"{ds.prefix}.summary.json")
+    if summary.is_file():
+        try:
+            rec = json.loads(summary.read_text())
+        except (OSError, ValueError):
+            rec = {}
+        if isinstance(rec, dict) and rec.get("tokens") == ds.n_tokens and isinstance(rec.get("max_token_id"), int):
+            return rec["max_token_id"]
+    top = -1
+    for s in range(0, ds.n_tokens, 1 << 26):
+        top = max(top, int(ds.tokens[s : s + (1 << 26)].max()))
+    return top
+
+
 class IndexedDataset:
     """Read-only, memory-mapped view of ``PREFIX.bin``/``.idx``; validates header and sizes."""
 
@@ -252,6 +292,7 @@ class IndexedDataset:
         self.pointers = np.frombuffer(buf, dtype=np.int64, count=seq_count, offset=o)
         o += 8 * seq_count
         self.document_indices = np.frombuffer(buf, dtype=np.int64, count=doc_count, offset=o)
+        _check_sizes_and_pointers(ip, self.sizes, self.pointers, self.dtype.itemsize)
         n_tokens = int(self.sizes.sum(dtype=np.int64))
         bin_size = bp.stat().st_size
         if bin_size != n_tokens * self.dtype.itemsize:

@@ -8,7 +8,7 @@ import numpy as np
 
 from megatron_ipt.data.indexed import IndexedDataset, IndexedDatasetWriter, exists, lossmask_prefix
 from megatron_ipt.data.provenance import common_record
-from megatron_ipt.io import atomic_write_json
+from megatron_ipt.io import atomic_write_json, output_lock
 
 _DOCS_PER_CHUNK = 1 << 18
 
@@ -40,32 +40,33 @@ def merge_datasets(prefixes: list[str | Path], output_prefix: str | Path) -> dic
     out = str(output_prefix)
     if out in {str(p) for p in prefixes}:
         raise ValueError(f"merge_datasets: output {out} is also an input")
-    mask_writer = IndexedDatasetWriter(lossmask_prefix(out), np.uint8) if any(masks) else None
-    writer = IndexedDatasetWriter(out, dtype)
-    try:
-        for src, mask in zip(sources, masks, strict=True):
-            _copy(src, writer)
+    with output_lock(out):  # a second merge into the same prefix is refused
+        mask_writer = IndexedDatasetWriter(lossmask_prefix(out), np.uint8) if any(masks) else None
+        writer = IndexedDatasetWriter(out, dtype)
+        try:
+            for src, mask in zip(sources, masks, strict=True):
+                _copy(src, writer)
+                if mask_writer is not None:
+                    _copy(mask if mask is not None else src, mask_writer, ones=mask is None)
+        except BaseException:
+            writer.abort()
             if mask_writer is not None:
-                _copy(mask if mask is not None else src, mask_writer, ones=mask is None)
-    except BaseException:
-        writer.abort()
+                mask_writer.abort()
+            raise
         if mask_writer is not None:
-            mask_writer.abort()
-        raise
-    if mask_writer is not None:
-        mask_writer.finalize()
-    writer.finalize()
-    if mask_writer is None:  # never leave a stale twin from an earlier merge next to the output
-        for p in (f"{lossmask_prefix(out)}.idx", f"{lossmask_prefix(out)}.bin"):
-            Path(p).unlink(missing_ok=True)
-    summary = {
-        "prefix": out,
-        "lossmask_prefix": lossmask_prefix(out) if mask_writer is not None else None,
-        "inputs": [str(p) for p in prefixes],
-        "documents": writer.n_docs,
-        "tokens": writer.n_tokens,
-        "dtype": str(dtype),
-        "tokenizer_fingerprint": record,
-    }
-    atomic_write_json(f"{out}.summary.json", summary)
-    return summary
+            mask_writer.finalize()
+        writer.finalize()
+        if mask_writer is None:  # never leave a stale twin from an earlier merge next to the output
+            for p in (f"{lossmask_prefix(out)}.idx", f"{lossmask_prefix(out)}.bin"):
+                Path(p).unlink(missing_ok=True)
+        summary = {
+            "prefix": out,
+            "lossmask_prefix": lossmask_prefix(out) if mask_writer is not None else None,
+            "inputs": [str(p) for p in prefixes],
+            "documents": writer.n_docs,
+            "tokens": writer.n_tokens,
+            "dtype": str(dtype),
+            "tokenizer_fingerprint": record,
+        }
+        atomic_write_json(f"{out}.summary.json", summary)
+        return summary

@@ -36,7 +36,7 @@ from megatron_ipt.data.indexed import (
 )
 from megatron_ipt.data.provenance import tokenizer_record
 from megatron_ipt.data.readers import DataError, FileFault, InputFile, expand_inputs, read_records
-from megatron_ipt.io import atomic_write_json
+from megatron_ipt.io import OutputLocked, atomic_write_json, output_lock
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress as progress_of
 from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
@@ -83,6 +83,7 @@ class _Run:
         self.written = st.get("written", 0)
         self.skipped: Counter = Counter(st.get("skipped", {}))
         self.examples: list[str] = st.get("examples", [])
+        self.max_token_id = st.get("max_token_id", -1)  # recorded so training checks ids without a scan
         self.file_index = st.get("file_index", 0)
         self.record = st.get("record", 0)
         resume = (st["n_docs"], st["n_tokens"]) if state else None
@@ -102,6 +103,8 @@ class _Run:
         if b.mask is not None and self.mask is None:
             self._start_mask()
         self.writer.add_documents(b.tokens, b.lengths)
+        if b.tokens.size:
+            self.max_token_id = max(self.max_token_id, int(b.tokens.max()))
         if self.mask is not None:
             mask = b.mask if b.mask is not None else np.ones(b.tokens.size, np.uint8)
             self.mask.add_documents(mask, b.lengths)
@@ -143,6 +146,7 @@ class _Run:
             "has_mask": self.mask is not None,
             "read": self.read,
             "written": self.written,
+            "max_token_id": self.max_token_id,
             "skipped": dict(self.skipped),
             "examples": self.examples,
         }
@@ -183,6 +187,10 @@ def preprocess(
     (or None), ``read``, ``written``, ``skipped`` (by reason), ``skip_examples``, ``tokens``,
     ``elapsed_s`` and ``tokenizer_fingerprint`` (see :mod:`megatron_ipt.data.provenance`). With ``skip_bad=False`` the first bad record raises :class:`DataError`.
     """
+    if workers < 0:
+        raise ValueError(f"workers must be 0 (tokenize in this process) or more, got {workers}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     t0 = time.time()
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
     prefix = dataset_prefix(output_prefix, json_key) if dataset_suffix else str(output_prefix)
@@ -190,7 +198,23 @@ def preprocess(
     dtype = best_dtype(tok.vocab_size)
     opts = EncodeOptions(key=json_key, append_eod=append_eod, prepend_bos=prepend_bos, token_dtype=dtype.name)
     fp = _fingerprint(files, tok, opts, dtype, skip_bad)
+    try:
+        with output_lock(prefix):  # a second run into the same prefix is refused, not interleaved
+            return _preprocess_into(prefix, files, tok, opts, dtype, fp, t0, workers=workers, skip_bad=skip_bad,
+                                    batch_size=batch_size, checkpoint_s=checkpoint_s, progress=progress,
+                                    overwrite=overwrite)
+    except OutputLocked as err:
+        raise DataError(str(err), reason="output_locked") from None
+    except OSError as err:  # the output side: a prefix under a file, a read-only or full disk
+        where = err.filename or prefix
+        raise DataError(f"cannot write {prefix} ({where}): {err.strerror or err}") from err
 
+
+def _preprocess_into(prefix: str, files: list[InputFile], tok: Tokenizer, opts: EncodeOptions, dtype: np.dtype,
+                     fp: str, t0: float, *, workers: int, skip_bad: bool, batch_size: int, checkpoint_s: float,
+                     progress: bool, overwrite: bool) -> dict[str, Any]:
+    """The resumable tokenize-and-write loop of :func:`preprocess` (input faults come as DataError)."""
+    json_key, append_eod, prepend_bos = opts.key, opts.append_eod, opts.prepend_bos
     sp = summary_path(prefix)
     if not overwrite and exists(prefix) and sp.is_file():
         done = json.loads(sp.read_text())
@@ -305,6 +329,16 @@ def preprocess(
         pool.close()
         pool.join()
 
+    if run.written == 0:
+        # Nothing to publish: an empty dataset would only fail later, in training, far from its cause.
+        run.writer.abort()
+        if run.mask is not None:
+            run.mask.abort()
+        progress_path(prefix).unlink(missing_ok=True)
+        names = ", ".join(str(f.path) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+        skipped = f", {sum(run.skipped.values())} skipped {dict(run.skipped)}" if run.skipped else ""
+        raise DataError(f"{names}: no documents to write (read {run.read} records{skipped}); "
+                        f"{prefix} was not published")
     if run.mask is not None:
         run.mask.finalize()
     run.writer.finalize()
@@ -325,6 +359,7 @@ def preprocess(
         "skipped_total": sum(run.skipped.values()),
         "skip_examples": run.examples,
         "tokens": run.writer.n_tokens,
+        "max_token_id": run.max_token_id,
         "resumed_documents": resumed_docs,
         "elapsed_s": round(elapsed, 3),
         "docs_per_s": round((run.written - resumed_docs) / max(elapsed, 1e-9), 1),

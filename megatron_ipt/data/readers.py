@@ -23,6 +23,7 @@ import glob
 import gzip
 import io
 import json
+import re
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -420,6 +421,26 @@ def _read_hf(
             yield batch
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Index of the first lone surrogate in ``text`` (JSON's ``"\\ud800"``; not encodable as UTF-8)."""
+    if text.isascii():
+        return None
+    m = _SURROGATE.search(text)
+    return m.start() if m else None
+
+
+def check_text(text: str, key: str) -> None:
+    """A record's text must be non-blank and encodable (no lone surrogate)."""
+    if not text.strip():
+        raise BadRecord("empty_text", f"field {key!r} is empty")
+    pos = lone_surrogate(text)
+    if pos is not None:
+        raise BadRecord("lone_surrogate", f"field {key!r} holds a lone surrogate at character {pos} (not valid Unicode)")
+
+
 def parse_record(payload: Any, key: str) -> dict | str:
     """Decode one raw record into its text (``str``) or its segments (``{"segments": [...]}``).
 
@@ -444,8 +465,7 @@ def parse_record(payload: Any, key: str) -> dict | str:
     text = obj[key]
     if not isinstance(text, str):
         raise BadRecord("non_string_text", f"field {key!r} is a {type(text).__name__}, expected a string")
-    if not text.strip():
-        raise BadRecord("empty_text", f"field {key!r} is empty")
+    check_text(text, key)
     return text
 
 
@@ -463,6 +483,8 @@ def check_segments(segments: Any) -> list[dict]:
                 raise BadRecord("bad_segments", f"{where}.special must be 'bos' or 'eos'")
         elif not isinstance(seg.get("text"), str):
             raise BadRecord("bad_segments", f"{where}.text must be a string")
+        elif lone_surrogate(seg["text"]) is not None:
+            raise BadRecord("lone_surrogate", f"{where}.text holds a lone surrogate (not valid Unicode)")
     if not any(s.get("text", "").strip() for s in segments if "special" not in s):
         raise BadRecord("empty_text", "field 'segments' holds no text")
     return segments

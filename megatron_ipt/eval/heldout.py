@@ -298,6 +298,26 @@ def score_tasks(tasks: Sequence[EvalTask], generations: Sequence[str], loss: flo
     return scores
 
 
+def _load(model_dir: str | Path, load_tokenizer: Any) -> tuple[Any, Any]:
+    """Tokenizer and model of ``model_dir``, or a :class:`DataError` naming what is missing."""
+    from megatron_ipt.tokenizer import TokenizerError
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise DataError(f"{path}: not a Hugging Face model directory (no config.json)")
+    try:
+        tokenizer = load_tokenizer(path)
+    except (TokenizerError, OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise DataError(f"{path}: no usable tokenizer files ({first})") from err
+    try:
+        model = load_model(path)
+    except (OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise DataError(f"{path}: cannot load the model ({first})") from err
+    return tokenizer, model
+
+
 def evaluate_model(
     model_dir: str | Path,
     texts: Sequence[str] = (),
@@ -315,8 +335,7 @@ def evaluate_model(
     from megatron_ipt.tokenizer import load_tokenizer
 
     t0 = time.perf_counter()
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir)
+    tokenizer, model = _load(model_dir, load_tokenizer)
     max_length = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
     result: dict[str, Any] = {"model": str(model_dir)}
     if texts:

@@ -27,9 +27,10 @@ from megatron_ipt.data.readers import (
     as_input_file,
     expand_inputs,
     input_stem,
+    lone_surrogate,
     scan_records,
 )
-from megatron_ipt.io import atomic_path, atomic_write_json
+from megatron_ipt.io import OutputLocked, atomic_path, atomic_write_json, output_lock
 from megatron_ipt.launch import array_task
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress
@@ -116,6 +117,9 @@ def iter_texts(path: Path | InputFile, stats: Counter, text_key: str = "text", i
             continue
         if error is None and obj is not None and not isinstance(obj.get(text_key), str):
             error = DataError("missing or not a string", where=where, field=text_key, reason="missing_key")
+        if error is None and obj is not None and lone_surrogate(obj[text_key]) is not None:
+            error = DataError("holds a lone surrogate (not valid Unicode)", where=where, field=text_key,
+                              reason="lone_surrogate")
         if error is not None:
             if not skip_bad_records:
                 raise DataError(f"{error.detail} (skip_bad_records=true counts and skips it)", where=error.where,
@@ -324,9 +328,17 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
             stats_file = out_dir / f"{shard_stem(f)}.stats.json"
             results[str(f)] = json.loads(stats_file.read_text()) if stats_file.exists() else {"skipped": True}
     if todo and engine is None:
-        engine = cfg.engine.build()
+        try:
+            engine = cfg.engine.build()
+        except (OSError, ValueError) as err:  # no config/weights/tokenizer files, or unreadable ones
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise ConfigError(f"engine.model: cannot load the synthesizer {cfg.engine.model!r} ({first})") from err
     for f in todo:
-        results[str(f)] = synthesize_shard(engine, cfg, f, out_dir)
+        try:
+            with output_lock(out_dir / shard_stem(f)):  # one writer per shard; other shards run in parallel
+                results[str(f)] = synthesize_shard(engine, cfg, f, out_dir)
+        except OutputLocked as err:
+            raise DataError(str(err), reason="output_locked") from None
     return results
 
 

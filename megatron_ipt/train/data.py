@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
+from megatron_ipt.config import ConfigError
 from megatron_ipt.data.blend import Blend
+from megatron_ipt.data.indexed import IndexedDataset, max_token_id
 from megatron_ipt.data.loader import TrainLoader, build_eval_loader, build_train_loader
 from megatron_ipt.train.config import BatchPlan, DataConfig
 
@@ -27,6 +29,20 @@ def check_data_tokenizer(cfg: DataConfig, tokenizer: Any) -> None:
         if blend is not None:
             blend.check_exists(f"data.{name}")
             check_datasets(blend.prefixes, tokenizer, f"data.{name}", override, against="data.tokenizer")
+
+
+def check_datasets(spec: Any, where: str, vocab_size: int) -> None:
+    """Every dataset of the blend opens, holds documents, and has no token id outside the vocabulary
+    (an id >= vocab_size would fail mid-training, or train on the wrong rows)."""
+    blend = Blend.parse(spec, where).check_exists(where)
+    for prefix in dict.fromkeys(blend.prefixes):
+        ds = IndexedDataset(prefix)
+        if len(ds) == 0 or ds.n_tokens < 2:
+            raise ConfigError(f"{where}: {prefix}: the dataset holds no documents ({ds.n_tokens} tokens)")
+        top = max_token_id(ds)
+        if top >= vocab_size:
+            raise ConfigError(f"{where}: {prefix}: token id {top} is outside the tokenizer's vocabulary of "
+                              f"{vocab_size} (tokenized with another tokenizer?)")
 
 
 def dataset_ids(batch: dict[str, Any]) -> torch.Tensor:

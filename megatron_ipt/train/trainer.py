@@ -23,7 +23,7 @@ from megatron_ipt.model.attention import DOC_BACKENDS, packed_documents
 from megatron_ipt.model.build import build_model, hf_config, model_shape
 from megatron_ipt.train import checkpoint as ckpt
 from megatron_ipt.train.config import TrainConfig
-from megatron_ipt.train.data import TrainStream, check_data_tokenizer, dataset_ids
+from megatron_ipt.train.data import TrainStream, check_data_tokenizer, check_datasets, dataset_ids
 from megatron_ipt.train.ds_config import build_ds_config, zero_stage
 from megatron_ipt.train.loss import backward_scale, global_token_count, masked_loss_sum
 from megatron_ipt.train.metrics import MetricsWriter, flops_per_token, peak_flops
@@ -83,6 +83,9 @@ def plan_run(cfg: TrainConfig, dist_env: DistEnv) -> Plan:
             f"this run uses {cfg.global_batch_size}"
         )
     batch = cfg.batch_plan(dist_env.world_size)
+    check_datasets(cfg.data.train, "data.train", tokenizer.vocab_size)
+    if cfg.data.valid not in (None, "", []):
+        check_datasets(cfg.data.valid, "data.valid", tokenizer.vocab_size)
     train = cfg.data.build_train(batch, dist_env.rank, meta.get("consumed_samples", 0))
     valid = None
     if cfg.data.valid not in (None, "", []) and cfg.logging.eval_interval:

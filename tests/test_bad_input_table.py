@@ -1,0 +1,482 @@
+"""The bad-input table: every row is one hostile input to a command-line tool.
+
+Each row expects either a clear failure (exit 2, exactly one ``error:`` line on stderr that matches
+``error`` — the file, line or key at fault — and no traceback) or a counted skip (exit 0 and the
+skip counted in the tool's summary). Tools run in-process through their ``main(argv)`` under an
+alarm (no hang); ``subprocess=True`` rows run the module under a timeout instead.
+
+Adding a row: write a ``build(env) -> argv`` function (inputs go under ``env.tmp``; shared
+fixtures are ``env.text_prefix`` (a good dataset), ``env.checkpoint`` (a real 1-rank ZeRO-1 run's
+checkpoint root), ``env.tiny_model`` (an HF dir without tokenizer files) and ``env.synthesizer`` (the
+same with Mistral's tokenizer)) and append a ``Case``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 120
+
+TOOLS = {
+    "preprocess": "data_tools.preprocess_data",
+    "build_corpora": "data_tools.build_corpora",
+    "synthesize": "data_tools.synthesize",
+    "merge": "data_tools.merge_datasets",
+    "inspect": "data_tools.inspect_data",
+    "train": "megatron_ipt.train.__main__",
+    "export": "megatron_ipt.train.export",
+    "evaluate": "megatron_ipt.eval.heldout",
+    "preflight": "megatron_ipt.preflight",
+}
+
+
+@dataclass
+class Env:
+    tmp: Path
+    text_prefix: str
+    checkpoint: Path
+    tiny_model: Path
+    synthesizer: Path
+
+    def file(self, name: str, data: bytes | str) -> str:
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+        return str(path)
+
+    def jsonl(self, name: str, records: list) -> str:
+        return self.file(name, "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    tool: str
+    build: Callable[[Env], list[str]]
+    error: str | None = None  # regex the one error line must match; None: the run must succeed
+    exit: int = 2
+    check: Callable[[Env, str], None] | None = None  # extra assertions on success (stdout given)
+    subprocess: bool = False
+    needs_mount: bool = False
+
+
+TEXTS = [{"text": f"Patients in cohort {i} received metformin for twelve weeks."} for i in range(5)]
+
+
+def _pre(env: Env, inp: str, *extra: str, out: str = "out/ds") -> list[str]:
+    return ["--input", inp, "--output-prefix", str(env.tmp / out), "--tokenizer", "mistral", "--workers", "0",
+            "--no-progress", *extra]
+
+
+def _summary(env: Env, out: str = "out/ds") -> dict:
+    return json.loads((env.tmp / f"{out}_text_document.summary.json").read_text())
+
+
+def _written(n: int, **skipped: int) -> Callable[[Env, str], None]:
+    def check(env: Env, stdout: str) -> None:
+        summary = _summary(env)
+        assert summary["written"] == n, summary
+        for reason, count in skipped.items():
+            assert summary["skipped"].get(reason) == count, summary
+
+    return check
+
+
+def _gzip_cut(env: Env) -> str:
+    data = gzip.compress("".join(json.dumps(t) + "\n" for t in TEXTS * 200).encode())
+    return env.file("cut.jsonl.gz", data[: len(data) // 2])
+
+
+def _dataset_copy(env: Env, name: str) -> str:
+    dst = env.tmp / name
+    for ext in (".bin", ".idx"):
+        shutil.copyfile(env.text_prefix + ext, str(dst) + ext)
+    return str(dst)
+
+
+def _damage_idx(env: Env, name: str, edit: Callable[[np.ndarray, np.ndarray], None]) -> str:
+    """A copy of the good dataset whose .idx sizes/pointers arrays are edited in place."""
+    from megatron_ipt.data.indexed import HEADER_SIZE
+
+    prefix = _dataset_copy(env, name)
+    raw = bytearray(Path(prefix + ".idx").read_bytes())
+    n = int(np.frombuffer(bytes(raw[HEADER_SIZE - 16: HEADER_SIZE - 8]), np.uint64)[0])
+    sizes = np.frombuffer(raw, np.int32, n, HEADER_SIZE).copy()
+    ptrs = np.frombuffer(raw, np.int64, n, HEADER_SIZE + 4 * n).copy()
+    edit(sizes, ptrs)
+    raw[HEADER_SIZE: HEADER_SIZE + 4 * n] = sizes.tobytes()
+    raw[HEADER_SIZE + 4 * n: HEADER_SIZE + 12 * n] = ptrs.tobytes()
+    Path(prefix + ".idx").write_bytes(bytes(raw))
+    return prefix
+
+
+def _truncated(env: Env, name: str, ext: str) -> str:
+    prefix = _dataset_copy(env, name)
+    p = Path(prefix + ext)
+    p.write_bytes(p.read_bytes()[:-7])
+    return prefix
+
+
+def _swap_sizes(sizes: np.ndarray, ptrs: np.ndarray) -> None:
+    sizes[0] += 5  # document 0 would read 5 tokens of document 1; the totals still agree
+    sizes[1] -= 5
+
+
+def _wild_pointer(sizes: np.ndarray, ptrs: np.ndarray) -> None:
+    ptrs[1] = ptrs[2]
+
+
+def _dataset(env: Env, name: str, docs: list[list[int]], dtype=np.int32) -> str:
+    from megatron_ipt.data.indexed import IndexedDatasetWriter
+
+    prefix = str(env.tmp / name)
+    with IndexedDatasetWriter(prefix, dtype) as w:
+        for d in docs:
+            w.add_document(d)
+    return prefix
+
+
+def _train(env: Env, *extra: str, data: str | None = None) -> list[str]:
+    return ["--config", str(ROOT / "configs/tiny.yaml"), f"--data.train={data or env.text_prefix}",
+            f"--run_dir={env.tmp}/run", f"--checkpoint.dir={env.tmp}/run/ckpt", "--logging.tensorboard=false",
+            "--data.seq_len=64", "--micro_batch_size=2", "--global_batch_size=2", "--steps=2", *extra]
+
+
+def _ckpt_copy(env: Env) -> Path:
+    dst = env.tmp / "ckpt"
+    shutil.copytree(env.checkpoint, dst)
+    from megatron_ipt.train.checkpoint import list_checkpoints
+
+    return list_checkpoints(dst)[-1][1]
+
+
+def _export(env: Env, damage: Callable[[Path], None]) -> list[str]:
+    tag = _ckpt_copy(env)
+    damage(tag)
+    return [str(tag), str(env.tmp / "hf")]
+
+
+def _cut(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+SYNTH_OK = {"id": "a", "text": "Metformin lowers glucose.", "round": 0, "linked": False, "slot": 0,
+            "pairs": [{"instruction": "What lowers glucose?", "response": "Metformin."}]}
+INSTRUCTIONS = [{"question": "Name a biguanide.", "response": "Metformin."}]
+
+
+def _corpora(env: Env, synthesized: list, *extra: str, instructions: list | None = None) -> list[str]:
+    syn = env.jsonl("synth/s.jsonl", synthesized)
+    ins = env.jsonl("instructions.jsonl", INSTRUCTIONS if instructions is None else instructions)
+    return [f"--synthesized={syn}", f"--instructions={ins}", "--tokenizer=mistral",
+            f"--output-dir={env.tmp}/corpora", "--workers=0", "--progress=false", *extra]
+
+
+def _general(env: Env, tuning: list) -> list[str]:
+    syn = env.jsonl("synth/s.jsonl", [SYNTH_OK])
+    tun = env.jsonl("tuning.jsonl", tuning)
+    return ["--recipe=general", f"--synthesized={syn}", f"--tuning={tun}", "--tokenizer=mistral",
+            f"--output-dir={env.tmp}/corpora", "--workers=0", "--progress=false"]
+
+
+def _synth(env: Env, records: list, *extra: str) -> list[str]:
+    inp = env.jsonl("raw/r.jsonl", records)
+    return [f"--inputs={inp}", f"--output-dir={env.tmp}/synth_out", f"--engine.model={env.synthesizer}",
+            "--engine.kind=hf", "--engine.dtype=float32", "--max_new_tokens=4", "--rounds=1", "--progress=false",
+            *extra]
+
+
+def _synth_counted(env: Env, stdout: str) -> None:
+    stats = json.loads((env.tmp / "synth_out" / "r.stats.json").read_text())
+    assert stats["texts"] == 1, stats
+    assert stats["input"]["bad_records"] == 1, stats
+
+
+def _tmpfs(env: Env, size: str, readonly: bool) -> Path:
+    """A small tmpfs under env.tmp (unmounted by the runner)."""
+    mnt = env.tmp / "mnt"
+    mnt.mkdir()
+    opts = f"size={size}" + (",ro" if readonly else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], check=True, capture_output=True)
+    return mnt
+
+
+def _unwritable_dir(env: Env) -> Path:
+    if os.geteuid() == 0:  # root ignores permission bits: a read-only mount is truly unwritable
+        return _tmpfs(env, "64k", readonly=True)
+    d = env.tmp / "locked"
+    d.mkdir()
+    d.chmod(0o500)
+    return d
+
+
+CASES: list[Case] = [
+    # -- preprocess: records ------------------------------------------------------------------
+    Case("malformed JSON", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", [TEXTS[0], '{"text": "cut', TEXTS[1]])),
+         r"a\.jsonl:2: .*malformed JSON"),
+    Case("malformed JSON, skipped and counted", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", [TEXTS[0], '{"text": "cut', TEXTS[1]]), "--skip-bad"),
+         check=_written(2, malformed_json=1)),
+    Case("text of the wrong type", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", [TEXTS[0], {"text": 5}])), r"a\.jsonl:2: .*'text'.*int"),
+    Case("text null", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", [{"text": None}])), r"a\.jsonl:1: .*'text'"),
+    Case("empty text", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", [TEXTS[0], {"text": "  "}])), r"a\.jsonl:2: .*'text'.*empty"),
+    Case("record is a JSON list", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", [[1, 2]])), r"a\.jsonl:1: .*expected an object"),
+    Case("invalid UTF-8", "preprocess",
+         lambda e: _pre(e, e.file("a.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n')),
+         r"a\.jsonl:2: .*UTF-8"),
+    Case("NUL bytes in a line", "preprocess",
+         lambda e: _pre(e, e.file("a.jsonl", b'{"text": "ok"}\n{"text": "a\x00b"}\n')),
+         r"a\.jsonl:2: .*malformed JSON"),
+    Case("a UTF-8 BOM is read as UTF-8", "preprocess",
+         lambda e: _pre(e, e.file("a.jsonl", "\ufeff" + "".join(json.dumps(t) + "\n" for t in TEXTS))),
+         check=_written(5)),
+    Case("CRLF line ends", "preprocess",
+         lambda e: _pre(e, e.file("a.jsonl", "".join(json.dumps(t) + "\r\n" for t in TEXTS))),
+         check=_written(5)),
+    Case("lone surrogate", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", [TEXTS[0], '{"text": "bad \\ud800 text"}'])),
+         r"a\.jsonl:2: .*'text'.*surrogate"),
+    Case("lone surrogate, skipped and counted", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", [TEXTS[0], '{"text": "bad \\udfff"}']), "--skip-bad"),
+         check=_written(1, lone_surrogate=1)),
+    Case("segments of the wrong shape", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", [{"segments": [{"text": "x", "loss": "yes"}]}])),
+         r"a\.jsonl:1: .*segments\[0\].*loss"),
+    # -- preprocess: files ---------------------------------------------------------------------
+    Case("gzip cut short", "preprocess", lambda e: _pre(e, _gzip_cut(e)), r"cut\.jsonl\.gz:\d+: .*gzip"),
+    Case("gzip cut short, skipped and counted", "preprocess", lambda e: _pre(e, _gzip_cut(e), "--skip-bad"),
+         check=lambda e, out: _summary(e)["skipped"]["truncated_gzip"] == 1 or pytest.fail(str(_summary(e)))),
+    Case("empty file", "preprocess", lambda e: _pre(e, e.file("empty.jsonl", b"")),
+         r"empty\.jsonl.*no documents"),
+    Case("every record skipped", "preprocess",
+         lambda e: _pre(e, e.jsonl("bad.jsonl", ["{", "{"]), "--skip-bad"), r"bad\.jsonl.*no documents.*2 skipped"),
+    Case("missing input path", "preprocess", lambda e: _pre(e, str(e.tmp / "nope.jsonl")),
+         r"nope\.jsonl: no such file"),
+    Case("input of an unknown type", "preprocess", lambda e: _pre(e, e.file("a.csv", "text\nx\n")),
+         r"a\.csv: unknown input type"),
+    Case("output prefix under a file", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", TEXTS), out=str(Path(e.file("blocker", "x")) / "ds")),
+         r"cannot write .*ds_text_document \(.*blocker\): a file stands where a folder must be"),
+    Case("unwritable output", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", TEXTS), out=str(_unwritable_dir(e) / "ds")),
+         r"cannot write .*ds_text_document", needs_mount=True),
+    Case("full disk", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", TEXTS * 400), out=str(_tmpfs(e, "16k", readonly=False) / "ds")),
+         r"cannot write .*ds_text_document.*No space left", needs_mount=True),
+    Case("--workers -1", "preprocess", lambda e: _pre(e, e.jsonl("a.jsonl", TEXTS), "--workers", "-1"),
+         r"--workers"),
+    Case("--batch-size 0", "preprocess", lambda e: _pre(e, e.jsonl("a.jsonl", TEXTS), "--batch-size", "0"),
+         r"--batch-size"),
+    # -- indexed datasets ----------------------------------------------------------------------
+    Case("truncated .idx", "inspect", lambda e: [_truncated(e, "t", ".idx")], r"t\.idx: .*truncated or corrupt"),
+    Case("truncated .bin", "inspect", lambda e: [_truncated(e, "t", ".bin")], r"t\.bin: .*inconsistent"),
+    Case("sizes disagree with pointers", "inspect", lambda e: [_damage_idx(e, "s", _swap_sizes)],
+         r"s\.idx: .*pointer.*document 1"),
+    Case("wild pointer", "inspect", lambda e: [_damage_idx(e, "w", _wild_pointer)], r"w\.idx: .*pointer"),
+    Case("negative size", "inspect",
+         lambda e: [_damage_idx(e, "n", lambda s, p: s.__setitem__(0, -3))], r"n\.idx: .*negative"),
+    Case("merge a truncated .idx", "merge",
+         lambda e: ["--input", e.text_prefix, _truncated(e, "t", ".idx"), "--output-prefix", str(e.tmp / "m")],
+         r"t\.idx: .*truncated or corrupt"),
+    Case("missing dataset", "inspect", lambda e: [str(e.tmp / "nothing")], r"nothing.*missing"),
+    # -- training config and data ---------------------------------------------------------------
+    Case("negative blend weight", "train", lambda e: _train(e, data=f"-0.5 {e.text_prefix} 1 {e.text_prefix}"),
+         r"data\.train: .*weight.*positive.*-0\.5"),
+    Case("zero blend weight", "train", lambda e: _train(e, data=f"0 {e.text_prefix}"),
+         r"data\.train: .*weight.*positive"),
+    Case("non-numeric blend weight", "train", lambda e: _train(e, data=f"heavy {e.text_prefix} 1 {e.text_prefix}"),
+         r"data\.train: .*not a number"),
+    Case("unknown config key", "train", lambda e: _train(e, "--optim.learning_rate=1"),
+         r"unknown config key optim\.learning_rate"),
+    Case("config value of the wrong type", "train", lambda e: _train(e, "--steps=many"), r"steps"),
+    Case("seq_len above the model's positions", "train", lambda e: _train(e, "--data.seq_len=4096"),
+         r"data\.seq_len=4096 exceeds"),
+    Case("vocab mismatch", "train", lambda e: _train(e, "--model.vocab_size=32768", "--model.expected_parameters=null"),
+         r"32000 tokens but the model's embedding has 32768"),
+    Case("token ids above the vocabulary", "train",
+         lambda e: _train(e, data=_dataset(e, "big", [[1, 2, 40000, 5] * 40] * 4)),
+         r"big: .*token id 40000.*32000"),
+    Case("empty dataset", "train", lambda e: _train(e, data=_dataset(e, "void", [])), r"void: .*no documents"),
+    Case("missing data prefix", "train", lambda e: _train(e, data=str(e.tmp / "absent")), r"data\.train: .*absent.*missing .*absent\.bin"),
+    Case("unknown key in preflight", "preflight",
+         lambda e: ["preflight", "--train-config", str(ROOT / "configs/tiny.yaml"), "--data.trian=x"],
+         r"unknown config key data\.trian"),
+    # -- checkpoints ------------------------------------------------------------------------------
+    Case("checkpoint: missing shard", "export",
+         lambda e: _export(e, lambda t: next(t.glob("*optim_states.pt")).unlink()), r"optim shard of rank 0 is missing"),
+    Case("checkpoint: empty meta.json", "export", lambda e: _export(e, lambda t: (t / "meta.json").write_text("")),
+         r"meta\.json: empty, truncated or corrupt"),
+    Case("checkpoint: truncated meta.json", "export", lambda e: _export(e, lambda t: _cut(t / "meta.json")),
+         r"meta\.json: empty, truncated or corrupt"),
+    Case("checkpoint: truncated optimizer file", "export",
+         lambda e: _export(e, lambda t: _cut(next(t.glob("*optim_states.pt")))), r"optim_states\.pt: truncated or corrupt"),
+    Case("checkpoint: missing RNG file on resume", "train",
+         lambda e: _train(e, f"--checkpoint.resume={_rm(_ckpt_copy(e), 'rng_rank0.pt')}", "--steps=4"),
+         r"rng_rank0\.pt is missing"),
+    # -- build_corpora ------------------------------------------------------------------------------
+    Case("synthesized text null", "build_corpora", lambda e: _corpora(e, [{**SYNTH_OK, "text": None}]),
+         r"s\.jsonl:1: field 'text'"),
+    Case("synthesized linked as a string", "build_corpora", lambda e: _corpora(e, [{**SYNTH_OK, "linked": "no"}]),
+         r"s\.jsonl:1: field 'linked'.*true or false"),
+    Case("synthesized round not a number", "build_corpora", lambda e: _corpora(e, [{**SYNTH_OK, "round": "x"}]),
+         r"s\.jsonl:1: field 'round'"),
+    Case("synthesized pairs not a list", "build_corpora", lambda e: _corpora(e, [{**SYNTH_OK, "pairs": "q a"}]),
+         r"s\.jsonl:1: field 'pairs'"),
+    Case("synthesized pair of the wrong shape", "build_corpora",
+         lambda e: _corpora(e, [{**SYNTH_OK, "pairs": [["q"]]}]), r"s\.jsonl:1: field 'pairs\[0\]'"),
+    Case("synthesized pair without a response", "build_corpora",
+         lambda e: _corpora(e, [{**SYNTH_OK, "pairs": [{"instruction": "q"}]}]), r"s\.jsonl:1: field 'pairs\[0\]'"),
+    Case("malformed synthesized JSONL", "build_corpora", lambda e: _corpora(e, [SYNTH_OK, "{oops"]),
+         r"s\.jsonl:2: "),
+    Case("empty synthesized input", "build_corpora", lambda e: _corpora(e, []),
+         r"synthesized: .*no documents"),
+    Case("instruction of the wrong type, skipped and counted", "build_corpora",
+         lambda e: _corpora(e, [SYNTH_OK], "--skip_bad_records=true",
+                            instructions=[*INSTRUCTIONS, {"question": 3, "response": []}]),
+         check=lambda e, out: json.loads((e.tmp / "corpora/mixture_report.json").read_text())
+         ["components"]["instructions"]["counts"]["bad_records"] == 1 or pytest.fail("not counted")),
+    Case("malformed tuning pairs", "build_corpora", lambda e: _general(e, [{"context": "c", "pairs": [5]}]),
+         r"tuning\.jsonl:1: field 'pairs\[0\]'"),
+    Case("--workers -1 (corpora)", "build_corpora", lambda e: _corpora(e, [SYNTH_OK], "--workers=-1"), r"workers"),
+    # -- synthesize ---------------------------------------------------------------------------------
+    Case("synthesize: lone surrogate, skipped and counted", "synthesize",
+         lambda e: _synth(e, [{"id": "a", "text": "Metformin lowers glucose."}, '{"id": "b", "text": "x \\ud800"}'],
+                          "--skip_bad_records=true"),
+         check=_synth_counted),
+    Case("synthesize: lone surrogate", "synthesize",
+         lambda e: _synth(e, ['{"id": "b", "text": "x \\ud800"}']), r"r\.jsonl:1: field 'text'.*surrogate"),
+    Case("synthesize: malformed JSON", "synthesize", lambda e: _synth(e, ['{"id": ']), r"r\.jsonl:1: "),
+    Case("synthesize: model without tokenizer", "synthesize",
+         lambda e: [*_synth(e, TEXTS), f"--engine.model={e.tiny_model}"], r"engine\.model: cannot load .*tiny_model"),
+    Case("synthesize: batch_texts 0", "synthesize", lambda e: _synth(e, TEXTS, "--batch_texts=0"), r"batch_texts"),
+    # -- evaluate ---------------------------------------------------------------------------------------
+    Case("evaluate: invalid UTF-8", "evaluate",
+         lambda e: ["--model", str(e.tiny_model), "--texts", e.file("h.jsonl", b'{"text": "caf\xe9"}\n')],
+         r"h\.jsonl:1: .*UTF-8"),
+    Case("evaluate: missing tokenizer", "evaluate",
+         lambda e: ["--model", str(e.tiny_model), "--texts", e.jsonl("h.jsonl", TEXTS)],
+         r"tiny_model.*tokenizer"),
+    Case("evaluate: missing model", "evaluate",
+         lambda e: ["--model", str(e.tmp / "no_model"), "--texts", e.jsonl("h.jsonl", TEXTS)], r"no_model"),
+    Case("evaluate: malformed tasks file", "evaluate",
+         lambda e: ["--model", str(e.tiny_model), "--tasks", e.jsonl("t.jsonl", [{"context": "c", "pairs": "x"}])],
+         r"t\.jsonl:1: field 'pairs'"),
+]
+
+
+def _rm(tag: Path, name: str) -> Path:
+    (tag / name).unlink()
+    return tag
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, save_tiny_llama) -> dict:
+    """A good dataset, a real 1-rank ZeRO-1 checkpoint and a tiny HF model (no tokenizer files)."""
+    from megatron_ipt.data.preprocess import preprocess
+
+    root = tmp_path_factory.mktemp("table")
+    (root / "good.jsonl").write_text("".join(json.dumps(t) + "\n" for t in TEXTS * 20))
+    prefix = preprocess(root / "good.jsonl", root / "good", "mistral", workers=0, prepend_bos=True,
+                        append_eod=True, dataset_suffix=False, progress=False)["prefix"]
+    run = root / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_ipt.train", "--config", "configs/tiny.yaml", f"--data.train={prefix}",
+         f"--run_dir={run}", f"--checkpoint.dir={run}/ckpt", "--logging.tensorboard=false", "--data.seq_len=64",
+         "--micro_batch_size=2", "--global_batch_size=2", "--steps=2", "--ds_config=ds_configs/zero1.json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from megatron_ipt.train.export import save_tokenizer
+
+    synthesizer = save_tiny_llama(root / "synthesizer")
+    save_tokenizer("mistral", synthesizer)
+    return {"text_prefix": prefix, "checkpoint": run / "ckpt", "tiny_model": save_tiny_llama(root / "tiny_model"),
+            "synthesizer": synthesizer}
+
+
+class _Hang(Exception):
+    pass
+
+
+def run_in_process(module: str, argv: list[str]) -> tuple[int, str, str]:
+    import importlib
+
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGALRM)}
+
+    def hang(signum, frame):
+        raise _Hang(f"{module} {argv} ran past {TIMEOUT_S}s")
+
+    signal.signal(signal.SIGALRM, hang)
+    signal.alarm(TIMEOUT_S)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse errors
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        signal.alarm(0)
+        for s, h in saved.items():
+            signal.signal(s, h)
+    return int(code or 0), out.getvalue(), err.getvalue()
+
+
+def run_subprocess(module: str, argv: list[str]) -> tuple[int, str, str]:
+    proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_the_table_is_large_and_names_are_distinct() -> None:
+    names = [c.name for c in CASES]
+    assert len(set(names)) == len(names)
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case: Case, tmp_path: Path, shared: dict) -> None:
+    env = Env(tmp_path, **shared)
+    mnt = tmp_path / "mnt"
+    try:
+        try:
+            argv = case.build(env)
+        except subprocess.CalledProcessError as err:
+            pytest.skip(f"cannot mount a small tmpfs here ({err.stderr.strip()})")
+        runner = run_subprocess if case.subprocess else run_in_process
+        code, stdout, stderr = runner(TOOLS[case.tool], argv)
+    finally:
+        if case.needs_mount and os.path.ismount(mnt):
+            subprocess.run(["umount", str(mnt)], check=True)
+    assert "Traceback" not in stderr, stderr[-3000:]
+    if case.error is None:
+        assert code == 0, stderr[-3000:]
+        if case.check is not None:
+            case.check(env, stdout)
+        return
+    assert code == case.exit, f"exit {code}\n{stderr[-3000:]}"
+    errors = [line for line in stderr.splitlines() if "error: " in line]
+    assert len(errors) == 1, stderr[-3000:]
+    assert __import__("re").search(case.error, errors[0]), errors[0]
