@@ -64,6 +64,10 @@ class PreprocessArgs:
                 self.tokenizer = "mistral"
         if not self.tokenizer:
             raise ConfigError("--tokenizer (or --tokenizer-model) is required")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be 0 (tokenize in this process) or more, got {self.workers}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         self.json_keys = [k for key in self.json_keys for k in re.split(r"[,\s]+", key) if k]  # "a b", "a,b"
         if not self.json_keys or len(set(self.json_keys)) != len(self.json_keys):
             raise ConfigError(f"--json-keys: give distinct field names, got {self.json_keys}")

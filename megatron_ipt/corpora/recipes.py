@@ -180,12 +180,7 @@ def _weights(cfg: CorporaConfig, tokens: dict[str, int]) -> dict[str, float]:
 
 def build_corpora(cfg: CorporaConfig) -> dict:
     """Run a recipe end to end; returns the mixture report."""
-    from megatron_ipt.data.preprocess import preprocess
-    from megatron_ipt.tokenizer import load_tokenizer
-
     cfg.validate()
-    tok = load_tokenizer(cfg.tokenizer)  # once for every component (preprocess reuses it)
-    tok_record: dict | None = None
     out = Path(cfg.output_dir).resolve()
     try:
         with output_lock(out):  # a second build into the same output_dir is refused, not interleaved
@@ -196,7 +191,10 @@ def build_corpora(cfg: CorporaConfig) -> dict:
 
 def _build_corpora(cfg: CorporaConfig, out: Path) -> dict:
     from megatron_ipt.data.preprocess import preprocess
+    from megatron_ipt.tokenizer import load_tokenizer
 
+    tok = load_tokenizer(cfg.tokenizer)  # once for every component (preprocess reuses it)
+    tok_record: dict | None = None
     stats: dict[str, Counter] = {k: Counter() for k in ("instruct", "raw", "tuning", "instructions")}
     components: dict[str, dict] = {}
     quality = QualityGate(cfg.quality)
