@@ -135,3 +135,35 @@ def test_sigkill_during_swaps_never_leaves_neither(tmp_path) -> None:
         assert leftovers(out) == []
     print(f"{kills} kills; versions found after each: {seen}")
     assert kills == 6 and all(v >= 1 for v in seen)
+
+
+def test_output_lock_refuses_a_second_writer_and_survives_kill(tmp_path) -> None:
+    import multiprocessing as mp
+    import signal as sig
+
+    from megatron_ipt.io import OutputLocked, output_lock
+
+    out = tmp_path / "ds"
+    ctx = mp.get_context("fork")
+    ready, hold = ctx.Event(), ctx.Event()
+
+    def holder() -> None:
+        with output_lock(out):
+            ready.set()
+            hold.wait(60)
+
+    p = ctx.Process(target=holder)
+    p.start()
+    assert ready.wait(30)
+    with pytest.raises(OutputLocked, match=rf"ds: another run \(pid {p.pid}\) is writing this output now"):
+        with output_lock(out):
+            pass
+    os.kill(p.pid, sig.SIGKILL)  # the kernel drops the lock with its holder: no stale lock
+    p.join()
+    with output_lock(out) as lock:
+        assert lock.read_text().strip() == str(os.getpid())
+    assert not lock.exists()  # a finished holder removes its lock file
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="a file stands where a folder must be"):
+        with output_lock(tmp_path / "file" / "ds"):
+            pass

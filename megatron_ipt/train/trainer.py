@@ -7,6 +7,7 @@ checkpoint shape and data fingerprint) runs before the model is built.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_ipt.config import ConfigError, save_config
+from megatron_ipt.io import OutputLocked, output_lock
 from megatron_ipt.launch import DistEnv, dist_env_from_environ, init_distributed
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.model.attention import DOC_BACKENDS, packed_documents
@@ -288,6 +290,16 @@ def run(cfg: TrainConfig) -> int:
     """Train per ``cfg`` in this process (one rank of the job); returns the process exit status."""
     dist_env = dist_env_from_environ()
     setup_logging(dist_env.rank)
+    with contextlib.ExitStack() as stack:
+        if dist_env.rank == 0:  # a second job into the same checkpoints would tear them: refused
+            try:
+                stack.enter_context(output_lock(Path(cfg.checkpoint.dir)))
+            except OutputLocked as err:
+                raise ckpt.CheckpointError(f"checkpoint.dir: {err}") from None
+        return _run(cfg, dist_env)
+
+
+def _run(cfg: TrainConfig, dist_env: DistEnv) -> int:
     preemption = PreemptionFlag()
     plan = plan_run(cfg, dist_env)  # every input check, before torch.distributed and DeepSpeed start
     plan.dist = init_distributed()

@@ -97,3 +97,37 @@ def test_megatron_lm_command_line_runs_unchanged(tmp_path: Path, capsys, mistral
     assert main(bad) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "GPT2BPETokenizer: not supported" in err
+
+
+def test_concurrent_run_into_one_prefix_is_refused(tmp_path: Path, capsys) -> None:
+    """A second preprocess into the prefix a running one writes: one line, exit 2; the first finishes intact."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "big.jsonl"
+    src.write_text("".join(json.dumps({"text": f"Record {i} about metformin and glucose."}) + "\n"
+                           for i in range(60000)))
+    out = tmp_path / "o"
+    lock = Path(f"{out}_text_document.lock")
+    argv = ["--input", str(src), "--output-prefix", str(out), "--tokenizer", "mistral", "--workers", "0",
+            "--no-progress"]
+    first = subprocess.Popen([sys.executable, "-m", "data_tools.preprocess_data", *argv],
+                             cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+            assert first.poll() is None and time.time() < deadline, "the first run never took its lock"
+            time.sleep(0.005)
+        os.kill(first.pid, signal.SIGSTOP)  # hold it mid-write while the second run tries
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("error: ") == 1 and "Traceback" not in err
+        assert f"another run (pid {first.pid}) is writing this output now" in err
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(300) == 0, first.stderr.read().decode()[-2000:]
+    assert len(IndexedDataset(f"{out}_text_document")) == 60000
+    assert not lock.exists()

@@ -193,3 +193,14 @@ def test_resume_cuts_metrics_back_to_the_checkpoint(tmp_path, pubmed_prefixes, m
     again = metrics(run)
     for step in (5, 6):
         assert again[step]["loss"] == first[step]["loss"]
+
+
+def test_second_job_into_one_checkpoint_dir_is_refused(tmp_path, pubmed_prefixes) -> None:
+    from megatron_ipt.io import output_lock
+
+    run = tmp_path / "run"
+    with output_lock(run / "ckpt"):  # a first job is writing these checkpoints
+        proc = train(run, pubmed_prefixes["train"], "--steps=2")
+    line = _one_error_line(proc)
+    assert "checkpoint.dir:" in line and f"another run (pid {os.getpid()}) is writing this output now" in line
+    assert not (run / "metrics.jsonl").exists()
