@@ -1,11 +1,13 @@
-"""Stage 2: the biomedical raw corpus, its held-out split, and the tasks mined from structured records.
+"""Stage 2: the biomedical raw corpus, its held-out split, and the three disjoint task-family sets.
 
 Records are split by a hash of their PMID (``pubmed.is_held_out``), so nothing held out is ever
 trained on. On the training side, unstructured abstracts form the domain corpus (the synthesizer
 converts them; the vanilla run trains on them raw) and structured ones are mined into
-context-based tasks (the synthesizer's tuning data, and the stand-in for general instructions).
-On the held-out side, abstracts measure perplexity and tasks mined from every held-out record
-(structured or not) measure answer quality.
+context-based tasks: (a) the synthesizer's tuning families. (b) The domain recipe's general
+instructions come from a non-biomedical source (``demo/general_instructions.py``). On the held-out
+side, unstructured abstracts measure perplexity (the distribution both arms train on) and (c) the
+evaluation families (``demo/evalsets.py``) become an lm-evaluation-harness suite, every item
+checked for 13-gram overlap with the training inputs.
 """
 
 from __future__ import annotations
@@ -15,19 +17,21 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from megatron_ipt.demo.evalsets import FAMILY_BUILDERS, drop_contaminated, family_manifest, ngram_set
+from megatron_ipt.demo.general_instructions import general_family_manifest, general_instructions
 from megatron_ipt.demo.paths import DemoPaths
 from megatron_ipt.demo.sizes import DemoSize
+from megatron_ipt.eval.suite import write_suite
 from megatron_ipt.io import atomic_path
-from megatron_ipt.synth.format import COT_TRIGGER, OPTIONS_HEADER, Pair
 from megatron_ipt.tuning.example import Example
 from megatron_ipt.tuning.pubmed import (
-    SECTION_QUESTIONS,
     PubmedRecord,
     is_held_out,
     load_pubmed_records,
     mesh_term_pool,
     mine_record,
     shipped_pubmed_files,
+    tuning_families,
     write_raw_corpus,
 )
 
@@ -44,46 +48,17 @@ def example_record(ex: Example) -> dict:
             "source": ex.source}
 
 
-def instruction_rows(examples: list[Example]) -> list[dict]:
-    """Mined tasks as general-instruction records ``{question, response}`` (the context inside the
-    question, as in OpenOrca-style data): one record per pair."""
-    return [{"question": f"{ex.context}\n\n{p.instruction}", "response": p.response}
-            for ex in examples for p in ex.pairs]
-
-
-def _kind(instruction: str) -> str:
-    """The question kind: multiple choice, a held-out abstract section, or the question itself."""
-    if OPTIONS_HEADER in instruction:
-        return "multiple choice"
-    if instruction in SECTION_QUESTIONS.values():
-        return "abstract section"
-    return instruction
-
-
-def heldout_task_rows(examples: list[Example], limit: int) -> list[dict]:
-    """One question per held-out context, taken round-robin over the question kinds (title,
-    keywords, abstract section, MeSH multiple choice) so that every kind is scored; no chain of
-    thought, as the greedy answers are short."""
-    by_kind: dict[str, list[tuple[int, Pair]]] = {}
-    for i, ex in enumerate(examples):
-        for p in ex.pairs:
-            if not p.instruction.endswith(COT_TRIGGER.strip()):
-                by_kind.setdefault(_kind(p.instruction), []).append((i, p))
-    queues = [by_kind[k] for k in sorted(by_kind)]
-    rows: list[dict] = []
-    used: set[int] = set()
-    while len(rows) < limit and any(queues):
-        for queue in queues:
-            while queue and queue[0][0] in used:
-                queue.pop(0)
-            if not queue or len(rows) >= limit:
+def training_texts(paths: DemoPaths) -> list[str]:
+    """Every text the corpus stage hands to training (either arm, or the synthesizer)."""
+    texts: list[str] = []
+    for path in (paths.raw, paths.mined, paths.general_instructions):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
                 continue
-            i, pair = queue.pop(0)
-            used.add(i)
-            ex = examples[i]
-            rows.append({"context": ex.context, "instruction": pair.instruction, "response": pair.response,
-                         "dataset": ex.dataset, "source": ex.source})
-    return rows
+            row = json.loads(line)
+            texts += [row[k] for k in ("text", "context", "question", "response") if k in row]
+            texts += [f"{p['instruction']} {p['response']}" for p in row.get("pairs", [])]
+    return texts
 
 
 def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
@@ -104,20 +79,36 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
     structured = [r for r in train if r.structured]
     raw_records = unstructured[: size.synth_texts]
     write_raw_corpus(paths.raw, records=raw_records, overwrite=True)
-    write_raw_corpus(paths.heldout_texts, records=heldout[: size.eval_texts], overwrite=True)
+    # Perplexity on the distribution both arms train on: held-out *unstructured* abstracts (the
+    # domain corpus is unstructured; structured "LABEL: text" abstracts reach no arm's training).
+    held_unstructured = [r for r in heldout if not r.structured]
+    write_raw_corpus(paths.heldout_texts, records=held_unstructured[: size.eval_texts], overwrite=True)
 
+    # (a) the synthesizer's tuning families, mined from structured training-side records.
     pool = mesh_term_pool(records)
-    mined = [ex for ex in (mine_record(r, pool, seed=0) for r in structured) if ex is not None]
+    others = {"titles": [r.title for r in train], "journals": [r.journal for r in train]}
+    mined = [ex for ex in (mine_record(r, pool, seed=0, diverse=True, others=others) for r in structured)
+             if ex is not None]
     mined = mined[: size.tune_examples]
     _write_jsonl(paths.mined, [example_record(ex) for ex in mined])
-    _write_jsonl(paths.general_instructions, instruction_rows(mined))
-    held_examples = [ex for ex in (mine_record(r, pool, seed=1, cot_share=0.0) for r in heldout) if ex is not None]
-    task_rows = heldout_task_rows(held_examples, size.eval_tasks)
-    _write_jsonl(paths.heldout_tasks, task_rows)
+    # (b) general instructions for the domain recipe: not biomedical (Python's standard library).
+    general = list(general_instructions(size.general_instructions))
+    _write_jsonl(paths.general_instructions, general)
+    # (c) evaluation families from held-out records, decontaminated against (a), (b) and the raw corpus.
+    training = ngram_set(training_texts(paths))
+    suite: dict[str, list[dict]] = {}
+    dropped: dict[str, int] = {}
+    for family, build in FAMILY_BUILDERS.items():
+        # Built from extra candidates so that dropping contaminated items still leaves the count asked.
+        items, dropped[family] = drop_contaminated(build(heldout, 2 * size.eval_items), training)
+        suite[family] = items[: size.eval_items]
+    _write_jsonl(paths.eval_items, [{"family": f, **it} for f, items in suite.items() for it in items])
+    write_suite(suite, paths.eval_suite)
 
-    if len(raw_records) < size.synth_texts or len(task_rows) < size.eval_tasks or len(mined) < size.tune_examples:
+    short = {f: len(v) for f, v in suite.items() if len(v) < size.eval_items}
+    if len(raw_records) < size.synth_texts or len(mined) < size.tune_examples or short:
         print(f"note: fewer records than asked: {len(raw_records)} raw texts, {len(mined)} mined examples, "
-              f"{len(task_rows)} held-out tasks (read more with a larger size)")
+              f"evaluation items {short or 'as asked'} (read more with a larger size)")
     return {
         "records": len(records),
         "train_records": len(train),
@@ -126,10 +117,13 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
         "unstructured_train": len(unstructured),
         "raw_texts": len(raw_records),
         "raw_chars": sum(len(r.abstract) for r in raw_records),
-        "heldout_texts": min(len(heldout), size.eval_texts),
+        "heldout_texts": min(len(held_unstructured), size.eval_texts),
         "mined_examples": len(mined),
         "mined_pairs": sum(len(ex.pairs) for ex in mined),
-        "heldout_tasks": len(task_rows),
-        "heldout_task_kinds": dict(Counter(_kind(r["instruction"]) for r in task_rows)),
+        "general_instructions": len(general),
+        "general_families": dict(Counter(r["family"] for r in general)),
+        "eval_items": {f: len(v) for f, v in suite.items()},
+        "eval_dropped_13gram": dropped,
+        "manifest": family_manifest(tuning_families(), general_family_manifest()),
         "files": [str(f) for f in files],
     }

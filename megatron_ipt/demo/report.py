@@ -1,4 +1,5 @@
-"""Stage 7: ``REPORT.md`` — the numbers as a table, two PNG plots, TensorBoard paths, stage times."""
+"""Stage 7: ``REPORT.md`` — intervals per metric and the arm difference, the family manifest, the
+synthesizer's diversity, tokens per source, two PNG plots, TensorBoard paths, stage times."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from typing import Any
 
 from megatron_ipt.demo.paths import ARMS, DemoPaths
 from megatron_ipt.demo.sizes import DemoSize
+from megatron_ipt.eval.bootstrap import Interval, diff_interval, mean_interval, perplexity_interval
+from megatron_ipt.eval.suite import TASK_PREFIX
 from megatron_ipt.io import atomic_write_text
+from megatron_ipt.tuning.pubmed import tuning_template_of
 
 MODEL_LABELS = {
     "start": "start model",
@@ -87,15 +91,122 @@ def throughput_row(name: str, rows: list[dict]) -> str:
     return f"| {name} | {len(rows)} | {_num(final)} | {_num(median, 0)} |"
 
 
-def results_table(evals: dict[str, dict]) -> list[str]:
-    lines = [
-        "| model | held-out perplexity ↓ | answer loss ↓ | exact match ↑ | token F1 ↑ | option accuracy ↑ |",
-        "|---|---|---|---|---|---|",
-    ]
+def _ci(iv: Interval | None, digits: int = 3) -> str:
+    if iv is None:
+        return "n/a"
+    return f"{iv.mean:.{digits}f} [{iv.low:.{digits}f}, {iv.high:.{digits}f}]"
+
+
+def group_models(evals: dict[str, dict]) -> dict[str, list[dict]]:
+    """``start`` / ``vanilla`` / ``instruct`` -> the evaluation results of its runs (one per seed)."""
+    groups: dict[str, list[dict]] = {"start": [], **{arm: [] for arm in ARMS}}
     for name, res in evals.items():
-        h, t = res.get("heldout", {}), res.get("tasks", {})
-        lines.append(f"| {MODEL_LABELS.get(name, name)} | {_num(h.get('perplexity'), 2)} | {_num(t.get('answer_loss'))} "
-                     f"| {_num(t.get('exact_match'))} | {_num(t.get('f1'))} | {_num(t.get('option_accuracy'))} |")
+        groups[name.rsplit("_s", 1)[0] if name != "start" else "start"].append(res)
+    return {k: v for k, v in groups.items() if v}
+
+
+def metric_matrices(runs: list[dict]) -> dict[str, Any]:
+    """Per metric, the runs x items matrix (perplexity: the losses and token counts)."""
+    out: dict[str, Any] = {}
+    ppl = [r["perplexity"]["heldout"] for r in runs if "heldout" in r.get("perplexity", {})]
+    if ppl and all("text_losses" in p for p in ppl):
+        out["perplexity"] = ([p["text_losses"] for p in ppl], [p["text_tokens"] for p in ppl])
+    for task in sorted(runs[0]["suite"]["tasks"]):
+        for metric in ("acc", "acc_norm"):
+            out[f"{task.removeprefix(TASK_PREFIX)} {metric}"] = [r["suite"]["tasks"][task]["items"][metric]
+                                                                  for r in runs]
+    return out
+
+
+def score_table(evals: dict[str, dict]) -> tuple[list[str], dict[str, Interval]]:
+    """The results table (mean [95% interval] per model group and metric, then instruct - vanilla)
+    and the difference intervals by metric."""
+    groups = group_models(evals)
+    mats = {g: metric_matrices(runs) for g, runs in groups.items()}
+    metrics = list(next(iter(mats.values())))
+    lines = ["| model | runs | " + " | ".join(m + (" ↓" if m == "perplexity" else " ↑") for m in metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
+    for g, m in mats.items():
+        cells = []
+        for metric in metrics:
+            if metric == "perplexity":
+                cells.append(_ci(perplexity_interval(*m[metric]), 2))
+            else:
+                cells.append(_ci(mean_interval(m[metric])))
+        lines.append(f"| {MODEL_LABELS.get(g, g)} | {len(groups[g])} | " + " | ".join(cells) + " |")
+    diffs: dict[str, Interval] = {}
+    if "instruct" in mats and "vanilla" in mats:
+        a, b = mats["instruct"], mats["vanilla"]
+        for metric in metrics:
+            diffs[metric] = (perplexity_interval(*a[metric], other=b[metric]) if metric == "perplexity"
+                             else diff_interval(a[metric], b[metric]))
+        lines.append("| **instruct − vanilla** | | " + " | ".join(
+            _ci(diffs[m], 2 if m == "perplexity" else 3) for m in metrics) + " |")
+    return lines, diffs
+
+
+def reading(diffs: dict[str, Interval], powered: bool) -> list[str]:
+    """One line per metric: the sign of instruct - vanilla and whether its interval excludes zero."""
+    out = []
+    for metric, iv in diffs.items():
+        better = iv.mean < 0 if metric == "perplexity" else iv.mean > 0
+        sign = "no difference" if iv.mean == 0 else ("instruct better" if better else "vanilla better")
+        noise = ("outside the noise (95% interval excludes 0)" if iv.excludes_zero()
+                 else "within the noise (95% interval includes 0)")
+        out.append(f"- **{metric}**: instruct − vanilla = {iv.mean:+.4f} ({sign}), {noise}.")
+    if not powered:
+        out.append("- This size is **not powered**: few seeds and items, intervals are wide; "
+                   "run `DEMO_SIZE=medium make demo` for the powered design (3 seeds per arm, 300 items per family).")
+    return out
+
+
+def synthesis_diversity(synthesis_output: Path) -> dict[str, Any]:
+    """Pairs per text, distinct instruction families and the share of pairs copying a tuning template."""
+    rows = [json.loads(line) for line in synthesis_output.read_text().splitlines() if line.strip()] \
+        if synthesis_output.exists() else []
+    templates: Counter = Counter()
+    families: Counter = Counter()
+    copied = 0
+    n_pairs = 0
+    for row in rows:
+        for pair in row.get("pairs", []):
+            n_pairs += 1
+            match = tuning_template_of(pair["instruction"])
+            if match is not None:
+                copied += 1
+                templates[match[1]] += 1
+                families[match[0]] += 1
+            else:
+                head = " ".join(pair["instruction"].split("\n")[0].lower().split()[:3])
+                families[f"new: {head}"] += 1
+    top = templates.most_common(1)[0] if templates else ("", 0)
+    return {"texts": len(rows), "pairs": n_pairs, "pairs_per_text": n_pairs / max(len(rows), 1),
+            "distinct_families": len(families), "copied_share": copied / max(n_pairs, 1),
+            "top_template": top[0], "top_template_share": top[1] / max(n_pairs, 1),
+            "families": dict(families.most_common(12))}
+
+
+def manifest_lines(manifest: dict[str, dict]) -> list[str]:
+    titles = {"a_tuning": "(a) synthesizer tuning", "b_general": "(b) general instructions (domain recipe)",
+              "c_evaluation": "(c) evaluation (no training input of either arm)"}
+    lines = ["| set | family | answer format | example wording | source |", "|---|---|---|---|---|"]
+    for key, fams in manifest.items():
+        for name, f in fams.items():
+            wording = (f.get("wordings") or ["(continuation, no instruction)"])[0].replace("\n", " ").replace("|", "/")
+            lines.append(f"| {titles.get(key, key)} | `{name}` | {f['answer_format']} | {wording} | {f['source']} |")
+    return lines
+
+
+def tokens_per_source(per_source: dict[str, dict[str, int]]) -> list[str]:
+    """Each arm's training tokens by source dataset, as the trainer counted them (all seeds)."""
+    labels = {"raw_text_document": "raw PubMed abstracts", "instruct": "instruction-augmented abstracts",
+              "instructions": "general instructions"}
+    lines = ["| arm | source | tokens (all seeds) | share |", "|---|---|---|---|"]
+    for arm, sources in per_source.items():
+        total = sum(sources.values()) or 1
+        for name, n in sorted(sources.items()):
+            label = labels.get(Path(name).name, Path(name).name)
+            lines.append(f"| {arm} | {label} | {n:,} | {n / total:.3f} |")
     return lines
 
 
@@ -105,42 +216,58 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
     synth, train, ev = by_key.get("synthesis", {}), by_key.get("pretrain", {}), by_key.get("evaluate", {})
     evals = ev.get("results", {})
     runs = train.get("runs", {})
-    loss_png = plot_losses({arm: Path(runs[arm]["metrics"]) for arm in ARMS if arm in runs},
-                           paths.plots / "training_loss.png")
+    loss_png = plot_losses({name: Path(r["metrics"]) for name, r in runs.items()}, paths.plots / "training_loss.png")
     counts = pairs_per_text(Path(synth.get("synthesis_output", "")))
     hist_png = plot_pairs_histogram(counts, paths.plots / "pairs_per_text.png")
-    any_eval = next(iter(evals.values()), {})
-    n_tasks, heldout = any_eval.get("tasks", {}), any_eval.get("heldout", {})
     before = tune.get("pair_loss_before", {}).get("loss", {}).get("pair_loss")
     after = tune.get("pair_loss_after", {}).get("loss", {}).get("pair_loss")
-    hist = Counter(counts)
+    table, diffs = score_table(evals) if evals else ([], {})
+    powered = size.seeds >= 3 and size.eval_items >= 300 and size.eval_texts >= 200
+    div = synthesis_diversity(Path(synth.get("synthesis_output", "")))
+    goal_met = div["pairs_per_text"] >= 2 and div["top_template_share"] <= 0.30
+    estimate = size.estimate_seconds()
+    mixture = synth.get("mixture", {})
+    tokens = train.get("tokens_per_arm", {})
     out: list[str] = [
         f"# Instruction Pre-Training in miniature — demo report (size `{size.name}`)",
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
         f"({platform.machine()}, {__import__('os').cpu_count()} CPU cores). Total wall time of the stages: "
-        f"**{total_seconds / 60:.1f} min**."
+        f"**{total_seconds / 60:.1f} min** (estimate for this size on 2 CPU cores: {sum(estimate.values()) / 60:.0f} min)."
         + (" The start model is a tiny random Llama (smoke-test size): the numbers only show the pipeline runs."
            if size.tiny_model else ""),
         "",
+        f"Design: {size.seeds} continual pre-training run(s) per arm (data order differs), equal tokens per run; "
+        f"{size.eval_items} items per evaluation family; {size.eval_texts} held-out abstracts for perplexity. "
+        + ("**Powered**: 3+ seeds, 300+ items per family." if powered else
+           "**This size is not powered** (too few seeds and items for a small effect); it shows the design."),
+        "",
         "## Results",
         "",
-        *results_table(evals),
+        *table,
         "",
-        f"Held-out perplexity: {heldout.get('texts', 'n/a')} PubMed abstracts ({heldout.get('tokens', 'n/a')} tokens) "
-        "whose PMIDs were kept out of every training set. Tasks: "
-        f"{n_tasks.get('n', 'n/a')} context-based questions mined from held-out PubMed records "
-        f"(kinds: {', '.join(f'{k} {v}' for k, v in corpus.get('heldout_task_kinds', {}).items()) or 'n/a'}; "
-        f"{n_tasks.get('n_free_form', 'n/a')} free-form: exact match and token F1 of the greedy answer; "
-        f"{n_tasks.get('n_multiple_choice', 'n/a')} multiple choice: option accuracy), prompted as "
-        "`{context}\\n\\nQuestion: {instruction}\\nAnswer:` for every model; answer loss is the mean "
-        "per-token loss of the gold answer given that prompt.",
+        "Each cell: mean [95% bootstrap interval] over runs (seeds) and items. acc / acc_norm: lm-evaluation-harness "
+        "log-likelihood multiple choice (acc_norm normalises by answer length). Perplexity: held-out unstructured "
+        "PubMed abstracts (the distribution both arms train on), PMIDs kept out of every training input.",
+        "",
+        "### Reading",
+        "",
+        *reading(diffs, powered),
+        "",
+        "## Task families (three disjoint sets)",
+        "",
+        *manifest_lines(corpus.get("manifest", {})),
+        "",
+        f"Evaluation items per family: {corpus.get('eval_items', {})}; dropped for sharing a 13-gram with a training "
+        f"input: {corpus.get('eval_dropped_13gram', {})}. Suite: `{paths.eval_suite}` (score any exported model "
+        f"with `python -m megatron_ipt.eval.suite --model DIR --suite {paths.eval_suite}`).",
         "",
         "## Synthesizer (stage 3)",
         "",
         f"Tuned from `{tune.get('start_model', 'n/a')}` on {corpus.get('mined_examples', 'n/a')} context-based "
-        f"tasks mined from structured PubMed abstracts ({corpus.get('mined_pairs', 'n/a')} pairs), "
-        f"{tune.get('steps', 'n/a')} steps x {size.nproc} ranks x {size.tune_seq_len} tokens, ZeRO-3, loss on the pairs only.",
+        f"examples mined from structured PubMed abstracts ({corpus.get('mined_pairs', 'n/a')} pairs, "
+        f"{len(corpus.get('manifest', {}).get('a_tuning', {}))} families with varied phrasings), "
+        f"{tune.get('steps', 'n/a')} steps x {size.nproc} ranks x {size.tune_seq_len} tokens, loss on the pairs only.",
         "",
         "| | held-out pair loss ↓ |",
         "|---|---|",
@@ -149,13 +276,15 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         "",
         "## Synthesis (stage 4)",
         "",
-        f"{len(counts)} unstructured abstracts converted in {size.rounds} rounds (M-shot); "
-        f"{sum(counts)} pairs, {_num(sum(counts) / max(len(counts), 1), 2)} per text; "
-        f"{hist.get(0, 0)} texts got no pair."
-        + (" **The synthesizer wrote no well-formed pair**: this size tunes it for too few steps to learn "
-           "the output format (its held-out pair loss still fell, see above); the instruct arm's corpus "
-           "is then the raw texts plus the mined instructions. Larger sizes (or `--set tune_seconds=...`) "
-           "tune it longer." if counts and not sum(counts) else ""),
+        f"{div['texts']} unstructured abstracts the synthesizer never saw, {size.rounds} rounds (M-shot): "
+        f"**{div['pairs_per_text']:.2f} pairs per text**, {div['distinct_families']} distinct instruction families, "
+        f"**{div['copied_share']:.0%} of pairs copy a tuning template verbatim**, the most used template "
+        f"({div['top_template'] or 'none'!r}) is {div['top_template_share']:.0%} of pairs. "
+        + ("Goal (>= 2 pairs per text, no template above 30%) met." if goal_met else
+           "**Goal (>= 2 pairs per text, no template above 30%) not met** by the 135M synthesizer within this "
+           "size's tuning budget; the numbers above are what it produced."),
+        "",
+        f"Families seen: {div['families']}",
         "",
         "```json",
         json.dumps(synth.get("synthesis_stats", {}), indent=1)[:2500],
@@ -164,24 +293,28 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         f"![pairs per text]({hist_png.relative_to(paths.out)})",
         "",
         "The `domain` recipe templated every synthesized text and mixed it 1:1 by tokens with general "
-        "instructions. **No general-instruction set ships offline, so the tasks mined from structured "
-        "abstracts stand in for it** (the paper uses OpenOrca).",
+        f"instructions: {corpus.get('general_instructions', 'n/a')} records mined offline from Python's standard "
+        "library docstrings (no general-instruction set ships inside an installable package; the paper uses "
+        "OpenOrca). Counted skips of the recipe: "
+        + (json.dumps({k: c.get("counts", {}) for k, c in mixture.get("components", {}).items()}) or "none") + ".",
         "",
         "## Continual pre-training (stage 5)",
         "",
-        f"Both runs start from the same model and see the same budget: {train.get('steps', 'n/a')} steps x "
+        f"Every run starts from the same model with the same budget: {train.get('steps', 'n/a')} steps x "
         f"{size.micro_batch * size.nproc} sequences x {size.seq_len} tokens = {train.get('tokens_per_run', 'n/a')} "
-        "tokens (ZeRO-3, 2 processes, packed documents with document-aware attention).",
+        f"tokens; tokens per arm (all seeds, asserted equal): {tokens}.",
+        "",
+        *tokens_per_source(train.get("tokens_per_source", {})),
         "",
         "| run | steps logged | final loss | median tokens/s (all ranks) |",
         "|---|---|---|---|",
-        *[throughput_row(arm, read_metrics(Path(runs[arm]["metrics"]))) for arm in ARMS if arm in runs],
+        *[throughput_row(name, read_metrics(Path(r["metrics"]))) for name, r in runs.items()],
         "",
         f"![training loss]({loss_png.relative_to(paths.out)})",
         "",
-        "The two losses are over different data (instruction-augmented vs raw text) and are not directly comparable.",
+        "The arms' losses are over different data (instruction-augmented vs raw text) and are not directly comparable.",
         "",
-        "TensorBoard logs: " + ", ".join(f"`{runs[a]['tensorboard']}`" for a in ARMS if a in runs)
+        "TensorBoard logs: " + ", ".join(f"`{r['tensorboard']}`" for r in runs.values())
         + (f", `{tune['run_dir']}/tensorboard`" if tune.get("run_dir") else "")
         + f" — view with `.venv/bin/tensorboard --logdir {paths.out}`.",
         "",

@@ -47,7 +47,7 @@ def run_demo(size: DemoSize, out: Path, min_free_gb: float | None = None) -> Pat
     data = {"vanilla": synth["raw_prefix"], "instruct": pipeline.blend_of(synth["instruct_blend"])}
     train = runner.run(5, "pretrain", "continual pre-training: vanilla and instruct, same token budget",
                        lambda: pipeline.continual_pretrain(size, paths, start, data))
-    models = {"start": start, **{arm: r["model"] for arm, r in train["runs"].items()}}
+    models = {"start": start, **{name: r["model"] for name, r in train["runs"].items()}}
     runner.run(6, "evaluate", "evaluate start vs vanilla vs instruct",
                lambda: pipeline.evaluate_models(size, paths, models))
     stages = runner.results()

@@ -1,6 +1,6 @@
 """Demo sizes: every stage gets an explicit time budget, turned into token/step budgets.
 
-Calibration (``/work/shared/notes/offline-material.md``, 2 CPU cores, other load present):
+Calibration (the project's notes on offline material, 2 CPU cores, other load present):
 SmolLM2-135M trains at ~165-230 tokens/s with bf16 autocast and scores at ~450-675 tokens/s.
 The budgets below use the low-middle of those ranges so that ``small`` stays within 20 minutes.
 """
@@ -17,6 +17,12 @@ from dataclasses import asdict, dataclass, fields, replace
 TRAIN_TOKENS_PER_S = 115.0
 EVAL_TOKENS_PER_S = 550.0
 TOKENS_PER_ABSTRACT = 390  # PubMed abstracts with SmolLM2's tokenizer (77,609 tokens / 200)
+LMEVAL_REQUESTS_PER_S = 16.0  # lm-eval log-likelihood requests/s of SmolLM2-135M here (notes: evaluation-offline)
+# Fixed costs per step of a run, measured on the small demo (start-up, export, loading): seconds.
+TRAIN_RUN_OVERHEAD_S = 50.0
+EVAL_MODEL_OVERHEAD_S = 15.0
+SYNTH_SECONDS_PER_TEXT_TOKEN = 150.0 / (24 * 128)  # the small demo: 24 texts x 128 new tokens in ~150 s
+CHOICES_PER_ITEM = 4.5  # the suite's two families: 5 and 4 options
 
 
 @dataclass(frozen=True)
@@ -25,9 +31,10 @@ class DemoSize:
     tiny_model: bool  # a tiny random Llama with SmolLM2's tokenizer instead of SmolLM2-135M
     records: int  # PubMed records read (both shipped files stream until this many)
     heldout_fraction: float  # share of records (by PMID hash) kept out of every training set
-    eval_texts: int  # held-out abstracts scored for perplexity
-    eval_tasks: int  # held-out context-based tasks scored (answer loss, EM/F1, option accuracy)
-    eval_max_new_tokens: int
+    eval_texts: int  # held-out unstructured abstracts scored for perplexity
+    eval_items: int  # lm-eval items per evaluation family (log-likelihood multiple choice)
+    seeds: int  # continual pre-training runs per arm (data order differs; same tokens)
+    general_instructions: int  # general (non-biomedical) instruction records offered to the domain recipe
     tune_examples: int  # mined examples turned into synthesizer tuning data
     tune_seconds: float  # time budget of synthesizer tuning (training only)
     tune_seq_len: int
@@ -61,6 +68,19 @@ class DemoSize:
     def pretrain_tokens(self) -> int:
         return self.pretrain_steps * self.seq_len * self.micro_batch * self.nproc
 
+    def estimate_seconds(self) -> dict[str, float]:
+        """Wall time of each stage on this machine, from the calibrated throughputs (tiny: not meaningful)."""
+        models = 1 + 2 * self.seeds
+        per_model = (self.eval_texts * TOKENS_PER_ABSTRACT / EVAL_TOKENS_PER_S
+                     + 2 * self.eval_items * CHOICES_PER_ITEM / LMEVAL_REQUESTS_PER_S + EVAL_MODEL_OVERHEAD_S)
+        return {
+            "corpus": 40.0,
+            "synthesizer": self.tune_seconds + 60.0,
+            "synthesis": self.synth_texts * self.synth_max_new_tokens * SYNTH_SECONDS_PER_TEXT_TOKEN,
+            "pretrain": 2 * self.seeds * (self.pretrain_seconds + TRAIN_RUN_OVERHEAD_S),
+            "evaluate": models * per_model,
+        }
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(tune_steps=self.tune_steps, pretrain_steps=self.pretrain_steps,
@@ -69,30 +89,31 @@ class DemoSize:
 
 
 SIZES: dict[str, DemoSize] = {
-    # The smoke test's size: a tiny random model, a handful of steps, the same stages and code path.
+    # The smoke test's size: a tiny random model, a handful of steps, the same stages and code path
+    # (two seeds per arm, so the intervals and the arm difference are computed as in larger sizes).
     "tiny": DemoSize(
-        name="tiny", tiny_model=True, records=400, heldout_fraction=0.1, eval_texts=4, eval_tasks=4,
-        eval_max_new_tokens=8, tune_examples=60, tune_seconds=0, tune_seq_len=512, tune_lr=1e-3,
+        name="tiny", tiny_model=True, records=400, heldout_fraction=0.25, eval_texts=4, eval_items=8, seeds=2,
+        general_instructions=200, tune_examples=60, tune_seconds=0, tune_seq_len=512, tune_lr=1e-3,
         synth_texts=4, rounds=2, synth_max_new_tokens=16, synth_max_model_len=512,
         pretrain_seconds=0, seq_len=128, micro_batch=2, pretrain_lr=1e-3, min_steps=6,
     ),
-    # The default: ~20 minutes on 2 CPU cores. Budgets (s): tuning 285 = 16 steps of 2 x 1,024 tokens
-    # at lr 3e-4 (fewer steps or lr 1e-4 left SmolLM2 unable to write the <QUE>/<ANS> format), plus
-    # ~60 start-up, export, two pair-loss measurements; synthesis ~150 (24 texts x 128 new tokens);
-    # each pre-training run 170 = 9 steps of 4 x 512 tokens (+ ~50 start-up/export); evaluation ~270
-    # for 3 models (12 abstracts, 16 tasks; scoring ran at ~160 tokens/s).
+    # The default, <= 20 minutes on 2 CPU cores by estimate_seconds(): tuning 285 s = 16 steps of
+    # 2 x 1,024 tokens at lr 3e-4 (fewer steps or lr 1e-4 left SmolLM2 unable to write the <QUE>/<ANS>
+    # format); synthesis of 12 texts; 2 seeds per arm of 60 s each; 40 items per family and 30
+    # abstracts for 5 models. Same design as medium, NOT powered: the report says so.
     "small": DemoSize(
-        name="small", tiny_model=False, records=3000, heldout_fraction=0.05, eval_texts=12, eval_tasks=16,
-        eval_max_new_tokens=24, tune_examples=240, tune_seconds=285, tune_seq_len=1024, tune_lr=3e-4,
-        synth_texts=24, rounds=2, synth_max_new_tokens=128, synth_max_model_len=2048,
-        pretrain_seconds=170, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
+        name="small", tiny_model=False, records=3000, heldout_fraction=0.15, eval_texts=30, eval_items=40, seeds=2,
+        general_instructions=3000, tune_examples=240, tune_seconds=285, tune_seq_len=1024, tune_lr=3e-4,
+        synth_texts=12, rounds=2, synth_max_new_tokens=128, synth_max_model_len=2048,
+        pretrain_seconds=60, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
     ),
-    # Several times the work of small (~1.5 hours here; minutes on a GPU).
+    # The powered size, <= 90 minutes here by estimate_seconds() (minutes on a GPU): 3 seeds per arm,
+    # 300 items per family, 200 held-out abstracts.
     "medium": DemoSize(
-        name="medium", tiny_model=False, records=12000, heldout_fraction=0.05, eval_texts=100,
-        eval_tasks=120, eval_max_new_tokens=32, tune_examples=1000, tune_seconds=1200, tune_seq_len=1024,
-        tune_lr=1e-4, synth_texts=160, rounds=3, synth_max_new_tokens=200, synth_max_model_len=2048,
-        pretrain_seconds=1200, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
+        name="medium", tiny_model=False, records=12000, heldout_fraction=0.15, eval_texts=200, eval_items=300,
+        seeds=3, general_instructions=6000, tune_examples=1000, tune_seconds=600, tune_seq_len=1024, tune_lr=3e-4,
+        synth_texts=64, rounds=3, synth_max_new_tokens=160, synth_max_model_len=2048,
+        pretrain_seconds=250, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
     ),
 }
 

@@ -232,7 +232,7 @@ def sequence_losses(
 
 def heldout_perplexity(
     model, tokenizer, texts: Sequence[str], max_length: int = 1024, batch_size: int = 4, bf16: bool = True
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Token-weighted held-out loss and perplexity over ``texts`` (each truncated to ``max_length``)."""
     prefix = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     seqs = [(prefix + ids)[:max_length] for ids in tokenizer.encode_batch(list(texts))]
@@ -240,7 +240,9 @@ def heldout_perplexity(
     total = sum(loss for loss, _ in scored)
     tokens = sum(n for _, n in scored)
     mean = total / max(tokens, 1)
-    return {"loss": mean, "perplexity": math.exp(mean), "tokens": tokens, "texts": len(seqs)}
+    # Per-text sums and counts: enough to bootstrap the token-weighted perplexity over texts.
+    return {"loss": mean, "perplexity": math.exp(mean), "tokens": tokens, "texts": len(seqs),
+            "text_losses": [loss for loss, _ in scored], "text_tokens": [n for _, n in scored]}
 
 
 def _prompt_ids(tokenizer, task: EvalTask, room: int) -> list[int]:

@@ -19,6 +19,7 @@ import hashlib
 import importlib.metadata
 import json
 import random
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,7 @@ from megatron_ipt.data.readers import InputFile, iter_records, open_binary
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress as progress_of
-from megatron_ipt.synth.format import Pair, chain_of_thought, multiple_choice
+from megatron_ipt.synth.format import COT_TRIGGER, OPTIONS_HEADER, Pair, chain_of_thought, multiple_choice
 from megatron_ipt.tuning.example import Example
 
 log = get_logger(__name__)
@@ -276,7 +277,8 @@ def _rng(seed: int, pmid: str) -> random.Random:
 
 
 def _mesh_pair(
-    rec: PubmedRecord, context: str, pool: list[str], rng: random.Random, n_options: int, cot_share: float
+    rec: PubmedRecord, context: str, pool: list[str], rng: random.Random, n_options: int, cot_share: float,
+    question: str = MESH_QUESTION,
 ) -> Pair | None:
     """A multiple-choice question over MeSH terms; a chain-of-thought variant when the abstract names the answer."""
     own = set(rec.mesh_terms)
@@ -287,7 +289,7 @@ def _mesh_pair(
     answer = rng.choice(candidates)
     options = [answer] + rng.sample(distractors, n_options - 1)
     rng.shuffle(options)
-    question = multiple_choice(MESH_QUESTION, options)
+    question = multiple_choice(question, options)
     if answer.lower() in context.lower() and rng.random() < cot_share:
         others = ", ".join(o for o in options if o != answer)
         rationale = f"The abstract discusses {answer}, while it does not deal with {others}."
@@ -296,9 +298,14 @@ def _mesh_pair(
 
 
 def mine_record(
-    rec: PubmedRecord, mesh_pool: list[str], seed: int = 0, n_options: int = 4, cot_share: float = 0.5
+    rec: PubmedRecord, mesh_pool: list[str], seed: int = 0, n_options: int = 4, cot_share: float = 0.5,
+    diverse: bool = False, others: dict[str, list[str]] | None = None,
 ) -> Example | None:
-    """One tuning example for a record, or None when nothing can be asked about it."""
+    """One tuning example for a record, or None when nothing can be asked about it.
+
+    ``diverse`` varies each question's phrasing and adds the families beyond the original four
+    (``TUNING_PHRASINGS``); ``others`` gives their distractors (``{"titles": [...], "journals": [...]}``).
+    """
     rng = _rng(seed, rec.pmid)
     pairs: list[Pair] = []
     by_cat: dict[str, list[Section]] = {}
@@ -312,17 +319,20 @@ def mine_record(
         if not context_sections:
             return None
         context = sections_text(context_sections)
-        pairs.append(Pair(SECTION_QUESTIONS[held], " ".join(s.text for s in by_cat[held])))
+        question = rng.choice(SECTION_PHRASINGS[held]) if diverse else SECTION_QUESTIONS[held]
+        pairs.append(Pair(question, " ".join(s.text for s in by_cat[held])))
     else:
         dataset = UNSTRUCTURED_DATASET
         context = rec.abstract
     if rec.title:
-        pairs.append(Pair(TITLE_QUESTION, rec.title))
+        pairs.append(Pair(_phrase("title", rng, diverse), rec.title))
     if rec.keywords:
-        pairs.append(Pair(KEYWORDS_QUESTION, ", ".join(rec.keywords)))
-    mesh = _mesh_pair(rec, context, mesh_pool, rng, n_options, cot_share)
+        pairs.append(Pair(_phrase("keywords", rng, diverse), ", ".join(rec.keywords)))
+    mesh = _mesh_pair(rec, context, mesh_pool, rng, n_options, cot_share, _phrase("mesh_choice", rng, diverse))
     if mesh is not None:
         pairs.append(mesh)
+    if diverse:
+        pairs += _extra_pairs(rec, context, mesh_pool, rng, n_options, others or {}, cot_share)
     if not pairs or not context:
         return None
     rng.shuffle(pairs)
@@ -356,3 +366,123 @@ def mine_pubmed(
         n += 1
         if limit is not None and n >= limit:
             return
+
+
+# ------------------------------------------------------------------------------ diverse mining
+# The synthesizer's tuning families (set (a) of the demo's design). Each family has several
+# phrasings; ``mine_record(..., diverse=True)`` draws one per pair and adds the families below the
+# first four, with free-form, multiple-choice and chain-of-thought answers. The first phrasing of
+# each of the original families is the wording ``diverse=False`` uses.
+SECTION_PHRASINGS = {
+    "CONCLUSIONS": (SECTION_QUESTIONS["CONCLUSIONS"], "What do the authors conclude?",
+                    "State the conclusion this study reached.", "What is the take-home message of this work?"),
+    "RESULTS": (SECTION_QUESTIONS["RESULTS"], "What did the study find?", "Summarize the findings.",
+                "Which results were reported?"),
+    "METHODS": (SECTION_QUESTIONS["METHODS"], "How was the study carried out?", "Describe the study design.",
+                "What approach did the investigators take?"),
+    "OBJECTIVE": (SECTION_QUESTIONS["OBJECTIVE"], "What was the aim of this research?",
+                  "What question did the authors set out to answer?", "Why was this study done?"),
+}
+TUNING_PHRASINGS: dict[str, tuple[str, ...]] = {
+    **{f"section_{cat.lower()}": p for cat, p in SECTION_PHRASINGS.items()},
+    "title": (TITLE_QUESTION, "Write a title for this text.", "Give this abstract a headline.",
+              "What would be a good title for this paper?"),
+    "keywords": (KEYWORDS_QUESTION, "Which key terms capture this text?", "Give some keywords for this paper.",
+                 "Tag this abstract with keywords."),
+    "mesh_choice": (MESH_QUESTION, "Pick the MeSH heading that applies to this paper.",
+                    "Which of these subject headings fits the article?"),
+    "title_choice": ("Which title belongs to this abstract?", "Choose the paper's actual title.",
+                     "Which of the following is the title of this article?"),
+    "journal_choice": ("In which journal did this article appear?", "Which journal published this paper?",
+                       "Where was this study published?"),
+    "topic": ("What is the main topic of this abstract?", "What is this paper mainly about?",
+              "Name the central subject of the text."),
+    "mentions": ("Does the text mention {term}?", "Is {term} discussed in this abstract?",
+                 "Does this paper deal with {term}?"),
+    "abbreviation": ("What does {abbr} stand for here?", "Expand the abbreviation {abbr} as used in the text.",
+                     "In this abstract, what is {abbr} short for?"),
+    "count": ("How many {noun} were included?", "What was the number of {noun}?", "How many {noun} took part?"),
+}
+_ABBR = re.compile(r"\(([A-Z][A-Za-z0-9-]{1,9}s?)\)")
+_COUNT = re.compile(r"\b(\d{2,6}) (patients|participants|subjects|children|women|men|adults|mice|rats|cases)\b")
+
+
+def tuning_families() -> dict[str, dict]:
+    """Family name -> its phrasings and answer styles (the demo's manifest, set (a))."""
+    styles = {"mesh_choice": "multiple choice (some with chain of thought)", "title_choice": "multiple choice",
+              "journal_choice": "multiple choice", "mentions": "yes/no, free-form or chain of thought"}
+    return {name: {"wordings": list(p), "answer_format": styles.get(name, "free-form"),
+                   "source": "structured training-side PubMed records"} for name, p in TUNING_PHRASINGS.items()}
+
+
+def _phrase(family: str, rng: random.Random, diverse: bool, **fmt: str) -> str:
+    options = TUNING_PHRASINGS[family]
+    return (rng.choice(options) if diverse else options[0]).format(**fmt)
+
+
+def _abbreviation(text: str) -> tuple[str, str] | None:
+    """(abbreviation, long form) from the first ``long form (ABBR)`` whose initials match."""
+    for m in _ABBR.finditer(text):
+        abbr = m.group(1).rstrip("s")
+        letters = [c for c in abbr if c.isalpha() and c.isupper()]
+        words = text[: m.start()].split()[-len(letters) - 2:]
+        for k in range(len(letters), len(letters) + 3):
+            span = words[-k:] if k <= len(words) else []
+            if span and "".join(w[0].upper() for w in span if w[0].isalpha())[: len(letters)] == "".join(letters) \
+                    and span[0][0].upper() == letters[0]:
+                return abbr, " ".join(span).strip(",;:")
+    return None
+
+
+def _extra_pairs(rec: PubmedRecord, context: str, pool: list[str], rng: random.Random, n_options: int,
+                 others: dict[str, list[str]], cot_share: float) -> list[Pair]:
+    """The families beyond the original four (``diverse=True``)."""
+    pairs: list[Pair] = []
+    titles = [t for t in others.get("titles", []) if t != rec.title]
+    if rec.title and len(titles) >= n_options - 1:
+        opts = [rec.title, *rng.sample(titles, n_options - 1)]
+        rng.shuffle(opts)
+        pairs.append(Pair(multiple_choice(_phrase("title_choice", rng, True), opts), rec.title))
+    journals = sorted({j for j in others.get("journals", []) if j and j != rec.journal})
+    if rec.journal and len(journals) >= n_options - 1:
+        opts = [rec.journal, *rng.sample(journals, n_options - 1)]
+        rng.shuffle(opts)
+        pairs.append(Pair(multiple_choice(_phrase("journal_choice", rng, True), opts), rec.journal))
+    if rec.major_mesh_terms:
+        pairs.append(Pair(_phrase("topic", rng, True), ", ".join(rec.major_mesh_terms[:3])))
+    present = [m for m in rec.mesh_terms if len(m) > 3 and m.lower() in context.lower()]
+    absent = [m for m in pool if m not in rec.mesh_terms and m.lower() not in context.lower()]
+    if present and absent:
+        yes = rng.random() < 0.5
+        term = rng.choice(present if yes else absent)
+        question = _phrase("mentions", rng, True, term=term)
+        answer = "Yes" if yes else "No"
+        if rng.random() < cot_share:
+            why = (f"The text refers to {term}." if yes else f"The text does not refer to {term} anywhere.")
+            pairs.append(Pair(*chain_of_thought(question, why, answer)))
+        else:
+            pairs.append(Pair(question, answer))
+    abbr = _abbreviation(context)
+    if abbr is not None:
+        pairs.append(Pair(_phrase("abbreviation", rng, True, abbr=abbr[0]), abbr[1]))
+    count = _COUNT.search(context)
+    if count is not None:
+        pairs.append(Pair(_phrase("count", rng, True, noun=count.group(2)), count.group(1)))
+    return pairs
+
+
+def tuning_template_of(instruction: str) -> tuple[str, str] | None:
+    """``(family, phrasing)`` when an instruction copies a tuning phrasing verbatim (options and a
+    chain-of-thought trigger aside; ``{slot}`` phrasings match with any filler), else None."""
+    head = instruction.split(OPTIONS_HEADER, 1)[0].removesuffix(COT_TRIGGER).strip()
+    for family, phrasings in TUNING_PHRASINGS.items():
+        for p in phrasings:
+            if "{" not in p:
+                if head == p:
+                    return family, p
+            else:
+                before, _, rest = p.partition("{")
+                after = rest.partition("}")[2]
+                if head.startswith(before) and head.endswith(after) and len(head) > len(before) + len(after):
+                    return family, p
+    return None

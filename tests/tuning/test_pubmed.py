@@ -19,6 +19,7 @@ from megatron_ipt.tuning.pubmed import (
     is_held_out,
     iter_pubmed_records,
     load_pubmed_records,
+    mesh_term_pool,
     mine_pubmed,
     mine_record,
     shipped_pubmed_files,
@@ -194,3 +195,43 @@ def test_miner_is_deterministic_and_order_free(xml: Path) -> None:
     unstructured = a[1]
     assert unstructured.context == "Dogs sleep fourteen hours a day."
     assert [e.source for e in mine_pubmed(recs, structured_only=True)] == ["pmid:101"]
+
+
+def test_diverse_miner_varies_phrasings_and_adds_families() -> None:
+    """On real shipped records: many families, several phrasings each, every pair traceable to its
+    family, answer styles free-form, multiple choice and chain of thought."""
+    from collections import Counter
+
+    from megatron_ipt.tuning.pubmed import TUNING_PHRASINGS, tuning_template_of
+
+    recs = list(iter_pubmed_records([shipped_pubmed_files()[1]], limit=600))
+    pool = mesh_term_pool(recs)
+    others = {"titles": [r.title for r in recs], "journals": [r.journal for r in recs]}
+    families: Counter = Counter()
+    phrasings: dict[str, set[str]] = {}
+    styles: Counter = Counter()
+    n_examples = n_pairs = 0
+    for rec in recs:
+        if not rec.structured:
+            continue
+        ex = mine_record(rec, pool, seed=0, diverse=True, others=others)
+        if ex is None:
+            continue
+        n_examples += 1
+        for p in ex.pairs:
+            n_pairs += 1
+            match = tuning_template_of(p.instruction)
+            assert match is not None, p.instruction
+            families[match[0]] += 1
+            phrasings.setdefault(match[0], set()).add(match[1])
+            styles["cot" if p.instruction.endswith(COT_TRIGGER) else "mc" if OPTIONS_HEADER in p.instruction
+                   else "free"] += 1
+            assert p.response.strip()
+    assert n_pairs / n_examples >= 4
+    assert len(families) >= 10 and set(families) <= set(TUNING_PHRASINGS)
+    assert sum(len(v) >= 2 for v in phrasings.values()) >= 8
+    assert styles["free"] and styles["mc"] and styles["cot"]
+    # The plain miner still asks the original four questions in their original wording.
+    plain = mine_record(next(r for r in recs if r.structured), pool, seed=0)
+    assert plain is not None and all(tuning_template_of(p.instruction)[1] in (
+        *SECTION_QUESTIONS.values(), TITLE_QUESTION, KEYWORDS_QUESTION, MESH_QUESTION) for p in plain.pairs)

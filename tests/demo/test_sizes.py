@@ -1,0 +1,21 @@
+"""Demo sizes: budgets by estimate, the powered medium design, equal tokens between arms."""
+
+from __future__ import annotations
+
+from megatron_ipt.demo.pipeline import run_names
+from megatron_ipt.demo.sizes import SIZES
+
+
+def test_budgets_fit_the_issue():
+    small, medium = SIZES["small"], SIZES["medium"]
+    assert sum(small.estimate_seconds().values()) <= 20 * 60
+    assert sum(medium.estimate_seconds().values()) <= 90 * 60
+
+
+def test_medium_is_powered_and_small_keeps_the_design():
+    medium, small = SIZES["medium"], SIZES["small"]
+    assert medium.seeds >= 3 and medium.eval_items >= 300 and medium.eval_texts >= 200
+    assert 2 <= small.seeds < medium.seeds and small.eval_items < medium.eval_items
+    names = run_names(medium)
+    assert names == {"vanilla": ["vanilla_s0", "vanilla_s1", "vanilla_s2"],
+                     "instruct": ["instruct_s0", "instruct_s1", "instruct_s2"]}
