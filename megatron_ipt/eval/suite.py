@@ -13,15 +13,16 @@ exports loads in lm-eval's ``hf`` model as it is, on CPU or GPU::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+from megatron_ipt.config import ConfigError, run_cli
 from megatron_ipt.io import atomic_path, atomic_write_json, atomic_write_text
 from megatron_ipt.log import get_logger, setup_logging
 
@@ -128,36 +129,41 @@ def score_suite(model_dir: str | Path, suite_dir: str | Path, *, device: str = "
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m megatron_ipt.eval.suite",
-        description="Score an HF model directory on a local multiple-choice suite with lm-evaluation-harness "
-        "(log-likelihood; acc and acc_norm per task, plus per-item scores).")
-    parser.add_argument("--model", required=True, help="HF model directory (config, safetensors, tokenizer)")
-    parser.add_argument("--suite", required=True, help="folder of task YAMLs and their JSONL items")
-    parser.add_argument("--out", help="write the scores as JSON here (else print the aggregates)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=8, help="log-likelihood requests per forward pass")
-    parser.add_argument("--dtype", default="float32", help="model dtype for lm-eval's hf model (default float32)")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
-    args = parser.parse_args(argv)
+@dataclass
+class SuiteArgs:
+    model: str = ""  # HF model directory (config, safetensors, tokenizer)
+    suite: str = ""  # folder of task YAMLs and their JSONL items (megatron_ipt.eval.suite.write_suite)
+    output: str | None = None  # write the scores as JSON here (else print the aggregates)
+    device: str | None = None  # cpu or cuda (null: cuda when available)
+    batch_size: int = 8  # log-likelihood requests per forward pass
+    dtype: Literal["float32", "bfloat16"] = "float32"  # model dtype of lm-eval's hf model
+    limit: int | None = None  # score only the first N items of each task
+
+    ALIASES: ClassVar[dict[str, str]] = {"out": "output"}
+
+    def validate(self) -> None:
+        if not self.model or not self.suite:
+            raise ConfigError("--model and --suite are required")
+
+
+def run(args: SuiteArgs) -> int:
     setup_logging()
     device = args.device
     if device is None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        scores = score_suite(args.model, args.suite, device=device, batch_size=args.batch_size, dtype=args.dtype,
-                             limit=args.limit)
-    except SuiteError as err:
-        print(f"suite: error: {err}", file=sys.stderr)
-        return 2
-    if args.out:
-        atomic_write_json(args.out, scores)
+    scores = score_suite(args.model, args.suite, device=device, batch_size=args.batch_size, dtype=args.dtype,
+                         limit=args.limit)
+    if args.output:
+        atomic_write_json(args.output, scores)
     else:
         print(json.dumps({k: {m: v[m] for m in ("n", "acc", "acc_norm")} for k, v in scores["tasks"].items()}, indent=2))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(SuiteArgs, argv, run, __doc__, errors=(SuiteError,))
 
 
 if __name__ == "__main__":
