@@ -204,6 +204,7 @@ TOOLS = {  # module -> its settings class: every command line of the project, in
     "data_tools.synthesize": "SynthesizeConfig",
     "data_tools.build_corpora": "CorporaConfig",
     "megatron_ipt.eval.heldout": "EvaluateArgs",
+    "megatron_ipt.eval.suite": "SuiteArgs",
     "megatron_ipt.train.export": "ExportArgs",
     "megatron_ipt.demo.__main__": "DemoArgs",
     "megatron_ipt.train.__main__": "TrainConfig",
