@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import glob
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path; on success fsync and rename it onto ``path``, else remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
     tmp = tmp_name(path)
     try:
         yield tmp
@@ -50,6 +52,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def remove_stale_tmp(path: str | Path) -> int:
+    """Remove the temporaries of ``path`` that killed writers left (a live writer's are kept); returns how
+    many. :func:`atomic_path` calls it, so a rerun after a kill leaves no litter beside its output."""
+    path = Path(path)
+    n = 0
+    for p in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = p.name.rsplit(".tmp-", 1)[1]
+        if not pid.isdigit() or not p.is_file() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue  # not one of tmp_name's files, or a live writer's work in progress
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n
 
 
 def clean_stale_tmp(folder: str | Path) -> int:

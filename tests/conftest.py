@@ -54,3 +54,134 @@ def save_tiny_llama(mistral_tokenizer):
         return out
 
     return save
+
+
+# -- fault injection: SIGKILL at the N-th commit point of a real command -------------------------
+
+# Runs ``python -m MODULE ARGS`` with every fsync/rename/replace counted; the process SIGKILLs itself
+# just before the AT-th one (0: never) and, when it exits normally, writes how many it passed. Those
+# calls are the moments a writer commits data, so killing there hits every half-written state.
+_KILL_AT_POINT = """
+import os, runpy, signal, sys
+at, count_file, module, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+seen = 0
+def _point(fn):
+    def wrapped(*args, **kwargs):
+        global seen
+        seen += 1
+        if seen == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return fn(*args, **kwargs)
+    return wrapped
+os.fsync, os.rename, os.replace = _point(os.fsync), _point(os.rename), _point(os.replace)
+sys.argv = [module, *argv]
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+finally:
+    with open(count_file, "w") as fh:
+        fh.write(str(seen))
+"""
+
+
+class FaultInjector:
+    """``run(module, args, at)`` -> (exit status, commit points passed); kills counted per stage."""
+
+    def __init__(self, tmp: Path, stage: str, record: list) -> None:
+        self.tmp, self.stage, self.kills, self._record = tmp, stage, 0, record
+        self.script = tmp / "kill_at_point.py"
+        self.script.write_text(_KILL_AT_POINT)
+
+    def run(self, module: str, args: list[str], at: int = 0, timeout: float = 300) -> tuple[int, int]:
+        import signal
+        import subprocess
+        import sys
+
+        count = self.tmp / "points"
+        count.unlink(missing_ok=True)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+        proc = subprocess.Popen([sys.executable, str(self.script), str(at), str(count), module, *map(str, args)],
+                                cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        finally:
+            try:  # the command's own children (tokenizing workers) go with it
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.returncode == -signal.SIGKILL:
+            self.kills += 1
+            return proc.returncode, at - 1
+        assert proc.returncode == 0, f"{module} exited {proc.returncode}:\n{err[-3000:]}"
+        return 0, int(count.read_text())
+
+    def count_points(self, fn, *args, **kwargs) -> int:
+        """Run ``fn`` in this process (the uninterrupted reference) and count its commit points."""
+        seen = 0
+        originals = {name: getattr(os, name) for name in ("fsync", "rename", "replace")}
+
+        def counted(orig):
+            def wrapped(*a, **k):
+                nonlocal seen
+                seen += 1
+                return orig(*a, **k)
+            return wrapped
+
+        try:
+            for name, orig in originals.items():
+                setattr(os, name, counted(orig))
+            fn(*args, **kwargs)
+        finally:
+            for name, orig in originals.items():
+                setattr(os, name, orig)
+        return seen
+
+    def killed(self, n: int = 1) -> None:
+        """Count kills made outside :meth:`run` (a whole training job)."""
+        self.kills += n
+
+    def done(self) -> None:
+        self._record.append((self.stage, self.kills))
+        print(f"fault injection: {self.stage}: {self.kills} SIGKILLs, every rerun matched the uninterrupted run")
+
+
+_FAULT_KILLS: list[tuple[str, int]] = []
+
+
+@pytest.fixture
+def fault_injector(tmp_path):
+    """``fault_injector(stage) -> FaultInjector``; its kills are reported at the end of the session."""
+    made: list[FaultInjector] = []
+
+    def make(stage: str) -> FaultInjector:
+        (tmp_path / "faults").mkdir(exist_ok=True)
+        made.append(FaultInjector(tmp_path / "faults", stage, _FAULT_KILLS))
+        return made[-1]
+
+    return make
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _FAULT_KILLS:
+        total = sum(n for _, n in _FAULT_KILLS)
+        parts = ", ".join(f"{stage} {n}" for stage, n in _FAULT_KILLS)
+        terminalreporter.write_line(f"fault injection: {total} SIGKILLs ({parts}); every rerun matched")
+
+
+def tree_bytes(root: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Every file under ``root`` by relative path (names in ``skip`` left out): for byte-for-byte comparison."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*"))
+            if p.is_file() and p.name not in skip}
+
+
+@pytest.fixture
+def same_tree():
+    """``same_tree(a, b, skip=())``: assert two output trees hold the same files with the same bytes."""
+
+    def check(a: Path, b: Path, skip: tuple[str, ...] = ()) -> None:
+        ta, tb = tree_bytes(a, skip), tree_bytes(b, skip)
+        assert sorted(ta) == sorted(tb)
+        diff = [k for k in ta if ta[k] != tb[k]]
+        assert not diff, f"files differ after the kills: {diff}"
+
+    return check

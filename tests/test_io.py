@@ -97,6 +97,17 @@ def test_recover_dir_keeps_a_live_writers_temporary(tmp_path) -> None:
     assert live.exists() and not dead.exists()
 
 
+def test_atomic_path_removes_what_killed_writers_left(tmp_path) -> None:
+    out = tmp_path / "shard.jsonl"
+    dead = tmp_path / ".shard.jsonl.tmp-999999999"  # no such process
+    live = tmp_path / f".shard.jsonl.tmp-{os.getppid()}"  # a live writer's work in progress
+    other = tmp_path / ".other.jsonl.tmp-999999999"  # another output's: not ours to judge
+    for p in (dead, live, other):
+        p.write_text("half")
+    io.atomic_write_text(out, "whole\n")
+    assert out.read_text() == "whole\n" and not dead.exists() and live.exists() and other.exists()
+
+
 SWAPPER = textwrap.dedent("""
     import sys
     from pathlib import Path

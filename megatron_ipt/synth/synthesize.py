@@ -279,12 +279,14 @@ def synthesize_shard(engine: Engine, cfg: SynthesizeConfig, path: Path, out_dir:
 
     entries = run_rounds(engine, texts, cfg.rounds_config(), cfg.batch_texts, done, checkpoint)
     bar.close()
+    summary = summarize(entries, input_stats, time.time() - t0) | {"input_file": str(path), "resumed_texts": resumed,
+                                                                  "provenance": provenance}
+    # Stats first, the shard last: the shard's existence marks it finished, so a kill between the
+    # two leaves an unfinished shard (redone from its partial file), never a shard without stats.
+    atomic_write_json(stats_path, summary)
     with atomic_path(final) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for e in entries:
             fh.write(json.dumps(e.record(), ensure_ascii=False) + "\n")
-    summary = summarize(entries, input_stats, time.time() - t0) | {"input_file": str(path), "resumed_texts": resumed,
-                                                                  "provenance": provenance}
-    atomic_write_json(stats_path, summary)
     partial.unlink(missing_ok=True)
     log.info("%s: %d texts, %d pairs (%.2f per text), %d degenerate outputs -> %s", path, summary["texts"],
              summary["pairs"], summary["pairs_per_text"], summary["degenerate_outputs"], final)

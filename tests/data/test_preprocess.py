@@ -247,3 +247,44 @@ def test_rerun_without_segments_drops_stale_twin(tmp_path: Path, mistral_tokeniz
     write_jsonl(src, [{"text": "plain now"}])
     s2 = preprocess(src, tmp_path / "out", mistral_tokenizer, workers=0, progress=False)
     assert s2["lossmask_prefix"] is None and not Path(f"{s['lossmask_prefix']}.idx").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_commit_points_then_identical_output(tmp_path: Path, fault_injector) -> None:
+    """The CLI is killed at seeded random commit points (fsync/rename) three times in a row; the rerun
+    after the last kill writes the same bytes as an uninterrupted run."""
+    import random
+
+    rng = np.random.default_rng(1)
+    words = np.array("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split())
+    inputs = []
+    for f in range(2):
+        inputs.append(write_jsonl(tmp_path / f"in{f}.jsonl",
+                                  [{"text": " ".join(rng.choice(words, 30))} for _ in range(300)]))
+
+    def args(out: Path) -> list[str]:
+        return ["--input", *map(str, inputs), "--output-prefix", str(out), "--tokenizer", "mistral", "--workers", "1",
+                "--batch-size", "20", "--checkpoint-seconds", "0", "--append-eod", "--no-progress"]
+
+    faults = fault_injector("preprocess")
+    _, points = faults.run("data_tools.preprocess_data", args(tmp_path / "clean"))
+    assert points > 30  # a checkpoint per batch, plus the final renames
+    pick = random.Random(7)
+    for _ in range(3):
+        rc, _ = faults.run("data_tools.preprocess_data", args(tmp_path / "killed"), at=pick.randint(1, points // 3))
+        assert rc == -9
+        assert not Path(f"{tmp_path}/killed_text_document.summary.json").exists()
+    faults.run("data_tools.preprocess_data", args(tmp_path / "killed"))
+    # And once among the last commit points of a run (the final renames, the summary).
+    assert faults.run("data_tools.preprocess_data", args(tmp_path / "late"), at=pick.randint(points - 3, points))[0] == -9
+    faults.run("data_tools.preprocess_data", args(tmp_path / "late"))
+    faults.done()
+    clean, killed = (f"{tmp_path}/{n}_text_document" for n in ("clean", "killed"))
+    for suffix in (".bin", ".idx"):
+        assert Path(killed + suffix).read_bytes() == Path(clean + suffix).read_bytes()
+        assert Path(f"{tmp_path}/late_text_document{suffix}").read_bytes() == Path(clean + suffix).read_bytes()
+    timing = ("prefix", "elapsed_s", "docs_per_s", "tokens_per_s", "resumed_documents")
+    s_clean, s_killed = (json.loads(Path(p + ".summary.json").read_text()) for p in (clean, killed))
+    assert {k: v for k, v in s_killed.items() if k not in timing} == {k: v for k, v in s_clean.items() if k not in timing}
+    assert s_killed["resumed_documents"] > 0 and s_killed["written"] == 600
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.progress.json"))
