@@ -10,7 +10,7 @@ Each filter can be switched off on its own; every drop is counted by reason. Fil
   before the trigger, a rationale and a final answer;
 - ``dedup_text`` / ``dedup_corpus``: a question asked again, within one text or anywhere earlier
   in the corpus, compared after normalization (case, punctuation and spacing ignored); the corpus
-  keeps 64-bit hashes of the questions it has seen.
+  keeps 64-bit hashes of the questions it has seen (8 bytes each, in sorted numpy runs).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from megatron_ipt.corpora.templates import anatomy, normalize
 from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER, Pair
@@ -76,39 +78,89 @@ def drop_reason(pair: Pair, cfg: QualityConfig) -> str | None:
     return None
 
 
+class HashRuns:
+    """A growing set of 64-bit hashes held as sorted numpy runs: 8 bytes per hash (a Python set of
+    ints takes about 70). Runs of similar size merge, so a lookup probes about log2(n / batch) runs."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.runs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.nbytes for r in self.runs)
+
+    def contains(self, hashes: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(hashes), dtype=bool)
+        for run in self.runs:
+            idx = np.minimum(np.searchsorted(run, hashes), len(run) - 1)
+            found |= run[idx] == hashes
+        return found
+
+    def add(self, new: np.ndarray) -> None:
+        """Add hashes none of which is held yet."""
+        if not len(new):
+            return
+        self.runs.append(np.unique(new))
+        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+            last = self.runs.pop()
+            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]))
+
+
 class QualityGate:
-    """Filters one text's pairs at a time; remembers the corpus's questions for cross-text dedup."""
+    """Filters texts' pairs in order; remembers the corpus's questions for cross-text dedup."""
 
     def __init__(self, cfg: QualityConfig | None = None) -> None:
         self.cfg = cfg or QualityConfig()
-        self.seen: set[int] = set()  # a Python set of ints: ~60 bytes per question held
+        self.seen = HashRuns()  # hashes of every question kept so far
         self.drops: Counter = Counter()  # reason -> pairs dropped
         self.checked = 0
 
-    def filter_texts(self, texts: Sequence[Sequence[Pair]]) -> list[list[Pair]]:
-        """A pair filter for ``chains.synthesized_documents``: each text in turn, in order."""
-        return [self.filter(pairs) for pairs in texts]
-
     def filter(self, pairs: Sequence[Pair]) -> list[Pair]:
-        """The pairs that pass, in order; ``self.drops[reason]`` counts the rest."""
+        """One text's pairs that pass, in order; ``self.drops[reason]`` counts the rest."""
+        return self.filter_texts([pairs])[0]
+
+    def filter_texts(self, texts: Sequence[Sequence[Pair]]) -> list[list[Pair]]:
+        """A pair filter for ``chains.synthesized_documents``: many texts, as if one after another.
+
+        A question repeated inside one text is ``dedup_text``'s; one asked in an earlier text (of
+        this batch or before it) is ``dedup_corpus``'s.
+        """
         if not self.cfg.enabled:
-            return list(pairs)
-        drops = self.drops
-        self.checked += len(pairs)
-        kept: list[Pair] = []
-        in_text: set[int] = set()
-        for pair in pairs:
-            reason = drop_reason(pair, self.cfg)
-            h = question_hash(pair.instruction) if reason is None else 0
-            if reason is None and self.cfg.dedup_text and h in in_text:
-                reason = "duplicate_in_text"
-            elif reason is None and self.cfg.dedup_corpus and h in self.seen:
-                reason = "duplicate_in_corpus"
-            if reason is not None:
+            return [list(p) for p in texts]
+        cfg, drops = self.cfg, self.drops
+        candidates: list[tuple[int, int, int]] = []  # (text, pair, question hash) past the per-pair filters
+        for ti, pairs in enumerate(texts):
+            self.checked += len(pairs)
+            in_text: set[int] = set()
+            for pi, pair in enumerate(pairs):
+                reason = drop_reason(pair, cfg)
+                if reason is None:
+                    h = question_hash(pair.instruction)
+                    if not (cfg.dedup_text and h in in_text):
+                        in_text.add(h)
+                        candidates.append((ti, pi, h))
+                        continue
+                    reason = "duplicate_in_text"
                 drops[reason] += 1
-                continue
-            in_text.add(h)
-            kept.append(pair)
-        if self.cfg.dedup_corpus:  # after the text: repeats within it are dedup_text's business
-            self.seen.update(in_text)
+        keep = np.ones(len(candidates), dtype=bool)
+        if cfg.dedup_corpus and candidates:
+            h = np.array([c[2] for c in candidates], dtype=np.uint64)
+            t = np.array([c[0] for c in candidates], dtype=np.int64)
+            order = np.argsort(h, kind="stable")  # equal hashes stay in text order
+            hs, ts = h[order], t[order]
+            group_start = np.concatenate(([True], hs[1:] != hs[:-1]))
+            first_text = ts[group_start][np.cumsum(group_start) - 1]
+            earlier = np.empty(len(h), dtype=bool)
+            earlier[order] = first_text < ts
+            keep = ~(earlier | self.seen.contains(h))
+            if n_dup := int((~keep).sum()):
+                drops["duplicate_in_corpus"] += n_dup
+            self.seen.add(h[keep])
+        kept: list[list[Pair]] = [[] for _ in texts]
+        for (ti, pi, _), ok in zip(candidates, keep.tolist(), strict=True):
+            if ok:
+                kept[ti].append(texts[ti][pi])
         return kept

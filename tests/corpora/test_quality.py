@@ -94,3 +94,38 @@ def test_gate_in_synthesized_documents(tmp_path):
     assert stats["pairs"] == 2 and stats["entries"] == 2
     assert doc["text"].count("What does the protein bind?") == 1 and "Text one." in doc["text"]
     assert recs[0]["pairs"][2] == {"instruction": "Q?", "response": ""}  # the input records are not changed
+
+
+def test_batches_decide_as_texts_one_after_another():
+    import random
+
+    rng = random.Random(0)
+    texts = [[Pair(f"Question {rng.randint(0, 40)}?", "Some answer.") for _ in range(rng.randint(0, 6))]
+             for _ in range(300)]
+    for cfg in (QualityConfig(), off(dedup_corpus=True), off(dedup_text=True)):
+        one_by_one = QualityGate(cfg)
+        expected = [one_by_one.filter(t) for t in texts]
+        batched = QualityGate(cfg)
+        got = batched.filter_texts(texts[:100]) + batched.filter_texts(texts[100:101]) + batched.filter_texts(texts[101:])
+        assert got == expected and batched.drops == one_by_one.drops
+        assert batched.checked == one_by_one.checked == sum(map(len, texts))
+        seen = [p.instruction for t in expected for p in t]
+        if cfg.dedup_corpus and cfg.dedup_text:
+            assert len(seen) == len(set(seen)) == len({p.instruction for t in texts for p in t})
+
+
+def test_hash_runs_hold_every_hash_in_few_runs():
+    import numpy as np
+
+    from megatron_ipt.corpora.quality import HashRuns
+
+    runs, rng, held = HashRuns(), np.random.default_rng(0), []
+    for _ in range(200):
+        new = np.unique(rng.integers(0, 2**63, 50, dtype=np.uint64))
+        new = new[~runs.contains(new)]
+        runs.add(new)
+        held.append(new)
+    every = np.concatenate(held)
+    assert runs.contains(every).all() and len(runs) == len(every) and runs.nbytes == 8 * len(every)
+    assert not runs.contains(rng.integers(0, 2**63, 1000, dtype=np.uint64)).any()
+    assert len(runs.runs) <= 12 and all((np.diff(r.astype(np.float64)) > 0).all() for r in runs.runs)
