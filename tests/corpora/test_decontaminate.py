@@ -138,3 +138,21 @@ def test_parquet_eval_set_and_selected_fields(tmp_path):
     assert ContaminationGate(ContaminationConfig(eval_sets=[str(tmp_path / "bench.parquet")])).filter_pairs(planted) == []
     only_note = ContaminationGate(ContaminationConfig(eval_sets=[str(tmp_path / "bench.parquet")], fields=["note"]))
     assert only_note.filter_pairs(planted) == planted and only_note.sets[0].name == "bench"
+
+
+def test_general_recipe_drops_contaminated_tuning_examples(tmp_path):
+    shard = write_jsonl(tmp_path / "synth" / "s0.jsonl", [
+        {"id": "t0", "text": "Some text.", "round": 0, "slot": 0, "linked": False,
+         "pairs": [{"instruction": "What is it?", "response": "A text."}]}])
+    raw = write_jsonl(tmp_path / "raw.jsonl", [{"id": "r1", "text": "Raw text."}])
+    tuning = write_jsonl(tmp_path / "tuning.jsonl", [
+        {"context": BENCH, "pairs": [{"instruction": "Which enzyme?", "response": "Amylase"}]},
+        {"context": "A clean context.", "pairs": [{"instruction": "Clean?", "response": "Yes."}]}])
+    evals = write_jsonl(tmp_path / "evals.jsonl", [{"question": BENCH}])
+    cfg = CorporaConfig(recipe="general", synthesized=[str(shard)], raw=[str(raw)], tuning=[str(tuning)],
+                        tokenizer="mistral", workers=0, progress=False, output_dir=str(tmp_path / "out"),
+                        contamination=ContaminationConfig(eval_sets=[str(evals)]))
+    report = build_corpora(cfg)
+    assert report["contamination"]["removed"] == {"synthesized_pairs": 0, "tuning_examples": 1}
+    assert report["contamination"]["checked"] == {"synthesized_pairs": 1, "tuning_examples": 2}
+    assert report["components"]["tuning"]["documents"] == 1
