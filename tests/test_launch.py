@@ -176,3 +176,15 @@ def test_log_prefix_takes_the_rank_from_launch() -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), "SLURM_PROCID": "2", "SLURM_STEP_ID": "0"}
     err = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stderr
     assert "[rank2] WARNING megatron_ipt.x: hi" in err
+
+
+def test_launch_status_maps_a_preempted_job_to_75() -> None:
+    from megatron_ipt.launch import EXIT_REQUEUE, launch_status
+
+    assert launch_status(False, {}, 0) == 0
+    assert launch_status(True, {0: 75, 1: 75}, 1) == EXIT_REQUEUE
+    assert launch_status(True, {0: 75}, 1) == EXIT_REQUEUE  # rank 1 killed by the agent after rank 0 exited
+    assert launch_status(True, {0: 75, 1: 2}, 2) == 2
+    assert launch_status(True, {}, 143) == 143  # signalled before any rank recorded a status
+    assert launch_status(True, {0: 0, 1: 75}, 1) == 1
+

@@ -12,11 +12,11 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
+from megatron_ipt.launch import EXIT_REQUEUE
 from megatron_ipt.log import get_logger
 
 log = get_logger(__name__)
 
-EXIT_REQUEUE = 75
 
 
 class PreemptionFlag:

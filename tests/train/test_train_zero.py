@@ -79,3 +79,46 @@ def test_zero2_blend_logging_and_schedule(tmp_path, pubmed_prefixes, train_job, 
     assert evals[10]["perplexity"] == pytest.approx(math.exp(evals[10]["loss"]))
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert not (run / "ckpt").exists()
+
+
+def test_torchrun_launcher_exits_75_after_sigterm(tmp_path, pubmed_prefixes) -> None:
+    """A real 2-rank run under `python -m megatron_ipt.launch run` (torchrun's agent) gets SIGTERM: the
+    ranks checkpoint and exit 75, and so does the launcher (plain torchrun would exit 1)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from megatron_ipt.train.checkpoint import latest_checkpoint, read_meta
+
+    root = Path(__file__).resolve().parents[2]
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    cmd = [sys.executable, "-m", "megatron_ipt.launch", "run", "--standalone", "--nproc-per-node", "2",
+           "-m", "megatron_ipt.train", "--config", "configs/tiny.yaml", f"--data.train={pubmed_prefixes['train']}",
+           f"--run_dir={run}", f"--checkpoint.dir={run}/ckpt", "--logging.interval=1", "--logging.tensorboard=false",
+           "--steps=500", "--checkpoint.interval=0", "--data.seq_len=64", "--micro_batch_size=2",
+           "--global_batch_size=4", "--ds_config=ds_configs/zero1.json"]
+    log = open(tmp_path / "launcher.log", "w")
+    proc = subprocess.Popen(cmd, cwd=root, env={**env, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        assert proc.poll() is None, (tmp_path / "launcher.log").read_text()[-4000:]
+        assert time.time() < deadline, "training never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # what a scheduler sends the job step's launcher
+    try:
+        code = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = (tmp_path / "launcher.log").read_text()
+    assert code == 75, out[-4000:]
+    assert "exiting 75 (requeue)" in out
+    tag = latest_checkpoint(run / "ckpt")
+    assert tag is not None, out[-4000:]
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert read_meta(tag)["step"] == max(logged) < 500
