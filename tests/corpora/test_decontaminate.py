@@ -156,3 +156,14 @@ def test_general_recipe_drops_contaminated_tuning_examples(tmp_path):
     assert report["contamination"]["removed"] == {"synthesized_pairs": 0, "tuning_examples": 1}
     assert report["contamination"]["checked"] == {"synthesized_pairs": 1, "tuning_examples": 2}
     assert report["components"]["tuning"]["documents"] == 1
+
+
+def test_reads_the_projects_own_evaluation_suite_folder(tmp_path):
+    from megatron_ipt.eval.suite import write_suite
+
+    write_suite({"enzymes": [{"id": "e0", "query": BENCH, "choices": ["Amylase", "Lipase"], "gold": 0}],
+                 "colors": [{"id": "c0", "query": "Sky?", "choices": ["blue", "red"], "gold": 0}]}, tmp_path / "suite")
+    gate = ContaminationGate(ContaminationConfig(eval_sets=[str(tmp_path / "suite")]))
+    assert [s.name for s in gate.sets] == ["ipt_colors", "ipt_enzymes"]  # one set per task, data files not twice
+    assert gate.filter_pairs([Pair(BENCH, "Amylase")]) == []
+    assert gate.report()["sets"]["ipt_enzymes"]["removed"] == {"synthesized_pairs": 1}
