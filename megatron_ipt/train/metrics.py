@@ -50,6 +50,15 @@ def peak_flops(configured: float | None, device_type: str, dtype: torch.dtype) -
     return measure_cpu_matmul_flops(dtype=dtype)
 
 
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory so far: allocated GPU memory on CUDA, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
 class MetricsWriter:
     """Rank-0 sink: console line, TensorBoard scalars and one JSON object per line in metrics.jsonl."""
 

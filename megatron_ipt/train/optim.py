@@ -1,12 +1,25 @@
-"""AdamW with weight-decay groups, and linear warmup + cosine decay to ``min_lr``."""
+"""AdamW with weight-decay groups, chosen by device, and linear warmup + cosine decay to ``min_lr``.
+
+- CUDA: torch's fused AdamW (one kernel for all parameters of a group);
+- ZeRO optimizer offload to CPU on a CUDA machine: DeepSpeed's ``DeepSpeedCPUAdam`` (its C++/AVX op is
+  built on first use, about two minutes once per machine);
+- CPU runs (tests, the demo): plain ``torch.optim.AdamW``, because DeepSpeed's CPU Adam would compile
+  at start-up there for the same two minutes (see the DeepSpeed-on-CPU notes).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
+from megatron_ipt.log import get_logger
 from megatron_ipt.train.config import OptimConfig
+
+log = get_logger(__name__)
+
+OPTIMIZERS = ("torch_adamw", "torch_fused_adamw", "deepspeed_cpu_adam")
 
 
 def _shape(p: torch.nn.Parameter) -> tuple[int, ...]:
@@ -27,10 +40,33 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": skip, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    # A plain torch AdamW: DeepSpeed's CPU FusedAdam would compile for ~2 minutes at start-up.
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             eps=cfg.eps)
+def offloads_optimizer(ds_config: dict[str, Any] | None) -> bool:
+    """The DeepSpeed config keeps optimizer states on the CPU (ZeRO ``offload_optimizer``)."""
+    zero = (ds_config or {}).get("zero_optimization", {})
+    return str(zero.get("offload_optimizer", {}).get("device", "none")).lower() == "cpu"
+
+
+def choose_optimizer(device_type: str, ds_config: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(optimizer, why) for a run on ``device_type`` under ``ds_config``."""
+    if device_type != "cuda":
+        return "torch_adamw", f"{device_type} run: plain AdamW (DeepSpeed's CPU Adam would compile at start-up)"
+    if offloads_optimizer(ds_config):
+        return "deepspeed_cpu_adam", "ZeRO offloads optimizer states to CPU: DeepSpeed's CPU Adam"
+    return "torch_fused_adamw", "CUDA: torch fused AdamW"
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str = "cpu",
+                    ds_config: dict[str, Any] | None = None) -> torch.optim.Optimizer:
+    """AdamW over the decay groups, in the implementation :func:`choose_optimizer` picks (logged)."""
+    kind, why = choose_optimizer(device_type, ds_config)
+    log.info("optimizer: %s (%s)", kind, why)
+    groups = param_groups(model, cfg.weight_decay)
+    betas = (cfg.beta1, cfg.beta2)
+    if kind == "deepspeed_cpu_adam":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, fused=kind == "torch_fused_adamw")
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:

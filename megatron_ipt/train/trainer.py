@@ -27,8 +27,8 @@ from megatron_ipt.train import checkpoint as ckpt
 from megatron_ipt.train.config import TrainConfig
 from megatron_ipt.train.data import TrainStream, check_data_tokenizer, check_datasets, dataset_ids
 from megatron_ipt.train.ds_config import build_ds_config, zero_stage
-from megatron_ipt.train.loss import backward_scale, global_token_count, masked_loss_sum
-from megatron_ipt.train.metrics import MetricsWriter, flops_per_token, peak_flops
+from megatron_ipt.train.loss import attach_chunked_loss, backward_scale, global_token_count
+from megatron_ipt.train.metrics import MetricsWriter, flops_per_token, peak_flops, peak_memory_bytes
 from megatron_ipt.train.optim import build_optimizer, build_scheduler
 from megatron_ipt.train.preemption import EXIT_REQUEUE, PreemptionFlag
 
@@ -128,9 +128,10 @@ class Trainer:
             self._hf_ds_config = HfDeepSpeedConfig(ds_config)
         model = build_model(cfg.model, self.device.type, compute_dtype=self.dtype)
         self.attention = model.config._attn_implementation
+        attach_chunked_loss(model)  # the engine's forward returns the loss sum; no full logits
         self.n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         self.shape = model_shape(model)
-        optimizer = build_optimizer(model, cfg.optim)
+        optimizer = build_optimizer(model, cfg.optim, self.device.type, ds_config)
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
@@ -166,8 +167,9 @@ class Trainer:
         return inputs
 
     def _forward_loss_sum(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.engine(**self._model_inputs(mb), attention_mask=None, use_cache=False)
-        return masked_loss_sum(out.logits, mb["labels"].to(self.device), mb["loss_mask"].to(self.device))
+        # Inside the engine's forward, so DeepSpeed's hooks see the loss as the module's output.
+        return self.engine(**self._model_inputs(mb), attention_mask=None, use_cache=False,
+                           labels=mb["labels"].to(self.device), loss_mask=mb["loss_mask"].to(self.device))
 
     def train_step(self) -> dict[str, float]:
         micro = self.data.next_step()
@@ -264,6 +266,7 @@ class Trainer:
                     "tokens_per_s": tok_s,
                     "tflops_per_device": tflops,
                     "mfu": tflops * 1e12 / self.peak,
+                    "peak_memory_gib": peak_memory_bytes(self.device) / 2**30,
                     "consumed_samples": self.data.consumed_samples,
                     "tokens_per_dataset": dict(self.tokens_per_dataset),
                 }, total=cfg.steps, eta_s=(time.perf_counter() - t_run) / steps_this_run * (cfg.steps - self.step))
