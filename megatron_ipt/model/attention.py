@@ -20,7 +20,10 @@ Select with ``model.attention: auto | doc_sdpa | doc_flex | doc_varlen | doc_fla
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,7 +195,10 @@ def doc_flex_forward(
     if query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
         raise AttentionBackendError("doc_flex has no backward on CPU (a torch limit); train with doc_sdpa")
     docs = _documents(kwargs, query, "doc_flex")
-    out = _flex()(query, key, value, block_mask=docs.mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+    with warnings.catch_warnings():  # eager on CPU is deliberate (forward only); torch warns every process
+        warnings.filterwarnings("ignore", message=".*flex_attention.*without torch.compile", category=UserWarning)
+        out = _flex()(query, key, value, block_mask=docs.mask, scale=scaling,
+                      enable_gqa=key.shape[1] != query.shape[1])
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -201,9 +207,14 @@ def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
+@functools.cache
 def torch_varlen_available() -> bool:
-    """torch ships ``torch.nn.attention.varlen`` (a flash kernel; CUDA only)."""
-    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+    """torch ships ``torch.nn.attention.varlen.varlen_attn`` with causal windows and GQA (CUDA only)."""
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
+        return False
+    from torch.nn.attention.varlen import varlen_attn
+
+    return {"window_size", "enable_gqa"} <= set(inspect.signature(varlen_attn).parameters)
 
 
 def _varlen_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
