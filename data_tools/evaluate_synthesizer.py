@@ -49,6 +49,8 @@ class EvaluateSynthesizerArgs:
         for name in ("model", "input"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name} is required")
+        if not Path(self.model).is_dir():
+            raise ConfigError(f"--model {self.model}: not a model directory")
 
 
 def example_of(rec: dict, where: str) -> Example:

@@ -377,7 +377,7 @@ def parse_argv(cls: type, args: Sequence[str]) -> dict[str, Any]:
         if values is None:
             if raw is not None:
                 values = [raw]
-            elif _is_bool(hint) and not (item is not None):
+            elif _is_bool(hint) and item is None:
                 if i < len(args) and args[i].lower() in (*_TRUE, *_FALSE):
                     values = [args[i]]
                     i += 1

@@ -377,6 +377,8 @@ class EvaluateArgs:
     def validate(self) -> None:
         if not self.model:
             raise ConfigError("--model is required")
+        if not Path(self.model).is_dir():
+            raise ConfigError(f"--model {self.model}: not a model directory")
         if not self.texts and not self.tasks:
             raise ConfigError("give --texts and/or --tasks")
 

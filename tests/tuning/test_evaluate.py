@@ -136,4 +136,7 @@ def test_evaluate_synthesizer_cli(tmp_path: Path, tiny_model, mistral_tokenizer,
     ), printed[:300]
     assert report["loss"]["pair_tokens"] > 0 and report["loss"]["pair_loss"] > 5  # a random model
     assert report["generation"]["contexts"] == 1 and report["generation"]["responses"] >= 1
-    assert main(["--model", "x", "--data-prefix", str(tmp_path / "none"), "--no-loss"]) == 2
+    assert main(["--model", str(tmp_path / "model"), "--data-prefix", str(tmp_path / "none"), "--no-loss"]) == 2
+    assert "none_heldout.examples.jsonl not found" in capsys.readouterr().err
+    assert main(["--model", "x", "--data-prefix", str(tmp_path / "d")]) == 2
+    assert capsys.readouterr().err == "error: --model x: not a model directory\n"
