@@ -53,9 +53,25 @@ class ContaminationConfig:
             raise ConfigError(f"contamination.ngram must be >= 1, got {self.ngram}")
 
 
+# The same normalization on UTF-8 bytes (12x faster than str.translate): ASCII letters lower-cased,
+# ASCII punctuation deleted, the ASCII separators str.split knows (0x1c-0x1f) turned into spaces.
+_BYTE_TABLE = bytes.maketrans(string.ascii_uppercase.encode() + bytes(range(0x1C, 0x20)),
+                              string.ascii_lowercase.encode() + b" " * 4)
+_BYTE_DELETE = string.punctuation.encode()
+_SPACE_BYTES = np.zeros(256, dtype=bool)
+_SPACE_BYTES[[9, 10, 11, 12, 13, 32]] = True
+
+
 def normalized_words(text: str) -> list[str]:
     """lm-evaluation-harness's decontamination normalization: ASCII lower-case, no punctuation, split."""
     return text.translate(_NORMALIZE).split()
+
+
+def _normalized_bytes(text: str) -> bytes:
+    """``normalized_words`` as UTF-8 bytes whose words are separated by ASCII whitespace."""
+    if not text.isascii():
+        text = " ".join(text.split())  # Unicode whitespace separates words, as in str.split
+    return text.encode("utf-8", "surrogatepass").translate(_BYTE_TABLE, _BYTE_DELETE)
 
 
 _BASE = 0x100000001B3  # odd, so it has an inverse modulo 2**64
@@ -95,7 +111,7 @@ class NgramHasher:
 
     def word_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(hash of every normalized word in order, words per text)."""
-        norm = [" ".join(t.translate(_NORMALIZE).split()) for t in texts]
+        norm = [_normalized_bytes(t) for t in texts]
         lengths = np.zeros(len(texts), dtype=np.int64)
         parts: list[np.ndarray] = []
         first = 0
@@ -104,12 +120,13 @@ class NgramHasher:
             while last < len(norm) and (last == first or size + len(norm[last]) < _MAX_BLOB):
                 size += len(norm[last]) + 1
                 last += 1
-            blob = np.frombuffer("\n".join(norm[first:last]).encode("utf-8"), np.uint8)
+            blob = np.frombuffer(b" ".join(norm[first:last]), np.uint8)
             if len(blob):
-                sep = (blob == 32) | (blob == 10)
+                text_starts = np.cumsum([0] + [len(b) + 1 for b in norm[first : last - 1]])
+                sep = _SPACE_BYTES[blob]
                 edge = np.diff(np.concatenate(([True], sep, [True])).astype(np.int8))
                 starts, ends = np.flatnonzero(edge == -1), np.flatnonzero(edge == 1)  # words: [start, end)
-                text_of = np.cumsum(blob == 10)[starts] + first
+                text_of = np.searchsorted(text_starts, starts, side="right") - 1 + first
                 lengths += np.bincount(text_of, minlength=len(texts))
                 pw, inv = self._powers(len(blob) + 1)
                 with np.errstate(over="ignore"):

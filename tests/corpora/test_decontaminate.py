@@ -167,3 +167,13 @@ def test_reads_the_projects_own_evaluation_suite_folder(tmp_path):
     assert [s.name for s in gate.sets] == ["ipt_colors", "ipt_enzymes"]  # one set per task, data files not twice
     assert gate.filter_pairs([Pair(BENCH, "Amylase")]) == []
     assert gate.report()["sets"]["ipt_enzymes"]["removed"] == {"synthesized_pairs": 1}
+
+
+def test_fast_path_splits_words_like_lm_eval():
+    texts = ["Tab\tand\x1cfile-sep, ok", "Ünïcode\u00a0space\u2003here!", "", "  ", "just.one", "x\ud800y z"]
+    hasher = NgramHasher(1)
+    words, lengths = hasher.word_hashes(texts)
+    assert lengths.tolist() == [len(normalized_words(t)) for t in texts]
+    by_word = dict(zip([w for t in texts for w in normalized_words(t)], words.tolist(), strict=True))
+    assert len(set(by_word.values())) == len(by_word)
+    assert hasher.word_hashes(["tab"])[0].tolist() == [by_word["tab"]]  # same word, same hash, any position
