@@ -67,7 +67,7 @@ def test_merge_refuses_other_tokenizer_or_dtype(tmp_path: Path, capsys, mistral_
     a = preprocess(src, tmp_path / "a", mistral_tokenizer, workers=0, progress=False)["prefix"]
     a2 = preprocess(src, tmp_path / "a2", "mistral", workers=0, progress=False)["prefix"]
     b = preprocess(src, tmp_path / "b", smol, workers=0, progress=False)["prefix"]
-    assert main(["--input", a, b, "--output-prefix", str(tmp_path / "m")]) == 1
+    assert main(["--input", a, b, "--output-prefix", str(tmp_path / "m")]) == 2  # bad input: exit 2
     err = capsys.readouterr().err
     assert f"cannot merge {a} (tokenized with mistral (vocab 32000" in err and str(smollm2_dir) in err
     assert not (tmp_path / "m.bin").exists()
@@ -80,5 +80,5 @@ def test_merge_refuses_other_tokenizer_or_dtype(tmp_path: Path, capsys, mistral_
     # Different dtypes (even without records) are refused too.
     write(tmp_path / "u16", [[1, 2]], np.uint16)
     write(tmp_path / "i32", [[70000]], np.int32)
-    assert main(["--input", str(tmp_path / "u16"), str(tmp_path / "i32"), "--output-prefix", str(tmp_path / "x")]) == 1
+    assert main(["--input", str(tmp_path / "u16"), str(tmp_path / "i32"), "--output-prefix", str(tmp_path / "x")]) == 2
     assert "different token dtypes" in capsys.readouterr().err and not (tmp_path / "x.bin").exists()
