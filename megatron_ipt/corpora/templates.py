@@ -34,13 +34,19 @@ READ_PREFIXES = READ_PREFIXES_WORDED + ("",) * len(READ_PREFIXES_WORDED)  # half
 # One sentence between a text and its questions (never repeated before each question).
 _LEAD_VERBS = ("Answer", "Respond to", "Work through", "Reply to", "Now answer", "Please answer",
                "Try to answer", "Take on")
-_LEAD_OBJECTS = ("the questions below", "the following questions", "these questions")
+_LEAD_OBJECTS = (("the questions below", "the question below"), ("the following questions", "the following question"),
+                 ("these questions", "this question"))
 _LEAD_BASES = (" based on the passage.", " using what the text says.")
-LEAD_INS_WORDED = tuple(f"{v} {o}{b}" for v in _LEAD_VERBS for o in _LEAD_OBJECTS for b in _LEAD_BASES) + (
-    "Here are some questions about the text.", "The text above answers the questions that follow.",
-    "Test your understanding of the passage.", "What does the passage say? Find out below.",
-    "A few questions on what you just read.", "Check what you learned from the reading.",
-)
+_LEAD_SENTENCES = (("Here are some questions about the text.", "Here is a question about the text."),
+                   ("The text above answers the questions that follow.", "The text above answers the question that follows."),
+                   ("Test your understanding of the passage.", "Test your understanding of the passage."),
+                   ("Find out below what the passage says.", "Find out below what the passage says."),
+                   ("A few questions on what you just read.", "A question on what you just read."),
+                   ("Check what you learned from the reading.", "Check what you learned from the reading."))
+_LEAD_FORMS = tuple((f"{v} {many}{b}", f"{v} {one}{b}") for v in _LEAD_VERBS for many, one in _LEAD_OBJECTS
+                    for b in _LEAD_BASES) + _LEAD_SENTENCES
+LEAD_INS_WORDED = tuple(many for many, _ in _LEAD_FORMS)
+LEAD_IN_SINGULAR = dict(_LEAD_FORMS)  # the form for an entry with one pair
 LEAD_INS = LEAD_INS_WORDED + ("",) * len(LEAD_INS_WORDED)  # half the chains use no lead-in
 
 _QA_LABELS = (("Question", "Answer"), ("Q", "A"), ("Query", "Response"), ("Prompt", "Reply"),
@@ -332,7 +338,8 @@ def render_chain(entries: Sequence, seed: int) -> Rendered:
             continue
         block = render_pairs(pairs, style, rng)
         if style.layout == "classic" and style.lead_in and not style.inverted:
-            block = f"{style.lead_in}\n{block}"  # one sentence after the text, not one per question
+            lead_in = style.lead_in if len(pairs) > 1 else LEAD_IN_SINGULAR[style.lead_in]
+            block = f"{lead_in}\n{block}"  # one sentence after the text, not one per question
         if style.inverted:
             docs.append(f"{block}\n\n{style.inverted_prefix}{text}")
         else:

@@ -202,20 +202,25 @@ def test_numbered_lists_all_questions_then_all_answers():
 
 
 def test_lead_in_is_one_sentence_after_the_text():
-    chain = [("Body text one.", QA3), ("Body text two.", QA3[:2])]
+    chain = [("Body text one.", QA3), ("Body text two.", QA3[:2]), ("Body text three.", QA3[:1])]
     checked = 0
     for seed in range(400):
-        style = choose_style(random.Random(seed), 2)  # render_chain's first draws
+        style = choose_style(random.Random(seed), 1)  # render_chain's first draws
         doc = render_chain(chain, seed)
+        one = T.LEAD_IN_SINGULAR.get(style.lead_in, "")
         if doc.layout != "classic" or doc.inverted or not style.lead_in:
-            assert style.lead_in not in doc.text or not style.lead_in
+            assert not style.lead_in or (style.lead_in not in doc.text and one not in doc.text)
             continue
-        assert doc.text.count(style.lead_in) == 2  # once per entry, not once per question
-        for body in ("Body text one.", "Body text two."):
+        # once per entry, not once per question; the singular form for the one-pair entry
+        assert doc.text.count(style.lead_in) == 2 + (one == style.lead_in) and one in doc.text
+        for body, lead in (("Body text one.", style.lead_in), ("Body text two.", style.lead_in),
+                           ("Body text three.", one)):
             after = doc.text.index(body) + len(body)
-            assert doc.text.index(style.lead_in, after) - after <= 2  # right after the text (a line break)
+            assert doc.text.index(lead, after) - after <= 2  # right after the text (a line break)
         checked += 1
     assert checked > 100
+    assert len(set(T.LEAD_IN_SINGULAR.values())) > 40 and "Answer the question below based on the passage." in (
+        T.LEAD_IN_SINGULAR.values())
 
 
 def test_inline_fewshot_puts_the_rationale_after_the_answer():
