@@ -157,6 +157,20 @@ def _train(env: Env, *extra: str, data: str | None = None) -> list[str]:
             "--data.seq_len=64", "--micro_batch_size=2", "--global_batch_size=2", "--steps=2", *extra]
 
 
+def _smollm2() -> str:
+    from megatron_ipt.model.hf_import import smollm2_hf_dir
+
+    return str(smollm2_hf_dir())
+
+
+def _smollm2_dataset(env: Env) -> str:
+    """The good texts tokenized with SmolLM2's tokenizer (its summary records that tokenizer)."""
+    from megatron_ipt.data.preprocess import preprocess
+
+    src = env.jsonl("smol.jsonl", TEXTS)
+    return preprocess(src, env.tmp / "smol", _smollm2(), workers=0, progress=False)["prefix"]
+
+
 def _ckpt_copy(env: Env) -> Path:
     dst = env.tmp / "ckpt"
     shutil.copytree(env.checkpoint, dst)
@@ -299,6 +313,13 @@ CASES: list[Case] = [
     Case("merge a truncated .idx", "merge",
          lambda e: ["--input", e.text_prefix, _truncated(e, "t", ".idx"), "--output-prefix", str(e.tmp / "m")],
          r"t\.idx: .*truncated or corrupt"),
+    Case("merge of different tokenizers", "merge",
+         lambda e: ["--input", e.text_prefix, _smollm2_dataset(e), "--output-prefix", str(e.tmp / "m")],
+         r"cannot merge .*good \(tokenized with mistral .* and .*smol_text_document \(tokenized with .*SmolLM2"),
+    Case("merge of different dtypes", "merge",
+         lambda e: ["--input", _dataset(e, "u16", [[1, 2]], np.uint16), _dataset(e, "i32", [[70000]], np.int32),
+                    "--output-prefix", str(e.tmp / "m")],
+         r"different token dtypes .*u16: uint16, .*i32: int32"),
     Case("missing dataset", "inspect", lambda e: [str(e.tmp / "nothing")], r"nothing.*missing"),
     # -- training config and data ---------------------------------------------------------------
     Case("negative blend weight", "train", lambda e: _train(e, data=f"-0.5 {e.text_prefix} 1 {e.text_prefix}"),
@@ -319,6 +340,14 @@ CASES: list[Case] = [
          r"big: .*token id 40000.*32000"),
     Case("empty dataset", "train", lambda e: _train(e, data=_dataset(e, "void", [])), r"void: .*no documents"),
     Case("missing data prefix", "train", lambda e: _train(e, data=str(e.tmp / "absent")), r"data\.train: .*absent.*missing .*absent\.bin"),
+    Case("tokenizer mismatch", "train",
+         lambda e: _train(e, f"--data.tokenizer={_smollm2()}", "--model.vocab_size=49152",
+                          "--model.expected_parameters=null"),
+         r"data\.train: dataset .*good was tokenized with mistral \(vocab 32000.* but data\.tokenizer is "
+         r".*SmolLM2.*\(vocab 49152.*data\.allow_tokenizer_mismatch=true"),
+    Case("resume with more steps (another sample order)", "train",
+         lambda e: _train(e, f"--checkpoint.resume={_ckpt_copy(e)}", "--steps=4"),
+         r"data fingerprint .*num_samples: 4 -> 8.*checkpoint\.allow_data_change=true"),
     Case("unknown key in preflight", "preflight",
          lambda e: ["preflight", "--train-config", str(ROOT / "configs/tiny.yaml"), "--data.trian=x"],
          r"unknown config key data\.trian"),
