@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -76,10 +77,12 @@ def test_zero3_job_killed_at_random_steps_resumes_to_identical_losses(
 
     new_ckpt, old_ckpt = run / "ckpt" / f"step_{STEPS:08d}", run / "ckpt" / f"step_{STEPS - 2:08d}"
     faults = fault_injector("export")
-    points = faults.count_points(export_checkpoint, new_ckpt, tmp_path / "new_ref")
     export_checkpoint(old_ckpt, tmp_path / "old_ref")
+    # Count the commit points of the new export replacing the old one (as in the killed runs).
+    shutil.copytree(tmp_path / "old_ref", tmp_path / "new_ref")
+    points = faults.count_points(export_checkpoint, new_ckpt, tmp_path / "new_ref")
     out_dir = tmp_path / "exported"
-    export_checkpoint(old_ckpt, out_dir)
+    shutil.copytree(tmp_path / "old_ref", out_dir)
     for _ in range(3):
         rc, _ = faults.run("megatron_ipt.train.export", [new_ckpt, out_dir], at=pick.randint(1, points))
         assert rc == -9
