@@ -1,5 +1,5 @@
 """Instruction Pre-Training in miniature: PubMed corpus -> tuned SmolLM2 synthesizer -> M-round synthesis
--> domain corpus -> continual pre-training (instruct vs vanilla, ZeRO-3) -> evaluation -> OUT/REPORT.md.
+-> domain corpus -> continual pre-training (instruct vs vanilla, seeds) -> lm-eval suite -> OUT/REPORT.md.
 Rerunning resumes after the last finished stage.
 
 ``python -m megatron_ipt.demo --size small --output-dir demo_out`` (what ``make demo`` runs).

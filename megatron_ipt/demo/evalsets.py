@@ -16,11 +16,11 @@ a 13-gram with a training corpus is dropped and counted (``drop_contaminated``).
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from collections.abc import Iterable, Sequence
 
+from megatron_ipt.corpora.decontaminate import NgramHasher
 from megatron_ipt.tuning.pubmed import PubmedRecord
 
 ROLES = ("BACKGROUND", "OBJECTIVE", "METHODS", "RESULTS", "CONCLUSIONS")
@@ -28,7 +28,6 @@ RCT_QUERY = "Abstract sentence: {sentence}\nRole:"
 NGRAM = 13  # the decontamination window of lm-evaluation-harness and GPT-3
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\[])")
-_WORDS = re.compile(r"\w+")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -100,17 +99,13 @@ FAMILY_BUILDERS = {"rct_sentence_role": rct_items, "abstract_next_sentence": nex
 
 
 def ngram_hashes(text: str, n: int = NGRAM) -> set[int]:
-    """Hashed word n-grams of ``text`` (lower-cased ``\\w+`` tokens), stable across processes."""
-    words = [w.lower() for w in _WORDS.findall(text)]
-    return {int.from_bytes(hashlib.blake2b(" ".join(words[i:i + n]).encode(), digest_size=8).digest(), "little")
-            for i in range(len(words) - n + 1)}
+    """Hashed word n-grams of ``text`` with the contamination gate's normalization and hash
+    (``corpora/decontaminate.py``: lm-eval's, stable across processes)."""
+    return set(NgramHasher(n).hashes([text])[0].tolist())
 
 
 def ngram_set(texts: Iterable[str], n: int = NGRAM) -> set[int]:
-    out: set[int] = set()
-    for t in texts:
-        out |= ngram_hashes(t, n)
-    return out
+    return set(NgramHasher(n).hashes(list(texts))[0].tolist())
 
 
 def drop_contaminated(items: Sequence[dict], training: set[int]) -> tuple[list[dict], int]:

@@ -10,6 +10,7 @@ in its own process (memory is returned between stages) and resumes on its own af
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +29,23 @@ def _overrides(values: dict[str, Any]) -> list[str]:
 
 
 def _train(paths: DemoPaths, size: DemoSize, name: str, config: Path, values: dict[str, Any], export: Path) -> float:
-    """One ZeRO-3 training run under torchrun (resumes from its checkpoints when rerun), then its
-    export to an HF directory in a separate process (no live ZeRO-3 context around it)."""
+    """One training run under torchrun (one process with ZeRO-0, or two with ZeRO-3; resumes from its
+    checkpoints when rerun), then its export to an HF directory."""
+    values = {"ds_config": "ds_configs/zero0.json" if size.nproc == 1 else "ds_configs/zero3.json", **values}
+    threads = max(1, (os.cpu_count() or 2) // size.nproc)
     seconds = run_command(torchrun_module("megatron_ipt.train", size.nproc, "--config", str(config),
                                           *_overrides(values)),
-                          paths.logs / f"train_{name}.log", threads=1, what=f"training run '{name}'")
+                          paths.logs / f"train_{name}.log", threads=threads, what=f"training run '{name}'")
     seconds += run_main("megatron_ipt.train.export", [values["checkpoint.dir"], export, "--dtype",
                                                 "float32" if size.tiny_model else "bfloat16"], f"exporting '{name}'")
     return seconds
 
 
 def train_precision() -> str:
-    """bf16 on GPUs; fp32 on CPU, where DeepSpeed's bf16 trained SmolLM2 at less than half the speed."""
+    """bf16 on GPUs; on CPU fp32 weights with bf16 autocast (DeepSpeed's bf16 ran at half fp32's speed)."""
     import torch
 
-    return "bfloat16" if torch.cuda.is_available() else "float32"
+    return "bfloat16" if torch.cuda.is_available() else "bfloat16_autocast"
 
 
 def _read_json(path: Path) -> dict:
@@ -76,6 +79,7 @@ def tune_synthesizer(size: DemoSize, paths: DemoPaths) -> dict:
         seconds = _train(paths, size, "synthesizer", CONFIGS / "tune_synthesizer.yaml", {
             "model.init_from": start, "data.tokenizer": start, "data.train": train_prefix,
             "data.seq_len": size.tune_seq_len, "steps": size.tune_steps, "optim.lr": size.tune_lr,
+            "micro_batch_size": size.tune_batch // size.nproc, "global_batch_size": size.tune_batch,
             "precision": train_precision(),
             "run_dir": paths.tuning_run, "checkpoint.dir": paths.tuning_run / "checkpoints",
         }, export=paths.synthesizer)
@@ -88,7 +92,7 @@ def tune_synthesizer(size: DemoSize, paths: DemoPaths) -> dict:
         "heldout_prefix": heldout_prefix,
         "tuning_summary": _read_json(summary_file) if summary_file.exists() else {},
         "steps": size.tune_steps,
-        "tokens": size.tune_steps * size.tune_seq_len * size.nproc,
+        "tokens": size.tune_steps * size.tune_seq_len * size.tune_batch,
         "train_seconds": seconds,
         "pair_loss_before": before,
         "pair_loss_after": after,
@@ -116,10 +120,12 @@ def synthesize(size: DemoSize, paths: DemoPaths, start: str) -> dict:
 
 
 def build_domain_corpus(paths: DemoPaths, start: str) -> dict:
-    """The ``domain`` recipe: every synthesized text templated, mixed 1:1 by tokens with general
-    instructions (here: the mined tasks, as no general-instruction set ships offline)."""
+    """The ``domain`` recipe: every synthesized text templated, mixed 1:1 by tokens with the general
+    (non-biomedical) instructions; the contamination gate keeps the evaluation suite's 13-grams out."""
     out = paths.corpora / "instruct"
+    # The contamination gate drops synthesized pairs and instructions sharing a 13-gram with the suite.
     run_main("data_tools.build_corpora", ["--recipe=domain", f"--synthesized={paths.synthesis}",
+                                          f"--contamination.eval_sets={paths.eval_suite}",
                                           f"--instructions={paths.general_instructions}", f"--tokenizer={start}",
                                           f"--output-dir={out}", "--workers=0"],
              "building the instruction-augmented corpus")
@@ -156,7 +162,7 @@ def continual_pretrain(size: DemoSize, paths: DemoPaths, start: str, data: dict[
                 seconds = _train(paths, size, name, CONFIGS / "continual.yaml", {
                     "model.init_from": start, "data.tokenizer": start, "data.train": data[arm],
                     "data.seq_len": size.seq_len, "data.seed": 1234 + k, "steps": size.pretrain_steps,
-                    "micro_batch_size": size.micro_batch, "global_batch_size": size.micro_batch * size.nproc,
+                    "micro_batch_size": size.micro_batch, "global_batch_size": size.global_batch,
                     "optim.lr": size.pretrain_lr, "precision": train_precision(),
                     "run_dir": paths.run_dir(name), "checkpoint.dir": paths.run_dir(name) / "checkpoints",
                 }, export=paths.model(name))

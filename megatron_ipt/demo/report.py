@@ -267,7 +267,7 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         f"Tuned from `{tune.get('start_model', 'n/a')}` on {corpus.get('mined_examples', 'n/a')} context-based "
         f"examples mined from structured PubMed abstracts ({corpus.get('mined_pairs', 'n/a')} pairs, "
         f"{len(corpus.get('manifest', {}).get('a_tuning', {}))} families with varied phrasings), "
-        f"{tune.get('steps', 'n/a')} steps x {size.nproc} ranks x {size.tune_seq_len} tokens, loss on the pairs only.",
+        f"{tune.get('steps', 'n/a')} steps x {size.tune_batch} sequences x {size.tune_seq_len} tokens, loss on the pairs only.",
         "",
         "| | held-out pair loss ↓ |",
         "|---|---|",
@@ -301,7 +301,7 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         "## Continual pre-training (stage 5)",
         "",
         f"Every run starts from the same model with the same budget: {train.get('steps', 'n/a')} steps x "
-        f"{size.micro_batch * size.nproc} sequences x {size.seq_len} tokens = {train.get('tokens_per_run', 'n/a')} "
+        f"{size.global_batch} sequences x {size.seq_len} tokens = {train.get('tokens_per_run', 'n/a')} "
         f"tokens; tokens per arm (all seeds, asserted equal): {tokens}.",
         "",
         *tokens_per_source(train.get("tokens_per_source", {})),

@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
-# Aggregate training tokens/s of SmolLM2-135M under ZeRO-3 with 2 processes (1 thread each, fp32,
-# doc_sdpa) on this 2-core machine: measured 107-124 tokens/s on an idle machine (2026-11-24; bf16
-# ran at 51-56, so the demo trains in fp32 on CPU). Change it here (one place) after timing
-# `make demo` on another machine: every step count below follows from it.
+# Aggregate training tokens/s of SmolLM2-135M on this 2-core machine. Measured 107-124 tokens/s for
+# the previous set-up (ZeRO-3, 2 processes x 1 thread, fp32; 2026-11-24); the demo now trains on one
+# process with bf16 autocast, which a plain loop ran at 165-230 tokens/s: the figure stays at the
+# measured one until benchmarks/demo_train_speed.py is run alone (runs then finish early, not late).
+# Change it here (one place): every step count below follows from it.
 TRAIN_TOKENS_PER_S = 115.0
 EVAL_TOKENS_PER_S = 550.0
 TOKENS_PER_ABSTRACT = 390  # PubMed abstracts with SmolLM2's tokenizer (77,609 tokens / 200)
@@ -45,28 +46,36 @@ class DemoSize:
     synth_max_model_len: int
     pretrain_seconds: float  # time budget of EACH continual pre-training run (same tokens for both)
     seq_len: int
-    micro_batch: int  # per rank
+    micro_batch: int  # continual pre-training sequences per rank and step
     pretrain_lr: float
     train_tokens_per_s: float = TRAIN_TOKENS_PER_S
-    nproc: int = 2
+    # Training processes: 1 (ZeRO-0, all threads in one process, bf16 autocast on CPU: the fastest
+    # set-up here, see benchmarks/demo_train_speed.py) or 2 (ZeRO-3, one thread each).
+    nproc: int = 1
+    tune_batch: int = 2  # synthesizer tuning sequences per optimizer step (all ranks)
     min_steps: int = 2  # floor on steps (tiny: a few steps so the loss curves have points)
 
-    def steps_for(self, seconds: float, seq_len: int, micro_batch: int) -> int:
+    def steps_for(self, seconds: float, seq_len: int, global_batch: int) -> int:
         """Optimizer steps that fit ``seconds`` at the calibrated throughput (at least ``min_steps``)."""
         tokens = seconds * self.train_tokens_per_s
-        return max(self.min_steps, math.floor(tokens / (seq_len * micro_batch * self.nproc)))
+        return max(self.min_steps, math.floor(tokens / (seq_len * global_batch)))
+
+    @property
+    def global_batch(self) -> int:
+        """Continual pre-training sequences per optimizer step (all ranks)."""
+        return self.micro_batch * self.nproc
 
     @property
     def tune_steps(self) -> int:
-        return self.steps_for(self.tune_seconds, self.tune_seq_len, 1)
+        return self.steps_for(self.tune_seconds, self.tune_seq_len, self.tune_batch)
 
     @property
     def pretrain_steps(self) -> int:
-        return self.steps_for(self.pretrain_seconds, self.seq_len, self.micro_batch)
+        return self.steps_for(self.pretrain_seconds, self.seq_len, self.global_batch)
 
     @property
     def pretrain_tokens(self) -> int:
-        return self.pretrain_steps * self.seq_len * self.micro_batch * self.nproc
+        return self.pretrain_steps * self.seq_len * self.global_batch
 
     def estimate_seconds(self) -> dict[str, float]:
         """Wall time of each stage on this machine, from the calibrated throughputs (tiny: not meaningful)."""
@@ -95,7 +104,7 @@ SIZES: dict[str, DemoSize] = {
         name="tiny", tiny_model=True, records=400, heldout_fraction=0.25, eval_texts=4, eval_items=8, seeds=2,
         general_instructions=200, tune_examples=60, tune_seconds=0, tune_seq_len=512, tune_lr=1e-3,
         synth_texts=4, rounds=2, synth_max_new_tokens=16, synth_max_model_len=512,
-        pretrain_seconds=0, seq_len=128, micro_batch=2, pretrain_lr=1e-3, min_steps=6,
+        pretrain_seconds=0, seq_len=128, micro_batch=4, pretrain_lr=1e-3, min_steps=6,
     ),
     # The default, <= 20 minutes on 2 CPU cores by estimate_seconds(): tuning 285 s = 16 steps of
     # 2 x 1,024 tokens at lr 3e-4 (fewer steps or lr 1e-4 left SmolLM2 unable to write the <QUE>/<ANS>
@@ -105,7 +114,7 @@ SIZES: dict[str, DemoSize] = {
         name="small", tiny_model=False, records=3000, heldout_fraction=0.15, eval_texts=30, eval_items=40, seeds=2,
         general_instructions=3000, tune_examples=240, tune_seconds=285, tune_seq_len=1024, tune_lr=3e-4,
         synth_texts=12, rounds=2, synth_max_new_tokens=128, synth_max_model_len=2048,
-        pretrain_seconds=60, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
+        pretrain_seconds=60, seq_len=512, micro_batch=4, pretrain_lr=1e-4,
     ),
     # The powered size, <= 90 minutes here by estimate_seconds() (minutes on a GPU): 3 seeds per arm,
     # 300 items per family, 200 held-out abstracts.
@@ -113,7 +122,7 @@ SIZES: dict[str, DemoSize] = {
         name="medium", tiny_model=False, records=12000, heldout_fraction=0.15, eval_texts=200, eval_items=300,
         seeds=3, general_instructions=6000, tune_examples=1000, tune_seconds=600, tune_seq_len=1024, tune_lr=3e-4,
         synth_texts=64, rounds=3, synth_max_new_tokens=160, synth_max_model_len=2048,
-        pretrain_seconds=250, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
+        pretrain_seconds=250, seq_len=512, micro_batch=4, pretrain_lr=1e-4,
     ),
 }
 

@@ -109,7 +109,9 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps
     micro_batch_size: int = 4  # samples per rank per forward
     global_batch_size: int = 256  # samples per optimizer step over all ranks
-    precision: Literal["bfloat16", "float32"] = "bfloat16"  # training precision: bf16 mixed or fp32 (bf16/fp32 accepted)
+    # Training precision: bfloat16 (DeepSpeed bf16), float32, or bfloat16_autocast (fp32 weights and
+    # optimizer, matmuls in bf16 under torch.autocast: the fastest on CPU). bf16/fp32 accepted.
+    precision: Literal["bfloat16", "float32", "bfloat16_autocast"] = "bfloat16"
     ds_config: str = "ds_configs/zero2.json"  # DeepSpeed JSON (ZeRO stage, offload); shipped ones by name
     seed: int = 42  # seed of the model initialisation
     # Stop after this many steps in this process (testing preemption); 0: run to `steps`.

@@ -122,3 +122,15 @@ def test_torchrun_launcher_exits_75_after_sigterm(tmp_path, pubmed_prefixes) -> 
     assert tag is not None, out[-4000:]
     logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert read_meta(tag)["step"] == max(logged) < 500
+
+def test_zero0_one_rank_bf16_autocast_trains(tmp_path, pubmed_prefixes, train_job, metrics):
+    """The demo's CPU set-up: one process, ZeRO-0, fp32 weights with bf16 autocast matmuls."""
+    run = tmp_path / "autocast"
+    _, out = train_job(1, _args(run, pubmed_prefixes["train"], "--ds_config=ds_configs/zero0.json",
+                                "--precision=bfloat16_autocast", "--micro_batch_size=4", "--steps=8",
+                                "--checkpoint.interval=0", "--checkpoint.save_at_end=false"))
+    rows = metrics(run)
+    assert sorted(rows) == list(range(1, 9))
+    assert all(math.isfinite(r["loss"]) for r in rows.values())
+    assert rows[8]["loss"] < rows[1]["loss"] - 0.3
+    assert sum(rows[8]["tokens_per_dataset"].values()) == 8 * 4 * 128
