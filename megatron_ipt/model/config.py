@@ -28,7 +28,7 @@ class ModelConfig:
     tie_word_embeddings: bool = False  # share the input embedding and the LM head
     # Parameter count the config claims; building a different count is an error (null: unchecked).
     expected_parameters: int | None = None
-    attention: str = "auto"  # auto | doc_sdpa | doc_flash | sdpa | eager (auto: doc_flash on CUDA with flash-attn, else doc_sdpa)
+    attention: str = "auto"  # auto | doc_sdpa | doc_flex | doc_varlen | doc_flash | sdpa | eager (auto: doc_sdpa on CPU; on CUDA doc_flash with flash-attn, else doc_varlen, else doc_flex)
     activation_checkpointing: bool = False  # recompute layer activations in backward (saves memory)
 
     def validate(self) -> None:
