@@ -4,11 +4,19 @@ Its own decoding loop (rather than ``model.generate``) so that each row has its 
 strings and token limit, and finished rows leave the batch (their cache is dropped) at once.
 Rows are grouped into batches by length in a fixed order, so a given set of prompts always
 decodes in the same batches: greedy output is reproducible run to run.
+
+Prefix reuse: the KV cache of each finished sequence (its prompt and the output fed back) is kept,
+up to ``prefix_cache_tokens`` tokens, least recently used evicted first. A later prompt that
+starts with a kept sequence (M-shot round r+1 extends round r's prompt) prefills only its new
+tokens over that cache. Rows with cached prefixes of different lengths share a batch: each row's
+cache is left-padded to the longest, its new tokens left-padded after it, and the attention mask
+and explicit position ids make the padding invisible, so the result equals a full prefill.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -34,13 +42,73 @@ log = get_logger(__name__)
 
 
 
+PREFIX_KEY_TOKENS = 16  # kept sequences are indexed by their first tokens (BOS + the start of a text)
+MIN_REUSE_TOKENS = 8  # shorter shared prefixes are cheaper to prefill again than to copy
+
+
+class PrefixStore:
+    """KV caches of finished sequences, bounded by a token budget, for reuse by later prompts."""
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.tokens = 0
+        self._seqs: OrderedDict[int, tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = OrderedDict()
+        self._by_key: dict[tuple[int, ...], set[int]] = {}
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+    def put(self, seq: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Keep ``kv`` (per layer ``(keys, values)`` of shape ``[heads, len(seq), dim]``) for ``seq``."""
+        if len(seq) < PREFIX_KEY_TOKENS or len(seq) > self.max_tokens:
+            return
+        key = tuple(seq[:PREFIX_KEY_TOKENS])
+        handle = self._next
+        self._next += 1
+        self._seqs[handle] = (torch.tensor(seq), kv)
+        self._by_key.setdefault(key, set()).add(handle)
+        self.tokens += len(seq)
+        while self.tokens > self.max_tokens:
+            self._drop(next(iter(self._seqs)))
+
+    def _drop(self, handle: int) -> None:
+        seq, _ = self._seqs.pop(handle)
+        self.tokens -= len(seq)
+        key = tuple(seq[:PREFIX_KEY_TOKENS].tolist())
+        self._by_key[key].discard(handle)
+        if not self._by_key[key]:
+            del self._by_key[key]
+
+    def longest_prefix(self, prompt: list[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+        """The longest kept prefix of ``prompt`` (at most ``len(prompt) - 1`` tokens, so at least one
+        token is left to compute logits from) and its KV; ``(0, None)`` when none is worth reusing."""
+        if len(prompt) <= PREFIX_KEY_TOKENS:
+            return 0, None
+        best, best_len = None, 0
+        target = torch.tensor(prompt)
+        for handle in self._by_key.get(tuple(prompt[:PREFIX_KEY_TOKENS]), ()):
+            seq, _ = self._seqs[handle]
+            n = min(len(seq), len(prompt) - 1)
+            differ = (seq[:n] != target[:n]).nonzero()
+            common = int(differ[0]) if len(differ) else n
+            if common > best_len:
+                best, best_len = handle, common
+        if best is None or best_len < MIN_REUSE_TOKENS:
+            return 0, None
+        self._seqs.move_to_end(best)
+        kv = self._seqs[best][1]
+        return best_len, [(k[:, :best_len], v[:, :best_len]) for k, v in kv]
+
+
 def sample_seed(seed: int, sample_index: int) -> int:
     """A distinct, reproducible seed for the ``sample_index``-th sample of a prompt."""
     return (seed * 1_000_003 + sample_index) % (2**63 - 1)
 
 
 class _Row:
-    __slots__ = ("prompt_index", "sample_index", "prompt", "params", "generator", "out", "finish", "text")
+    __slots__ = ("prompt_index", "sample_index", "prompt", "params", "generator", "out", "finish", "text",
+                 "cached")
 
     def __init__(self, prompt_index: int, sample_index: int, prompt: list[int], params: SamplingParams,
                  device: torch.device) -> None:
@@ -52,6 +120,7 @@ class _Row:
         self.out: list[int] = []
         self.finish: str | None = None
         self.text = ""
+        self.cached = 0  # prompt tokens whose KV came from the prefix store
 
 
 class HFEngine:
@@ -82,6 +151,14 @@ class HFEngine:
         self.batch_size = config.batch_size
         self.eos_ids = self._eos_ids()
         self.pad_id = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else 0
+        window = getattr(self.model.config, "sliding_window", None)
+        reuse = config.prefix_cache_tokens
+        if reuse and window is not None and window < self.max_model_len:
+            log.info("prefix reuse off: the model's sliding window (%d) is shorter than max_model_len", window)
+            reuse = 0
+        self.prefix_store = PrefixStore(reuse) if reuse > 0 else None
+        self.prefilled_tokens = 0  # prompt tokens run through the model (all calls so far)
+        self.reused_tokens = 0  # prompt tokens taken from the prefix store instead
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_id} if self.tokenizer.eos_id is not None else set()
@@ -115,7 +192,7 @@ class HFEngine:
                 bar.update(len(batch))
         results: list[list[Generation]] = [[] for _ in prompt_ids]
         for row in rows:
-            results[row.prompt_index].append(Generation(row.text, row.out, row.finish or "length"))
+            results[row.prompt_index].append(Generation(row.text, row.out, row.finish or "length", row.cached))
         return results
 
     def _next_tokens(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
@@ -159,21 +236,65 @@ class HFEngine:
             return True
         return False
 
-    def _generate_batch(self, rows: list[_Row]) -> None:
-        width = max(len(r.prompt) for r in rows)
+    def _prefill(self, rows: list[_Row]):
+        """Run the rows' prompts (over reused prefixes where kept); returns (output, mask, positions)."""
+        reused = [self.prefix_store.longest_prefix(r.prompt) if self.prefix_store else (0, None) for r in rows]
+        cached = max(n for n, _ in reused)
+        width = max(len(r.prompt) - n for r, (n, _) in zip(rows, reused, strict=True))
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, width - len(r.prompt) :] = torch.tensor(r.prompt)
-            mask[j, width - len(r.prompt) :] = 1
+        mask = torch.zeros((len(rows), cached + width), dtype=torch.long)
+        for j, (r, (n, _)) in enumerate(zip(rows, reused, strict=True)):
+            new = r.prompt[n:]
+            ids[j, width - len(new) :] = torch.tensor(new)
+            mask[j, cached - n : cached] = 1
+            mask[j, cached + width - len(new) :] = 1
+            r.cached = n
+            self.prefilled_tokens += len(new)
+            self.reused_tokens += n
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, cached:]
+        past = None
+        if cached:
+            from transformers import DynamicCache
+
+            layers = []
+            for layer in range(len(next(kv for _, kv in reused if kv is not None))):
+                k0, v0 = next(kv for _, kv in reused if kv is not None)[layer]
+                keys = k0.new_zeros((len(rows), k0.shape[0], cached, k0.shape[2]))
+                values = v0.new_zeros((len(rows), v0.shape[0], cached, v0.shape[2]))
+                for j, (n, kv) in enumerate(reused):
+                    if n:
+                        keys[j, :, cached - n :] = kv[layer][0]
+                        values[j, :, cached - n :] = kv[layer][1]
+                layers.append((keys, values))
+            past = DynamicCache(ddp_cache_data=layers)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                         use_cache=True)
+        return out, mask, positions
+
+    def _keep_prefix(self, row: _Row, cache, j: int, mask: torch.Tensor) -> None:
+        """Store the KV of what row ``j`` fed the model: its prompt and the output tokens fed back."""
+        if self.prefix_store is None or row.sample_index != 0:
+            return
+        fed = row.prompt + (row.out if row.finish == "eos" else row.out[:-1])
+        where = mask[j].nonzero().squeeze(1)
+        if len(where) != len(fed):  # pragma: no cover - a bookkeeping error must not corrupt reuse
+            raise RuntimeError(f"KV cache holds {len(where)} positions for {len(fed)} fed tokens")
+        kv = [(layer.keys[j].index_select(1, where), layer.values[j].index_select(1, where)) for layer in cache.layers]
+        self.prefix_store.put(fed, kv)
+
+    def _generate_batch(self, rows: list[_Row]) -> None:
+        out, mask, positions = self._prefill(rows)
         cache = out.past_key_values
         active = list(rows)
         while True:
             tokens = self._next_tokens(out.logits[:, -1, :], active)
-            keep = [j for j, (row, tok) in enumerate(zip(active, tokens, strict=True)) if not self._finished(row, tok)]
+            keep = []
+            for j, (row, tok) in enumerate(zip(active, tokens, strict=True)):
+                if self._finished(row, tok):
+                    self._keep_prefix(row, cache, j, mask)
+                else:
+                    keep.append(j)
             if not keep:
                 break
             if len(keep) < len(active):

@@ -57,6 +57,7 @@ class Generation:
     text: str
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str = "length"
+    cached_tokens: int = 0  # prompt tokens served from a prefix cache (not prefilled again)
 
 
 @runtime_checkable

@@ -59,7 +59,9 @@ class VLLMEngine:
             dtype="bfloat16" if config.dtype == "auto" else normalize_dtype(config.dtype),
             max_model_len=config.max_model_len,
             tensor_parallel_size=config.tensor_parallel_size,
-            enable_prefix_caching=True,  # chained M-shot prompts share long prefixes
+            # Chained M-shot prompts extend the previous round's prompt; the runner sends them
+            # chain-major (a batch of slots through every round), so that prefix is still cached.
+            enable_prefix_caching=True,
             gpu_memory_utilization=config.gpu_memory_utilization,
             seed=config.seed,
         )
@@ -90,6 +92,7 @@ class VLLMEngine:
         outputs = self.llm.generate(prompts, [self._vllm_params(p) for p in per_prompt], use_tqdm=progress_mode(show_progress) == "bar")
         results = []
         for req in outputs:
+            cached = int(getattr(req, "num_cached_tokens", 0) or 0)  # prompt tokens from the prefix cache
             gens = []
             for c in req.outputs:
                 ids = list(c.token_ids)
@@ -100,6 +103,6 @@ class VLLMEngine:
                     reason = "length"
                 else:
                     reason = "stop" if isinstance(c.stop_reason, str) else "eos"
-                gens.append(Generation(c.text, ids, reason))
+                gens.append(Generation(c.text, ids, reason, cached))
             results.append(gens)
         return results

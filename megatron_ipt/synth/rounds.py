@@ -299,9 +299,12 @@ def synthesize_batch(engine: Engine, cfg: RoundsConfig, items: Sequence[tuple[st
             stats = {"failure": out.reason, "error": out.message}
             pairs = []
         stats.update(prompt_tokens=0 if isinstance(out, PromptFailure) else len(ids), text_truncated=was_cut,
-                     chained=was_chained)
+                     chained=was_chained, cached_tokens=0 if isinstance(out, PromptFailure) else out[0].cached_tokens)
         entries.append(Entry(text_id, text, pairs, rnd, slot, was_chained and bool(pairs), stats))
     return entries
+
+
+SCHEDULES = ("chain", "round")
 
 
 def run_rounds(
@@ -311,33 +314,44 @@ def run_rounds(
     batch_texts: int = 64,
     done: dict[tuple[int, int], list[Entry]] | None = None,
     on_batch: Callable[[int, int, list[Entry]], None] | None = None,
+    schedule: str = "chain",
 ) -> list[Entry]:
     """Run all M rounds over ``(id, text)`` pairs; entries come back in input order.
 
-    Each round is cut into fixed batches of ``batch_texts``; ``done`` maps ``(round, batch)`` to
-    entries already produced (a resumed run), which are reused instead of generated, and
+    Batch ``b`` of round ``r`` holds the texts of slots ``b*batch_texts ..`` of chunk ``r``. With
+    ``schedule="chain"`` a batch of slots goes through all M rounds before the next batch, so each
+    chain's next prompt follows its previous one while that prefix is still in the engine's cache;
+    ``"round"`` runs round by round (the reference's order). A slot's prompt depends only on its own
+    history, so both give the same prompts, hence the same greedy output. ``done`` maps
+    ``(round, batch)`` to entries already produced (a resumed run), reused instead of generated;
     ``on_batch(round, batch, entries)`` is called after each newly generated batch (checkpointing).
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     done = done or {}
     layout = chunk_layout(len(texts), cfg.rounds)
     histories: dict[int, list[Entry]] = {}
     cache: dict[str, list[int]] = {}
     by_index: dict[int, Entry] = {}
-    for rnd, chunk in enumerate(layout):
-        new_round: list[Entry] = []
-        for b, start in enumerate(range(0, len(chunk), batch_texts)):
-            idx = chunk[start : start + batch_texts]
-            if (rnd, b) in done:
-                entries = done[(rnd, b)]
-            else:
-                items = [(texts[i][0], texts[i][1], rnd, slot) for slot, i in enumerate(idx, start)]
-                entries = synthesize_batch(engine, cfg, items, histories, cache)
-                if on_batch is not None:
-                    on_batch(rnd, b, entries)
-            for i, e in zip(idx, entries, strict=True):
-                by_index[i] = e
-            new_round.extend(entries)
-        # Histories grow only after the whole round, so every text of round r sees round r-1.
-        for e in new_round:
+    n_batches = math.ceil(len(layout[0]) / batch_texts) if layout[0] else 0
+    if schedule == "chain":
+        steps = [(rnd, b) for b in range(n_batches) for rnd in range(cfg.rounds)]
+    else:
+        steps = [(rnd, b) for rnd in range(cfg.rounds) for b in range(n_batches)]
+    for rnd, b in steps:
+        idx = layout[rnd][b * batch_texts : (b + 1) * batch_texts]
+        if not idx:
+            continue
+        if (rnd, b) in done:
+            entries = done[(rnd, b)]
+        else:
+            start = b * batch_texts
+            items = [(texts[i][0], texts[i][1], rnd, slot) for slot, i in enumerate(idx, start)]
+            entries = synthesize_batch(engine, cfg, items, histories, cache)
+            if on_batch is not None:
+                on_batch(rnd, b, entries)
+        # Only this batch's own slots read these histories later, so either order sees round r-1.
+        for i, e in zip(idx, entries, strict=True):
+            by_index[i] = e
             histories.setdefault(e.slot, []).append(e)
     return [by_index[i] for i in range(len(texts))]

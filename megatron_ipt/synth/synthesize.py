@@ -37,7 +37,7 @@ from megatron_ipt.progress import progress
 from megatron_ipt.synth.engine_types import Engine
 from megatron_ipt.synth.engines import EngineConfig
 from megatron_ipt.synth.provenance import model_fingerprint
-from megatron_ipt.synth.rounds import Entry, RoundsConfig, run_rounds
+from megatron_ipt.synth.rounds import SCHEDULES, Entry, RoundsConfig, run_rounds
 
 log = get_logger(__name__)
 
@@ -58,6 +58,7 @@ class SynthesizeConfig:
     stop: list[str] = field(default_factory=lambda: ["<CON>", "</CON>"])  # generation stops at these strings
     repetition_penalty: float = 1.0  # > 1 guards untuned/small synthesizers against loops
     batch_texts: int = 256  # texts per checkpointed batch
+    schedule: str = "chain"  # chain: each batch of slots through all M rounds (its prefix still cached) | round: round by round (the reference's order); same output
     fraction: float = 1.0  # convert only this share of texts (chosen by a hash of the id)
     limit: int = 0  # at most this many texts per shard; 0 = all
     text_key: str = "text"  # record field holding the text
@@ -82,6 +83,8 @@ class SynthesizeConfig:
             raise ConfigError(str(err)) from None
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.rounds < 1 or self.batch_texts < 1:
             raise ConfigError("rounds and batch_texts must be >= 1")
 
@@ -196,7 +199,7 @@ def summarize(entries: list[Entry], input_stats: Counter, seconds: float) -> dic
             failed[e.failure] += 1
         hist[len(e.pairs)] += 1
         for key in ("malformed", "duplicates", "unfinished", "degenerate", "degenerate_pairs", "prompt_tokens",
-                    "output_tokens", "capped"):
+                    "cached_tokens", "output_tokens", "capped"):
             s[key] += int(st.get(key, 0))
         s["text_truncated"] += bool(st.get("text_truncated"))
         s["chained"] += bool(st.get("chained"))
@@ -227,6 +230,7 @@ def summarize(entries: list[Entry], input_stats: Counter, seconds: float) -> dic
         "pairs_capped": s["capped"],
         "finish_reasons": dict(finish),
         "prompt_tokens": s["prompt_tokens"],
+        "prompt_tokens_cached": s["cached_tokens"],  # served from the engine's prefix cache, not prefilled
         "output_tokens": s["output_tokens"],
         "texts_truncated": s["text_truncated"],
         "input": {k: input_stats[k] for k in ("bad_utf8", "bad_records", "empty_texts", "duplicate_ids",
@@ -277,7 +281,7 @@ def synthesize_shard(engine: Engine, cfg: SynthesizeConfig, path: Path, out_dir:
         bar.set_postfix(texts_s=f"{new_texts / dt:.2f}", gen_tok_s=f"{new_tokens / dt:.0f}", round=rnd)
         bar.update(len(entries))
 
-    entries = run_rounds(engine, texts, cfg.rounds_config(), cfg.batch_texts, done, checkpoint)
+    entries = run_rounds(engine, texts, cfg.rounds_config(), cfg.batch_texts, done, checkpoint, cfg.schedule)
     bar.close()
     summary = summarize(entries, input_stats, time.time() - t0) | {"input_file": str(path), "resumed_texts": resumed,
                                                                   "provenance": provenance}

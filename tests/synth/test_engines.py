@@ -144,3 +144,43 @@ def test_rows_leaving_the_batch_early_do_not_disturb_the_others(engine, prompts)
     for ids, gens in zip(prompts, out, strict=True):
         solo = engine.generate([ids], SamplingParams(max_new_tokens=12))[0][0].token_ids
         assert gens[0].token_ids == solo[: len(gens[0].token_ids)]
+
+
+def test_prefix_reuse_is_exact_and_prefills_only_new_tokens(tiny_dir, engine, prompts):
+    """M-shot round r+1 extends round r's prompt: with reuse it prefills only the new tokens, and the
+    output is token for token what a full prefill gives; rows with different cached lengths (and one
+    with none) share a batch."""
+    plain = HFEngine(EngineConfig(model=str(tiny_dir), batch_size=3, prefix_cache_tokens=0),
+                     tokenizer=engine.tokenizer, model=engine.model)
+    reuse = HFEngine(EngineConfig(model=str(tiny_dir), batch_size=3, prefix_cache_tokens=4096),
+                     tokenizer=engine.tokenizer, model=engine.model)
+    tok = engine.tokenizer
+    first = [p + tok.encode(" and so the chain of documents goes on for a while.") for p in prompts]
+    params = SamplingParams(max_new_tokens=10)
+    out1 = reuse.generate(first, params)
+    assert [g[0].token_ids for g in out1] == [g[0].token_ids for g in plain.generate(first, params)]
+    assert reuse.reused_tokens == 0 and len(reuse.prefix_store) == 4
+    # Next prompts: the previous prompt, part of its output, then new text; one unrelated prompt.
+    second = [ids + g[0].token_ids[:k] + tok.encode(" Next text: the liver filters blood.")
+              for ids, g, k in zip(first[:3], out1, (0, 4, 10), strict=False)]
+    second.append(tok.encode("An unrelated prompt that shares nothing with earlier ones at all."))
+    before = reuse.prefilled_tokens
+    out2 = reuse.generate(second, params)
+    assert [g[0].token_ids for g in out2] == [g[0].token_ids for g in plain.generate(second, params)]
+    # Everything fed before (prompt + output except the last token, which was never fed) is reused.
+    expected_cached = [len(first[0]), len(first[1]) + 4, len(first[2]) + 9, 0]
+    assert [g[0].cached_tokens for g in out2] == expected_cached
+    assert reuse.prefilled_tokens - before == sum(len(s) for s in second) - sum(expected_cached)
+    # Sampling over a reused prefix is seeded the same way too.
+    sampled = SamplingParams(max_new_tokens=6, temperature=1.0, seed=3)
+    assert [g[0].token_ids for g in reuse.generate(second, sampled)] == [
+        g[0].token_ids for g in plain.generate(second, sampled)]
+
+
+def test_prefix_store_evicts_least_recently_used(tiny_dir, engine, prompts):
+    small = HFEngine(EngineConfig(model=str(tiny_dir), batch_size=3, prefix_cache_tokens=60),
+                     tokenizer=engine.tokenizer, model=engine.model)
+    tok = engine.tokenizer
+    long = [p + tok.encode(" padding words to make the prompt longer than the key") for p in prompts[:3]]
+    small.generate(long, SamplingParams(max_new_tokens=4))
+    assert small.prefix_store.tokens <= 60 and 1 <= len(small.prefix_store) < 3

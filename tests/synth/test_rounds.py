@@ -188,3 +188,43 @@ def test_text_seed_is_stable_and_distinct():
     assert len({text_seed(0, f"id{i}") for i in range(100)}) == 100
     assert text_seed(1, "a") != text_seed(0, "a")
     assert SamplingParams(seed=text_seed(0, "a")).seed < 2**31
+
+
+@pytest.fixture(scope="module")
+def pair_writer(tmp_path_factory, mistral_tokenizer):
+    """A small Llama (Mistral vocabulary) taught the pair format for a few steps: a real model that
+    writes pairs, so chains form and grow round after round."""
+    from benchmarks.synth_schedule import train_pair_writer
+
+    return train_pair_writer(tmp_path_factory.mktemp("pair_writer"), mistral_tokenizer, steps=60)
+
+
+def test_chain_major_with_prefix_reuse_equals_round_major(pair_writer, mistral_tokenizer):
+    """Greedy M=3 synthesis on a real model: chain-major order with the engine reusing each chain's KV
+    gives exactly the records of round-major order without reuse, and prefills fewer prompt tokens."""
+    from benchmarks.synth_schedule import make_texts
+    from megatron_ipt.synth.engine_hf import HFEngine
+    from megatron_ipt.synth.engines import EngineConfig
+
+    reuse = EngineConfig(kind="hf", model=str(pair_writer), tokenizer="mistral", batch_size=3,
+                         prefix_cache_tokens=1 << 16).build(tokenizer=mistral_tokenizer)
+    plain = HFEngine(EngineConfig(model=str(pair_writer), batch_size=3, prefix_cache_tokens=0),
+                     tokenizer=mistral_tokenizer, model=reuse.model)
+    data = make_texts(11, 20, seed=3)
+    cfg = RoundsConfig(rounds=3, max_new_tokens=40)
+    by_round = run_rounds(plain, data, cfg, batch_texts=2, schedule="round")
+    by_chain = run_rounds(reuse, data, cfg, batch_texts=2, schedule="chain")
+    assert [e.record() for e in by_chain] == [e.record() for e in by_round]
+    assert sum(e.linked for e in by_round) >= 4 and sum(len(e.pairs) for e in by_round) >= 11  # chains formed
+    assert plain.reused_tokens == 0 and reuse.reused_tokens > 0
+    assert reuse.prefilled_tokens + reuse.reused_tokens == plain.prefilled_tokens
+    assert all(e.stats["cached_tokens"] > 0 for e in by_chain if e.stats["chained"])
+    with pytest.raises(ValueError, match="schedule"):
+        run_rounds(plain, data, cfg, schedule="diagonal")
+
+
+def test_chain_major_visits_each_slot_through_all_rounds(mistral_tokenizer):
+    order: list[tuple[int, int]] = []
+    run_rounds(ScriptedEngine(mistral_tokenizer, {}), texts(7), RoundsConfig(rounds=3, max_new_tokens=16),
+               batch_texts=2, on_batch=lambda r, b, es: order.append((r, b)))
+    assert order == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1)]  # chunks of 3, 3, 1
