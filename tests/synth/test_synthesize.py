@@ -257,7 +257,8 @@ def test_sigkill_at_random_commit_points_then_identical_shards(tmp_path, tiny_di
     faults.done()
     for stem in ("s0", "s1"):
         assert (tmp_path / "killed" / f"{stem}.jsonl").read_bytes() == (tmp_path / "clean" / f"{stem}.jsonl").read_bytes()
-        timing = ("seconds", "texts_per_s", "output_tokens_per_s", "resumed_texts")
+        # Speed and cache counters depend on the run (a warm prefix cache, a resume), not on the content.
+        timing = ("seconds", "texts_per_s", "output_tokens_per_s", "resumed_texts", "prompt_tokens_cached")
         clean, killed = (json.loads((tmp_path / d / f"{stem}.stats.json").read_text()) for d in ("clean", "killed"))
         assert {k: v for k, v in killed.items() if k not in timing} == {k: v for k, v in clean.items() if k not in timing}
     assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == sorted(
