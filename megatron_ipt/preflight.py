@@ -51,14 +51,20 @@ def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
 def _tokenizer_problems(cfg: object) -> list[str]:
     """Data tokenized with another tokenizer than ``data.tokenizer`` (the trainer refuses it too, later)."""
     from megatron_ipt.config import ConfigError
+    from megatron_ipt.data.indexed import IndexedDatasetError
     from megatron_ipt.tokenizer import TokenizerError, load_tokenizer
-    from megatron_ipt.train.data import check_data_tokenizer
+    from megatron_ipt.train.data import check_data_tokenizer, check_datasets
 
     try:
-        check_data_tokenizer(cfg.data, load_tokenizer(cfg.data.tokenizer))  # type: ignore[attr-defined]
+        tokenizer = load_tokenizer(cfg.data.tokenizer)  # type: ignore[attr-defined]
+        check_data_tokenizer(cfg.data, tokenizer)  # type: ignore[attr-defined]
+        for name in ("train", "valid"):  # empty datasets, token ids outside the vocabulary
+            spec = getattr(cfg.data, name)  # type: ignore[attr-defined]
+            if spec not in (None, "", []):
+                check_datasets(spec, f"data.{name}", tokenizer.vocab_size)
     except TokenizerError as err:
         return [f"data.tokenizer: {err}"]
-    except ConfigError as err:
+    except (ConfigError, IndexedDatasetError) as err:
         return [str(err)]
     return []
 
