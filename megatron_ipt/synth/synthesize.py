@@ -233,8 +233,9 @@ def summarize(entries: list[Entry], input_stats: Counter, seconds: float) -> dic
         "prompt_tokens_cached": s["cached_tokens"],  # served from the engine's prefix cache, not prefilled
         "output_tokens": s["output_tokens"],
         "texts_truncated": s["text_truncated"],
-        "input": {k: input_stats[k] for k in ("bad_utf8", "bad_records", "empty_texts", "duplicate_ids",
-                                              "not_selected")},
+        # Every input count, the usual ones even when zero: a skip counted while reading is never left out.
+        "input": {**{k: 0 for k in ("bad_utf8", "bad_records", "empty_texts", "duplicate_ids", "not_selected")},
+                  **input_stats},
         "seconds": round(seconds, 2),
         "texts_per_s": round(texts / seconds, 3) if seconds > 0 else None,
         "output_tokens_per_s": round(s["output_tokens"] / seconds, 1) if seconds > 0 else None,
