@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m megatron_ipt.launch run [torchrun options] (-m MODULE | SCRIPT) [args ...]\n\n"
               "torchrun, with one difference: when the ranks exit 75 after a preemption checkpoint, so does\n"
               "this launcher (torchrun exits 1), so a requeue policy keyed on 75 works outside srun too.\n"
+              "On SIGTERM the agent waits --shutdown-timeout seconds (default 30) for the ranks' checkpoint.\n"
               "Example: python -m megatron_ipt.launch run --standalone --nproc-per-node 8 -m megatron_ipt.train \\\n"
               "           --config configs/pretrain_500M.yaml --data.train=PREFIX")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
