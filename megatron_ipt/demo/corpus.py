@@ -93,7 +93,8 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
     _write_jsonl(paths.mined, [example_record(ex) for ex in mined])
     # (b) general instructions for the domain recipe: not biomedical (Python's standard library).
     general = list(general_instructions(size.general_instructions))
-    _write_jsonl(paths.general_instructions, general)
+    # The family is in the id (``family:k``); the recipe reads only id, question and response.
+    _write_jsonl(paths.general_instructions, [{k: r[k] for k in ("id", "question", "response")} for r in general])
     # (c) evaluation families from held-out records, decontaminated against (a), (b) and the raw corpus.
     training = ngram_set(training_texts(paths))
     suite: dict[str, list[dict]] = {}
