@@ -187,6 +187,8 @@ def build_corpora(cfg: CorporaConfig) -> dict:
             return _build_corpora(cfg, out)
     except OutputLocked as err:
         raise ConfigError(f"output_dir: {err}") from None
+    except OSError as err:  # an output under a file, a read-only or full disk
+        raise ConfigError(f"output_dir: cannot write {err.filename or out}: {err.strerror or err}") from None
 
 
 def _build_corpora(cfg: CorporaConfig, out: Path) -> dict:

@@ -318,7 +318,10 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
     """Run this task's shards; finished ones are skipped. Returns per-shard stats."""
     cfg.validate()
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"output_dir: cannot write {err.filename or out_dir}: {err.strerror or err}") from None
     index, count = task_of(cfg.shard_index, cfg.num_shards)
     every = [f.path for f in expand_inputs(cfg.input)]
     files = my_shards(every, index, count)

@@ -299,10 +299,15 @@ def run(cfg: TrainConfig) -> int:
     setup_logging(dist_env.rank)
     with contextlib.ExitStack() as stack:
         if dist_env.rank == 0:  # a second job into the same checkpoints would tear them: refused
+            key = "checkpoint.dir"
             try:
                 stack.enter_context(output_lock(Path(cfg.checkpoint.dir)))
+                key = "run_dir"
+                Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)  # unwritable: said now, not after init
             except OutputLocked as err:
                 raise ckpt.CheckpointError(f"checkpoint.dir: {err}") from None
+            except OSError as err:
+                raise ConfigError(f"{key}: cannot write {err.filename or ''}: {err.strerror or err}") from None
         return _run(cfg, dist_env)
 
 
