@@ -1,16 +1,18 @@
-"""Synthesize instruction-response pairs for raw corpora, M rounds per shard (resumable).
+"""Synthesize instruction-response pairs for raw corpora, M rounds per work unit (resumable).
 
 Usage::
 
     python -m data_tools.synthesize [--config synth.yaml] --input corpus/ --output-dir out/ \\
         --engine.model=synthesizer/ [--engine.kind=auto|hf|vllm] [--rounds=3] [--key.sub=value ...]
 
-Inputs are JSONL / JSONL.gz / parquet files of ``{id, text}`` records (folders and globs allowed);
-each input file is one shard and becomes ``OUTPUT_DIR/<name>.jsonl`` with records
-``{id, text, pairs, round, linked, slot}`` and ``OUTPUT_DIR/<name>.stats.json``. Rerunning skips
-finished shards and resumes a killed one from its last checkpointed batch. In a Slurm array,
-``--shard_index`` / ``--num_shards`` default to the array task (counted from the array's minimum
-task id) and the array's task count.
+Inputs are JSONL / JSONL.gz / parquet files of ``{id, text}`` records (folders and globs allowed).
+They are cut into work units of ``--unit_texts`` lines (rows), whatever the file sizes; each unit
+becomes ``OUTPUT_DIR/<name>.jsonl`` (``<stem>`` for a file that is one unit, else ``<stem>.<k>``)
+with records ``{id, text, pairs, round, linked, slot}`` and ``OUTPUT_DIR/<name>.stats.json``;
+``OUTPUT_DIR/units.plan`` lists the units in merge order. Rerunning skips finished units and
+resumes a killed one from its last checkpointed batch. In a Slurm array, task i of n takes units
+i, i+n, ...: ``--task_index`` / ``--num_tasks`` default to the array task (counted from the
+array's minimum task id) and the array's task count; any array size gives the same outputs.
 
 Lists take one or more values (``--input a.jsonl b/``) or YAML (``--stop='["<CON>"]'``).
 """

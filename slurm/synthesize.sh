@@ -1,20 +1,22 @@
 #!/bin/bash
 # Synthesize instruction-response pairs for raw corpora (`python -m data_tools.synthesize`), as a
-# Slurm array: each array task takes its share of the input shards (one shard per input file).
-# Finished shards are skipped and a killed shard resumes, so a requeued task continues.
+# Slurm array over work units: the inputs are cut into units of --unit_texts lines (rows), whatever
+# the file sizes, and task i of n takes units i, i+n, ...; any array size gives the same outputs.
+# Finished units are skipped and a killed unit resumes, so a requeued task continues.
+# `python -m data_tools.synthesize --dry-run ...` prints the plan and the sbatch line to submit.
 #
 #   INPUTS=corpus/ OUTPUT_DIR=synth/ MODEL=runs/tune_synthesizer/synthesizer \
 #       sbatch --array=0-15 slurm/synthesize.sh [--rounds=3 --key.sub=value ...]
 #
 # Environment:
-#   INPUTS       shard files, folders or globs, space-separated (required)
-#   OUTPUT_DIR   output shards <name>.jsonl + <name>.stats.json (required)
+#   INPUTS       input files, folders or globs, space-separated (required)
+#   OUTPUT_DIR   output units <name>.jsonl + <name>.stats.json, units.plan (required)
 #   MODEL        the tuned synthesizer (HF directory) (required)
 #   ENGINE       auto | vllm | hf                                [auto: vLLM when a GPU is there]
 #   TP           tensor-parallel GPUs per task                   [GPUs of the task, else 1]
 #   CONFIG       a synthesis YAML (rounds, lengths, sampling)    (none: the tool's defaults)
-#   NUM_SHARDS   tasks that split the inputs                     [the array's task count]
-#   SHARD_INDEX  this task's index                               [the array task's, from its min]
+#   NUM_TASKS    tasks that share the work units                 [the array's task count]
+#   TASK_INDEX   this task's index                               [the array task's, from its min]
 #   RUN_NAME RUNS_DIR IPT_ROOT PYTHON SRUN_ARGS REQUEUE MAX_REQUEUES: see slurm/common.sh.
 # Other settings of data_tools.synthesize (--rounds=, --max_new_tokens=, ...) pass through.
 #
@@ -40,8 +42,8 @@ set -uo pipefail
 source "$IPT_ROOT/slurm/common.sh"
 
 ipt_setup synthesize
-[ -n "${INPUTS:-}" ] || ipt_die "INPUTS is required: the raw corpus shards to synthesize for"
-[ -n "${OUTPUT_DIR:-}" ] || ipt_die "OUTPUT_DIR is required: where the synthesized shards go"
+[ -n "${INPUTS:-}" ] || ipt_die "INPUTS is required: the raw corpus files to synthesize for"
+[ -n "${OUTPUT_DIR:-}" ] || ipt_die "OUTPUT_DIR is required: where the synthesized units go"
 [ -n "${MODEL:-}" ] || ipt_die "MODEL is required: the instruction synthesizer's HF directory"
 read -r -a inputs <<<"$INPUTS"
 preflight_args=(--require-dir "$MODEL")
@@ -57,7 +59,7 @@ args=(--input "${inputs[@]}" "--output_dir=$OUTPUT_DIR" "--engine.model=$MODEL"
       "--engine.kind=${ENGINE:-auto}"
       "--engine.tensor_parallel_size=$tp")
 # The tool takes its array task (index from the array's minimum, count) from the launcher itself.
-[ -n "${NUM_SHARDS:-}" ] && args+=("--num_shards=$NUM_SHARDS")
-[ -n "${SHARD_INDEX:-}" ] && args+=("--shard_index=$SHARD_INDEX")
+[ -n "${NUM_TASKS:-}" ] && args+=("--num_tasks=$NUM_TASKS")
+[ -n "${TASK_INDEX:-}" ] && args+=("--task_index=$TASK_INDEX")
 [ -n "${CONFIG:-}" ] && args=(--config "$CONFIG" "${args[@]}")
 ipt_srun "$PYTHON" -m data_tools.synthesize "${args[@]}" "$@"

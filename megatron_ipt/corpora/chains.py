@@ -16,7 +16,7 @@ from megatron_ipt.corpora.templates import render_chain, render_instruction
 from megatron_ipt.data.readers import DataError, expand_inputs, iter_records, lone_surrogate
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.format import Pair
-from megatron_ipt.synth.synthesize import iter_texts
+from megatron_ipt.synth.synthesize import iter_texts, synthesis_outputs
 
 log = get_logger(__name__)
 
@@ -111,6 +111,17 @@ def filter_pairs(records: list[dict], pair_filters: Sequence[PairFilter]) -> lis
     return out
 
 
+def synthesis_files(inputs: Iterable[str | Path], stats: Counter | None = None) -> list[Path]:
+    """The synthesis output files to read, finished work units in plan order (a deterministic merge);
+    units not finished yet are warned about and counted as ``units_unfinished``."""
+    files, unfinished = synthesis_outputs([str(p) for p in inputs])
+    if unfinished:
+        log.warning("%d planned synthesis units are not finished: their texts are left out", unfinished)
+        if stats is not None:
+            stats["units_unfinished"] += unfinished
+    return [f for f in files if not f.name.endswith(".stats.json")]
+
+
 def synthesized_documents(inputs: Iterable[str | Path], seed: int, stats: Counter,
                           pair_filters: Sequence[PairFilter] = ()) -> Iterator[dict]:
     """Documents from ``data_tools.synthesize`` outputs; ``stats`` counts layouts and entries.
@@ -118,11 +129,9 @@ def synthesized_documents(inputs: Iterable[str | Path], seed: int, stats: Counte
     ``pair_filters`` see the records' pairs in file order (so cross-text dedup is deterministic);
     an entry left without pairs stays in its chain as raw text.
     """
-    for f in expand_inputs(list(inputs)):
-        if f.path.name.endswith(".stats.json"):
-            continue
+    for path in synthesis_files(inputs, stats):
         records = []
-        for rec, where in iter_records(f):
+        for rec, where in iter_records(path):
             check_synthesized(rec, where)
             records.append(rec)
         if pair_filters:

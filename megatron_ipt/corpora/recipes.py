@@ -25,15 +25,17 @@ from megatron_ipt.config import ConfigError
 from megatron_ipt.corpora.chains import (
     instruction_documents,
     raw_documents,
+    synthesis_files,
     synthesized_documents,
     tuning_documents,
 )
 from megatron_ipt.corpora.decontaminate import ContaminationConfig, ContaminationGate
 from megatron_ipt.corpora.quality import QualityConfig, QualityGate
 from megatron_ipt.data.blend import Blend
-from megatron_ipt.data.readers import DataError, expand_inputs, iter_records
+from megatron_ipt.data.readers import DataError, iter_records
 from megatron_ipt.io import OutputLocked, atomic_path, atomic_write_json, atomic_write_text, output_lock
 from megatron_ipt.log import get_logger
+from megatron_ipt.synth.synthesize import synthesis_outputs
 
 log = get_logger(__name__)
 
@@ -94,10 +96,8 @@ def _write_documents(path: Path, docs: Iterator[dict]) -> dict:
 
 def _converted_ids(inputs: list[str]) -> set[str]:
     ids: set[str] = set()
-    for f in expand_inputs(inputs):
-        if f.path.name.endswith(".stats.json"):
-            continue
-        for rec, where in iter_records(f):
+    for path in synthesis_files(inputs):
+        for rec, where in iter_records(path):
             if "id" not in rec:
                 raise DataError("a synthesized record needs it", where=where, field="id")
             ids.add(str(rec["id"]))
@@ -110,9 +110,9 @@ def synthesis_totals(inputs: list[str]) -> dict:
     totals: Counter = Counter()
     synthesizers: dict[str, dict] = {}
     shards = 0
-    for spec in inputs:
-        p = Path(spec)
-        candidates = p.rglob("*.stats.json") if p.is_dir() else [p.with_name(p.name.replace(".jsonl", ".stats.json"))]
+    outputs, unfinished = synthesis_outputs(inputs)
+    for out_file in (o for o in outputs if not o.name.endswith(".stats.json")):
+        candidates = [out_file.with_name(out_file.name.replace(".jsonl", ".stats.json"))]
         for stats_file in candidates:
             if not stats_file.is_file():
                 continue
@@ -133,7 +133,7 @@ def synthesis_totals(inputs: list[str]) -> dict:
                 synthesizers.setdefault("", {"synthesizer": None, "shards": 0})["shards"] += 1
     if not shards:
         return {}
-    out = {"shards": shards, **totals}
+    out = {"shards": shards, "units_unfinished": unfinished, **totals}
     # Which model (and settings) wrote the shards: more than one entry means a mixed synthesis.
     out["synthesizers"] = list(synthesizers.values())
     if len(synthesizers) > 1:

@@ -488,3 +488,28 @@ def check_segments(segments: Any) -> list[dict]:
     if not any(s.get("text", "").strip() for s in segments if "special" not in s):
         raise BadRecord("empty_text", "field 'segments' holds no text")
     return segments
+
+
+def count_lines(source: InputFile | str | Path) -> int:
+    """Lines (blank ones included) of a JSON-lines file, rows of a parquet file or saved dataset:
+    the index space of :func:`scan_records`'s ``start``/``stop``. Streams; reads metadata only for
+    parquet."""
+    f = as_input_file(source)
+    if f.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(f.path).metadata.num_rows)
+    if f.kind == "hf_dataset":
+        import datasets
+
+        ds = datasets.load_from_disk(str(f.path))
+        return sum(len(ds[k]) for k in ds) if isinstance(ds, datasets.DatasetDict) else len(ds)
+    n, last = 0, b"\n"
+    try:
+        with open_binary(f.path) as fh:
+            while chunk := fh.read(1 << 20):
+                n += chunk.count(b"\n")
+                last = chunk[-1:]
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as err:
+        raise FileFault("unreadable_file", f"{f.path}: cannot count its lines ({err})") from err
+    return n + (last != b"\n")

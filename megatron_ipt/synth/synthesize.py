@@ -1,10 +1,17 @@
-"""The sharded, resumable synthesis runner: input shards of ``{id, text}`` → output shards of
-``{id, text, pairs, round, linked, slot}`` plus a stats JSON per shard.
+"""The resumable synthesis runner over work units: ``{id, text}`` inputs → output units of
+``{id, text, pairs, round, linked, slot}`` plus a stats JSON per unit.
 
-One input file is one shard. A Slurm array task takes every ``num_shards``-th file. Each
-generated batch is appended as one JSON line to a hidden partial file (flushed and fsynced), so
-a kill loses at most the batch in flight; the finished shard is written atomically and the
-partial file removed. A shard whose output exists is skipped on rerun.
+Work units do not depend on files: each input file is cut into units of ``unit_texts`` lines (rows
+of parquet files and saved datasets), streamed from their line range, so a large file is many
+units and a task never holds more than one unit. The plan (every unit, in merge order) is the
+same for any array size and is written to ``OUTPUT_DIR/units.plan``; array task ``i`` of ``n``
+takes units ``i, i+n, ...``, so 1 task or 1,000 produce the same output set. A unit's output is
+``<stem>.jsonl`` when its file is one unit, else ``<stem>.<k>.jsonl`` (k zero-padded). M-shot
+chains stay within a unit. Each generated batch is appended as one JSON line to a hidden partial
+file (flushed and fsynced), so a kill loses at most the batch in flight; the unit's stats and then
+its output (the completion marker) are written atomically and the partial file removed. A unit
+whose output exists is skipped on rerun. Readers take the finished units in plan order
+(:func:`synthesis_outputs`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from megatron_ipt.data.readers import (
     DataError,
     InputFile,
     as_input_file,
+    count_lines,
     expand_inputs,
     input_stem,
     lone_surrogate,
@@ -43,10 +51,10 @@ log = get_logger(__name__)
 
 @dataclass
 class SynthesizeConfig:
-    ALIASES: ClassVar[dict[str, str]] = {"inputs": "input"}
+    ALIASES: ClassVar[dict[str, str]] = {"inputs": "input", "shard_index": "task_index", "num_shards": "num_tasks"}
 
     input: list[str] | str = field(default_factory=list)  # files, folders or globs of {id, text} records
-    output_dir: str = ""  # one OUTPUT_DIR/<shard>.jsonl (+ .stats.json) per input file
+    output_dir: str = ""  # OUTPUT_DIR/<unit>.jsonl (+ .stats.json) per work unit, and units.plan
     engine: EngineConfig = field(default_factory=EngineConfig)
     rounds: int = 2  # M: 2 for general corpora, 3 for domain corpora
     max_new_tokens: int = 400  # tokens generated per round
@@ -60,12 +68,13 @@ class SynthesizeConfig:
     batch_texts: int = 256  # texts per checkpointed batch
     schedule: str = "chain"  # chain: each batch of slots through all M rounds (its prefix still cached) | round: round by round (the reference's order); same output
     fraction: float = 1.0  # convert only this share of texts (chosen by a hash of the id)
-    limit: int = 0  # at most this many texts per shard; 0 = all
+    unit_texts: int = 10000  # lines (rows) of input per work unit: what array tasks share out; chains stay within one
+    limit: int = 0  # read at most this many lines (rows) of each input file; 0 = all
     text_key: str = "text"  # record field holding the text
     id_key: str = "id"  # record field holding the id
     skip_bad_records: bool = False  # count and skip invalid JSON / missing text instead of failing
-    shard_index: int = -1  # this task's index; -1: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN, else 0
-    num_shards: int = -1  # tasks that split the inputs; -1: $SLURM_ARRAY_TASK_COUNT, else 1
+    task_index: int = -1  # this task's index among num_tasks; -1: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN, else 0
+    num_tasks: int = -1  # tasks that share the work units; -1: $SLURM_ARRAY_TASK_COUNT, else 1
     progress: bool = True  # show a progress bar
 
     def validate(self) -> None:
@@ -85,8 +94,8 @@ class SynthesizeConfig:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.rounds < 1 or self.batch_texts < 1:
-            raise ConfigError("rounds and batch_texts must be >= 1")
+        if self.rounds < 1 or self.batch_texts < 1 or self.unit_texts < 1:
+            raise ConfigError("rounds, batch_texts and unit_texts must be >= 1")
 
     def rounds_config(self) -> RoundsConfig:
         return RoundsConfig(rounds=self.rounds, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -96,7 +105,7 @@ class SynthesizeConfig:
     def fingerprint(self) -> str:
         """What decides a shard's content: a partial file from another setting is not reused."""
         keys = ("rounds", "max_new_tokens", "temperature", "top_p", "n", "seed", "max_pairs", "stop", "repetition_penalty",
-                "batch_texts", "fraction", "limit", "text_key", "id_key")
+                "batch_texts", "fraction", "text_key", "id_key")
         spec = {k: getattr(self, k) for k in keys} | {"model": self.engine.model,
                                                       "max_model_len": self.engine.max_model_len}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
@@ -107,13 +116,14 @@ def shard_stem(path: Path) -> str:
 
 
 def iter_texts(path: Path | InputFile, stats: Counter, text_key: str = "text", id_key: str = "id",
-               skip_bad_records: bool = False) -> Iterator[tuple[str, str]]:
+               skip_bad_records: bool = False, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, str]]:
     """``(id, text)`` records of one file: lines that are not UTF-8, empty texts and repeated ids are
     counted and skipped; a record without a text raises :class:`DataError` naming file, line and
-    field (or, with ``skip_bad_records``, is counted)."""
+    field (or, with ``skip_bad_records``, is counted). ``start``/``stop``: the 0-based line (row)
+    range to read; ids repeated within it are caught."""
     f = as_input_file(path)
     seen: set[str] = set()
-    for where, obj, error in scan_records(f):
+    for where, obj, error in scan_records(f, start, stop):
         if error is not None and error.reason == "invalid_utf8":
             stats["bad_utf8"] += 1
             log.warning("%s; skipped", error)
@@ -145,17 +155,103 @@ def iter_texts(path: Path | InputFile, stats: Counter, text_key: str = "text", i
         yield rid, text
 
 
-def read_texts(path: Path | InputFile, cfg: SynthesizeConfig, stats: Counter) -> list[tuple[str, str]]:
-    """The texts of one shard this run converts (``fraction`` and ``limit`` applied)."""
+def read_texts(path: Path | InputFile, cfg: SynthesizeConfig, stats: Counter, start: int = 0,
+               stop: int | None = None) -> list[tuple[str, str]]:
+    """The texts of lines ``[start, stop)`` of one file this run converts (``fraction`` applied;
+    ``limit`` caps ``stop``)."""
+    if cfg.limit:
+        stop = min(stop, cfg.limit) if stop is not None else cfg.limit
     out: list[tuple[str, str]] = []
-    for rid, text in iter_texts(path, stats, cfg.text_key, cfg.id_key, cfg.skip_bad_records):
+    for rid, text in iter_texts(path, stats, cfg.text_key, cfg.id_key, cfg.skip_bad_records, start, stop):
         if cfg.fraction < 1 and not selected(rid, cfg.fraction, cfg.seed):
             stats["not_selected"] += 1
             continue
         out.append((rid, text))
-        if cfg.limit and len(out) >= cfg.limit:
-            break
     return out
+
+
+PLAN_NAME = "units.plan"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Lines (rows) ``[start, stop)`` of one input file; ``name`` is its output's stem."""
+
+    file: str
+    start: int
+    stop: int
+    name: str
+
+
+def plan_units(files: list[InputFile], unit_texts: int, limit: int = 0) -> list[Unit]:
+    """Every work unit of the inputs, in merge order (files in input order, then by line)."""
+    units: list[Unit] = []
+    for f in files:
+        lines = count_lines(f)
+        if limit:
+            lines = min(lines, limit)
+        n = max(1, -(-lines // unit_texts))
+        stem = shard_stem(f.path)
+        width = max(5, len(str(n - 1)))
+        for k in range(n):
+            name = stem if n == 1 else f"{stem}.{k:0{width}d}"
+            units.append(Unit(str(f.path), k * unit_texts, min(lines, (k + 1) * unit_texts), name))
+    names = Counter(u.name for u in units)
+    clash = [n for n, c in names.items() if c > 1]
+    if clash:
+        raise ConfigError(f"two work units would both write {clash[0]!r}.jsonl: rename one of the input files")
+    return units
+
+
+def _file_signature(f: InputFile) -> list:
+    st = f.path.stat()
+    return [str(f.path), st.st_size, st.st_mtime_ns]
+
+
+def load_plan(cfg: SynthesizeConfig, files: list[InputFile], out_dir: Path) -> list[Unit]:
+    """The units of this output folder: the saved plan when the inputs are unchanged (no recount),
+    else a new plan (saved); a plan over other inputs or another ``unit_texts`` is refused, since
+    finished units of it would not fit the new one."""
+    path = out_dir / PLAN_NAME
+    spec = {"unit_texts": cfg.unit_texts, "limit": cfg.limit}
+    signature = [_file_signature(f) for f in files]
+    saved = None
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            saved = None
+    if saved is not None and saved.get("spec") == spec and saved.get("files") == signature:
+        return [Unit(**u) for u in saved["units"]]
+    units = plan_units(files, cfg.unit_texts, cfg.limit)
+    if saved is not None:
+        old = [Unit(**u) for u in saved.get("units", [])]
+        finished = [u for u in old if (out_dir / f"{u.name}.jsonl").exists()]
+        if finished and (saved.get("spec") != spec or old != units):
+            raise ConfigError(f"{out_dir} holds units of other inputs or another unit_texts ({len(finished)} "
+                              "finished): use a new output_dir, or the same inputs and unit_texts")
+    atomic_write_json(path, {"spec": spec, "files": signature, "units": [dataclasses.asdict(u) for u in units]})
+    return units
+
+
+def synthesis_outputs(specs: list[str] | list[Path]) -> tuple[list[Path], int]:
+    """Synthesis outputs to read, in a deterministic order, and how many planned units are not
+    finished: a folder with a ``units.plan`` gives its finished units in plan order; other
+    folders and files expand as inputs (stats files left out)."""
+    outputs: list[Path] = []
+    unfinished = 0
+    for spec in specs:
+        plan = Path(spec) / PLAN_NAME
+        if plan.is_file():
+            for u in json.loads(plan.read_text())["units"]:
+                out = Path(spec) / f"{u['name']}.jsonl"
+                if out.exists():
+                    outputs.append(out)
+                else:
+                    unfinished += 1
+            continue
+        outputs += [f.path for f in expand_inputs([spec]) if not f.path.name.startswith(".")]
+    return outputs, unfinished
 
 
 def selected(text_id: str, fraction: float, seed: int = 0) -> bool:
@@ -242,20 +338,21 @@ def summarize(entries: list[Entry], input_stats: Counter, seconds: float) -> dic
     }
 
 
-def synthesize_shard(engine: Engine, cfg: SynthesizeConfig, path: Path, out_dir: Path) -> dict:
-    """Synthesize one input shard (resuming from its partial file); returns its stats."""
-    stem = shard_stem(path)
+def synthesize_unit(engine: Engine, cfg: SynthesizeConfig, unit: Unit, out_dir: Path) -> dict:
+    """Synthesize one work unit (resuming from its partial file); returns its stats."""
+    stem, path = unit.name, Path(unit.file)
     final, stats_path = out_dir / f"{stem}.jsonl", out_dir / f"{stem}.stats.json"
     partial = out_dir / f".{stem}.partial.jsonl"
     input_stats: Counter = Counter()
-    texts = read_texts(path, cfg, input_stats)
+    texts = read_texts(path, cfg, input_stats, unit.start, unit.stop)
     provenance = shard_provenance(cfg, engine)
     # A partial file from another model at the same path (retrained in place) is not reused.
     fingerprint = f"{cfg.fingerprint()}-{provenance['synthesizer']['hash']}"
     done = _read_partial(partial, fingerprint)
     if not done:
         with open(partial, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps({"fingerprint": fingerprint, "input": str(path)}) + "\n")
+            fh.write(json.dumps({"fingerprint": fingerprint, "input": str(path), "lines": [unit.start, unit.stop]})
+                     + "\n")
     elif partial.read_bytes()[-1:] != b"\n":  # drop the torn batch so the next append starts clean
         with open(partial, "r+b") as fh:
             data = fh.read()
@@ -284,8 +381,9 @@ def synthesize_shard(engine: Engine, cfg: SynthesizeConfig, path: Path, out_dir:
 
     entries = run_rounds(engine, texts, cfg.rounds_config(), cfg.batch_texts, done, checkpoint, cfg.schedule)
     bar.close()
-    summary = summarize(entries, input_stats, time.time() - t0) | {"input_file": str(path), "resumed_texts": resumed,
-                                                                  "provenance": provenance}
+    summary = summarize(entries, input_stats, time.time() - t0) | {
+        "input_file": str(path), "input_lines": [unit.start, unit.stop], "resumed_texts": resumed,
+        "provenance": provenance}
     # Stats first, the shard last: the shard's existence marks it finished, so a kill between the
     # two leaves an unfinished shard (redone from its partial file), never a shard without stats.
     atomic_write_json(stats_path, summary)
@@ -298,55 +396,47 @@ def synthesize_shard(engine: Engine, cfg: SynthesizeConfig, path: Path, out_dir:
     return summary
 
 
-def task_of(shard_index: int, num_shards: int) -> tuple[int, int]:
+def task_of(task_index: int, num_tasks: int) -> tuple[int, int]:
     """The ``(index, count)`` of this task: the values given, else the launcher's array task."""
-    if shard_index < 0 or num_shards < 0:
+    if task_index < 0 or num_tasks < 0:
         task = array_task()
-        shard_index = task.index if shard_index < 0 else shard_index
-        num_shards = task.count if num_shards < 0 else num_shards
-    return shard_index, num_shards
-
-
-def my_shards(files: list[Path], shard_index: int, num_shards: int) -> list[Path]:
-    shard_index, num_shards = task_of(shard_index, num_shards)
-    if not 0 <= shard_index < num_shards:
-        raise ConfigError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
-    return files[shard_index::num_shards]
+        task_index = task.index if task_index < 0 else task_index
+        num_tasks = task.count if num_tasks < 0 else num_tasks
+    if not 0 <= task_index < num_tasks:
+        raise ConfigError(f"task_index {task_index} is outside 0..{num_tasks - 1}")
+    return task_index, num_tasks
 
 
 def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
-    """Run this task's shards; finished ones are skipped. Returns per-shard stats."""
+    """Run this task's work units; finished ones are skipped. Returns per-unit stats by unit name."""
     cfg.validate()
     out_dir = Path(cfg.output_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"output_dir: cannot write {err.filename or out_dir}: {err.strerror or err}") from None
-    index, count = task_of(cfg.shard_index, cfg.num_shards)
-    every = [f.path for f in expand_inputs(cfg.input)]
-    files = my_shards(every, index, count)
-    stems = Counter(shard_stem(f) for f in files)
-    clash = [s for s, c in stems.items() if c > 1]
-    if clash:
-        raise ConfigError(f"input files share the output name {clash[0]!r}; rename one of them")
-    todo = [f for f in files if not (out_dir / f"{shard_stem(f)}.jsonl").exists()]
-    log.info("array task %d of %d takes %d of %d input files (%d already finished)", index, count, len(files),
-             len(every), len(files) - len(todo))
+    index, count = task_of(cfg.task_index, cfg.num_tasks)
+    files = expand_inputs(cfg.input)
+    units = load_plan(cfg, files, out_dir)
+    mine = units[index::count]
+    todo = [u for u in mine if not (out_dir / f"{u.name}.jsonl").exists()]
+    log.info("array task %d of %d takes %d of %d work units over %d input files (%d already finished)", index,
+             count, len(mine), len(units), len(files), len(mine) - len(todo))
     results = {}
-    for f in files:
-        if f not in todo:
-            stats_file = out_dir / f"{shard_stem(f)}.stats.json"
-            results[str(f)] = json.loads(stats_file.read_text()) if stats_file.exists() else {"skipped": True}
+    for u in mine:
+        if u not in todo:
+            stats_file = out_dir / f"{u.name}.stats.json"
+            results[u.name] = json.loads(stats_file.read_text()) if stats_file.exists() else {"skipped": True}
     if todo and engine is None:
         try:
             engine = cfg.engine.build()
         except (OSError, ValueError) as err:  # no config/weights/tokenizer files, or unreadable ones
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             raise ConfigError(f"engine.model: cannot load the synthesizer {cfg.engine.model!r} ({first})") from err
-    for f in todo:
+    for u in todo:
         try:
-            with output_lock(out_dir / shard_stem(f)):  # one writer per shard; other shards run in parallel
-                results[str(f)] = synthesize_shard(engine, cfg, f, out_dir)
+            with output_lock(out_dir / u.name):  # one writer per unit; other units run in parallel
+                results[u.name] = synthesize_unit(engine, cfg, u, out_dir)
         except OutputLocked as err:
             raise DataError(str(err), reason="output_locked") from None
     return results
@@ -354,8 +444,8 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
 
 def shard_provenance(cfg: SynthesizeConfig, engine: Engine) -> dict:
     """What made a shard: the synthesizer's model fingerprint, its tokenizer's, and the settings."""
-    settings = {k: v for k, v in config_dict(cfg).items() if k not in ("inputs", "output_dir", "progress",
-                                                                       "shard_index", "num_shards")}
+    settings = {k: v for k, v in config_dict(cfg).items() if k not in ("input", "output_dir", "progress",
+                                                                       "task_index", "num_tasks")}
     return {"synthesizer": model_fingerprint(cfg.engine.model), "tokenizer": engine.tokenizer.fingerprint(),
             "config": settings}
 

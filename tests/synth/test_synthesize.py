@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from megatron_ipt.config import ConfigError
 from megatron_ipt.data.readers import DataError
 from megatron_ipt.synth.engine_hf import HFEngine
 from megatron_ipt.synth.engines import EngineConfig
@@ -85,7 +86,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_dir, engi
     with open(partial, "a") as fh:
         fh.write('{"round": 0, "batch": 2, "entries": [{"id": "d6", "te')  # a torn write, too
 
-    stats = synthesize(killed, engine)[str(tmp_path / "in" / "s0.jsonl")]
+    stats = synthesize(killed, engine)["s0"]
     assert stats["resumed_texts"] == 6
     assert (tmp_path / "killed" / "s0.jsonl").read_bytes() == (tmp_path / "whole" / "s0.jsonl").read_bytes()
     assert not partial.exists()
@@ -106,14 +107,14 @@ def test_finished_shards_are_skipped_and_slurm_array_split(tmp_path, tiny_dir, e
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "3")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
     cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", temperature=0.0, n=1)
-    assert list(synthesize(cfg, engine)) == [str(tmp_path / "in" / "s1.jsonl")]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s1.jsonl", "s1.stats.json"]
+    assert list(synthesize(cfg, engine)) == ["s1"]  # three files of one unit each: task 1 of 2 takes unit 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s1.jsonl", "s1.stats.json", "units.plan"]
     before = (tmp_path / "out" / "s1.jsonl").stat().st_mtime_ns
     again = synthesize(cfg, engine=None)  # nothing to do: no engine is even loaded
-    assert again[str(tmp_path / "in" / "s1.jsonl")]["texts"] == 2
+    assert again["s1"]["texts"] == 2
     assert (tmp_path / "out" / "s1.jsonl").stat().st_mtime_ns == before
-    cfg.shard_index, cfg.num_shards = 0, 2
-    assert sorted(synthesize(cfg, engine)) == [str(tmp_path / "in" / f"s{k}.jsonl") for k in (0, 2)]
+    cfg.task_index, cfg.num_tasks = 0, 2
+    assert sorted(synthesize(cfg, engine)) == ["s0", "s2"]
 
 
 def test_each_shard_records_its_synthesizer(tmp_path, tiny_dir, engine, mistral_tokenizer):
@@ -127,7 +128,7 @@ def test_each_shard_records_its_synthesizer(tmp_path, tiny_dir, engine, mistral_
     (tmp_path / "in").mkdir()
     write_corpus(tmp_path / "in" / "s0.jsonl", 2)
     cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", temperature=0.0, n=1, rounds=1)
-    prov = synthesize(cfg, engine)[str(tmp_path / "in" / "s0.jsonl")]["provenance"]
+    prov = synthesize(cfg, engine)["s0"]["provenance"]
     on_disk = json.loads((tmp_path / "out" / "s0.stats.json").read_text())["provenance"]
     assert on_disk == prov
     assert prov["synthesizer"] == model_fingerprint(tiny_dir) and prov["synthesizer"]["hash"]
@@ -214,7 +215,7 @@ def test_runner_keeps_the_batch_of_a_failed_prompt(tmp_path, tiny_dir, engine):
         fh.write(json.dumps({"id": "huge", "text": "protein " * 700}) + "\n")
     cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", temperature=0.0, n=1, rounds=1, batch_texts=6)
     wrapped = OverstatedWindow(engine)
-    stats = synthesize(cfg, wrapped)[str(tmp_path / "in" / "s0.jsonl")]
+    stats = synthesize(cfg, wrapped)["s0"]
     assert wrapped.calls == 1 + 6  # the batch, then each prompt alone
     records = [json.loads(x) for x in (tmp_path / "out" / "s0.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == [f"d{i}" for i in range(5)] + ["huge"]
@@ -263,3 +264,77 @@ def test_sigkill_at_random_commit_points_then_identical_shards(tmp_path, tiny_di
         assert {k: v for k, v in killed.items() if k not in timing} == {k: v for k, v in clean.items() if k not in timing}
     assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == sorted(
         p.name for p in (tmp_path / "clean").iterdir())  # no partial file or temporary left
+
+
+def _outputs(out_dir):
+    """Every output file of a synthesis folder by name: bytes, or the stats without run-dependent counters."""
+    got = {}
+    for p in sorted(out_dir.iterdir()):
+        if p.name.endswith(".stats.json"):
+            st = json.loads(p.read_text())
+            got[p.name] = {k: v for k, v in st.items() if k not in ("seconds", "texts_per_s", "output_tokens_per_s", "resumed_texts",
+                                                                     "prompt_tokens_cached")}
+        else:
+            got[p.name] = p.read_bytes()
+    return got
+
+
+def test_work_units_one_task_or_three_give_the_same_outputs(tmp_path, tiny_dir, engine):
+    """Uneven files (7, 2 and 12 lines, a blank line, one gzipped) cut into units of 5 lines: one task
+    or an array of three write the same units, byte for byte, and readers take them in plan order."""
+    import gzip
+
+    from megatron_ipt.corpora.chains import synthesis_files
+    from megatron_ipt.synth.synthesize import PLAN_NAME
+
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 7)
+    write_corpus(tmp_path / "in" / "b.jsonl", 2, start=100)
+    with open(tmp_path / "in" / "b.jsonl", "a") as fh:
+        fh.write("\n")
+    write_corpus(tmp_path / "c.jsonl", 12, start=200)
+    with open(tmp_path / "c.jsonl", "rb") as src, gzip.open(tmp_path / "in" / "c.jsonl.gz", "wb") as dst:
+        dst.write(src.read())
+    one = make_cfg(tmp_path, tiny_dir, tmp_path / "one", temperature=0.0, n=1, unit_texts=5, batch_texts=2)
+    results = synthesize(one, engine)
+    assert list(results) == ["a.00000", "a.00001", "b", "c.00000", "c.00001", "c.00002"]
+    assert [results[u]["texts"] for u in results] == [5, 2, 2, 5, 5, 2]
+    plan = json.loads((tmp_path / "one" / PLAN_NAME).read_text())["units"]
+    assert [(u["start"], u["stop"]) for u in plan] == [(0, 5), (5, 7), (0, 3), (0, 5), (5, 10), (10, 12)]
+    for task in range(3):
+        three = make_cfg(tmp_path, tiny_dir, tmp_path / "three", temperature=0.0, n=1, unit_texts=5, batch_texts=2,
+                         task_index=task, num_tasks=3)
+        assert list(synthesize(three, engine)) == list(results)[task::3]
+    assert _outputs(tmp_path / "three") == _outputs(tmp_path / "one")
+    # Chains stay within a unit: the first unit of c is c's first five texts, in two rounds.
+    records = [json.loads(x) for x in (tmp_path / "one" / "c.00000.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [f"d{i}" for i in range(200, 205)] and [r["round"] for r in records] == [0, 0, 0, 1, 1]
+    files = synthesis_files([tmp_path / "three"])
+    assert [f.name for f in files] == [f"{u}.jsonl" for u in results]
+    # Another unit size over the same finished folder is refused (its units would not line up).
+    with pytest.raises(ConfigError, match="unit_texts"):
+        synthesize(make_cfg(tmp_path, tiny_dir, tmp_path / "one", unit_texts=4), engine)
+
+
+def test_kill_mid_unit_resumes_byte_identical(tmp_path, tiny_dir, engine):
+    """SIGKILL while the second unit of a file is half done; the rerun keeps the finished unit, resumes
+    the killed one from its last batch, and every output equals an uninterrupted run's."""
+    import dataclasses
+
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "s0.jsonl", 13)
+    whole = make_cfg(tmp_path, tiny_dir, tmp_path / "whole", unit_texts=8)
+    synthesize(whole, engine)
+    killed = make_cfg(tmp_path, tiny_dir, tmp_path / "killed", unit_texts=8)
+    # Unit 0 (8 texts) takes batches (0,0),(1,0),(0,1),(1,1); unit 1 (5 texts) dies on its second.
+    script = (KILLER % {"cfg": dataclasses.asdict(killed)}).replace("self.calls == 3", "self.calls == 6")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert (tmp_path / "killed" / "s0.00000.jsonl").exists() and not (tmp_path / "killed" / "s0.00001.jsonl").exists()
+    partial = tmp_path / "killed" / ".s0.00001.partial.jsonl"
+    assert len(partial.read_text().splitlines()) == 2  # header + one finished batch
+    before = (tmp_path / "killed" / "s0.00000.jsonl").stat().st_mtime_ns
+    stats = synthesize(killed, engine)
+    assert stats["s0.00001"]["resumed_texts"] == 3 and "s0.00000" in stats
+    assert (tmp_path / "killed" / "s0.00000.jsonl").stat().st_mtime_ns == before
+    assert _outputs(tmp_path / "killed") == _outputs(tmp_path / "whole")
