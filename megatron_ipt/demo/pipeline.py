@@ -1,10 +1,11 @@
 """The demo's stages 3-6, each a call of the project's public command-line tools.
 
 Nothing here re-implements a part: tuning data comes from ``data_tools.build_synthesizer_data``,
-training from ``megatron_ipt.train`` (under torchrun, ZeRO-3, 2 processes), synthesis from
-``data_tools.synthesize``, corpora from ``data_tools.build_corpora`` and ``data_tools.preprocess_data``,
-scores from ``data_tools.evaluate_synthesizer`` and ``megatron_ipt.eval``. Every child runs
-in its own process (memory is returned between stages) and resumes on its own after a kill.
+training from ``megatron_ipt.train`` (under torchrun: one process with ZeRO-0 and bf16 autocast on
+CPU, or ZeRO-3 over two), synthesis from ``data_tools.synthesize``, corpora from
+``data_tools.build_corpora`` and ``data_tools.preprocess_data``, scores from
+``data_tools.evaluate_synthesizer``, ``megatron_ipt.eval`` (perplexity) and ``megatron_ipt.eval.suite``
+(lm-evaluation-harness). Training runs in its own process and resumes on its own after a kill.
 """
 
 from __future__ import annotations
