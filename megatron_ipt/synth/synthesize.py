@@ -440,7 +440,7 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
         except OutputLocked as err:
             raise DataError(str(err), reason="output_locked") from None
         except OSError as err:  # inputs fail as DataError: this is the output side (full or read-only disk)
-            raise DataError(f"{out_dir}: cannot write {err.filename or shard_stem(f)}: {err.strerror or err}; "
+            raise DataError(f"{out_dir}: cannot write {err.filename or u.name}: {err.strerror or err}; "
                             "a rerun resumes from the last checkpointed batch", reason="unwritable_output") from None
     return results
 
