@@ -14,6 +14,9 @@ resumes a killed one from its last checkpointed batch. In a Slurm array, task i 
 i, i+n, ...: ``--task_index`` / ``--num_tasks`` default to the array task (counted from the
 array's minimum task id) and the array's task count; any array size gives the same outputs.
 
+``--dry-run`` plans instead: texts and tokens per unit, the GPU-hours at ``--plan_tokens_per_s``
+(or measured on a sample), the array size and the ``sbatch`` line to submit.
+
 Lists take one or more values (``--input a.jsonl b/``) or YAML (``--stop='["<CON>"]'``).
 """
 
@@ -29,10 +32,13 @@ from megatron_ipt.synth.synthesize import SynthesizeConfig
 
 
 def run(cfg: SynthesizeConfig) -> int:
-    from megatron_ipt.synth.synthesize import synthesize
+    from megatron_ipt.synth.synthesize import plan_text, synthesize
 
     setup_logging()
     results = synthesize(cfg)
+    if cfg.dry_run:
+        print(plan_text(results))
+        return 0
     totals = {k: sum(r.get(k, 0) for r in results.values()) for k in ("texts", "pairs", "degenerate_outputs")}
     print(json.dumps({"shards": len(results), **totals}))
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -76,6 +77,11 @@ class SynthesizeConfig:
     task_index: int = -1  # this task's index among num_tasks; -1: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN, else 0
     num_tasks: int = -1  # tasks that share the work units; -1: $SLURM_ARRAY_TASK_COUNT, else 1
     progress: bool = True  # show a progress bar
+    dry_run: bool = False  # plan only: texts and tokens per unit, GPU-hours, array size and the sbatch line; nothing generated
+    plan_tokens_per_s: float = 0.0  # dry run: generated tokens/s of one task (GPU) to plan with; 0: measure on a sample (loads the model)
+    plan_output_tokens: int = 0  # dry run: generated tokens per text to plan with; 0: the sample's, or max_new_tokens x n when plan_tokens_per_s is given
+    plan_sample_texts: int = 32  # dry run: texts synthesized to measure throughput (when plan_tokens_per_s is 0)
+    plan_hours_per_task: float = 24.0  # dry run: wall-clock hours one array task may run (its sbatch --time)
 
     def validate(self) -> None:
         if isinstance(self.input, str):
@@ -415,9 +421,11 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"output_dir: cannot write {err.filename or out_dir}: {err.strerror or err}") from None
-    index, count = task_of(cfg.task_index, cfg.num_tasks)
     files = expand_inputs(cfg.input)
     units = load_plan(cfg, files, out_dir)
+    if cfg.dry_run:
+        return dry_run(cfg, units, engine)
+    index, count = task_of(cfg.task_index, cfg.num_tasks)
     mine = units[index::count]
     todo = [u for u in mine if not (out_dir / f"{u.name}.jsonl").exists()]
     log.info("array task %d of %d takes %d of %d work units over %d input files (%d already finished)", index,
@@ -443,6 +451,86 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
             raise DataError(f"{out_dir}: cannot write {err.filename or u.name}: {err.strerror or err}; "
                             "a rerun resumes from the last checkpointed batch", reason="unwritable_output") from None
     return results
+
+
+def measure_throughput(cfg: SynthesizeConfig, units: list[Unit], engine: Engine | None) -> tuple[float, float]:
+    """Generated tokens/s and generated tokens per text of a real run over the first
+    ``plan_sample_texts`` texts (M rounds, the configured batching), written nowhere."""
+    sample: list[tuple[str, str]] = []
+    for u in units:
+        sample += read_texts(Path(u.file), cfg, Counter(), u.start, u.stop)[: cfg.plan_sample_texts - len(sample)]
+        if len(sample) >= cfg.plan_sample_texts:
+            break
+    if not sample:
+        raise ConfigError("dry run: the inputs hold no text to measure throughput on")
+    engine = engine or cfg.engine.build()
+    t0 = time.perf_counter()
+    entries = run_rounds(engine, sample, cfg.rounds_config(), cfg.batch_texts, schedule=cfg.schedule)
+    seconds = time.perf_counter() - t0
+    out_tokens = sum(e.stats.get("output_tokens", 0) for e in entries)
+    log.info("dry run: %d sample texts -> %d generated tokens in %.1fs", len(sample), out_tokens, seconds)
+    return out_tokens / max(seconds, 1e-9), out_tokens / len(sample)
+
+
+def dry_run(cfg: SynthesizeConfig, units: list[Unit], engine: Engine | None = None) -> dict:
+    """The plan before the spend: texts and prompt tokens per unit (read and tokenized, nothing
+    generated), the GPU-hours they need at a given or measured throughput, the array size that
+    fits ``plan_hours_per_task``, and the ``sbatch`` line to submit."""
+    from megatron_ipt.synth.engine_types import resolve_tokenizer
+    from megatron_ipt.synth.format import context_text
+
+    tok = engine.tokenizer if engine is not None else resolve_tokenizer(cfg.engine.model, cfg.engine.tokenizer or None)
+    rows = []
+    for u in progress(units, desc="counting", unit="unit", enabled=cfg.progress):
+        stats: Counter = Counter()
+        texts = read_texts(Path(u.file), cfg, stats, u.start, u.stop)
+        tokens = sum(len(ids) + 1 for ids in tok.encode_batch([context_text(t) for _, t in texts])) if texts else 0
+        rows.append({"unit": u.name, "file": u.file, "lines": [u.start, u.stop], "texts": len(texts),
+                     "prompt_tokens": tokens})
+    texts = sum(r["texts"] for r in rows)
+    if cfg.plan_tokens_per_s > 0:
+        rate, per_text = cfg.plan_tokens_per_s, float(cfg.max_new_tokens * cfg.n)
+        source = "given by plan_tokens_per_s"
+    else:
+        rate, per_text = measure_throughput(cfg, units, engine)
+        source = f"measured on {min(cfg.plan_sample_texts, texts)} texts"
+    if cfg.plan_output_tokens > 0:
+        per_text = float(cfg.plan_output_tokens)
+    gpu_hours = texts * per_text / rate / 3600 if rate > 0 else float("inf")
+    tasks = max(1, min(len(units), math.ceil(gpu_hours / cfg.plan_hours_per_task))) if texts else 1
+    # Units go round-robin: the busiest task has ceil(units / tasks) of them.
+    per_unit_hours = gpu_hours / max(1, len(units))
+    task_hours = math.ceil(len(units) / tasks) * per_unit_hours
+    hours = max(1, math.ceil(task_hours * 1.2 + 0.25))  # a margin for model loading and slow units
+    inputs = " ".join(cfg.input)
+    sbatch = (f'INPUTS="{inputs}" OUTPUT_DIR={cfg.output_dir} MODEL={cfg.engine.model} sbatch --array=0-{tasks - 1} '
+              f"--time={hours}:00:00 slurm/synthesize.sh --unit_texts={cfg.unit_texts} --rounds={cfg.rounds} "
+              f"--max_new_tokens={cfg.max_new_tokens}")
+    plan = {"units": rows, "total_units": len(units), "texts": texts,
+            "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+            "throughput_tokens_per_s": round(rate, 2), "throughput_source": source,
+            "output_tokens_per_text": round(per_text, 1), "output_tokens": round(texts * per_text),
+            "gpu_hours": round(gpu_hours, 3), "array_tasks": tasks, "hours_per_task": round(task_hours, 3),
+            "sbatch": sbatch}
+    if task_hours > cfg.plan_hours_per_task:
+        log.warning("dry run: even %d tasks (one per unit) need %.1f h each, over plan_hours_per_task=%.1f: make "
+                    "unit_texts smaller", tasks, task_hours, cfg.plan_hours_per_task)
+    return plan
+
+
+def plan_text(plan: dict, max_rows: int = 20) -> str:
+    """The dry run's plan as lines for a terminal."""
+    lines = [f"{'unit':<32} {'lines':>15} {'texts':>9} {'prompt tokens':>14}"]
+    for r in plan["units"][:max_rows]:
+        lines.append(f"{r['unit']:<32} {r['lines'][0]:>7}-{r['lines'][1]:<7} {r['texts']:>9,} {r['prompt_tokens']:>14,}")
+    if len(plan["units"]) > max_rows:
+        lines.append(f"... {len(plan['units']) - max_rows} more units")
+    lines += [f"{plan['total_units']} units, {plan['texts']:,} texts, {plan['prompt_tokens']:,} prompt tokens (round 1)",
+              f"throughput {plan['throughput_tokens_per_s']:,} generated tokens/s per task ({plan['throughput_source']}), "
+              f"{plan['output_tokens_per_text']} generated tokens per text",
+              f"estimate: {plan['gpu_hours']:.3g} GPU-hours; {plan['array_tasks']} array tasks of about "
+              f"{plan['hours_per_task']:.3g} h each", "submit with:", "  " + plan["sbatch"]]
+    return "\n".join(lines)
 
 
 def shard_provenance(cfg: SynthesizeConfig, engine: Engine) -> dict:

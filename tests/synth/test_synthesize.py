@@ -338,3 +338,31 @@ def test_kill_mid_unit_resumes_byte_identical(tmp_path, tiny_dir, engine):
     assert stats["s0.00001"]["resumed_texts"] == 3 and "s0.00000" in stats
     assert (tmp_path / "killed" / "s0.00000.jsonl").stat().st_mtime_ns == before
     assert _outputs(tmp_path / "killed") == _outputs(tmp_path / "whole")
+
+
+def test_dry_run_plans_units_hours_and_the_sbatch_line(tmp_path, tiny_dir, engine, mistral_tokenizer):
+    from megatron_ipt.synth.format import context_text
+    from megatron_ipt.synth.synthesize import plan_text
+
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in" / "a.jsonl", 9)
+    write_corpus(tmp_path / "in" / "b.jsonl", 3, start=50)
+    # Given throughput: 12 texts x 400 tokens at 2 tokens/s = 2,400 s = 0.667 GPU-hours; 0.25 h per task.
+    cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", unit_texts=4, dry_run=True, plan_tokens_per_s=2.0,
+                   max_new_tokens=200, plan_hours_per_task=0.25)
+    plan = synthesize(cfg, engine)
+    assert [(r["unit"], r["texts"]) for r in plan["units"]] == [("a.00000", 4), ("a.00001", 4), ("a.00002", 1), ("b", 3)]
+    texts = [f"Document {i}: the protein binds receptor {i % 7}." for i in [*range(9), *range(50, 53)]]
+    assert plan["prompt_tokens"] == sum(len(mistral_tokenizer.encode(context_text(t))) + 1 for t in texts)
+    assert plan["gpu_hours"] == round(12 * 400 / 2 / 3600, 3) and plan["array_tasks"] == 3
+    assert plan["sbatch"].startswith(f'INPUTS="{tmp_path / "in"}" OUTPUT_DIR={tmp_path / "out"} MODEL={tiny_dir} '
+                                     "sbatch --array=0-2 --time=1:00:00 slurm/synthesize.sh --unit_texts=4")
+    assert not list((tmp_path / "out").glob("*.jsonl"))  # nothing generated, only the plan kept
+    assert (tmp_path / "out" / "units.plan").is_file()
+    # Measured on a sample: a real run over 5 texts of 2 samples x 8 tokens each.
+    cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", unit_texts=4, dry_run=True, plan_sample_texts=5)
+    measured = synthesize(cfg, engine)
+    assert measured["output_tokens_per_text"] == 16.0 and measured["throughput_tokens_per_s"] > 0
+    assert measured["throughput_source"] == "measured on 5 texts" and measured["array_tasks"] == 1
+    text = plan_text(measured)
+    assert "a.00002" in text and "submit with:" in text and "sbatch --array=0-0" in text
