@@ -40,7 +40,7 @@ def run(cfg: SynthesizeConfig) -> int:
         print(plan_text(results))
         return 0
     totals = {k: sum(r.get(k, 0) for r in results.values()) for k in ("texts", "pairs", "degenerate_outputs")}
-    print(json.dumps({"shards": len(results), **totals}))
+    print(json.dumps({"units": len(results), **totals}))
     return 0
 
 

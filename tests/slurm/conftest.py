@@ -30,7 +30,7 @@ BINARIES = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "scontrol", "sca
 SCRIPT_VARS = {"IPT_ROOT", "PYTHON", "RUNS_DIR", "RUN_NAME", "CONFIG", "DATA", "VALID", "STEPS", "GLOBAL_BATCH",
                "MICRO_BATCH", "SEQ_LEN", "LR", "DS_CONFIG", "TOKENIZER", "INIT_FROM", "EXPORT_DIR", "RESUME",
                "CKPT_DIR", "DOMAIN", "INPUT", "INPUTS", "OUTPUT_PREFIX", "OUTPUT_DIR", "MODEL", "ENGINE", "TP",
-               "NUM_SHARDS", "SHARD_INDEX", "JSON_KEYS", "WORKERS", "REQUEUE", "MAX_REQUEUES", "MASTER_ADDR",
+               "NUM_SHARDS", "SHARD_INDEX", "NUM_TASKS", "TASK_INDEX", "JSON_KEYS", "WORKERS", "REQUEUE", "MAX_REQUEUES", "MASTER_ADDR",
                "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
 # The daemons live in /usr/sbin, which a non-login PATH may lack.
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin"])
