@@ -366,3 +366,32 @@ def test_dry_run_plans_units_hours_and_the_sbatch_line(tmp_path, tiny_dir, engin
     assert measured["throughput_source"] == "measured on 5 texts" and measured["array_tasks"] == 1
     text = plan_text(measured)
     assert "a.00002" in text and "submit with:" in text and "sbatch --array=0-0" in text
+
+
+def test_parquet_rows_and_unterminated_lines_make_units(tmp_path):
+    """Units over parquet rows (counted from metadata) and a JSON-lines file whose last line has no
+    newline: every row/line lands in exactly one unit, ids by absolute line number."""
+    from collections import Counter
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from megatron_ipt.data.readers import count_lines, expand_inputs
+    from megatron_ipt.synth.synthesize import plan_units
+
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(7)], "text": [f"text {i}" for i in range(7)]}),
+                   tmp_path / "p.parquet", row_group_size=3)
+    (tmp_path / "q.jsonl").write_text('{"text": "a"}\n\n{"text": "b"}\n{"text": "c"}')
+    files = expand_inputs([tmp_path / "p.parquet", tmp_path / "q.jsonl"])
+    assert [count_lines(f) for f in files] == [7, 4]
+    units = plan_units(files, unit_texts=3)
+    assert [(u.name, u.start, u.stop) for u in units] == [("p.00000", 0, 3), ("p.00001", 3, 6), ("p.00002", 6, 7),
+                                                          ("q.00000", 0, 3), ("q.00001", 3, 4)]
+    cfg = SynthesizeConfig(input=[str(tmp_path)], output_dir="x")
+    got = [read_texts(Path(u.file), cfg, Counter(), u.start, u.stop) for u in units]
+    assert got == [[("p0", "text 0"), ("p1", "text 1"), ("p2", "text 2")],
+                   [("p3", "text 3"), ("p4", "text 4"), ("p5", "text 5")], [("p6", "text 6")],
+                   [("q:1", "a"), ("q:3", "b")], [("q:4", "c")]]
+    limited = plan_units(files, unit_texts=3, limit=2)  # the first two lines (rows) of each file
+    assert [(u.name, u.start, u.stop) for u in limited] == [("p", 0, 2), ("q", 0, 2)]
