@@ -142,9 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     max_new, repeat = pick(32, 96, a.max_new_tokens), pick(1, 3, a.repeat)
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = a.model
+        model_dir, base = a.model, a.base
         if model_dir is None:
-            base = a.base
             if base == "smollm2":
                 from megatron_ipt.model.hf_import import smollm2_hf_dir
 
@@ -153,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             model_dir = str(train_pair_writer(Path(tmp) / "pair_writer", tok, base=base, steps=steps))
             print(f"taught the pair format in {steps} steps ({time.perf_counter() - t0:.1f}s)")
-        tokenizer = a.tokenizer or ("mistral" if a.model is None and a.base is None else "")
+        # The taught model is saved without tokenizer files: name its tokenizer.
+        tokenizer = a.tokenizer or ("" if a.model else base or "mistral")
         cache_tokens = 4 * batch_texts * (2048 if tiny else 4096)
         common = dict(model=model_dir, tokenizer=tokenizer, batch_size=batch_size, device=a.device, max_model_len=2048)
         reuse = EngineConfig(kind="hf", prefix_cache_tokens=cache_tokens, **common).build()
