@@ -17,6 +17,7 @@ import contextlib
 import gzip
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -487,6 +488,12 @@ def run_in_process(module: str, argv: list[str]) -> tuple[int, str, str]:
 
     signal.signal(signal.SIGALRM, hang)
     signal.alarm(TIMEOUT_S)
+    # The package's log handler may be bound to a stream of an earlier test (pytest's capture): point
+    # it at this call's stderr, as a fresh process would have it.
+    handlers = [h for h in logging.getLogger("megatron_ipt").handlers if isinstance(h, logging.StreamHandler)]
+    streams = [h.stream for h in handlers]
+    for h in handlers:
+        h.stream = err  # not setStream: it would flush a stream pytest may have closed
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -497,6 +504,8 @@ def run_in_process(module: str, argv: list[str]) -> tuple[int, str, str]:
         signal.alarm(0)
         for s, h in saved.items():
             signal.signal(s, h)
+        for h, stream in zip(handlers, streams, strict=True):
+            h.stream = stream
     return int(code or 0), out.getvalue(), err.getvalue()
 
 
