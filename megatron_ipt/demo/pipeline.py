@@ -1,8 +1,8 @@
 """The demo's stages 3-6, each a call of the project's public command-line tools.
 
 Nothing here re-implements a part: tuning data comes from ``data_tools.build_synthesizer_data``,
-training from ``megatron_ipt.train`` (under torchrun: one process with ZeRO-0 and bf16 autocast on
-CPU, or ZeRO-3 over two), synthesis from ``data_tools.synthesize``, corpora from
+training from ``megatron_ipt.train`` (under torchrun: one process with ZeRO-0, fp32 on CPU, or
+ZeRO-3 over two), synthesis from ``data_tools.synthesize``, corpora from
 ``data_tools.build_corpora`` and ``data_tools.preprocess_data``, scores from
 ``data_tools.evaluate_synthesizer``, ``megatron_ipt.eval`` (perplexity) and ``megatron_ipt.eval.suite``
 (lm-evaluation-harness). Training runs in its own process and resumes on its own after a kill.
@@ -43,10 +43,12 @@ def _train(paths: DemoPaths, size: DemoSize, name: str, config: Path, values: di
 
 
 def train_precision() -> str:
-    """bf16 on GPUs; on CPU fp32 weights with bf16 autocast (DeepSpeed's bf16 ran at half fp32's speed)."""
+    """bf16 on GPUs; fp32 on CPU. DeepSpeed's bf16 ran at half fp32's speed there, and the trainer's
+    bfloat16_autocast was slower still in a first check under load (benchmarks/demo_train_speed.py
+    measures all three alone)."""
     import torch
 
-    return "bfloat16" if torch.cuda.is_available() else "bfloat16_autocast"
+    return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
 def _read_json(path: Path) -> dict:
@@ -199,7 +201,8 @@ def evaluate_models(size: DemoSize, paths: DemoPaths, models: dict[str, str]) ->
             run_main("megatron_ipt.eval.heldout", ["--model", model, "--texts", paths.heldout_texts, "--out", ppl],
                      f"held-out perplexity of the {name} model")
         if not suite.exists():
-            run_main("megatron_ipt.eval.suite", ["--model", model, "--suite", paths.eval_suite, "--out", suite,
-                                                 "--device", "cpu"], f"lm-eval suite on the {name} model")
+            # No --device: the suite picks cuda when there is a GPU, else the CPU.
+            run_main("megatron_ipt.eval.suite", ["--model", model, "--suite", paths.eval_suite, "--out", suite],
+                     f"lm-eval suite on the {name} model")
         results[name] = {"perplexity": _read_json(ppl), "suite": _read_json(suite)}
     return {"results": results}

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, fields, replace
 
 # Aggregate training tokens/s of SmolLM2-135M on this 2-core machine. Measured 107-124 tokens/s for
 # the previous set-up (ZeRO-3, 2 processes x 1 thread, fp32; 2026-11-24); the demo now trains on one
-# process with bf16 autocast, which a plain loop ran at 165-230 tokens/s: the figure stays at the
-# measured one until benchmarks/demo_train_speed.py is run alone (runs then finish early, not late).
+# process (ZeRO-0, fp32), which a plain fp32 loop ran at 105-135 tokens/s: the figure stays at the
+# measured one until benchmarks/demo_train_speed.py is run alone.
 # Change it here (one place): every step count below follows from it.
 TRAIN_TOKENS_PER_S = 115.0
 EVAL_TOKENS_PER_S = 550.0
@@ -49,8 +49,8 @@ class DemoSize:
     micro_batch: int  # continual pre-training sequences per rank and step
     pretrain_lr: float
     train_tokens_per_s: float = TRAIN_TOKENS_PER_S
-    # Training processes: 1 (ZeRO-0, all threads in one process, bf16 autocast on CPU: the fastest
-    # set-up here, see benchmarks/demo_train_speed.py) or 2 (ZeRO-3, one thread each).
+    # Training processes: 1 (ZeRO-0, all threads in one process, fp32 on CPU; see
+    # benchmarks/demo_train_speed.py) or 2 (ZeRO-3, one thread each: the previous set-up).
     nproc: int = 1
     tune_batch: int = 2  # synthesizer tuning sequences per optimizer step (all ranks)
     min_steps: int = 2  # floor on steps (tiny: a few steps so the loss curves have points)
