@@ -6,7 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_ipt.data.indexed import IndexedDataset, IndexedDatasetWriter, exists, lossmask_prefix
+from megatron_ipt.data.indexed import (
+    IndexedDataset,
+    IndexedDatasetWriter,
+    exists,
+    lossmask_prefix,
+    max_token_id,
+)
 from megatron_ipt.data.provenance import common_record
 from megatron_ipt.io import atomic_write_json, output_lock
 
@@ -67,6 +73,8 @@ def merge_datasets(prefixes: list[str | Path], output_prefix: str | Path) -> dic
             "tokens": writer.n_tokens,
             "dtype": str(dtype),
             "tokenizer_fingerprint": record,
+            # carried from the inputs' summaries, so the trainer's id check needs no scan of the output
+            "max_token_id": max((max_token_id(src) for src in sources), default=-1),
         }
         atomic_write_json(f"{out}.summary.json", summary)
         return summary
