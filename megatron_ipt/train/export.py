@@ -51,13 +51,15 @@ def save_tokenizer(spec: str, out: Path) -> None:
     from megatron_ipt.tokenizer import mistral_model_path
 
     src = Path(spec)
+    # Local files only, always: transformers records the flag in tokenizer_config.json, so leaving it
+    # to the environment (HF_HUB_OFFLINE) would make two exports of one checkpoint differ.
     if spec == "mistral" or src.suffix == ".model":
         shutil.copyfile(mistral_model_path() if spec == "mistral" else src, out / "tokenizer.model")
-        tok = LlamaTokenizer.from_pretrained(str(out))
+        tok = LlamaTokenizer.from_pretrained(str(out), local_files_only=True)
     elif src.suffix == ".gguf":
-        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name, local_files_only=True)
     else:
-        tok = AutoTokenizer.from_pretrained(str(src))
+        tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
     tok.save_pretrained(str(out))
 
 
