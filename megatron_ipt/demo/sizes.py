@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
-# Aggregate training tokens/s of SmolLM2-135M on this 2-core machine. Measured 107-124 tokens/s for
-# this set-up (ZeRO-3, 2 processes x 1 thread, fp32; 2026-11-24). benchmarks/demo_train_speed.py
-# compares it with one process (ZeRO-0) and a plain loop; change nproc and this figure after it.
-# Change it here (one place): every step count below follows from it.
-TRAIN_TOKENS_PER_S = 115.0
+# Aggregate training tokens/s of SmolLM2-135M on this 2-core machine for the demo's set-up: one process
+# with both threads, ZeRO-0, fp32, 4 x 512 tokens per step. benchmarks/demo_train_speed.py measured it
+# alone at 127.8 tokens/s (2026-12-02), against 85.4 for ZeRO-3 on 2 processes x 1 thread (the earlier
+# set-up) and 145.2 for a plain PyTorch fp32 loop. Change it here (one place): every step count follows.
+TRAIN_TOKENS_PER_S = 125.0
 EVAL_TOKENS_PER_S = 550.0
 TOKENS_PER_ABSTRACT = 390  # PubMed abstracts with SmolLM2's tokenizer (77,609 tokens / 200)
 LMEVAL_REQUESTS_PER_S = 16.0  # lm-eval log-likelihood requests/s of SmolLM2-135M here (notes: evaluation-offline)
@@ -48,10 +48,9 @@ class DemoSize:
     micro_batch: int  # continual pre-training sequences per rank and step
     pretrain_lr: float
     train_tokens_per_s: float = TRAIN_TOKENS_PER_S
-    # Training processes: 2 (ZeRO-3, one thread each: the measured set-up) or 1 (ZeRO-0, every thread
-    # in one process: --set nproc=1 micro_batch=4). Under load the one-process runs were several times
-    # slower here (thread oversubscription); benchmarks/demo_train_speed.py compares both alone.
-    nproc: int = 2
+    # Training processes: 1 (ZeRO-0, every thread in one process: the fastest trainer arm measured alone)
+    # or 2 (ZeRO-3, one thread each: 0.67x of it here; the tiny smoke run keeps this multi-rank path).
+    nproc: int = 1
     tune_batch: int = 2  # synthesizer tuning sequences per optimizer step (all ranks)
     min_steps: int = 2  # floor on steps (tiny: a few steps so the loss curves have points)
 
@@ -104,9 +103,9 @@ SIZES: dict[str, DemoSize] = {
         name="tiny", tiny_model=True, records=400, heldout_fraction=0.25, eval_texts=4, eval_items=8, seeds=2,
         general_instructions=200, tune_examples=60, tune_seconds=0, tune_seq_len=512, tune_lr=1e-3,
         synth_texts=4, rounds=2, synth_max_new_tokens=16, synth_max_model_len=512,
-        pretrain_seconds=0, seq_len=128, micro_batch=2, pretrain_lr=1e-3, min_steps=6,
+        pretrain_seconds=0, seq_len=128, micro_batch=2, pretrain_lr=1e-3, min_steps=6, nproc=2,
     ),
-    # The default, <= 20 minutes on 2 CPU cores by estimate_seconds(): tuning 285 s = 16 steps of
+    # The default, <= 20 minutes on 2 CPU cores by estimate_seconds(): tuning 285 s = 17 steps of
     # 2 x 1,024 tokens at lr 3e-4 (fewer steps or lr 1e-4 left SmolLM2 unable to write the <QUE>/<ANS>
     # format); synthesis of 12 texts; 2 seeds per arm of 60 s each; 40 items per family and 30
     # abstracts for 5 models. Same design as medium, NOT powered: the report says so.
@@ -114,7 +113,7 @@ SIZES: dict[str, DemoSize] = {
         name="small", tiny_model=False, records=3000, heldout_fraction=0.15, eval_texts=30, eval_items=40, seeds=2,
         general_instructions=3000, tune_examples=240, tune_seconds=285, tune_seq_len=1024, tune_lr=3e-4,
         synth_texts=12, rounds=2, synth_max_new_tokens=128, synth_max_model_len=2048,
-        pretrain_seconds=60, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
+        pretrain_seconds=60, seq_len=512, micro_batch=4, pretrain_lr=1e-4,
     ),
     # The powered size, <= 90 minutes here by estimate_seconds() (minutes on a GPU): 3 seeds per arm,
     # 300 items per family, 200 held-out abstracts. 14,000 records with a 20% held-out share give
@@ -123,7 +122,7 @@ SIZES: dict[str, DemoSize] = {
         name="medium", tiny_model=False, records=14000, heldout_fraction=0.2, eval_texts=200, eval_items=300,
         seeds=3, general_instructions=6000, tune_examples=1000, tune_seconds=600, tune_seq_len=1024, tune_lr=3e-4,
         synth_texts=64, rounds=3, synth_max_new_tokens=160, synth_max_model_len=2048,
-        pretrain_seconds=240, seq_len=512, micro_batch=2, pretrain_lr=1e-4,
+        pretrain_seconds=240, seq_len=512, micro_batch=4, pretrain_lr=1e-4,
     ),
 }
 

@@ -266,7 +266,8 @@ class Trainer:
                     "loss": window[-1]["loss"],
                     "loss_avg": sum(w["loss"] for w in window) / len(window),
                     "lr": window[-1]["lr"],
-                    "grad_norm": window[-1]["grad_norm"],
+                    # DeepSpeed computes no global norm under ZeRO-0 without clipping: leave it out, not nan.
+                    **({"grad_norm": window[-1]["grad_norm"]} if not math.isnan(window[-1]["grad_norm"]) else {}),
                     "tokens_per_s": tok_s,
                     "tflops_per_device": tflops,
                     "mfu": tflops * 1e12 / self.peak,
