@@ -175,7 +175,7 @@ class Trainer:
             return self.engine(**self._model_inputs(mb), attention_mask=None, use_cache=False,
                                labels=mb["labels"].to(self.device), loss_mask=mb["loss_mask"].to(self.device))
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, float | None]:
         micro = self.data.next_step()
         lr = float(self.engine.get_lr()[0])  # the LR this step's update uses
         n_tokens = global_token_count(micro, self.device)
@@ -195,7 +195,7 @@ class Trainer:
         grad_norm = self.engine.get_global_grad_norm()
         return {
             "loss": float(loss_sum / n_tokens.clamp(min=1)),
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "lr": lr,
             "tokens": float(sum(mb["input_ids"].numel() for mb in micro) * self.world),
         }
@@ -266,8 +266,9 @@ class Trainer:
                     "loss": window[-1]["loss"],
                     "loss_avg": sum(w["loss"] for w in window) / len(window),
                     "lr": window[-1]["lr"],
-                    # DeepSpeed computes no global norm under ZeRO-0 without clipping: leave it out, not nan.
-                    **({"grad_norm": window[-1]["grad_norm"]} if not math.isnan(window[-1]["grad_norm"]) else {}),
+                    # DeepSpeed computes no global norm under ZeRO-0 without clipping: leave it out there;
+                    # a real nan norm (a diverged step) is still logged.
+                    **({"grad_norm": window[-1]["grad_norm"]} if window[-1]["grad_norm"] is not None else {}),
                     "tokens_per_s": tok_s,
                     "tflops_per_device": tflops,
                     "mfu": tflops * 1e12 / self.peak,
