@@ -86,8 +86,7 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
 
     # (a) the synthesizer's tuning families, mined from structured training-side records.
     pool = mesh_term_pool(records)
-    others = {"titles": [r.title for r in train], "journals": [r.journal for r in train]}
-    mined = [ex for ex in (mine_record(r, pool, seed=0, diverse=True, others=others) for r in structured)
+    mined = [ex for ex in (mine_record(r, pool, seed=0, diverse=True) for r in structured)
              if ex is not None]
     mined = mined[: size.tune_examples]
     _write_jsonl(paths.mined, [example_record(ex) for ex in mined])

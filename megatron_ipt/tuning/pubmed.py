@@ -299,12 +299,12 @@ def _mesh_pair(
 
 def mine_record(
     rec: PubmedRecord, mesh_pool: list[str], seed: int = 0, n_options: int = 4, cot_share: float = 0.5,
-    diverse: bool = False, others: dict[str, list[str]] | None = None,
+    diverse: bool = False,
 ) -> Example | None:
     """One tuning example for a record, or None when nothing can be asked about it.
 
     ``diverse`` varies each question's phrasing and adds the families beyond the original four
-    (``TUNING_PHRASINGS``); ``others`` gives their distractors (``{"titles": [...], "journals": [...]}``).
+    (``TUNING_PHRASINGS``).
     """
     rng = _rng(seed, rec.pmid)
     pairs: list[Pair] = []
@@ -332,7 +332,7 @@ def mine_record(
     if mesh is not None:
         pairs.append(mesh)
     if diverse:
-        pairs += _extra_pairs(rec, context, mesh_pool, rng, n_options, others or {}, cot_share)
+        pairs += _extra_pairs(rec, context, mesh_pool, rng, cot_share)
     if not pairs or not context:
         return None
     rng.shuffle(pairs)
@@ -391,10 +391,6 @@ TUNING_PHRASINGS: dict[str, tuple[str, ...]] = {
                  "Tag this abstract with keywords."),
     "mesh_choice": (MESH_QUESTION, "Pick the MeSH heading that applies to this paper.",
                     "Which of these subject headings fits the article?"),
-    "title_choice": ("Which title belongs to this abstract?", "Choose the paper's actual title.",
-                     "Which of the following is the title of this article?"),
-    "journal_choice": ("In which journal did this article appear?", "Which journal published this paper?",
-                       "Where was this study published?"),
     "topic": ("What is the main topic of this abstract?", "What is this paper mainly about?",
               "Name the central subject of the text."),
     "mentions": ("Does the text mention {term}?", "Is {term} discussed in this abstract?",
@@ -409,8 +405,8 @@ _COUNT = re.compile(r"\b(\d{2,6}) (patients|participants|subjects|children|women
 
 def tuning_families() -> dict[str, dict]:
     """Family name -> its phrasings and answer styles (the demo's manifest, set (a))."""
-    styles = {"mesh_choice": "multiple choice (some with chain of thought)", "title_choice": "multiple choice",
-              "journal_choice": "multiple choice", "mentions": "yes/no, free-form or chain of thought"}
+    styles = {"mesh_choice": "multiple choice (some with chain of thought)",
+              "mentions": "yes/no, free-form or chain of thought"}
     return {name: {"wordings": list(p), "answer_format": styles.get(name, "free-form"),
                    "source": "structured training-side PubMed records"} for name, p in TUNING_PHRASINGS.items()}
 
@@ -434,20 +430,15 @@ def _abbreviation(text: str) -> tuple[str, str] | None:
     return None
 
 
-def _extra_pairs(rec: PubmedRecord, context: str, pool: list[str], rng: random.Random, n_options: int,
-                 others: dict[str, list[str]], cot_share: float) -> list[Pair]:
-    """The families beyond the original four (``diverse=True``)."""
+def _extra_pairs(rec: PubmedRecord, context: str, pool: list[str], rng: random.Random,
+                 cot_share: float) -> list[Pair]:
+    """The families beyond the original four (``diverse=True``), every answer grounded in the record.
+
+    No family asks to pick the paper's title or journal among other papers': those distractors
+    cannot be read off the text, and SmolLM2-135M tuned on them opened every output with such a
+    question and looped on invented options (0.08 pairs per text in the small demo).
+    """
     pairs: list[Pair] = []
-    titles = [t for t in others.get("titles", []) if t != rec.title]
-    if rec.title and len(titles) >= n_options - 1:
-        opts = [rec.title, *rng.sample(titles, n_options - 1)]
-        rng.shuffle(opts)
-        pairs.append(Pair(multiple_choice(_phrase("title_choice", rng, True), opts), rec.title))
-    journals = sorted({j for j in others.get("journals", []) if j and j != rec.journal})
-    if rec.journal and len(journals) >= n_options - 1:
-        opts = [rec.journal, *rng.sample(journals, n_options - 1)]
-        rng.shuffle(opts)
-        pairs.append(Pair(multiple_choice(_phrase("journal_choice", rng, True), opts), rec.journal))
     if rec.major_mesh_terms:
         pairs.append(Pair(_phrase("topic", rng, True), ", ".join(rec.major_mesh_terms[:3])))
     present = [m for m in rec.mesh_terms if len(m) > 3 and m.lower() in context.lower()]

@@ -206,7 +206,6 @@ def test_diverse_miner_varies_phrasings_and_adds_families() -> None:
 
     recs = list(iter_pubmed_records([shipped_pubmed_files()[1]], limit=600))
     pool = mesh_term_pool(recs)
-    others = {"titles": [r.title for r in recs], "journals": [r.journal for r in recs]}
     families: Counter = Counter()
     phrasings: dict[str, set[str]] = {}
     styles: Counter = Counter()
@@ -214,7 +213,7 @@ def test_diverse_miner_varies_phrasings_and_adds_families() -> None:
     for rec in recs:
         if not rec.structured:
             continue
-        ex = mine_record(rec, pool, seed=0, diverse=True, others=others)
+        ex = mine_record(rec, pool, seed=0, diverse=True)
         if ex is None:
             continue
         n_examples += 1
@@ -227,7 +226,7 @@ def test_diverse_miner_varies_phrasings_and_adds_families() -> None:
             styles["cot" if p.instruction.endswith(COT_TRIGGER) else "mc" if OPTIONS_HEADER in p.instruction
                    else "free"] += 1
             assert p.response.strip()
-    assert n_pairs / n_examples >= 4
+    assert n_pairs / n_examples >= 3
     assert len(families) >= 10 and set(families) <= set(TUNING_PHRASINGS)
     assert sum(len(v) >= 2 for v in phrasings.values()) >= 8
     assert styles["free"] and styles["mc"] and styles["cot"]
