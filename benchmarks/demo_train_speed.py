@@ -116,6 +116,15 @@ def trainer_run(model_dir: Path, prefix: str, seq: int, micro: int, nproc: int, 
     return [r["tokens_per_s"] for r in rows if r.get("kind") == "train" and r["step"] > warmup and "tokens_per_s" in r]
 
 
+def _slug(arm: str) -> str:
+    return arm.replace(" ", "-")
+
+
+ARMS = tuple(_slug(a) for a in (
+    "plain fp32", "plain bf16-autocast", "trainer zero0 x1 float32", "trainer zero3 x2 float32",
+    "trainer zero0 x1 bfloat16", "trainer zero3 x2 bfloat16", "trainer zero0 x1 bfloat16_autocast"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny random model, few steps (the tested form)")
@@ -127,7 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=int, default=600, help="PubMed abstracts tokenized")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--arms", default="all", help="comma-separated subset of the arms to run, named as "
+                        f"printed with '-' for spaces (e.g. plain-fp32,trainer-zero0-x1-float32); all: {', '.join(ARMS)}")
     args = parser.parse_args(argv)
+    wanted = ARMS if args.arms == "all" else tuple(a.strip() for a in args.arms.split(","))
+    unknown = [a for a in wanted if a not in ARMS]
+    if unknown or not any(a.startswith("plain") for a in wanted) or not any(a.startswith("trainer") for a in wanted):
+        parser.error(f"--arms: {', '.join(unknown) or 'need at least one plain and one trainer arm'}; "
+                     f"choose from {', '.join(ARMS)}")
     if args.tiny:
         args.steps, args.warmup, args.seq_len, args.docs = min(args.steps, 3), 1, 128, 60
     work = Path(args.work or tempfile.mkdtemp(prefix="demo_train_speed_"))
@@ -138,13 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     zero0 = REPO / "ds_configs" / "zero0.json"
     results: dict[str, float] = {}
     for bf16 in (False, True):
-        rates = plain_loop(model, prefix, args.seq_len, rows, args.steps, args.warmup, args.threads, bf16)
-        results[f"plain {'bf16-autocast' if bf16 else 'fp32'}"] = statistics.median(rates)
+        name = f"plain {'bf16-autocast' if bf16 else 'fp32'}"
+        if _slug(name) in wanted:
+            rates = plain_loop(model, prefix, args.seq_len, rows, args.steps, args.warmup, args.threads, bf16)
+            results[name] = statistics.median(rates)
     for precision in ("float32", "bfloat16", "bfloat16_autocast"):
-        results[f"trainer zero0 x1 {precision}"] = statistics.median(trainer_run(
-            model, prefix, args.seq_len, rows, 1, args.threads, args.steps, args.warmup, precision, str(zero0), work))
-        if precision != "bfloat16_autocast":  # the old set-up, as the demo ran it before
-            results[f"trainer zero3 x2 {precision}"] = statistics.median(trainer_run(
+        name = f"trainer zero0 x1 {precision}"
+        if _slug(name) in wanted:
+            results[name] = statistics.median(trainer_run(
+                model, prefix, args.seq_len, rows, 1, args.threads, args.steps, args.warmup, precision, str(zero0),
+                work))
+        name = f"trainer zero3 x2 {precision}"  # the old set-up, as the demo ran it before
+        if _slug(name) in wanted:
+            results[name] = statistics.median(trainer_run(
                 model, prefix, args.seq_len, args.micro_batch, 2, max(args.threads // 2, 1), args.steps,
                 args.warmup, precision, str(REPO / "ds_configs/zero3.json"), work))
     print(f"{'arm':28} {'tokens/s':>10}")

@@ -27,3 +27,12 @@ def test_tiny_benchmark_runs_every_arm(tmp_path, smollm2_dir):
     assert res["ratio"] == pytest.approx(max(v for k, v in arms.items() if k.startswith("trainer"))
                                          / max(v for k, v in arms.items() if k.startswith("plain")))
     assert "best trainer" in proc.stdout and "goal >= 0.90x" in proc.stdout
+
+
+def test_arms_subset_is_checked_before_any_work(tmp_path):
+    """``--arms`` names arms as printed; an unknown name, or no plain or no trainer arm, is refused."""
+    for arms, word in (("plain-fp32,trainer-zero9", "trainer-zero9"), ("plain-fp32", "at least one plain")):
+        proc = subprocess.run([sys.executable, "benchmarks/demo_train_speed.py", "--arms", arms, "--work",
+                               str(tmp_path / "w")], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and word in proc.stderr, proc.stderr
+        assert not (tmp_path / "w").exists()  # refused before the scratch folder or the model
