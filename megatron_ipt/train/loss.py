@@ -46,10 +46,20 @@ def backward_scale(grad_accum: int, world_size: int) -> float:
 
 
 # -- the memory-lean loss: a chunked linear + cross-entropy through the hidden states -----------------
+# Chunks may hold this many bytes of fp32 logits even when that exceeds the hidden states' size: each
+# chunk also adds its (vocab, hidden) weight gradient into the fp32 accumulator, so tiny chunks of a small
+# model's large vocabulary cost more in memory traffic than they save (SmolLM2-135M at 4 x 512 tokens:
+# 64 chunks of 32 tokens before, 8 of 256 now). An 8B head's chunks are above this already.
+CHUNK_LOGITS_BYTES = 64 << 20
+
+
 def chunk_tokens_for(n_tokens: int, hidden: int, vocab: int) -> int:
-    """Tokens per chunk: a chunk's (tokens, vocab) logits about the size of all (tokens, hidden) states."""
+    """Tokens per chunk: a chunk's (tokens, vocab) logits about the size of all (tokens, hidden) states,
+    or up to ``CHUNK_LOGITS_BYTES`` of fp32 logits when that is more (a power of two, <= n_tokens)."""
     per = math.ceil(n_tokens / max(1, math.ceil(vocab / hidden)))
-    return max(1, min(n_tokens, 1 << max(0, per - 1).bit_length()))
+    by_size = 1 << max(0, per - 1).bit_length()
+    by_bytes = 1 << max(0, (CHUNK_LOGITS_BYTES // (4 * vocab)).bit_length() - 1)
+    return max(1, min(n_tokens, max(by_size, by_bytes)))
 
 
 def _chunk_loss(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,

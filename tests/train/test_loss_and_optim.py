@@ -12,6 +12,7 @@ from megatron_ipt.model.config import ModelConfig
 from megatron_ipt.train import optim
 from megatron_ipt.train.config import OptimConfig
 from megatron_ipt.train.loss import (
+    CHUNK_LOGITS_BYTES,
     attach_chunked_loss,
     backward_scale,
     chunk_tokens_for,
@@ -124,11 +125,14 @@ def test_chunked_linear_cross_entropy_is_exact(chunk: int | None) -> None:
             <= 1e-6 * abs(float(reference))
 
 
-def test_chunk_size_keeps_logits_near_hidden_size() -> None:
+def test_chunk_size_keeps_logits_near_hidden_size_or_a_floor() -> None:
     assert chunk_tokens_for(8192, 4096, 128_256) == 256  # 8B head, 4 x 2,048 tokens: 32 chunks
     assert chunk_tokens_for(10, 64, 32) == 10 and chunk_tokens_for(1, 4096, 128_256) == 1
-    n = chunk_tokens_for(5000, 64, 32000)
-    assert n * 32000 <= 2 * 5000 * 64 and n >= 1
+    n = chunk_tokens_for(5000, 64, 32000)  # a small model's large vocabulary: the byte floor decides
+    assert n * 32000 * 4 <= CHUNK_LOGITS_BYTES < 2 * n * 32000 * 4
+    assert chunk_tokens_for(2048, 576, 49_152) == 256  # SmolLM2-135M, 4 x 512 tokens: 8 chunks
+    huge = chunk_tokens_for(1 << 20, 8192, 4 << 20)  # a vocabulary too big for the floor: by size
+    assert huge * (4 << 20) <= 2 * (1 << 20) * 8192
 
 
 def test_model_with_chunked_loss_matches_logits_loss() -> None:
