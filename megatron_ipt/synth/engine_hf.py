@@ -15,6 +15,7 @@ and explicit position ids make the padding invisible, so the result equals a ful
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -157,6 +158,10 @@ class HFEngine:
             log.info("prefix reuse off: the model's sliding window (%d) is shorter than max_model_len", window)
             reuse = 0
         self.prefix_store = PrefixStore(reuse) if reuse > 0 else None
+        # transformers renamed the forward's KV-cache argument from past_key_values to cache (5.2x warns
+        # on every call with the old name; 5.17, the GPU machine's, knows only the old one).
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
+            else "past_key_values"
         self.prefilled_tokens = 0  # prompt tokens run through the model (all calls so far)
         self.reused_tokens = 0  # prompt tokens taken from the prefix store instead
 
@@ -268,9 +273,13 @@ class HFEngine:
                         values[j, :, cached - n :] = kv[layer][1]
                 layers.append((keys, values))
             past = DynamicCache(ddp_cache_data=layers)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                         use_cache=True)
+        out = self._forward(ids, mask, positions, past)
         return out, mask, positions
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+        """One model call over the KV ``cache`` (None: a fresh one), returning the output with its cache."""
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                          **{self._cache_arg: cache})
 
     def _keep_prefix(self, row: _Row, cache, j: int, mask: torch.Tensor) -> None:
         """Store the KV of what row ``j`` fed the model: its prompt and the output tokens fed back."""
@@ -285,7 +294,7 @@ class HFEngine:
 
     def _generate_batch(self, rows: list[_Row]) -> None:
         out, mask, positions = self._prefill(rows)
-        cache = out.past_key_values
+        cache = out[self._cache_arg]
         active = list(rows)
         while True:
             tokens = self._next_tokens(out.logits[:, -1, :], active)
@@ -306,8 +315,7 @@ class HFEngine:
             step = torch.tensor(tokens, device=self.device).unsqueeze(1)
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
             positions = positions[:, -1:] + 1
-            out = self.model(input_ids=step, attention_mask=mask, position_ids=positions,
-                             past_key_values=cache, use_cache=True)
+            out = self._forward(step, mask, positions, cache)
         for row in rows:
             text = self.tokenizer.decode(row.out)
             if row.params.stop:
