@@ -4,9 +4,10 @@
   abstracts into sentences and labelling each sentence with the NLM category of its section
   (BACKGROUND, OBJECTIVE, METHODS, RESULTS, CONCLUSIONS); a model classifies a sentence. Here:
   one sentence per held-out structured abstract, labels balanced round-robin (chance is 1/5).
-- ``abstract_next_sentence``: a continuation task in the style of HellaSwag / SWAG: the opening
-  sentences of a held-out unstructured abstract, and four candidate next sentences (the true one
-  and three from other held-out abstracts); the model picks by log-likelihood.
+- ``abstract_next_sentence``: a continuation task in the style of HellaSwag / SWAG: up to
+  ``CONTEXT_SENTENCES`` consecutive sentences of a held-out unstructured abstract, and four
+  candidate next sentences (the true one and three from other held-out abstracts); the model picks
+  by log-likelihood.
 
 Both are scored as log-likelihood multiple choice through lm-evaluation-harness (acc, acc_norm;
 ``megatron_ipt.eval.suite``). Items are ``{id, query, choices, gold}``. Neither family's wording or
@@ -26,6 +27,10 @@ from megatron_ipt.tuning.pubmed import PubmedRecord
 ROLES = ("BACKGROUND", "OBJECTIVE", "METHODS", "RESULTS", "CONCLUSIONS")
 RCT_QUERY = "Abstract sentence: {sentence}\nRole:"
 NGRAM = 13  # the decontamination window of lm-evaluation-harness and GPT-3
+# Sentences of context before the candidates (SWAG gives one, HellaSwag about two). lm-eval scores
+# every choice with its whole context, so the abstract's full opening made this family 85% of the
+# suite's tokens: 8.4 of the medium demo's 10 minutes per model on 2 CPU cores.
+CONTEXT_SENTENCES = 2
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\[])")
 
@@ -86,7 +91,7 @@ def next_sentence_items(records: Iterable[PubmedRecord], limit: int, n_choices: 
                 distractors.append(s)
         choices = [gold, *distractors]
         rng.shuffle(choices)
-        context = " ".join(sents[:k])
+        context = " ".join(sents[max(0, k - CONTEXT_SENTENCES):k])
         items.append({"id": f"pmid:{pmid}", "query": context, "choices": [f" {c}" for c in choices],
                       "gold": choices.index(gold), "text": " ".join([context, *choices])})
     return items
