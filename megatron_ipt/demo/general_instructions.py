@@ -54,13 +54,30 @@ FAMILIES = ("stdlib_describe", "stdlib_module", "stdlib_signature", "arithmetic"
             "reverse_words")
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def _first_paragraph(doc: str) -> str:
     para = doc.strip().split("\n\n", 1)[0]
     return " ".join(para.split())
 
 
-def stdlib_callables() -> Iterator[tuple[str, str, str, str]]:
-    """``(module, qualified name, signature, docstring paragraph)`` for public documented callables."""
+def stdlib_callables() -> list[tuple[str, str, str, str]]:
+    """``(module, qualified name, signature, docstring paragraph)`` for public documented callables,
+    read in a fresh interpreter: libraries imported here may patch the standard library (with torch
+    loaded, ``inspect.getfile`` is another module's function), which would change the records."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from megatron_ipt.demo.general_instructions import scan_stdlib; "
+            "json.dump(list(scan_stdlib()), sys.stdout)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return [tuple(row) for row in json.loads(out)]
+
+
+def scan_stdlib() -> Iterator[tuple[str, str, str, str]]:
+    """What :func:`stdlib_callables` returns, read in this interpreter as it is."""
     seen: set[int] = set()
     for mod_name in STDLIB_MODULES:
         with warnings.catch_warnings():
@@ -83,6 +100,8 @@ def stdlib_callables() -> Iterator[tuple[str, str, str, str]]:
             try:
                 sig = str(inspect.signature(obj))
             except (TypeError, ValueError):
+                sig = ""
+            if _ADDRESS.search(sig):  # a default's repr with a memory address differs between processes
                 sig = ""
             yield mod_name, f"{mod_name}.{attr}", sig, para
 
