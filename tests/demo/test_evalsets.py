@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from megatron_ipt.demo.evalsets import (
+    CONTEXT_SENTENCES,
     ROLES,
     drop_contaminated,
     family_manifest,
@@ -56,7 +57,8 @@ def test_next_sentence_items_hold_the_true_continuation(records):
         rec = by_pmid[it["id"]]
         assert not rec.structured and len(it["choices"]) == 4 and len(set(it["choices"])) == 4
         gold = it["choices"][it["gold"]].strip()
-        assert rec.abstract.startswith(it["query"]) and (it["query"] + " " + gold) in rec.abstract
+        assert (it["query"] + " " + gold) in rec.abstract  # the sentences just before the true one
+        assert 1 <= len(split_sentences(it["query"])) <= CONTEXT_SENTENCES
         for k, c in enumerate(it["choices"]):
             if k != it["gold"]:
                 assert c.strip() not in rec.abstract  # distractors come from other abstracts
@@ -97,3 +99,22 @@ def test_family_sets_are_disjoint_by_design():
     text = " ".join(r["question"] + " " + r["response"] for r in rows).lower()
     for word in ("abstract sentence", "role:", "patients", "clinical", "randomized"):
         assert word not in text, word
+
+
+def test_general_instructions_are_the_same_in_another_process():
+    """No record depends on the process: a default's repr with a memory address, or a standard-library
+    function patched by a library loaded here (torch replaces ``inspect.getfile``). A rerun of the
+    corpus stage must rewrite the same file."""
+    import json
+    import subprocess
+    import sys
+
+    import torch  # noqa: F401  (loaded here, not in the other process)
+
+    code = ("import json, logging; logging.getLogger().addHandler(logging.NullHandler()); "
+            "from megatron_ipt.demo.general_instructions import general_instructions; "
+            "print(json.dumps(list(general_instructions())))")
+    other = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    here = list(general_instructions())
+    assert other == here and len(here) > 1000
+    assert not any(" at 0x" in r["response"] for r in here)
