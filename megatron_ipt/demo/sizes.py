@@ -1,8 +1,6 @@
 """Demo sizes: every stage gets an explicit time budget, turned into token/step budgets.
 
-Calibration (the project's notes on offline material, 2 CPU cores, other load present):
-SmolLM2-135M trains at ~165-230 tokens/s with bf16 autocast and scores at ~450-675 tokens/s.
-The budgets below use the low-middle of those ranges so that ``small`` stays within 20 minutes.
+Calibration: the throughputs below, measured alone on this 2-core machine (each says where).
 """
 
 from __future__ import annotations
@@ -15,13 +13,20 @@ from dataclasses import asdict, dataclass, fields, replace
 # alone at 138.8 tokens/s (2026-12-03, with the loss's 64 MiB chunk floor; 127.8 before it), against
 # 141.0 for a plain PyTorch fp32 loop in the same run. Change it here (one place): every step count follows.
 TRAIN_TOKENS_PER_S = 135.0
-EVAL_TOKENS_PER_S = 550.0
-TOKENS_PER_ABSTRACT = 390  # PubMed abstracts with SmolLM2's tokenizer (77,609 tokens / 200)
-LMEVAL_REQUESTS_PER_S = 16.0  # lm-eval log-likelihood requests/s of SmolLM2-135M here (notes: evaluation-offline)
-# Fixed costs per step of a run, measured on the small demo (start-up, export, loading): seconds.
-TRAIN_RUN_OVERHEAD_S = 50.0
+# Scoring, measured in the medium demo of 2026-12-03 (2 cores, alone): held-out perplexity in fp32 at
+# 350-480 tokens/s (eval.heldout's default on CPU since then; bf16 autocast ran at 68); the held-out
+# unstructured abstracts average 225 SmolLM2 tokens (45,050 / 200); lm-eval scored the suite's 2,700
+# requests in 307-394 s per model (~7.5/s, with CONTEXT_SENTENCES in demo/evalsets.py).
+EVAL_TOKENS_PER_S = 400.0
+TOKENS_PER_ABSTRACT = 225
+LMEVAL_REQUESTS_PER_S = 7.5
+# Fixed costs of a training run (start-up, checkpoint, export), seconds: the medium demo's six runs took
+# 1,460 s for 6 x 240 s of budgeted training at 135 tokens/s (trained at 134-141).
+TRAIN_RUN_OVERHEAD_S = 25.0
 EVAL_MODEL_OVERHEAD_S = 15.0
-SYNTH_SECONDS_PER_TEXT_TOKEN = 150.0 / (24 * 128)  # the small demo: 24 texts x 128 new tokens in ~150 s
+# Synthesis: the medium demo of 2026-12-03 wrote for 64 texts x 160 new tokens (3 rounds, chain-major
+# with prefix reuse) in 216 s; the small demo's earlier figure was 150 s for 24 x 128.
+SYNTH_SECONDS_PER_TEXT_TOKEN = 216.0 / (64 * 160)
 CHOICES_PER_ITEM = 4.5  # the suite's two families: 5 and 4 options
 
 
@@ -115,7 +120,7 @@ SIZES: dict[str, DemoSize] = {
         synth_texts=12, rounds=2, synth_max_new_tokens=128, synth_max_model_len=2048,
         pretrain_seconds=60, seq_len=512, micro_batch=4, pretrain_lr=1e-4,
     ),
-    # The powered size, <= 90 minutes here by estimate_seconds() (minutes on a GPU): 3 seeds per arm,
+    # The powered size (minutes on a GPU): 3 seeds per arm,
     # 300 items per family, 200 held-out abstracts. 14,000 records with a 20% held-out share give
     # ~420 held-out structured abstracts (sentence-role items); 12,000 at 15% gave only 283.
     "medium": DemoSize(
