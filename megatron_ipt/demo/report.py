@@ -295,8 +295,11 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         "The `domain` recipe templated every synthesized text and mixed it 1:1 by tokens with general "
         f"instructions: {corpus.get('general_instructions', 'n/a')} records mined offline from Python's standard "
         "library docstrings (no general-instruction set ships inside an installable package; the paper uses "
-        "OpenOrca). Counted skips of the recipe: "
-        + (json.dumps({k: c.get("counts", {}) for k, c in mixture.get("components", {}).items()}) or "none") + ".",
+        "OpenOrca). What the recipe read, kept and dropped (its quality gate's drops by reason), and how often "
+        "each component's documents repeat in the blend: "
+        + (json.dumps({k: {**c.get("counts", {}), **c.get("quality", {}).get("dropped", {}),
+                           **({"repeat": c["repeat"]} if "repeat" in c else {})}
+                       for k, c in mixture.get("components", {}).items()}) or "none") + ".",
         "",
         "## Continual pre-training (stage 5)",
         "",
