@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from megatron_ipt.config import auto_dtype
 from megatron_ipt.demo.paths import ARMS, DemoPaths
 from megatron_ipt.demo.sizes import DemoSize
 from megatron_ipt.demo.stages import DemoError, run_command, run_main, torchrun_module
@@ -46,9 +47,7 @@ def train_precision() -> str:
     """bf16 on GPUs; fp32 on CPU. DeepSpeed's bf16 ran at half fp32's speed there, and the trainer's
     bfloat16_autocast was slower still in a first check under load (benchmarks/demo_train_speed.py
     measures all three alone)."""
-    import torch
-
-    return "bfloat16" if torch.cuda.is_available() else "float32"
+    return auto_dtype()
 
 
 def _read_json(path: Path) -> dict:

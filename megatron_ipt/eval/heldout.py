@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from megatron_ipt.config import ConfigError, run_cli
+from megatron_ipt.config import ConfigError, auto_dtype, run_cli
 from megatron_ipt.data.readers import DataError, iter_records
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.progress import progress
@@ -387,11 +387,7 @@ class EvaluateArgs:
 
 def scoring_bf16(dtype: str) -> bool:
     """Whether ``--dtype`` means bf16 autocast (``auto``: only when a GPU is there)."""
-    if dtype == "auto":
-        import torch
-
-        return torch.cuda.is_available()
-    return dtype == "bfloat16"
+    return (auto_dtype() if dtype == "auto" else dtype) == "bfloat16"
 
 
 def run(args: EvaluateArgs) -> int:
