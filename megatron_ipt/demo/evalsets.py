@@ -28,9 +28,11 @@ ROLES = ("BACKGROUND", "OBJECTIVE", "METHODS", "RESULTS", "CONCLUSIONS")
 RCT_QUERY = "Abstract sentence: {sentence}\nRole:"
 NGRAM = 13  # the decontamination window of lm-evaluation-harness and GPT-3
 # Sentences of context before the candidates (SWAG gives one, HellaSwag about two). lm-eval scores
-# every choice with its whole context, so the abstract's full opening made this family 85% of the
-# suite's tokens: 8.4 of the medium demo's 10 minutes per model on 2 CPU cores.
-CONTEXT_SENTENCES = 2
+# every choice with its whole context (no prefix sharing), and on 2 CPU cores it is compute-bound
+# (~380 tokens/s): the abstract's full opening made this family 85% of the suite's tokens, two
+# sentences still 2/3 of them (69 context tokens per choice against 33 of continuation). One sentence,
+# as in SWAG, keeps the medium demo's seven suite runs inside its time budget.
+CONTEXT_SENTENCES = 1
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\[])")
 

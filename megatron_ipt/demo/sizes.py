@@ -15,11 +15,16 @@ from dataclasses import asdict, dataclass, fields, replace
 TRAIN_TOKENS_PER_S = 135.0
 # Scoring, measured in the medium demo of 2026-12-03 (2 cores, alone): held-out perplexity in fp32 at
 # 350-480 tokens/s (eval.heldout's default on CPU since then; bf16 autocast ran at 68); the held-out
-# unstructured abstracts average 225 SmolLM2 tokens (45,050 / 200); lm-eval scored the suite's 2,700
-# requests in 307-394 s per model (~7.5/s, with CONTEXT_SENTENCES in demo/evalsets.py).
+# unstructured abstracts average 225 SmolLM2 tokens (45,050 / 200). lm-eval's hf model is compute-bound
+# here: it scored the suite's 135,000 forward tokens per model (rct_sentence_role's five one-token
+# choices share one forward; each next-sentence choice repeats its context) in 307-394 s, ~380/s, the
+# same rate as a bare forward pass of SmolLM2 at 8 x 120 tokens. Per item, with the SmolLM2 tokenizer:
+# rct_sentence_role 41 tokens, abstract_next_sentence 4 x (35 + 33) = 273 with CONTEXT_SENTENCES = 1
+# in demo/evalsets.py (4 x (69 + 33) = 410 with two sentences).
 EVAL_TOKENS_PER_S = 400.0
 TOKENS_PER_ABSTRACT = 225
-LMEVAL_REQUESTS_PER_S = 7.5
+LMEVAL_TOKENS_PER_S = 370.0
+LMEVAL_TOKENS_PER_ITEM = (41 + 273) / 2  # the suite's two families, per item
 # Fixed costs of a training run (start-up, checkpoint, export), seconds: the medium demo's six runs took
 # 1,460 s for 6 x 240 s of budgeted training at 135 tokens/s (trained at 134-141).
 TRAIN_RUN_OVERHEAD_S = 25.0
@@ -27,7 +32,6 @@ EVAL_MODEL_OVERHEAD_S = 15.0
 # Synthesis: the medium demo of 2026-12-03 wrote for 64 texts x 160 new tokens (3 rounds, chain-major
 # with prefix reuse) in 216 s; the small demo's earlier figure was 150 s for 24 x 128.
 SYNTH_SECONDS_PER_TEXT_TOKEN = 216.0 / (64 * 160)
-CHOICES_PER_ITEM = 4.5  # the suite's two families: 5 and 4 options
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class DemoSize:
         """Wall time of each stage on this machine, from the calibrated throughputs (tiny: not meaningful)."""
         models = 1 + 2 * self.seeds
         per_model = (self.eval_texts * TOKENS_PER_ABSTRACT / EVAL_TOKENS_PER_S
-                     + 2 * self.eval_items * CHOICES_PER_ITEM / LMEVAL_REQUESTS_PER_S + EVAL_MODEL_OVERHEAD_S)
+                     + 2 * self.eval_items * LMEVAL_TOKENS_PER_ITEM / LMEVAL_TOKENS_PER_S + EVAL_MODEL_OVERHEAD_S)
         return {
             "corpus": 15.0 + 0.006 * self.records,  # parsing, mining, 13-gram checks
             "synthesizer": self.tune_seconds + 60.0,
