@@ -43,13 +43,6 @@ def _train(paths: DemoPaths, size: DemoSize, name: str, config: Path, values: di
     return seconds
 
 
-def train_precision() -> str:
-    """bf16 on GPUs; fp32 on CPU. DeepSpeed's bf16 ran at half fp32's speed there, and the trainer's
-    bfloat16_autocast was slower still in a first check under load (benchmarks/demo_train_speed.py
-    measures all three alone)."""
-    return auto_dtype()
-
-
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -82,7 +75,7 @@ def tune_synthesizer(size: DemoSize, paths: DemoPaths) -> dict:
             "model.init_from": start, "data.tokenizer": start, "data.train": train_prefix,
             "data.seq_len": size.tune_seq_len, "steps": size.tune_steps, "optim.lr": size.tune_lr,
             "micro_batch_size": size.tune_batch // size.nproc, "global_batch_size": size.tune_batch,
-            "precision": train_precision(),
+            "precision": auto_dtype(),
             "run_dir": paths.tuning_run, "checkpoint.dir": paths.tuning_run / "checkpoints",
         }, export=paths.synthesizer)
     after = pair_loss(paths, paths.synthesizer, prefix, "after", max_docs)
@@ -165,7 +158,7 @@ def continual_pretrain(size: DemoSize, paths: DemoPaths, start: str, data: dict[
                     "model.init_from": start, "data.tokenizer": start, "data.train": data[arm],
                     "data.seq_len": size.seq_len, "data.seed": 1234 + k, "steps": size.pretrain_steps,
                     "micro_batch_size": size.micro_batch, "global_batch_size": size.global_batch,
-                    "optim.lr": size.pretrain_lr, "precision": train_precision(),
+                    "optim.lr": size.pretrain_lr, "precision": auto_dtype(),
                     "run_dir": paths.run_dir(name), "checkpoint.dir": paths.run_dir(name) / "checkpoints",
                 }, export=paths.model(name))
             runs[name] = {"arm": arm, "seed": k, "data": data[arm], "model": str(paths.model(name)),
