@@ -42,7 +42,7 @@ TOOLS = {
     "train": "megatron_ipt.train.__main__",
     "export": "megatron_ipt.train.export",
     "evaluate": "megatron_ipt.eval.heldout",
-    "preflight": "megatron_ipt.preflight",
+    "preflight": "megatron_ipt.cluster.preflight",
 }
 
 

@@ -31,7 +31,7 @@ import yaml
 from megatron_ipt.config import ConfigError
 from megatron_ipt.data.readers import DataError, expand_inputs, input_stem, iter_records, kind_of
 from megatron_ipt.log import get_logger
-from megatron_ipt.synth.format import Pair
+from megatron_ipt.pairs import Pair
 
 log = get_logger(__name__)
 

@@ -36,8 +36,8 @@ from typing import Any, ClassVar, Literal
 from megatron_ipt.config import ConfigError, auto_dtype, run_cli
 from megatron_ipt.data.readers import DataError, iter_records
 from megatron_ipt.log import get_logger, setup_logging
+from megatron_ipt.pairs import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER
 from megatron_ipt.progress import progress
-from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER
 
 log = get_logger("megatron_ipt.eval.heldout")
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from megatron_ipt.log import get_logger
-from megatron_ipt.synth.format import ANS, END, PAIR_SEPARATOR, QUE, pairs_text, parse_pairs
+from megatron_ipt.pairs import ANS, END, PAIR_SEPARATOR, QUE, pairs_text, parse_pairs
 from megatron_ipt.tuning.example import Example
 
 log = get_logger(__name__)
@@ -130,8 +130,9 @@ def generation_scores(
     max_pairs_per_example: int | None = None,
 ) -> dict[str, Any]:
     """Parse rate of free generations and response EM / token F1 for the gold instructions."""
+    from megatron_ipt.pairs import is_degenerate
     from megatron_ipt.synth.engine_types import SamplingParams
-    from megatron_ipt.synth.rounds import build_prompt_ids, is_degenerate
+    from megatron_ipt.synth.rounds import build_prompt_ids
 
     tok = engine.tokenizer
     skipped_long = 0

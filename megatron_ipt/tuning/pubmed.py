@@ -28,8 +28,8 @@ from pathlib import Path
 from megatron_ipt.data.readers import InputFile, iter_records, open_binary
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
+from megatron_ipt.pairs import COT_TRIGGER, OPTIONS_HEADER, Pair, chain_of_thought, multiple_choice
 from megatron_ipt.progress import progress as progress_of
-from megatron_ipt.synth.format import COT_TRIGGER, OPTIONS_HEADER, Pair, chain_of_thought, multiple_choice
 from megatron_ipt.tuning.example import Example
 
 log = get_logger(__name__)

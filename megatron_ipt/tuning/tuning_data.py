@@ -2,7 +2,7 @@
 
 Each training document concatenates several examples *from the same dataset* (one document, so
 attention flows across them and the model learns to keep a pattern), up to ``max_length`` tokens.
-Examples are written as ``segments`` records (:func:`megatron_ipt.synth.format.example_segments`)
+Examples are written as ``segments`` records (:func:`megatron_ipt.pairs.example_segments`)
 and tokenized by the data core's :func:`~megatron_ipt.data.preprocess.preprocess`, whose loss-mask
 twin then covers exactly the pairs and each example's closing EOS.
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
+from megatron_ipt.pairs import MARKERS, Pair, context_text, example_segments, pairs_text
 from megatron_ipt.progress import progress
-from megatron_ipt.synth.format import MARKERS, Pair, context_text, example_segments, pairs_text
 from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
 from megatron_ipt.tuning.example import ConvertStats, Example
 

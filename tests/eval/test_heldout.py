@@ -27,7 +27,7 @@ from megatron_ipt.eval.heldout import (
     task_prompt,
     token_f1,
 )
-from megatron_ipt.synth.format import chain_of_thought, multiple_choice
+from megatron_ipt.pairs import chain_of_thought, multiple_choice
 
 TEXTS = [
     "Aspirin reduces the risk of myocardial infarction in adults with diabetes.",

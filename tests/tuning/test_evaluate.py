@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_ipt.synth.format import Pair, context_text
+from megatron_ipt.pairs import Pair, context_text
 from megatron_ipt.tuning.evaluate import (
     exact_match,
     generation_scores,

@@ -1,17 +1,18 @@
-"""Fuzzing ``format.parse_pairs``: it never crashes and never loses a pair from well-formed output."""
+"""megatron_ipt.pairs: fuzzing `parse_pairs` (it never crashes and never loses a pair from well-formed output), the identity rule and the degenerate-text check."""
 
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from megatron_ipt.synth.format import (
+from megatron_ipt.pairs import (
     ANS,
     END,
     MARKERS,
     QUE,
     Pair,
     instruction_key,
+    is_degenerate,
     pair_text,
     pairs_text,
     parse_pairs,
@@ -73,3 +74,17 @@ def test_repeated_instructions_keep_the_first(case):
     result = parse_pairs(pairs_text(pairs + repeated))
     assert result.pairs == pairs
     assert result.duplicates == len(pairs)
+
+
+def test_degenerate_detection():
+    assert is_degenerate("<QUE> What is it? <ANS> Q3: Q3: Q3: Q3: Q3: Q3: Q3: Q3:")
+    assert is_degenerate("ok " + "the cell the cell the cell the cell the cell ")
+    assert not is_degenerate("<QUE> What is the role of insulin? <ANS> It lowers blood glucose. </END>")
+    assert not is_degenerate("very very good")  # short emphasis is not a loop
+
+
+def test_one_identity_rule_for_instructions():
+    assert instruction_key("What is the objective?") == instruction_key("what is the OBJECTIVE")
+    assert instruction_key("Straße?") == instruction_key("STRASSE")
+    assert instruction_key("Ｗhat  is  it?") == instruction_key("what is it")  # NFKC, spacing
+    assert instruction_key("What is it?") != instruction_key("What is this?")
