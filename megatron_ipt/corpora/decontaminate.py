@@ -211,7 +211,7 @@ def _sorted_unique(a: np.ndarray) -> np.ndarray:
 
 
 class _TaskLoader(yaml.SafeLoader):
-    """YAML loader for lm-eval task files: their ``!function`` tags read as plain strings."""
+    """YAML loader for lm-eval task files: a ``!function`` tag (code) reads as None, never runs."""
 
 
 _TaskLoader.add_multi_constructor("!", lambda loader, suffix, node: None)

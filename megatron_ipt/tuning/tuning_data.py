@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from megatron_ipt.data.indexed import summary_path
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
 from megatron_ipt.pairs import MARKERS, Pair, context_text, example_segments, pairs_text
@@ -252,7 +253,7 @@ def build_tuning_data(
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     if tok.bos_id is None or tok.eos_id is None:
         raise ValueError(f"tokenizer {tok.name} needs BOS and EOS tokens for the synthesizer format")
-    summary_file = Path(f"{output_prefix}.summary.json")
+    summary_file = summary_path(output_prefix)
     if summary_file.exists() and not overwrite:
         prev = json.loads(summary_file.read_text())
         same = (prev.get("options"), prev.get("tokenizer"), prev.get("inputs"))
