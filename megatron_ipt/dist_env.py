@@ -47,10 +47,6 @@ class DistEnv:
     master_port: int
     source: str  # "torchrun" (also deepspeed), "slurm" or "single"
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
 
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 _HOST_CHARS = re.compile(r"[A-Za-z0-9._-]+")

@@ -72,7 +72,6 @@ def test_slurm_step() -> None:
     assert (env.rank, env.world_size, env.local_rank) == (3, 4, 1)
     assert env.master_addr == "127.0.0.1"  # first node of the list, resolved
     assert env.master_port == master_port_for_job(4242)
-    assert not env.is_main
 
 
 def test_step_nodelist_and_tasks_win_over_job_values() -> None:
