@@ -13,7 +13,9 @@ The context segment carries no loss; the pairs and the closing EOS do.
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 
 CON_OPEN, CON_CLOSE = "<CON>", "</CON>"
@@ -159,3 +161,29 @@ def parse_pairs(output: str) -> ParseResult:
         seen.add(key)
         result.pairs.append(Pair(question, answer))
     return result
+
+
+# ---- response scoring: SQuAD's exact match and token F1 -------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (the usual SQuAD normalisation)."""
+    return " ".join(_ARTICLES.sub(" ", s.lower().translate(_PUNCT)).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
