@@ -74,6 +74,7 @@ class Case:
     check: Callable[[Env, str], None] | None = None  # extra assertions on success (stdout given)
     subprocess: bool = False
     needs_mount: bool = False
+    after: Callable[[Env], None] | None = None  # assertions after the run, failed or not (what stayed in place)
 
 
 TEXTS = [{"text": f"Patients in cohort {i} received metformin for twelve weeks."} for i in range(5)]
@@ -184,6 +185,29 @@ def _export(env: Env, damage: Callable[[Path], None]) -> list[str]:
     tag = _ckpt_copy(env)
     damage(tag)
     return [str(tag), str(env.tmp / "hf")]
+
+
+def _user_folder(env: Env, kind: str) -> Path:
+    """A target the export did not write: a run dir (checkpoints and metrics), a folder, or a file;
+    its bytes are recorded in env.tmp/before.json for :func:`_untouched`."""
+    if kind == "run":
+        target = env.tmp / "run"
+        shutil.copytree(env.checkpoint, target / "ckpt")
+        (target / "metrics.jsonl").write_text('{"step": 1}\n')
+    elif kind == "folder":
+        target = Path(env.file("notes/a.txt", "mine\n")).parent
+    else:
+        target = Path(env.file("f", "precious\n"))
+    files = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
+    (env.tmp / "before.json").write_text(json.dumps({str(p): p.read_bytes().hex() for p in files}))
+    return target
+
+
+def _untouched(env: Env) -> None:
+    before = json.loads((env.tmp / "before.json").read_text())
+    now = {str(p): p.read_bytes().hex() for p in sorted(env.tmp.rglob("*")) if str(p) in before and p.is_file()}
+    assert now == before, "the refused target changed"
+    assert not [p.name for p in env.tmp.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
 def _cut(path: Path, keep: float = 0.5) -> None:
@@ -365,6 +389,19 @@ CASES: list[Case] = [
          r"meta\.json: empty, truncated or corrupt"),
     Case("checkpoint: truncated optimizer file", "export",
          lambda e: _export(e, lambda t: _cut(next(t.glob("*optim_states.pt")))), r"optim_states\.pt: truncated or corrupt"),
+    Case("export into a run dir", "export",
+         lambda e: [str(e.tmp / "run" / "ckpt"), str(_user_folder(e, "run"))],
+         r"run: the folder holds files this tool did not write", after=_untouched),
+    Case("export into a folder of other files", "export",
+         lambda e: [str(e.checkpoint), str(_user_folder(e, "folder"))],
+         r"notes: the folder holds files this tool did not write", after=_untouched),
+    Case("export onto a file", "export", lambda e: [str(e.checkpoint), str(_user_folder(e, "file"))],
+         r"/f: a file stands there; refusing to replace it", after=_untouched),
+    Case("train: export.dir is run_dir", "train", lambda e: _train(e, f"--export.dir={e.tmp}/run"),
+         r"export\.dir=.*/run is run_dir=.*give it one of its own"),
+    Case("train: export.dir holds other files", "train",
+         lambda e: _train(e, f"--export.dir={_user_folder(e, 'folder')}"),
+         r"export\.dir: .*notes: the folder holds files this tool did not write", after=_untouched),
     Case("checkpoint: missing RNG file on resume", "train",
          lambda e: _train(e, f"--checkpoint.resume={_rm(_ckpt_copy(e), 'rng_rank0.pt')}", "--steps=4"),
          r"rng_rank0\.pt is missing"),
@@ -545,3 +582,5 @@ def test_bad_input(case: Case, tmp_path: Path, shared: dict) -> None:
     errors = [line for line in stderr.splitlines() if "error: " in line]
     assert len(errors) == 1, stderr[-3000:]
     assert __import__("re").search(case.error, errors[0]), errors[0]
+    if case.after is not None:
+        case.after(env)
