@@ -157,15 +157,29 @@ class OutputRefused(ValueError):
     """The output path holds something this package did not write (bad input: the command line names it)."""
 
 
-def check_replaceable_dir(path: str | Path) -> None:
-    """Refuse an output directory that :func:`atomic_dir` must not replace: a file, a symlink, or a
-    folder that holds files but not :data:`DIR_MARKER`; also a path under a file. Touches nothing."""
-    path = Path(os.path.abspath(path))
+def _check_parents(path: Path) -> None:
+    """The nearest existing ancestor of ``path`` must be a folder."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise OutputRefused(f"{path}: cannot write under {parent}: a file stands where a folder must be")
             break
+
+
+def check_output_file(path: str | Path) -> None:
+    """Refuse, before any compute, an output file that could not be written: a folder standing at
+    ``path``, or a file standing where one of its folders must be. Touches nothing."""
+    path = Path(os.path.abspath(path))
+    _check_parents(path)
+    if path.is_dir():
+        raise OutputRefused(f"{path}: a folder stands where the output file must be")
+
+
+def check_replaceable_dir(path: str | Path) -> None:
+    """Refuse an output directory that :func:`atomic_dir` must not replace: a file, a symlink, or a
+    folder that holds files but not :data:`DIR_MARKER`; also a path under a file. Touches nothing."""
+    path = Path(os.path.abspath(path))
+    _check_parents(path)
     if path.is_symlink():
         raise OutputRefused(f"{path}: a symlink stands there; refusing to replace it (give the real directory)")
     if not path.exists():
