@@ -18,6 +18,7 @@ from pathlib import Path
 from megatron_ipt import resources
 from megatron_ipt.data.blend import Blend
 from megatron_ipt.dist_env import LaunchError, in_slurm_job, slurm_master
+from megatron_ipt.io import OutputRefused, check_replaceable_dir
 
 
 def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
@@ -41,6 +42,11 @@ def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
     tok = cfg.data.tokenizer
     if ("/" in tok or tok.endswith((".model", ".gguf"))) and not Path(tok).exists():
         problems.append(f"data.tokenizer: {tok!r} does not exist (a name like 'mistral', or a path)")
+    if cfg.export.dir:
+        try:
+            check_replaceable_dir(cfg.export.dir)
+        except OutputRefused as err:
+            problems.append(f"export.dir: {err}")
     if not resources.resolve(cfg.ds_config).is_file():
         problems.append(f"ds_config: DeepSpeed config {cfg.ds_config!r} does not exist")
     if not problems:

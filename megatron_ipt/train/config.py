@@ -6,13 +6,18 @@ parts (ZeRO stage details, offload) and gets batch sizes, clipping and precision
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.data.blend import Blend
 from megatron_ipt.model.config import ModelConfig
 from megatron_ipt.train.data import BatchPlan, DataConfig
+
+# What the trainer writes in run_dir (metrics.py, trainer.py) and the Slurm scripts' per-job folders.
+RUN_DIR_OUTPUTS = ("metrics.jsonl", "tensorboard", "config.yaml", "jobs")
 
 
 @dataclass
@@ -88,6 +93,27 @@ class TrainConfig:
             )
         if self.checkpoint.resume not in ("auto", "none") and not self.checkpoint.resume:
             raise ConfigError("checkpoint.resume must be auto, none or a checkpoint directory")
+        self._check_export_dir()
+
+    def _check_export_dir(self) -> None:
+        """The export replaces its folder at the end: it must not be, hold or sit among the run's outputs."""
+        if not self.export.dir:
+            return
+        export = Path(os.path.realpath(self.export.dir))
+        clash = ""
+        for key, value in (("run_dir", self.run_dir), ("checkpoint.dir", self.checkpoint.dir)):
+            other = Path(os.path.realpath(value))
+            if export == other:
+                clash = f"is {key}={value}"
+            elif export in other.parents:
+                clash = f"contains {key}={value}"
+            elif key == "checkpoint.dir" and other in export.parents:
+                clash = f"lies inside {key}={value}, where checkpoints are listed and pruned"
+            elif key == "run_dir" and other in export.parents and export.relative_to(other).parts[0] in RUN_DIR_OUTPUTS:
+                clash = f"is {export.relative_to(other).parts[0]} of {key}={value}, which the trainer writes"
+            if clash:
+                raise ConfigError(f"export.dir={self.export.dir} {clash}; the export replaces its folder, so give "
+                                  "it one of its own (run_dir/hf is fine)")
 
     def batch_plan(self, world_size: int) -> BatchPlan:
         """Micro/global batch, ranks and gradient accumulation: the one place they are derived."""

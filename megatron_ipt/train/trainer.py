@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from megatron_ipt.config import ConfigError, save_config
 from megatron_ipt.dist_env import DistEnv, dist_env_from_environ
-from megatron_ipt.io import OutputLocked, output_lock
+from megatron_ipt.io import OutputLocked, OutputRefused, check_replaceable_dir, output_lock
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.model.attention import DOC_BACKENDS, packed_documents
 from megatron_ipt.model.build import build_model, hf_config, model_shape
@@ -307,6 +307,10 @@ def run(cfg: TrainConfig) -> int:
                 stack.enter_context(output_lock(Path(cfg.checkpoint.dir)))
                 key = "run_dir"
                 Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)  # unwritable: said now, not after init
+                if cfg.export.dir:  # replaced at the end: a folder the export did not write is refused now
+                    check_replaceable_dir(cfg.export.dir)
+            except OutputRefused as err:
+                raise ConfigError(f"export.dir: {err}") from None
             except OutputLocked as err:
                 raise ckpt.CheckpointError(f"checkpoint.dir: {err}") from None
             except OSError as err:

@@ -127,3 +127,16 @@ def test_preflight_checks_a_yaml_list_of_weight_prefix_entries(monkeypatch, caps
     assert "weight" not in err and tiny_prefix + "'" not in err  # only the absent prefix, by its own path
     rc = preflight.main(["preflight", "--train-config", write([{"weight": -1, "prefix": tiny_prefix}])])
     assert rc == 2 and f"data.train: blend weight for {tiny_prefix} must be positive, got -1" in capsys.readouterr().err
+
+
+def test_preflight_refuses_an_export_dir_the_export_did_not_write(monkeypatch, capsys, tiny_prefix, repo_root,
+                                                                  tmp_path) -> None:
+    _clear_slurm(monkeypatch)
+    monkeypatch.chdir(repo_root)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine\n")
+    rc = preflight.main(["preflight", "--train-config", str(repo_root / "configs" / "tiny.yaml"),
+                         f"--data.train={tiny_prefix}", f"--export.dir={tmp_path / 'notes'}"])
+    assert rc == 2
+    assert f"export.dir: {tmp_path / 'notes'}: the folder holds files this tool did not write" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "a.txt").read_text() == "mine\n"
