@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_ipt import preflight
+from megatron_ipt.cluster import preflight
 from megatron_ipt.dist_env import master_port_for_job
 
 
