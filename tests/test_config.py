@@ -2,6 +2,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import pytest
+import torch
 
 from megatron_ipt.config import (
     ConfigError,
@@ -220,3 +221,13 @@ def test_every_tool_helps_with_every_key(module, capsys):
     assert mod.main(["--no-such-key=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "unknown config key no_such_key" in err and err.count("\n") == 1
+
+
+def test_one_dtype_policy():
+    from megatron_ipt.config import DType, resolve_dtype
+
+    assert resolve_dtype("auto", "cuda") is DType.BF16 and resolve_dtype("auto", "cpu") is DType.FP32
+    assert resolve_dtype("bf16", "cpu") is DType.BF16 and resolve_dtype("half") is DType.FP16
+    assert DType.FP32.torch is torch.float32 and DType.BF16 == "bfloat16"
+    with pytest.raises(ConfigError, match="dtype must be auto or one of"):
+        resolve_dtype("int8")

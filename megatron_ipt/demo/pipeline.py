@@ -76,7 +76,7 @@ def tune_synthesizer(size: DemoSize, paths: DemoPaths) -> dict:
             "model.init_from": start, "data.tokenizer": start, "data.train": train_prefix,
             "data.seq_len": size.tune_seq_len, "steps": size.tune_steps, "optim.lr": size.tune_lr,
             "micro_batch_size": size.tune_batch // size.nproc, "global_batch_size": size.tune_batch,
-            "precision": auto_dtype(),
+            "precision": auto_dtype().value,
             "run_dir": paths.tuning_run, "checkpoint.dir": paths.tuning_run / "checkpoints",
         }, export=paths.synthesizer)
     after = pair_loss(paths, paths.synthesizer, prefix, "after", max_docs)
@@ -159,7 +159,7 @@ def continual_pretrain(size: DemoSize, paths: DemoPaths, start: str, data: dict[
                     "model.init_from": start, "data.tokenizer": start, "data.train": data[arm],
                     "data.seq_len": size.seq_len, "data.seed": 1234 + k, "steps": size.pretrain_steps,
                     "micro_batch_size": size.micro_batch, "global_batch_size": size.global_batch,
-                    "optim.lr": size.pretrain_lr, "precision": auto_dtype(),
+                    "optim.lr": size.pretrain_lr, "precision": auto_dtype().value,
                     "run_dir": paths.run_dir(name), "checkpoint.dir": paths.run_dir(name) / "checkpoints",
                 }, export=paths.model(name))
             runs[name] = {"arm": arm, "seed": k, "data": data[arm], "model": str(paths.model(name)),

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from megatron_ipt.config import ConfigError, auto_dtype, run_cli
+from megatron_ipt.config import ConfigError, DType, resolve_dtype, run_cli
 from megatron_ipt.data.readers import DataError, iter_records
 from megatron_ipt.io import OutputRefused, check_output_file
 from megatron_ipt.log import get_logger, setup_logging
@@ -401,7 +401,7 @@ class EvaluateArgs:
 
 def scoring_bf16(dtype: str) -> bool:
     """Whether ``--dtype`` means bf16 autocast (``auto``: only when a GPU is there)."""
-    return (auto_dtype() if dtype == "auto" else dtype) == "bfloat16"
+    return resolve_dtype(dtype) == DType.BF16
 
 
 def run(args: EvaluateArgs) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from megatron_ipt.config import resolve_dtype
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress_mode
 from megatron_ipt.synth.engine_types import (
@@ -17,7 +18,6 @@ from megatron_ipt.synth.engine_types import (
     Generation,
     SamplingParams,
     check_prompt_lengths,
-    normalize_dtype,
     per_prompt_params,
     resolve_tokenizer,
 )
@@ -53,7 +53,7 @@ class VLLMEngine:
             model=str(config.model),
             # vLLM detokenizes with an HF tokenizer: the given directory, else the model's own.
             tokenizer=config.tokenizer if config.tokenizer and Path(config.tokenizer).is_dir() else str(config.model),
-            dtype="bfloat16" if config.dtype == "auto" else normalize_dtype(config.dtype),
+            dtype=str(resolve_dtype(config.dtype, "cuda")),  # vLLM runs on GPUs
             max_model_len=config.max_model_len,
             tensor_parallel_size=config.tensor_parallel_size,
             # Chained M-shot prompts extend the previous round's prompt; the runner sends them
