@@ -108,6 +108,28 @@ def _positional(cls: type) -> tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
+def _values_after(args: Sequence[str], i: int, key: str, raw: str | None, hint: Any,
+                  item: Any | None) -> tuple[list[str], int]:
+    """The raw values of ``--key`` (its ``=value``, or the arguments from ``i`` on) and the next index."""
+    if raw is not None:
+        return [raw], i
+    if _is_bool(hint) and item is None:
+        if i < len(args) and args[i].lower() in (*_TRUE, *_FALSE):
+            return [args[i]], i + 1
+        return ["true"], i
+    if item is not None:
+        values = []
+        while i < len(args) and not args[i].startswith("--"):
+            values.append(args[i])
+            i += 1
+        if not values:
+            raise ConfigError(f"--{key} needs one or more values")
+        return values, i
+    if i >= len(args):
+        raise ConfigError(f"override --{key} has no value")
+    return [args[i]], i + 1
+
+
 def parse_argv(cls: type, args: Sequence[str]) -> dict[str, Any]:
     """Command-line arguments in the house grammar -> a (partial) tree for ``cls``."""
     aliases = {_norm_key(k): v for k, v in getattr(cls, "ALIASES", {}).items()}
@@ -141,26 +163,7 @@ def parse_argv(cls: type, args: Sequence[str]) -> dict[str, Any]:
             raise _unknown_key(cls, key)
         item = _list_item(hint)
         if values is None:
-            if raw is not None:
-                values = [raw]
-            elif _is_bool(hint) and item is None:
-                if i < len(args) and args[i].lower() in (*_TRUE, *_FALSE):
-                    values = [args[i]]
-                    i += 1
-                else:
-                    values = ["true"]
-            elif item is not None:
-                values = []
-                while i < len(args) and not args[i].startswith("--"):
-                    values.append(args[i])
-                    i += 1
-                if not values:
-                    raise ConfigError(f"--{key} needs one or more values")
-            else:
-                if i >= len(args):
-                    raise ConfigError(f"override --{key} has no value")
-                values = [args[i]]
-                i += 1
+            values, i = _values_after(args, i, key, raw, hint, item)
         if item is not None:
             if len(values) == 1 and values[0].lstrip().startswith("["):
                 parsed = _parse_value(values[0], list, key)

@@ -74,22 +74,31 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping for {hint.__name__}, got {value!r}")
         return _build(hint, value, where)
     if origin in (list, tuple, Sequence):
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-        item = args[0] if args else Any
-        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(value, origin, args, where)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         vt = args[1] if args else Any
         return {k: _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    return _coerce_scalar(value, hint, where)
+
+
+def _coerce_sequence(value: Any, origin: Any, args: tuple[Any, ...], where: str) -> list[Any] | tuple[Any, ...]:
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    item = args[0] if args else Any
+    items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _coerce_scalar(value: Any, hint: Any, where: str) -> Any:
+    """A YAML scalar as ``hint`` (bool, int, float, str or a Literal); other hints take it as it is."""
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -114,6 +123,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if typing.get_origin(hint) is typing.Literal:
+        args = typing.get_args(hint)
         if value not in args and isinstance(value, str) and DTYPE_NAMES.get(value) in args:
             return DTYPE_NAMES[value]
         if value not in args:
