@@ -375,11 +375,11 @@ CASES: list[Case] = [
          lambda e: _train(e, f"--checkpoint.resume={_ckpt_copy(e)}", "--steps=4"),
          r"data fingerprint .*num_samples: 4 -> 8.*checkpoint\.allow_data_change=true"),
     Case("preflight: token ids above the vocabulary", "preflight",
-         lambda e: ["preflight", "--train-config", str(ROOT / "configs/tiny.yaml"),
+         lambda e: ["--train-config", str(ROOT / "configs/tiny.yaml"), "--",
                     f"--data.train={_dataset(e, 'big', [[1, 2, 40000, 5] * 40] * 4)}"],
          r"preflight failed: data\.train: .*big: .*token id 40000.*32000"),
     Case("unknown key in preflight", "preflight",
-         lambda e: ["preflight", "--train-config", str(ROOT / "configs/tiny.yaml"), "--data.trian=x"],
+         lambda e: ["--train-config", str(ROOT / "configs/tiny.yaml"), "--", "--data.trian=x"],
          r"unknown config key data\.trian"),
     # -- checkpoints ------------------------------------------------------------------------------
     Case("checkpoint: missing shard", "export",

@@ -204,6 +204,8 @@ TOOLS = {  # module -> its settings class: every command line of the project, in
     "megatron_ipt.train.export": "ExportArgs",
     "megatron_ipt.demo.__main__": "DemoArgs",
     "megatron_ipt.train.__main__": "TrainConfig",
+    "megatron_ipt.cluster.preflight": "PreflightArgs",
+    "megatron_ipt.cluster.slurm": "TrainArgs",
 }
 
 
@@ -231,3 +233,18 @@ def test_one_dtype_policy():
     assert DType.FP32.torch is torch.float32 and DType.BF16 == "bfloat16"
     with pytest.raises(ConfigError, match="dtype must be auto or one of"):
         resolve_dtype("int8")
+
+
+@dataclass
+class Relay:
+    name: str = ""
+    rest: list[str] = field(default_factory=list)
+
+    PASSTHROUGH: ClassVar[str] = "rest"
+
+
+def test_passthrough_takes_everything_after_a_bare_double_dash():
+    cfg = config_from_argv(Relay, ["--name", "x", "--", "--steps=3", "--data.train", "a b"])
+    assert cfg.name == "x" and cfg.rest == ["--steps=3", "--data.train", "a b"]
+    with pytest.raises(ConfigError, match="override must look like"):
+        config_from_argv(Run, ["--", "--steps=3"])  # a config without PASSTHROUGH takes no bare --

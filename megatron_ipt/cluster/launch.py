@@ -70,6 +70,7 @@ def run_torchrun(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``run`` and torchrun's own command line: torchrun parses it, so the house grammar does not apply."""
     import sys
 
     argv = sys.argv[1:] if argv is None else argv

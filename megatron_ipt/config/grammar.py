@@ -4,7 +4,9 @@ One grammar for every tool: ``--key.sub=value`` or ``--key.sub value``; ``-`` an
 in key names (``--output-prefix`` is ``--output_prefix``); booleans as ``--flag``, ``--flag=true|false``
 or ``--no-flag``; list keys take one or more values (``--input a b``, repeatable, or a YAML list
 ``--input='[a, b]'``); ``--config FILE`` reads a YAML file first. A root config class may declare
-``ALIASES`` (alias key -> dotted key) and ``POSITIONAL`` (the key bare arguments fill).
+``ALIASES`` (alias key -> dotted key), ``POSITIONAL`` (the key bare arguments fill) and
+``PASSTHROUGH`` (a list key that takes every argument after a bare ``--`` unparsed, for a tool that
+hands another tool its command line).
 """
 
 from __future__ import annotations
@@ -134,11 +136,15 @@ def parse_argv(cls: type, args: Sequence[str]) -> dict[str, Any]:
     """Command-line arguments in the house grammar -> a (partial) tree for ``cls``."""
     aliases = {_norm_key(k): v for k, v in getattr(cls, "ALIASES", {}).items()}
     positional = _positional(cls)
+    passthrough = getattr(cls, "PASSTHROUGH", None)
     flat: dict[str, Any] = {}
     i = 0
     while i < len(args):
         arg = args[i]
         i += 1
+        if arg == "--" and passthrough:
+            flat[passthrough] = list(args[i:])
+            break
         if not arg.startswith("--") or arg == "--":
             if not positional or arg == "--":
                 raise ConfigError(f"override must look like --key.sub=value, got {arg!r}")

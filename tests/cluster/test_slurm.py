@@ -54,9 +54,9 @@ def test_bad_stage_settings(tmp_path: Path, monkeypatch, config, env, message) -
 def test_cli_prints_one_argument_per_line(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("STEPS", "5")
     monkeypatch.delenv("BLEND", raising=False)
-    assert main(["train-args", "--config", "configs/tiny.yaml", "--job-dir", "j", "--run-dir", "r", "--",
+    assert main(["--train-config", "configs/tiny.yaml", "--job-dir", "j", "--run-dir", "r", "--",
                  "--seed=3"]) == 0
     assert capsys.readouterr().out.splitlines()[-2:] == ["--steps=5", "--seed=3"]
     monkeypatch.chdir(tmp_path)
-    assert main(["train-args", "--config", "configs/none.yaml", "--job-dir", "j", "--run-dir", "r"]) == 2
+    assert main(["--train-config", "configs/none.yaml", "--job-dir", "j", "--run-dir", "r"]) == 2
     assert capsys.readouterr().err.startswith("error: training config 'configs/none.yaml' not found")
