@@ -214,12 +214,17 @@ def evaluate_domain(args: PaperArgs, device: str, dtype: str) -> dict[str, Any]:
         name = TASK_PREFIX + task
         spec = TASKS[task]
         samples = sorted(res["samples"][name], key=lambda s: s["doc_id"])
+        extra: dict[str, Any] = {}
         if spec.n_options is not None:
-            preds: list = [option_prediction(s["doc"], [float(r[0]) for r in s["filtered_resps"]]) for s in samples]
+            lls = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
+            preds: list = [option_prediction(s["doc"], ll) for s, ll in zip(samples, lls, strict=True)]
+            # Per row and option: the mean NLL per answer token that chose the prediction.
+            extra["mean_nll"] = [[-x / n for x, n in zip(ll, s["doc"]["cont_ntoks"], strict=True)]
+                                 for s, ll in zip(samples, lls, strict=True)]
         else:
             preds = [s["filtered_resps"][0] for s in samples]
         out_tasks[task] = {"score": 100 * float(res["results"][name][f"{spec.metric},none"]), "metric": spec.metric,
-                           "n": len(samples), "predictions": preds, **lengths[task]}
+                           "n": len(samples), "predictions": preds, **lengths[task], **extra}
     average = 100 * float(res["results"][group]["score,none"])
     return {"tasks": out_tasks, "average": average,
             "settings": {"average": f"unweighted mean of the {len(tasks)} task scores",
