@@ -89,16 +89,19 @@ def _reference_lm_class() -> type:
     from lm_eval.models.huggingface import HFLM
 
     class ReferenceLM(HFLM):
-        """Scores ``tok(ctx + cont)[len(tok(ctx)):]`` without lm-eval's move of the context's trailing
-        whitespace, and cuts generation prompts from the left keeping BOS, as the reference does."""
+        """Scores ``tok(ctx + cont)[len(tok(ctx)):]`` within ``tok(ctx + cont)``, without lm-eval's move of
+        the context's trailing whitespace, and cuts generation prompts from the left keeping BOS, as the
+        reference does."""
 
         option_window: int = 0  # set per run: no option request is ever cut
         prompts_cut: int = 0
 
         def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+            # The reference feeds tok(ctx + cont) and masks its first len(tok(ctx)) positions; those
+            # tokens need not equal tok(ctx) (a trailing space merges into the answer's first token).
             whole = self.tok_encode(context + continuation)
-            head = self.tok_encode(context)
-            return head, whole[len(head):]
+            n_head = len(self.tok_encode(context))
+            return whole[:n_head], whole[n_head:]
 
         @property
         def max_length(self) -> int:

@@ -80,8 +80,9 @@ def test_missing_file_and_missing_headline_class_name_the_file(tmp_path):
 
 
 def test_answer_span_follows_the_reference_not_lm_evals_whitespace_move(tmp_path):
-    from megatron_ipt.train.export import save_tokenizer
     from transformers import AutoTokenizer
+
+    from megatron_ipt.train.export import save_tokenizer
 
     save_tokenizer("mistral", tmp_path)
     tok = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
