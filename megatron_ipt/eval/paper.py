@@ -46,6 +46,7 @@ from megatron_ipt.eval.paper_tasks.utils import (
     TASK_PREFIX,
     TASKS,
     PaperDataError,
+    load_tokenizer,
     option_prediction,
     read_rows,
 )
@@ -146,15 +147,15 @@ def _offline() -> None:
         os.environ.setdefault(var, "1")
 
 
-def load_model(model_dir: str | Path, dtype: str, device: str) -> tuple[Any, Any]:
+def load_model(model_dir: str | Path, dtype: str, device: str, add_bos: bool) -> tuple[Any, Any]:
     """The HF causal LM and tokenizer of a local directory (no remote code)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise PaperError(f"{path}: not a model directory (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    tokenizer = load_tokenizer(str(path.resolve()), add_bos)
     model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, trust_remote_code=False,
                                                  dtype=getattr(torch, dtype))
     return model.to(device).eval(), tokenizer
@@ -192,7 +193,7 @@ def evaluate_domain(args: PaperArgs, device: str, dtype: str) -> dict[str, Any]:
 
     tasks = DOMAINS[args.suite]
     rows = {t: read_rows(args.data_dir, t) for t in tasks}  # every file checked before the model loads
-    model, tokenizer = load_model(args.model, dtype, device)
+    model, tokenizer = load_model(args.model, dtype, device, args.add_bos_token)
     context = model_context(model)
     lengths, longest = length_report(tokenizer, rows, args.add_bos_token, context)
     for task, counts in lengths.items():
@@ -262,7 +263,7 @@ def evaluate_general(args: PaperArgs, device: str, dtype: str) -> dict[str, Any]
             get_task_dict([t.name], manager)
         except (ConnectionError, FileNotFoundError, OSError, ValueError) as err:
             raise _missing_dataset(t.name, err) from None
-    model, tokenizer = load_model(args.model, dtype, device)
+    model, tokenizer = load_model(args.model, dtype, device, args.add_bos_token)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, add_bos_token=args.add_bos_token, softmax_dtype="float32",
               batch_size=args.batch_size, trust_remote_code=False)
     out_tasks: dict[str, Any] = {}

@@ -152,18 +152,34 @@ def answer_token_count(tokenizer: Any, context: str, option: str, add_bos: bool,
     return len(whole) - len(head)
 
 
-_TOKENIZERS: dict[str, Any] = {}
+_TOKENIZERS: dict[tuple[str, bool], Any] = {}
 
 
-def _tokenizer(pretrained: Any) -> Any:
+def load_tokenizer(pretrained: str, add_bos: bool) -> Any:
+    """The model directory's tokenizer, adding BOS under ``add_special_tokens=True`` when ``add_bos``.
+
+    Some saved Llama/Mistral tokenizers (this project's exports among them) add no BOS by default;
+    the reference's ``add_special_tokens=add_bos_token`` relies on a tokenizer that does.
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(pretrained, local_files_only=True, trust_remote_code=False)
+    if add_bos and tok.bos_token_id is not None and tok("a")["input_ids"][:1] != [tok.bos_token_id]:
+        tok = AutoTokenizer.from_pretrained(pretrained, local_files_only=True, trust_remote_code=False,
+                                            add_bos_token=True)
+        if tok("a")["input_ids"][:1] != [tok.bos_token_id]:
+            raise PaperDataError(f"{pretrained}: the tokenizer does not prepend its BOS token {tok.bos_token!r} "
+                                 "even with add_bos_token=True; pass --add-bos-token false")
+    return tok
+
+
+def _tokenizer(pretrained: Any, add_bos: bool) -> Any:
     if not isinstance(pretrained, str) or not pretrained:
         raise PaperDataError("the option tasks count answer tokens with the model's tokenizer: pass "
                              "pretrained=MODEL_DIR (model_args or --metadata)")
-    if pretrained not in _TOKENIZERS:
-        from transformers import AutoTokenizer
-
-        _TOKENIZERS[pretrained] = AutoTokenizer.from_pretrained(pretrained, local_files_only=True)
-    return _TOKENIZERS[pretrained]
+    if (pretrained, add_bos) not in _TOKENIZERS:
+        _TOKENIZERS[pretrained, add_bos] = load_tokenizer(pretrained, add_bos)
+    return _TOKENIZERS[pretrained, add_bos]
 
 
 def _as_bool(value: Any, default: bool) -> bool:
@@ -188,9 +204,9 @@ def load_task(task: str, data_dir: str | None = None, pretrained: Any = None, ad
         raise PaperDataError(f"{TASK_PREFIX}{task}: pass data_dir=DIR (--metadata) with the AdaptLLM files")
     rows = read_rows(data_dir, task)
     if TASKS[task].n_options is not None:
-        tok = _tokenizer(pretrained)
         # lm-eval leaves BOS to the tokenizer's default when add_bos_token is unset; HF adds specials.
         add_bos = _as_bool(add_bos_token, True)
+        tok = _tokenizer(pretrained, add_bos)
         reference = answer_span == "reference"
         trailing = sum(r["input"] != r["input"].rstrip() for r in rows)
         if trailing and not reference:

@@ -19,6 +19,7 @@ from megatron_ipt.eval.paper_tasks.utils import (
     agg_weighted_f1,
     answer_token_count,
     convfinqa_match,
+    load_tokenizer,
     ner_f1,
     numbers,
     option_prediction,
@@ -85,13 +86,15 @@ def test_answer_span_follows_the_reference_not_lm_evals_whitespace_move(tmp_path
     from megatron_ipt.train.export import save_tokenizer
 
     save_tokenizer("mistral", tmp_path)
-    tok = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
+    plain = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
     ctx, option = "Question: does it help?\nAnswer: ", "maybe"
 
     def ids(s: str, bos: bool) -> list[int]:
-        return tok(s, add_special_tokens=bos)["input_ids"]
+        return [plain.bos_token_id] * bos + plain(s, add_special_tokens=False)["input_ids"]
 
     for bos in (True, False):
+        tok = load_tokenizer(str(tmp_path), bos)
+        assert tok("x", add_special_tokens=bos)["input_ids"] == ids("x", bos)  # BOS exactly when asked
         # The reference: tok(ctx + " " + option)[len(tok(ctx)):], with the context as it is.
         ref = len(ids(ctx + " " + option, bos)) - len(ids(ctx, bos))
         assert answer_token_count(tok, ctx, option, bos, reference_span=True) == ref
@@ -100,8 +103,8 @@ def test_answer_span_follows_the_reference_not_lm_evals_whitespace_move(tmp_path
         assert answer_token_count(tok, ctx, option, bos, reference_span=False) == moved
         assert moved != ref
     # Without trailing whitespace both rules agree.
-    assert (answer_token_count(tok, "Answer:", option, True, True)
-            == answer_token_count(tok, "Answer:", option, True, False))
+    assert (answer_token_count(tok, "Answer:", option, False, True)
+            == answer_token_count(tok, "Answer:", option, False, False))
 
 
 def test_option_prediction_is_lowest_mean_nll_per_token_first_on_ties():
