@@ -251,17 +251,24 @@ def general_prediction(sample: dict, metric: str, delimiter: str) -> int:
     return max(range(len(lls)), key=lambda i: (lls[i], -i))
 
 
+def general_task_manager() -> Any:
+    """lm-eval's own task catalogue."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
 def evaluate_general(args: PaperArgs, device: str, dtype: str) -> dict[str, Any]:
     """The nine general benchmarks with lm-eval's own task definitions (unverified preset)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
 
-    manager = TaskManager()
+    manager = general_task_manager()
     for t in GENERAL:  # every dataset found before the model loads: one line naming a missing one
         try:
             get_task_dict([t.name], manager)
-        except (ConnectionError, FileNotFoundError, OSError, ValueError) as err:
+        except (ConnectionError, FileNotFoundError) as err:  # datasets: not cached, hub unreachable
             raise _missing_dataset(t.name, err) from None
     model, tokenizer = load_model(args.model, dtype, device, args.add_bos_token)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, add_bos_token=args.add_bos_token, softmax_dtype="float32",

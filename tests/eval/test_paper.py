@@ -203,3 +203,35 @@ def test_general_suite_names_a_missing_dataset_in_one_line(tmp_path, model_dir):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: general suite: task arc_easy: dataset allenai/ai2_arc is not in the local HF cache")
     assert "Traceback" not in proc.stderr
+
+
+def test_general_preset_reports_lm_evals_metric_and_its_choices(tmp_path, model_dir, monkeypatch):
+    """The general path on local stand-in tasks (the real datasets need the hub): a plain task read by
+    acc_norm at 0 shots and a group of two read by acc at 5 shots, like arc_easy and mmlu."""
+    from lm_eval.tasks import TaskManager
+
+    from megatron_ipt.eval import paper
+    from megatron_ipt.eval.suite import write_suite
+
+    items = [{"id": f"q{i}", "query": f"Item {i}: the colour of the sky is", "choices": [" blue", " green", " loud"],
+              "gold": i % 3} for i in range(8)]
+    suite = tmp_path / "suite"
+    write_suite({"sky": items, "sub_a": items[:6], "sub_b": items[2:]}, suite)
+    (suite / "grp.yaml").write_text("group: ipt_grp\ntask: [ipt_sub_a, ipt_sub_b]\naggregate_metric_list:\n"
+                                    "  - {metric: acc, aggregation: mean, weight_by_size: true}\n")
+    monkeypatch.setattr(paper, "GENERAL", [paper.GeneralTask("ipt_sky", "Sky", 0, "acc_norm"),
+                                           paper.GeneralTask("ipt_grp", "Grp", 5, "acc")])
+    monkeypatch.setattr(paper, "general_task_manager",
+                        lambda: TaskManager(include_path=str(suite), include_defaults=False))
+    out = tmp_path / "general.json"
+    assert main(["--suite", "general", "--model", str(model_dir), "--output", str(out), "--device", "cpu"]) == 0
+    doc = json.loads(out.read_text())
+    sky, grp = doc["tasks"]["ipt_sky"], doc["tasks"]["ipt_grp"]
+    assert sky["n"] == 8 and sky["shots"] == 0 and grp["n"] == 12 and grp["shots"] == 5
+    # The score is lm-eval's metric over exactly these choices.
+    assert sky["score"] == pytest.approx(100 * sum(p == it["gold"] for p, it in zip(sky["predictions"], items,
+                                                                                   strict=True)) / 8)
+    golds = [it["gold"] for it in items[:6] + items[2:]]
+    assert grp["score"] == pytest.approx(100 * sum(p == g for p, g in zip(grp["predictions"], golds, strict=True)) / 12)
+    assert doc["average"] == pytest.approx((sky["score"] + grp["score"]) / 2)
+    assert "unverified" in doc["settings"]["unverified"] and doc["settings"]["add_bos_token"] is True
