@@ -43,6 +43,7 @@ TOOLS = {
     "export": "megatron_ipt.train.export",
     "evaluate": "megatron_ipt.eval.heldout",
     "suite": "megatron_ipt.eval.suite",
+    "eval_paper": "megatron_ipt.eval.paper",
     "preflight": "megatron_ipt.cluster.preflight",
 }
 
@@ -526,6 +527,16 @@ CASES: list[Case] = [
     Case("evaluate: malformed tasks file", "evaluate",
          lambda e: ["--model", str(e.tiny_model), "--tasks", e.jsonl("t.jsonl", [{"context": "c", "pairs": "x"}])],
          r"t\.jsonl:1: field 'pairs'"),
+    # -- eval_paper (every task file is checked before the model loads) ---------------------------------
+    Case("eval_paper: missing task file", "eval_paper", lambda e: _paper(e, {}), r"FPB/test\.json: file not found"),
+    Case("eval_paper: row without gold_index", "eval_paper",
+         lambda e: _paper(e, {"FPB/test.json": [{"input": "x", "options": ["a", "b", "c"]}]}),
+         r"FPB/test\.json line 1: field 'gold_index'"),
+    Case("eval_paper: wrong option count", "eval_paper",
+         lambda e: _paper(e, {"FPB/test.json": [{"input": "x", "options": ["a", "b"], "gold_index": 0}]}),
+         r"FPB/test\.json line 1: field 'options': 2 options, FPB has 3"),
+    Case("eval_paper: generation row without label", "eval_paper",
+         lambda e: _paper(e, {"NER/test.json": [{"input": "x", "answer": "y"}]}), r"NER/test\.json line 1: field 'label'"),
 ]
 
 
@@ -558,6 +569,18 @@ def _torn_weights(env: Env) -> str:
 
 
 GOOD_TEXTS = "".join(json.dumps(t) + "\n" for t in TEXTS)
+
+
+def _paper(env: Env, files: dict[str, list]) -> list[str]:
+    """The finance suite over the test fixtures with ``files`` replaced (an empty dict: no files)."""
+    data = env.tmp / "tasks"
+    data.mkdir()
+    if files:
+        shutil.copytree(ROOT / "tests" / "eval" / "paper_fixtures", data, dirs_exist_ok=True)
+    for rel, rows in files.items():
+        env.jsonl(f"tasks/{rel}", rows)
+    return ["--suite", "finance", "--data-dir", str(data), "--model", str(env.synthesizer), "--output",
+            str(env.tmp / "scores.json")]
 
 
 def _rm(tag: Path, name: str) -> Path:
