@@ -14,6 +14,7 @@ from typing import Literal
 from megatron_ipt.config import ConfigError
 from megatron_ipt.data.blend import Blend
 from megatron_ipt.model.config import ModelConfig
+from megatron_ipt.train.checkpoint import CheckpointConfig
 from megatron_ipt.train.data import BatchPlan, DataConfig
 
 # What the trainer writes in run_dir (metrics.py, trainer.py) and the Slurm scripts' per-job folders.
@@ -30,16 +31,6 @@ class OptimConfig:
     beta2: float = 0.95  # AdamW beta2
     eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # global gradient-norm clip
-
-
-@dataclass
-class CheckpointConfig:
-    dir: str = "checkpoints"  # checkpoint directory (relative: under the cwd)
-    interval: int = 1000  # steps between saves (0: only at the end and on preemption)
-    keep_last: int = 3  # checkpoints kept; older ones are deleted
-    resume: str = "auto"  # auto | none | a checkpoint tag directory
-    allow_data_change: bool = False  # resume although data, tokenizer or sample count differ (changes logged)
-    save_at_end: bool = True  # save a checkpoint after the last step
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,9 @@ class Plan:
     train: TrainStream
     valid: list[dict[str, Any]] | None
     tokenizer: Any
+    checkpointer: ckpt.Checkpointer
     resume_from: Path | None = None
-    resume_meta: dict[str, Any] = field(default_factory=dict)
+    resume_meta: ckpt.CheckpointMeta | None = None
     universal: bool = False
 
 
@@ -70,34 +71,24 @@ def plan_run(cfg: TrainConfig, dist_env: DistEnv) -> Plan:
     check_data_tokenizer(cfg.data, tokenizer)  # data tokenized with another tokenizer: refused first
     _check_model_fits(cfg, tokenizer)
     ds_config = build_ds_config(cfg, dist_env.world_size)
-    resume_from: Path | None = None
-    meta: dict[str, Any] = {}
-    if cfg.checkpoint.resume == "auto":
-        found = ckpt.resumable_checkpoint(cfg.checkpoint.dir)  # skips corrupt newer ones, with a warning
-        if found is not None:
-            resume_from, meta = found
-    elif cfg.checkpoint.resume != "none":
-        resume_from = Path(cfg.checkpoint.resume)
-        meta = ckpt.read_meta(resume_from)
-        ckpt.check_checkpoint(resume_from, meta)
-    if meta and meta["global_batch_size"] != cfg.global_batch_size:
-        raise ckpt.CheckpointError(
-            f"{resume_from}: saved with global_batch_size={meta['global_batch_size']}, "
-            f"this run uses {cfg.global_batch_size}"
-        )
+    checkpointer = cfg.checkpoint.build()
+    resume_from, meta = checkpointer.resume_point() or (None, None)
     batch = cfg.batch_plan(dist_env.world_size)
     check_datasets(cfg.data.train, "data.train", tokenizer.vocab_size)
     if cfg.data.valid not in (None, "", []):
         check_datasets(cfg.data.valid, "data.valid", tokenizer.vocab_size)
-    train = cfg.data.build_train(batch, dist_env.rank, meta.get("consumed_samples", 0))
+    train = cfg.data.build_train(batch, dist_env.rank, meta.consumed_samples if meta else 0)
     valid = None
     if cfg.data.valid not in (None, "", []) and cfg.logging.eval_interval:
         valid = cfg.data.build_valid(batch, cfg.logging.eval_iters, dist_env.rank)
-    if meta:
-        ckpt.check_compatible(meta, _shape_of_config(cfg), train.fingerprint, cfg.checkpoint.allow_data_change,
-                              resume_from, spec=train.loader.spec, tokenizer=tokenizer.fingerprint())
-    return Plan(dist_env, ds_config, train, valid, tokenizer, resume_from, meta,
-                bool(meta) and meta["world_size"] != dist_env.world_size)
+    if meta is not None and resume_from is not None:
+        this_run = ckpt.CheckpointMeta(
+            step=0, global_batch_size=cfg.global_batch_size, world_size=dist_env.world_size,
+            model_shape=_shape_of_config(cfg), data_fingerprint=train.fingerprint, data_spec=train.loader.spec,
+            tokenizer=cfg.data.tokenizer, tokenizer_fingerprint=tokenizer.fingerprint())
+        checkpointer.check_resumable(resume_from, meta, this_run)
+    return Plan(dist_env, ds_config, train, valid, tokenizer, checkpointer, resume_from, meta,
+                meta is not None and meta.world_size != dist_env.world_size)
 
 
 def _shape_of_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -143,10 +134,10 @@ class Trainer:
         self.grad_accum = plan.train.grad_accum
         self.step = 0
         self.tokens_per_dataset: dict[str, int] = {}
-        if plan.resume_from is not None:
-            ckpt.load_checkpoint(self.engine, plan.resume_from, plan.universal)
-            self.step = plan.resume_meta["step"]
-            self.tokens_per_dataset = dict(plan.resume_meta.get("tokens_per_dataset", {}))
+        if plan.resume_from is not None and plan.resume_meta is not None:
+            plan.checkpointer.load(self.engine, plan.resume_from, plan.universal)
+            self.step = plan.resume_meta.step
+            self.tokens_per_dataset = dict(plan.resume_meta.tokens_per_dataset)
         self.data = plan.train
         self.run_dir = Path(cfg.run_dir)
         self.metrics = MetricsWriter(self.run_dir, self.rank == 0, cfg.logging.tensorboard)
@@ -218,21 +209,13 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self) -> Path:
-        meta = {
-            "consumed_samples": self.data.consumed_samples,
-            "global_batch_size": self.cfg.global_batch_size,
-            "world_size": self.world,
-            "zero_stage": zero_stage(self.plan.ds_config),
-            "model_shape": self.shape,
-            "data_fingerprint": self.data.fingerprint,
-            "data_spec": self.data.loader.spec,
-            "tokenizer": self.cfg.data.tokenizer,
-            "tokenizer_fingerprint": self.plan.tokenizer.fingerprint(),
-            "hf_config": self.engine.module.config.to_dict(),
-            "tokens_per_dataset": self.tokens_per_dataset,
-        }
-        return ckpt.save_checkpoint(self.engine, self.cfg.checkpoint.dir, self.step, meta,
-                                    self.cfg.checkpoint.keep_last)
+        meta = ckpt.CheckpointMeta(
+            step=self.step, consumed_samples=self.data.consumed_samples, global_batch_size=self.cfg.global_batch_size,
+            world_size=self.world, zero_stage=zero_stage(self.plan.ds_config), model_shape=self.shape,
+            data_fingerprint=self.data.fingerprint, data_spec=self.data.loader.spec, tokenizer=self.cfg.data.tokenizer,
+            tokenizer_fingerprint=self.plan.tokenizer.fingerprint(), hf_config=self.engine.module.config.to_dict(),
+            tokens_per_dataset=dict(self.tokens_per_dataset))
+        return self.plan.checkpointer.save(self.engine, meta)
 
     def close(self) -> None:
         """Release the ZeRO-3 construction context so later model builds (export) are plain."""
@@ -329,7 +312,7 @@ def _run(cfg: TrainConfig, dist_env: DistEnv) -> int:
     status = trainer.fit(preemption)
     trainer.close()
     if status == 0 and cfg.export.dir:
-        latest = ckpt.latest_checkpoint(cfg.checkpoint.dir)
+        latest = plan.checkpointer.latest()
         if latest is None:
             raise ckpt.CheckpointError("export.dir is set but no checkpoint was saved (checkpoint.save_at_end=false?)")
         if dist_env.rank == 0:  # reads files only; no collective inside

@@ -80,7 +80,7 @@ def test_checkpoint_of_another_shape_or_data(tmp_path, pubmed_prefixes) -> None:
     other = f"--data.train={pubmed_prefixes['other']}"
     with pytest.raises(CheckpointError, match="data fingerprint"):
         plan_run(_cfg(other, ckpt), SINGLE)
-    assert plan_run(_cfg(other, ckpt, "--checkpoint.allow_data_change=true"), SINGLE).resume_meta["step"] == 4
+    assert plan_run(_cfg(other, ckpt, "--checkpoint.allow_data_change=true"), SINGLE).resume_meta.step == 4
     with pytest.raises(CheckpointError, match="global_batch_size=8"):
         plan_run(_cfg(train, ckpt, "--global_batch_size=16"), SINGLE)
 
@@ -129,7 +129,7 @@ def test_resume_refuses_changed_data_and_says_what_changed(tmp_path, pubmed_pref
     meta = json.loads((tag / "meta.json").read_text())
     meta |= {"data_spec": plan.train.loader.spec, "tokenizer_fingerprint": plan.tokenizer.fingerprint()}
     (tag / "meta.json").write_text(json.dumps(meta))
-    assert plan_run(_cfg(*args), SINGLE).resume_meta["step"] == 4  # the same stream resumes
+    assert plan_run(_cfg(*args), SINGLE).resume_meta.step == 4  # the same stream resumes
     samples = 20 * cfg.global_batch_size
     with pytest.raises(CheckpointError, match=rf"num_samples: {samples} -> {2 * samples}\)"):
         plan_run(_cfg(*args, "--steps=40"), SINGLE)
