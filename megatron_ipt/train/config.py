@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Literal
 
 from megatron_ipt.config import ConfigError
-from megatron_ipt.data.blend import Blend
 from megatron_ipt.model.config import ModelConfig
 from megatron_ipt.train.checkpoint import CheckpointConfig
 from megatron_ipt.train.data import BatchPlan, DataConfig
@@ -73,8 +72,7 @@ class TrainConfig:
         self.model.validate()
         if self.data.train in (None, "", []):
             raise ConfigError("data.train is required: an indexed-dataset prefix or blend (--data.train=PREFIX)")
-        Blend.parse(self.data.train, "data.train")  # spelling and weights; files are checked where read
-        Blend.optional(self.data.valid, "data.valid")
+        self.data.blends()  # spelling and weights, parsed once here; files are checked before compute
         for name in ("steps", "micro_batch_size", "global_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

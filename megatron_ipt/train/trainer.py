@@ -74,12 +74,11 @@ def plan_run(cfg: TrainConfig, dist_env: DistEnv) -> Plan:
     checkpointer = cfg.checkpoint.build()
     resume_from, meta = checkpointer.resume_point() or (None, None)
     batch = cfg.batch_plan(dist_env.world_size)
-    check_datasets(cfg.data.train, "data.train", tokenizer.vocab_size)
-    if cfg.data.valid not in (None, "", []):
-        check_datasets(cfg.data.valid, "data.valid", tokenizer.vocab_size)
+    for where, blend in cfg.data.blends().items():
+        check_datasets(blend, where, tokenizer.vocab_size)
     train = cfg.data.build_train(batch, dist_env.rank, meta.consumed_samples if meta else 0)
     valid = None
-    if cfg.data.valid not in (None, "", []) and cfg.logging.eval_interval:
+    if cfg.data.valid_blend is not None and cfg.logging.eval_interval:
         valid = cfg.data.build_valid(batch, cfg.logging.eval_iters, dist_env.rank)
     if meta is not None and resume_from is not None:
         this_run = ckpt.CheckpointMeta(
