@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 def _tuning_data(root: Path, tokenizer) -> dict:
-    from megatron_ipt.tuning.pubmed import iter_pubmed_records, mine_pubmed, shipped_pubmed_files
+    from megatron_ipt.tuning.pubmed import iter_pubmed_records, shipped_pubmed_files
+    from megatron_ipt.tuning.pubmed_mining import mine_pubmed
     from megatron_ipt.tuning.tuning_data import TuningDataOptions, build_tuning_data
 
     records = list(iter_pubmed_records([shipped_pubmed_files()[1]], limit=160))
