@@ -43,6 +43,7 @@ TOOLS = {
     "export": "megatron_ipt.train.export",
     "evaluate": "megatron_ipt.eval.heldout",
     "suite": "megatron_ipt.eval.suite",
+    "build_synthesizer_data": "data_tools.build_synthesizer_data",
     "preflight": "megatron_ipt.preflight",
 }
 
@@ -483,7 +484,7 @@ CASES: list[Case] = [
          r"torn: cannot load the model"),
     Case("evaluate: --output is a folder", "evaluate",
          lambda e: _evaluate(e, GOOD_TEXTS, "--output", str(Path(e.file("o/x", "")).parent)),
-         r"/o: a folder stands where the output file must be"),
+         r"/o: a folder stands where the output must be"),
     Case("evaluate: --output under a file", "evaluate",
          lambda e: _evaluate(e, GOOD_TEXTS, "--output", e.file("blocker", "x") + "/e.json"),
          r"cannot write under .*blocker: a file stands where a folder must be"),
@@ -518,11 +519,15 @@ CASES: list[Case] = [
          r"trust_remote_code=True: no such model directory"),
     Case("suite: --output is a folder", "suite",
          lambda e: _suite(e, lambda s: None, "--output", str(Path(e.file("o/x", "")).parent)),
-         r"/o: a folder stands where the output file must be"),
+         r"/o: a folder stands where the output must be"),
     Case("suite: a quoted task name is read as YAML", "suite",
          lambda e: _suite(e, lambda s: (s / "sky.yaml").write_text(
              (s / "sky.yaml").read_text().replace("task: ipt_sky", 'task: "ipt_sky"'))),
          check=lambda e, out: json.loads(out)["ipt_sky"]["n"] == 1 or pytest.fail(out)),
+    Case("build_synthesizer_data: output prefix under a file", "build_synthesizer_data",
+         lambda e: ["--input", e.jsonl("t.jsonl", [{"context": "c", "pairs": [{"instruction": "i", "response": "r"}]}]),
+                    "--output-prefix", e.file("blocker", "x") + "/o", "--tokenizer", "mistral"],
+         r"cannot write under .*blocker: a file stands where a folder must be"),
     Case("evaluate: malformed tasks file", "evaluate",
          lambda e: ["--model", str(e.tiny_model), "--tasks", e.jsonl("t.jsonl", [{"context": "c", "pairs": "x"}])],
          r"t\.jsonl:1: field 'pairs'"),

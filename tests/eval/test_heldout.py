@@ -194,7 +194,7 @@ def _damaged_copy(src, dst, damage: str):
     ("blank texts file", r"texts\.jsonl: no texts in it"),
     ("--limit_texts 0", r"--limit_texts must be at least 1"),
     ("--max_length 1", r"--max_length must be at least 16"),
-    ("output is a folder", r"out: a folder stands where the output file must be"),
+    ("output is a folder", r"out: a folder stands where the output must be"),
     ("output under a file", r"cannot write under .*blocker: a file stands where a folder must be"),
     ("truncated weights", r"model: cannot load the model"),
     ("config.json", r"model: not a Hugging Face model directory \(no config\.json\)"),
