@@ -347,6 +347,9 @@ CASES: list[Case] = [
          lambda e: ["--input", _dataset(e, "u16", [[1, 2]], np.uint16), _dataset(e, "i32", [[70000]], np.int32),
                     "--output-prefix", str(e.tmp / "m")],
          r"different token dtypes .*u16: uint16, .*i32: int32"),
+    Case("merge of one dataset given twice", "merge",
+         lambda e: ["--input", e.text_prefix, str(Path(e.text_prefix).parent / "x" / ".." / "good"),
+                    "--output-prefix", str(e.tmp / "m")], r"x/\.\./good names the same dataset as .*good"),
     Case("missing dataset", "inspect", lambda e: [str(e.tmp / "nothing")], r"nothing.*missing"),
     # -- training config and data ---------------------------------------------------------------
     Case("negative blend weight", "train", lambda e: _train(e, data=f"-0.5 {e.text_prefix} 1 {e.text_prefix}"),
@@ -355,6 +358,8 @@ CASES: list[Case] = [
          r"data\.train: .*weight.*positive"),
     Case("non-numeric blend weight", "train", lambda e: _train(e, data=f"heavy {e.text_prefix} 1 {e.text_prefix}"),
          r"data\.train: .*not a number"),
+    Case("blend naming one dataset twice", "train", lambda e: _train(e, data=f"0.5 {e.text_prefix} 0.5 {e.text_prefix}"),
+         r"data\.train: .*good names the same dataset as .*good \(blend entries 1 and 2\)"),
     Case("unknown config key", "train", lambda e: _train(e, "--optim.learning_rate=1"),
          r"unknown config key optim\.learning_rate"),
     Case("config value of the wrong type", "train", lambda e: _train(e, "--steps=many"), r"steps"),
