@@ -351,6 +351,9 @@ CASES: list[Case] = [
          lambda e: ["--input", e.text_prefix, str(Path(e.text_prefix).parent / "x" / ".." / "good"),
                     "--output-prefix", str(e.tmp / "m")], r"x/\.\./good names the same dataset as .*good"),
     Case("missing dataset", "inspect", lambda e: [str(e.tmp / "nothing")], r"nothing.*missing"),
+    Case("inspect: decode with another tokenizer", "inspect",
+         lambda e: [_smollm2_dataset(e), "--decode", "1", "--tokenizer", "mistral"],
+         r"smol_text_document: tokenized with .*SmolLM2.*but the tokenizer given is mistral"),
     # -- training config and data ---------------------------------------------------------------
     Case("negative blend weight", "train", lambda e: _train(e, data=f"-0.5 {e.text_prefix} 1 {e.text_prefix}"),
          r"data\.train: .*weight.*positive.*-0\.5"),
