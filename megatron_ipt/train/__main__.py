@@ -26,11 +26,22 @@ Exit status 75 means "preempted: checkpoint saved, requeue me".
 """
 
 
+def report_crashes() -> None:
+    """On SIGBUS/SIGSEGV print the Python stack of every thread before the process dies. A dataset
+    ``.bin`` truncated in place under a run is read through a memory map, and the kernel answers
+    with SIGBUS, which no Python handler can turn into an error: the stack at least shows the read
+    (the data loader's frames); the rerun then names the file (its ``.idx`` no longer fits)."""
+    import faulthandler
+
+    faulthandler.enable(all_threads=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or "-h" in argv or "--help" in argv:
         print(cli_help(TrainConfig, USAGE))
         return 0
+    report_crashes()
     from megatron_ipt.train.checkpoint import CheckpointError
     from megatron_ipt.train.trainer import run
 
