@@ -59,33 +59,6 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
-    """``["--a.b=1", "--c", "x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML)."""
-    tree: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"override must look like --key.sub=value, got {arg!r}")
-        if "=" in arg:
-            key, raw = arg[2:].split("=", 1)
-        else:
-            if i + 1 >= len(args):
-                raise ConfigError(f"override {arg} has no value")
-            key, raw = arg[2:], args[i + 1]
-            i += 1
-        i += 1
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = tree
-        parts = key.replace("-", "_").split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override --{key} conflicts with an earlier override")
-        node[parts[-1]] = value
-    return tree
-
-
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)

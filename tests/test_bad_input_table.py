@@ -44,7 +44,7 @@ TOOLS = {
     "evaluate": "megatron_ipt.eval.heldout",
     "suite": "megatron_ipt.eval.suite",
     "build_synthesizer_data": "data_tools.build_synthesizer_data",
-    "preflight": "megatron_ipt.preflight",
+    "preflight": "megatron_ipt.cluster.preflight",
 }
 
 

@@ -9,7 +9,6 @@ from megatron_ipt.config import (
     config_help,
     config_keys,
     load_config,
-    parse_overrides,
     run_cli,
     save_config,
 )
@@ -80,10 +79,6 @@ def test_bad_files(tmp_path):
     (tmp_path / "loop.yaml").write_text("include: loop.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(Run, tmp_path / "loop.yaml")
-
-
-def test_parse_overrides_tree():
-    assert parse_overrides(["--a.b=1", "--a.c", "x", "--d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
 
 
 @dataclass

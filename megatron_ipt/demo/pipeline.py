@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_ipt.config import auto_dtype
+from megatron_ipt.data.indexed import summary_path
 from megatron_ipt.demo.paths import ARMS, DemoPaths
 from megatron_ipt.demo.sizes import DemoSize
 from megatron_ipt.demo.stages import DemoError, run_command, run_main, torchrun_module
@@ -79,7 +80,7 @@ def tune_synthesizer(size: DemoSize, paths: DemoPaths) -> dict:
             "run_dir": paths.tuning_run, "checkpoint.dir": paths.tuning_run / "checkpoints",
         }, export=paths.synthesizer)
     after = pair_loss(paths, paths.synthesizer, prefix, "after", max_docs)
-    summary_file = Path(f"{prefix}.summary.json")
+    summary_file = summary_path(prefix)
     return {
         "start_model": str(start),
         "synthesizer": str(paths.synthesizer),

@@ -21,11 +21,8 @@ CLI::
 
 from __future__ import annotations
 
-import collections
 import json
 import math
-import re
-import string
 import sys
 import time
 from collections.abc import Sequence
@@ -37,8 +34,15 @@ from megatron_ipt.config import ConfigError, auto_dtype, run_cli
 from megatron_ipt.data.readers import DataError, iter_records
 from megatron_ipt.io import OutputRefused, check_output_file
 from megatron_ipt.log import get_logger, setup_logging
+from megatron_ipt.pairs import (
+    COT_ANSWER,
+    COT_TRIGGER,
+    OPTIONS_HEADER,
+    exact_match,
+    normalize_answer,
+    token_f1,
+)
 from megatron_ipt.progress import progress
-from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER
 
 log = get_logger("megatron_ipt.eval.heldout")
 MIN_MAX_LENGTH = 16  # tokens: BOS, a scored token, and a task prompt's "Question: ... Answer:" tail
@@ -115,26 +119,6 @@ def read_tasks(path: str | Path, limit: int | None = None) -> list[EvalTask]:
 
 
 # --------------------------------------------------------------------------- answer scoring
-
-
-def normalize_answer(s: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = collections.Counter(pred) & collections.Counter(ref)
-    overlap = sum(common.values())
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / len(pred), overlap / len(ref)
-    return 2 * precision * recall / (precision + recall)
 
 
 def extract_answer(generation: str) -> str:
@@ -291,7 +275,7 @@ def score_tasks(tasks: Sequence[EvalTask], generations: Sequence[str], loss: flo
             gold = choose_option(task.answer, task.options)
             acc.append(float(gold is not None and choose_option(answer, task.options) == gold))
         else:
-            em.append(float(normalize_answer(answer) == normalize_answer(task.answer)))
+            em.append(exact_match(answer, task.answer))
             f1.append(token_f1(answer, task.answer))
         if len(scores.examples) < keep_examples:
             scores.examples.append({"question": task.instruction, "gold": task.answer, "generated": answer})

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress_mode
 from megatron_ipt.synth.engine_types import (
+    EngineSettings,
     Generation,
     SamplingParams,
     check_prompt_lengths,
@@ -22,9 +22,6 @@ from megatron_ipt.synth.engine_types import (
     resolve_tokenizer,
 )
 from megatron_ipt.tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    from megatron_ipt.synth.engines import EngineConfig
 
 log = get_logger(__name__)
 
@@ -46,8 +43,8 @@ def _import_vllm():
 class VLLMEngine:
     """Generation with vLLM (see :class:`~megatron_ipt.synth.engine_types.Engine`)."""
 
-    def __init__(self, config: EngineConfig, tokenizer: Tokenizer | None = None) -> None:
-        """``config`` as built by :meth:`EngineConfig.build`."""
+    def __init__(self, config: EngineSettings, tokenizer: Tokenizer | None = None) -> None:
+        """``config`` as built by :meth:`megatron_ipt.synth.engines.EngineConfig.build`."""
         vllm, self._TokensPrompt = _import_vllm()
         self._vllm = vllm
         self.tokenizer = resolve_tokenizer(config.model, tokenizer or config.tokenizer or None)

@@ -59,9 +59,9 @@ def _exit_now(status: int) -> None:
     import logging
     import os
 
-    from megatron_ipt.launch import record_exit_status
+    from megatron_ipt.train.preemption import record_exit_status
 
-    record_exit_status(status)  # read by `python -m megatron_ipt.launch run` (torchrun keeps only 0/1)
+    record_exit_status(status)  # read by `python -m megatron_ipt.cluster.launch run` (torchrun keeps only 0/1)
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()

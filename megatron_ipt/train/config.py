@@ -9,60 +9,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.data.blend import Blend
 from megatron_ipt.model.config import ModelConfig
-
-if TYPE_CHECKING:
-    from megatron_ipt.train.data import TrainStream
-
+from megatron_ipt.train.data import BatchPlan, DataConfig
 
 # What the trainer writes in run_dir (metrics.py, trainer.py) and the Slurm scripts' per-job folders.
 RUN_DIR_OUTPUTS = ("metrics.jsonl", "tensorboard", "config.yaml", "jobs")
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """The batch arithmetic of a run on ``world`` ranks, computed and checked once."""
-
-    micro_batch: int  # samples per rank per forward
-    global_batch: int  # samples per optimizer step over all ranks
-    world: int  # data-parallel ranks
-    grad_accum: int  # micro-batches per rank per optimizer step
-    steps: int  # optimizer steps of the whole run
-
-    @property
-    def total_samples(self) -> int:
-        return self.steps * self.global_batch
-
-
-@dataclass
-class DataConfig:
-    # Blend of indexed-dataset prefixes: a prefix, "0.7 a 0.3 b", [[0.7, a], [0.3, b]] or [{weight, prefix}, ...].
-    train: Any = None
-    # Held-out blend for periodic evaluation (null: no evaluation).
-    valid: Any = None
-    seq_len: int = 2048  # tokens per training sample
-    tokenizer: str = "mistral"  # the tokenizer the data was built with (mistral, .model, HF dir, .gguf)
-    allow_tokenizer_mismatch: bool = False  # train on datasets whose recorded tokenizer differs (warned)
-    seed: int = 1234  # seed of the blend and sample shuffling
-    # Where the data core caches blend/packing indices (null: next to the first train prefix).
-    cache_dir: str | None = None
-    num_workers: int = 0  # DataLoader worker processes per rank
-
-    def build_train(self, batch: BatchPlan, rank: int, consumed_samples: int = 0) -> TrainStream:
-        """This rank's stream of optimizer steps over ``train``, from ``consumed_samples`` on."""
-        from megatron_ipt.train.data import TrainStream
-
-        return TrainStream.from_config(self, batch, rank, consumed_samples)
-
-    def build_valid(self, batch: BatchPlan, eval_iters: int, rank: int) -> list[dict[str, Any]]:
-        """This rank's fixed held-out micro-batches over ``valid`` (the same at every evaluation)."""
-        from megatron_ipt.train.data import eval_batches
-
-        return eval_batches(self, batch, eval_iters, rank)
 
 
 @dataclass

@@ -18,14 +18,15 @@ import torch
 import torch.distributed as dist
 
 from megatron_ipt.config import ConfigError, save_config
+from megatron_ipt.dist_env import DistEnv, dist_env_from_environ
 from megatron_ipt.io import OutputLocked, OutputRefused, check_replaceable_dir, output_lock
-from megatron_ipt.launch import DistEnv, dist_env_from_environ, init_distributed
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.model.attention import DOC_BACKENDS, packed_documents
 from megatron_ipt.model.build import build_model, hf_config, model_shape
 from megatron_ipt.train import checkpoint as ckpt
 from megatron_ipt.train.config import TrainConfig
 from megatron_ipt.train.data import TrainStream, check_data_tokenizer, check_datasets, dataset_ids
+from megatron_ipt.train.distributed import init_distributed
 from megatron_ipt.train.ds_config import build_ds_config, zero_stage
 from megatron_ipt.train.loss import attach_chunked_loss, backward_scale, global_token_count
 from megatron_ipt.train.metrics import MetricsWriter, flops_per_token, peak_flops, peak_memory_bytes

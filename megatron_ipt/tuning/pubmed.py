@@ -25,11 +25,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from megatron_ipt.data.indexed import summary_path
 from megatron_ipt.data.readers import InputFile, iter_records, open_binary
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
+from megatron_ipt.pairs import COT_TRIGGER, OPTIONS_HEADER, Pair, chain_of_thought, multiple_choice
 from megatron_ipt.progress import progress as progress_of
-from megatron_ipt.synth.format import COT_TRIGGER, OPTIONS_HEADER, Pair, chain_of_thought, multiple_choice
 from megatron_ipt.tuning.example import Example
 
 log = get_logger(__name__)
@@ -234,15 +235,15 @@ def write_raw_corpus(
     output = Path(output)
     if held_out > 0 and held_out_output is None:
         held_out_output = output.with_name(output.stem + ".heldout" + output.suffix)
-    summary_path = output.with_name(output.name + ".summary.json")
+    summary_file = summary_path(output)
     args = {
         "limit": limit,
         "held_out": held_out,
         "held_out_output": str(held_out_output or ""),
         "title": with_title,
     }
-    if not overwrite and summary_path.exists() and output.exists():
-        summary = json.loads(summary_path.read_text())
+    if not overwrite and summary_file.exists() and output.exists():
+        summary = json.loads(summary_file.read_text())
         if summary.get("args") == args and (not held_out_output or Path(held_out_output).exists()):
             log.info("raw corpus %s already written (%d documents); skipping", output, summary["train"])
             return summary
@@ -264,7 +265,7 @@ def write_raw_corpus(
                 out.write(line)
                 counts["train"] += 1
     summary = {"args": args, "output": str(output), **counts}
-    atomic_write_json(summary_path, summary)
+    atomic_write_json(summary_file, summary)
     log.info("raw corpus: %d train, %d held-out abstracts -> %s", counts["train"], counts["held_out"], output)
     return summary
 

@@ -91,5 +91,5 @@ def test_merge_refuses_one_dataset_given_twice(tmp_path: Path, capsys) -> None:
     for twice in ([tmp_path / "a", tmp_path / "b", tmp_path / "a"], [tmp_path / "a", tmp_path / "x" / ".." / "a"]):
         assert main(["--input", *map(str, twice), "--output-prefix", str(tmp_path / "m")]) == 2
         err = capsys.readouterr().err
-        assert err.count("error: ") == 1 and f"{twice[-1]} names the same dataset as {tmp_path / 'a'}" in err, err
+        assert [ln.startswith("error: ") for ln in err.splitlines()].count(True) == 1 and f"{twice[-1]} names the same dataset as {tmp_path / 'a'}" in err, err
     assert not (tmp_path / "m.bin").exists()

@@ -19,15 +19,13 @@ from megatron_ipt.eval.heldout import (
     heldout_perplexity,
     load_model,
     main,
-    normalize_answer,
     read_tasks,
     read_texts,
     score_tasks,
     scoring_bf16,
     task_prompt,
-    token_f1,
 )
-from megatron_ipt.synth.format import chain_of_thought, multiple_choice
+from megatron_ipt.pairs import chain_of_thought, multiple_choice
 
 TEXTS = [
     "Aspirin reduces the risk of myocardial infarction in adults with diabetes.",
@@ -48,14 +46,6 @@ def tiny(tiny_dir):
     from megatron_ipt.tokenizer import load_tokenizer
 
     return load_model(tiny_dir), load_tokenizer(tiny_dir)
-
-
-def test_normalisation_and_f1():
-    assert normalize_answer("The  Cat, sat!") == "cat sat"
-    assert token_f1("the cat sat", "Cat sat.") == 1.0
-    assert token_f1("cat", "cat sat") == pytest.approx(2 * 1.0 * 0.5 / 1.5)
-    assert token_f1("dog", "cat") == 0.0
-    assert token_f1("", "") == 1.0
 
 
 def test_task_parsing_of_multiple_choice_and_chain_of_thought():
@@ -215,7 +205,7 @@ def test_bad_inputs_are_one_line_before_scoring(tiny_dir, tmp_path, capsys, case
     extra = {"--limit_texts 0": ["--limit_texts", "0"], "--max_length 1": ["--max_length", "1"]}.get(case, [])
     code = main(["--model", str(model), "--texts", str(texts), "--fp32", "--output", str(output), *extra])
     err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err, err
+    assert code == 2, err  # in process: an escaped exception would fail the test itself
     lines = [ln for ln in err.splitlines() if "error: " in ln]
     assert len(lines) == 1 and __import__("re").search(says, lines[0]), err
     assert not (tmp_path / "e.json").exists() and sorted(p.name for p in (tmp_path / "out").iterdir()) == []

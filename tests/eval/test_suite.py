@@ -59,10 +59,8 @@ def tiny_model(tmp_path_factory, smollm2_dir):
 
 
 def _run(capsys, *argv) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, err
+    code = main([str(a) for a in argv])  # in process: an escaped exception fails the test itself
+    return code, capsys.readouterr().err
 
 
 def _one_error(err: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from megatron_ipt.config import ConfigError, load_config
-from megatron_ipt.launch import DistEnv
+from megatron_ipt.dist_env import DistEnv
 from megatron_ipt.train.checkpoint import CheckpointError
 from megatron_ipt.train.config import TrainConfig
 from megatron_ipt.train.trainer import _shape_of_config, plan_run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from megatron_ipt.data.indexed import IndexedDatasetWriter
-from megatron_ipt.train.config import BatchPlan, DataConfig
+from megatron_ipt.train.data import BatchPlan, DataConfig
 
 
 def _dataset(prefix: str, n_docs: int, base: int) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER
+from megatron_ipt.pairs import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER
 from megatron_ipt.tuning.pubmed import (
     KEYWORDS_QUESTION,
     MESH_QUESTION,

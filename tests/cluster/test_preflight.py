@@ -1,4 +1,4 @@
-"""megatron_ipt.preflight: the Slurm scripts' fail-fast check (node list, master, inputs, config)."""
+"""megatron_ipt.cluster.preflight: the Slurm scripts' fail-fast check (node list, master, inputs, config)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from megatron_ipt import preflight
-from megatron_ipt.launch import master_port_for_job
+from megatron_ipt.cluster import preflight
+from megatron_ipt.dist_env import master_port_for_job
 
 
 @pytest.fixture

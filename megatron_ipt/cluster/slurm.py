@@ -1,4 +1,4 @@
-"""The Slurm stage scripts' policy, in Python: ``python -m megatron_ipt.slurm train-args ...``
+"""The Slurm stage scripts' policy, in Python: ``python -m megatron_ipt.cluster.slurm train-args ...``
 (also the ``ipt-launch`` command).
 
 ``slurm/common.sh`` keeps only what must run in the batch shell before Python (finding the checkout,
@@ -44,7 +44,7 @@ class StageError(ValueError):
 def launch_config(config: Path, blend: Path, job_dir: Path) -> Path:
     """A config in ``job_dir`` that includes the stage config and then the blend YAML's ``data:`` over it."""
     out = job_dir / "launch_config.yaml"
-    text = "# written by megatron_ipt.slurm: the stage config with the data blend over it\n"
+    text = "# written by megatron_ipt.cluster.slurm: the stage config with the data blend over it\n"
     text += yaml.safe_dump({"include": [str(config.resolve()), str(blend.resolve())]}, sort_keys=False)
     atomic_write_text(out, text)
     return out
@@ -73,7 +73,7 @@ def train_args(config: str, job_dir: str, run_dir: str, environ: Mapping[str, st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m megatron_ipt.slurm", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m megatron_ipt.cluster.slurm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train-args", help="print a training stage's trainer arguments, one per line")

@@ -1,4 +1,4 @@
-"""Fail fast before any process group starts: ``python -m megatron_ipt.preflight``.
+"""Fail fast before any process group starts: ``python -m megatron_ipt.cluster.preflight``.
 
 The Slurm scripts run it in the batch shell: it parses the node list, resolves the master, checks
 required paths (and, with ``--train-config``, the training config and every data prefix it names)
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from megatron_ipt import resources
 from megatron_ipt.data.blend import Blend
+from megatron_ipt.dist_env import LaunchError, in_slurm_job, slurm_master
 from megatron_ipt.io import OutputRefused, check_replaceable_dir
-from megatron_ipt.launch import LaunchError, in_slurm_job, slurm_master
 
 
 def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
@@ -107,7 +107,7 @@ def preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m megatron_ipt.preflight",
+        prog="python -m megatron_ipt.cluster.preflight",
         allow_abbrev=False,
         description="Launcher helpers for the Slurm scripts.",
     )

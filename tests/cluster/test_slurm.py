@@ -1,4 +1,4 @@
-"""megatron_ipt.slurm: the stage scripts' environment -> override map and BLEND launch config."""
+"""megatron_ipt.cluster.slurm: the stage scripts' environment -> override map and BLEND launch config."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from megatron_ipt.cluster.slurm import TRAIN_ENV, StageError, main, train_args
 from megatron_ipt.config import config_keys, load_config
-from megatron_ipt.slurm import TRAIN_ENV, StageError, main, train_args
 from megatron_ipt.train.config import TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_environment_becomes_overrides_and_the_command_line_wins(tmp_path: Path) -> None:
