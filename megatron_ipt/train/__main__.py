@@ -41,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or "-h" in argv or "--help" in argv:
         print(cli_help(TrainConfig, USAGE))
         return 0
-    report_crashes()
     from megatron_ipt.train.checkpoint import CheckpointError
     from megatron_ipt.train.trainer import run
 
@@ -69,7 +68,8 @@ def _exit_now(status: int) -> None:
 
 
 def console() -> None:
-    """The ``ipt-train`` console command."""
+    """The ``ipt-train`` console command (and ``python -m megatron_ipt.train``): a process of its own."""
+    report_crashes()
     _exit_now(main())
 
 
