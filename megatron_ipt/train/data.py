@@ -118,6 +118,8 @@ class TrainStream:
             blend, cfg.seq_len, batch.micro_batch, batch.total_samples, dp_rank=rank, dp_size=batch.world,
             seed=cfg.seed, consumed_samples=consumed_samples, cache_dir=cfg.cache_dir, num_workers=cfg.num_workers,
         )
+        if rank == 0:
+            loader.dataset.log_report()  # the samples and epochs each dataset supplies over the whole run
         return cls(blend, loader, batch.grad_accum)
 
     @property
