@@ -10,19 +10,15 @@ import pytest
 import torch
 
 from megatron_ipt.data.readers import DataError
-from megatron_ipt.eval.heldout import (
+from megatron_ipt.eval.heldout import evaluate_model, heldout_perplexity, main, read_texts, scoring_bf16
+from megatron_ipt.eval.scoring import load_model
+from megatron_ipt.eval.tasks import (
     EvalTask,
     answer_losses,
     choose_option,
-    evaluate_model,
     extract_answer,
-    heldout_perplexity,
-    load_model,
-    main,
     read_tasks,
-    read_texts,
     score_tasks,
-    scoring_bf16,
     task_prompt,
 )
 from megatron_ipt.pairs import chain_of_thought, multiple_choice
