@@ -15,7 +15,7 @@ from megatron_ipt.model.attention import (
     PackedDocuments,
     block_causal_mask,
     cu_seqlens_from_position_ids,
-    doc_flash_forward,
+    doc_fa_varlen_forward,
     flash_attn_available,
     packed_documents,
     resolve_backend,
@@ -144,7 +144,7 @@ def test_auto_on_cuda_is_always_document_masked(monkeypatch: pytest.MonkeyPatch)
                 for dtype in (torch.bfloat16, torch.float16, torch.float32):
                     got = resolve_backend("auto", "cuda", dtype)
                     half = dtype != torch.float32
-                    want = ("doc_flash" if half and flash else "doc_varlen" if half and varlen and sm80
+                    want = ("doc_fa_varlen" if half and flash else "doc_varlen" if half and varlen and sm80
                             else "doc_flex")
                     assert got == want, (flash, varlen, sm80, dtype)
                     assert got in DOC_BACKENDS
@@ -161,16 +161,16 @@ def test_backend_selection_on_cpu() -> None:
         resolve_backend("doc_varlen", "cpu", torch.bfloat16)
     assert resolve_backend("sdpa", "cpu") == "sdpa"
     with pytest.raises(AttentionBackendError, match="flash-attn"):
-        resolve_backend("doc_flash", "cpu")
+        resolve_backend("doc_fa_varlen", "cpu")
     with pytest.raises(AttentionBackendError, match="expected one of"):
         resolve_backend("flash", "cpu")
 
 
 @pytest.mark.skipif(flash_attn_available(), reason="flash-attn is installed")
-def test_doc_flash_without_flash_attn_is_a_clear_error() -> None:
+def test_doc_fa_varlen_without_flash_attn_is_a_clear_error() -> None:
     q = torch.zeros(1, 2, 4, 8)
     with pytest.raises(AttentionBackendError, match="pip install flash-attn"):
-        doc_flash_forward(torch.nn.Module(), q, q, q, None, position_ids=torch.arange(4)[None])
+        doc_fa_varlen_forward(torch.nn.Module(), q, q, q, None, position_ids=torch.arange(4)[None])
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
