@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_ipt.io import atomic_write_json
+from megatron_ipt.launch import wait_for_rank0
 from megatron_ipt.log import get_logger
 
 log = get_logger(__name__)
@@ -220,7 +221,8 @@ def universal_dir(tag_dir: Path) -> Path:
 
 
 def convert_to_universal(tag_dir: Path) -> Path:
-    """DeepSpeed's universal checkpoint for ``tag_dir`` (rank 0 converts once; all ranks wait)."""
+    """DeepSpeed's universal checkpoint for ``tag_dir`` (rank 0 converts once; the others wait for
+    it beyond the collective timeout: 8B states take longer than that)."""
     out = universal_dir(tag_dir)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0 and not (out / ".complete").is_file():
@@ -233,7 +235,7 @@ def convert_to_universal(tag_dir: Path) -> Path:
             keep_temp_folder=False, strict=True, inject_missing_state=True,
         ))
         (out / ".complete").write_text("ok\n")
-    _barrier()
+    wait_for_rank0()
     return out
 
 

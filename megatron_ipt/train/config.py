@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.data.blend import Blend
+from megatron_ipt.launch import DEFAULT_RANK0_WAIT_MINUTES, DEFAULT_TIMEOUT_MINUTES
 from megatron_ipt.model.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -98,6 +99,14 @@ class ExportConfig:
 
 
 @dataclass
+class DistConfig:
+    # Collective timeout: a rank waiting longer in one collective (NCCL watchdog, gloo) aborts the job.
+    timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES
+    # How long the other ranks wait while rank 0 alone converts a checkpoint or exports the model.
+    rank0_wait_minutes: float = DEFAULT_RANK0_WAIT_MINUTES
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/default"  # metrics.jsonl, tensorboard/ and the resolved config
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -106,6 +115,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     steps: int = 1000  # optimizer steps
     micro_batch_size: int = 4  # samples per rank per forward
     global_batch_size: int = 256  # samples per optimizer step over all ranks
@@ -123,6 +133,9 @@ class TrainConfig:
             raise ConfigError("data.train is required: an indexed-dataset prefix or blend (--data.train=PREFIX)")
         Blend.parse(self.data.train, "data.train")  # spelling and weights; files are checked where read
         Blend.optional(self.data.valid, "data.valid")
+        for name in ("timeout_minutes", "rank0_wait_minutes"):
+            if not getattr(self.dist, name) > 0:
+                raise ConfigError(f"dist.{name} must be positive, got {getattr(self.dist, name)}")
         for name in ("steps", "micro_batch_size", "global_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from megatron_ipt.config import ConfigError, save_config
 from megatron_ipt.io import OutputLocked, output_lock
-from megatron_ipt.launch import DistEnv, dist_env_from_environ, init_distributed
+from megatron_ipt.launch import DistEnv, dist_env_from_environ, init_distributed, wait_for_rank0
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.model.attention import DOC_BACKENDS, packed_documents
 from megatron_ipt.model.build import build_model, hf_config, model_shape
@@ -114,7 +114,8 @@ class Trainer:
         self.plan = plan
         self.rank = plan.dist.rank
         self.world = plan.dist.world_size
-        self.device = torch.device("cuda", plan.dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        # init_distributed chose the rank's device (local rank modulo the visible devices)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.dtype = torch.bfloat16 if cfg.precision in ("bfloat16", "bfloat16_autocast") else torch.float32
         # fp32 master weights and optimizer, matmuls in bf16: on CPU, DeepSpeed's bf16 mode trained at
         # half the speed of fp32, while autocast in a plain loop ran faster than both.
@@ -316,7 +317,8 @@ def run(cfg: TrainConfig) -> int:
 def _run(cfg: TrainConfig, dist_env: DistEnv) -> int:
     preemption = PreemptionFlag()
     plan = plan_run(cfg, dist_env)  # every input check, before torch.distributed and DeepSpeed start
-    plan.dist = init_distributed()
+    plan.dist = init_distributed(timeout_minutes=cfg.dist.timeout_minutes,
+                                 rank0_wait_minutes=cfg.dist.rank0_wait_minutes)
     if dist_env.rank == 0:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(cfg.run_dir) / "config.yaml")
@@ -331,8 +333,7 @@ def _run(cfg: TrainConfig, dist_env: DistEnv) -> int:
             from megatron_ipt.train.export import export_checkpoint
 
             export_checkpoint(latest, cfg.export.dir, dtype=cfg.export.dtype)
-        if dist.is_initialized():
-            dist.barrier()
+        wait_for_rank0()
     if dist.is_initialized():
         dist.destroy_process_group()
     return status
