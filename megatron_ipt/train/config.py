@@ -80,6 +80,9 @@ class CheckpointConfig:
     resume: str = "auto"  # auto | none | a checkpoint tag directory
     allow_data_change: bool = False  # resume although data, tokenizer or sample count differ (changes logged)
     save_at_end: bool = True  # save a checkpoint after the last step
+    # Steps between checks for a preemption signal (each check is a collective and a host sync); after a
+    # signal the checkpoint waits for the next check: keep interval x step time below the signal's lead.
+    signal_check_interval: int = 5
 
 
 @dataclass
