@@ -113,6 +113,12 @@ def _shape_of_config(cfg: TrainConfig) -> dict[str, Any]:
         return model_shape(AutoModelForCausalLM.from_config(hf_config(cfg.model)))
 
 
+def weights_dtype(precision: str) -> torch.dtype:
+    """The dtype the model is built (or a checkpoint loaded) in: bf16 where DeepSpeed trains bf16
+    weights; fp32 for fp32 and for autocast (fp32 weights, bf16 matmuls)."""
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, plan: Plan) -> None:
         import deepspeed
@@ -137,7 +143,10 @@ class Trainer:
 
             # Kept alive on self: while it exists, from_config/from_pretrained build partitioned.
             self._hf_ds_config = HfDeepSpeedConfig(ds_config)
-        model = build_model(cfg.model, self.device.type, compute_dtype=self.dtype)
+        # In the weights' dtype, on the device (below ZeRO-3; partitioned at construction there): no
+        # rank holds an fp32 copy of a bf16 model on the host.
+        model = build_model(cfg.model, self.device.type, dtype=weights_dtype(cfg.precision), compute_dtype=self.dtype,
+                            device=None if self._hf_ds_config is not None else self.device)
         self.attention = model.config._attn_implementation
         attach_chunked_loss(model)  # the engine's forward returns the loss sum; no full logits
         self.n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())

@@ -173,3 +173,10 @@ def test_the_flash_spelling_names_its_replacement() -> None:
     with pytest.raises(attention.AttentionBackendError, match="spelled 'doc_fa_varlen'"):
         attention.resolve_backend("doc_flash", "cuda", torch.bfloat16)
     assert not [n for n in attention.CHOICES if "flash" in n]
+
+
+def test_a_fresh_model_is_built_in_the_weights_dtype_where_it_trains() -> None:
+    """bf16 weights allocated on the given device (meta here: no memory), never fp32 on the host first."""
+    model = build_model(_cfg("doc_sdpa"), "cpu", dtype=torch.bfloat16, compute_dtype=torch.bfloat16, device="meta")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in model.parameters()} == {"meta"}

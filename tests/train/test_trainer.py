@@ -101,3 +101,10 @@ def test_loss_and_grad_norm_are_read_on_the_host_only_at_logging_steps(tmp_path,
     assert sorted(rows) == [3, 6, 7]
     assert 0.99 < rows[3]["loss"] < 1.0  # the weight, which each micro-batch lowers by 1e-3
     assert rows[3]["grad_norm"] > 0 and rows[7]["loss"] < rows[3]["loss"]
+
+
+def test_weights_are_built_in_bf16_only_where_deepspeed_trains_bf16_weights() -> None:
+    from megatron_ipt.train.trainer import weights_dtype
+
+    assert weights_dtype("bfloat16") == torch.bfloat16
+    assert weights_dtype("bfloat16_autocast") == weights_dtype("float32") == torch.float32  # fp32 master weights
