@@ -173,15 +173,45 @@ def doc_sdpa_forward(
 _compiled_flex: Any = None
 
 
+FLEX_BLOCK = 128  # FlexAttention's sparse block size
+
+
 def _flex_block_mask(doc: torch.Tensor) -> Any:
-    """A BlockMask letting query q see key k when both lie in one document and k <= q."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    """A BlockMask letting query q see key k when both lie in one document and k <= q.
+
+    Built from the per-block first and last document ids (documents are contiguous along a row), so
+    its cost is B x (S/128)^2 rather than the B x S x S booleans ``create_block_mask`` evaluates
+    uncompiled; ``same_document_causal`` refines the partial blocks inside the kernel.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
 
     def same_document_causal(b, h, q, k):  # noqa: ANN001 (FlexAttention's mask_mod signature)
         return (doc[b, q] == doc[b, k]) & (q >= k)
 
     b, s = doc.shape
-    return create_block_mask(same_document_causal, b, None, s, s, device=doc.device)
+    n = -(-s // FLEX_BLOCK)
+    starts = torch.arange(n, device=doc.device) * FLEX_BLOCK
+    first = doc[:, starts]  # (B, n) document of each block's first token
+    last = doc[:, torch.clamp(starts + FLEX_BLOCK - 1, max=s - 1)]  # and of its last token
+    q_first, kv_last = first[:, :, None], last[:, None, :]
+    below = torch.ones(n, n, dtype=torch.bool, device=doc.device).tril()
+    # A key block reaches a query block when it is not later and its last document is not earlier.
+    touched = below & (kv_last >= q_first)
+    # Fully visible: strictly earlier, and both blocks lie whole inside a single document (a short last
+    # block stays partial: its padding is masked by the mask function).
+    single = (first == last) & (starts + FLEX_BLOCK <= s)
+    full = below.tril(-1) & single[:, :, None] & single[:, None, :] & (q_first == first[:, None, :])
+    partial = touched & ~full
+
+    def as_indices(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = blocks.sum(-1, dtype=torch.int32)[:, None]  # (B, 1, n)
+        order = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True).to(torch.int32)[:, None]
+        return count, order  # the listed blocks first, ascending
+
+    kv_num, kv_idx = as_indices(partial)
+    full_num, full_idx = as_indices(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK,
+                                    mask_mod=same_document_causal, seq_lengths=(s, s))
 
 
 def _flex() -> Any:

@@ -178,3 +178,36 @@ def test_doc_flex_training_on_cpu_is_a_clear_error() -> None:
     model = _tiny("mistral", "doc_flex").train()
     with pytest.raises(AttentionBackendError, match="no backward on CPU"):
         model(input_ids=torch.randint(3, 500, (1, 8)), use_cache=False)
+
+
+def _same_document_causal(doc: torch.Tensor):  # noqa: ANN202
+    return lambda b, h, q, k: (doc[b, q] == doc[b, k]) & (q >= k)
+
+
+@pytest.mark.parametrize("seq", [128, 300, 1000])
+def test_flex_block_mask_from_document_blocks_equals_torchs(seq: int) -> None:
+    """The block mask built from per-block document ids (no S x S mask) lists exactly the partial and
+    full blocks ``create_block_mask`` finds by evaluating every (q, k) pair, and masks the same pairs."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    gen = torch.Generator().manual_seed(seq)
+    for _ in range(3):
+        rows = []
+        for _ in range(2):
+            lengths: list[int] = []
+            while sum(lengths) < seq:
+                lengths.append(int(torch.randint(1, 400, (1,), generator=gen)))
+            lengths[-1] -= sum(lengths) - seq
+            rows.append(torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)))
+        doc = torch.stack(rows)
+        ours = attention._flex_block_mask(doc)
+        theirs = create_block_mask(_same_document_causal(doc), 2, None, seq, seq, device="cpu")
+        assert torch.equal(ours.to_dense(), theirs.to_dense())
+        for mine, ref in ((ours.kv_num_blocks, theirs.kv_num_blocks), (ours.full_kv_num_blocks, theirs.full_kv_num_blocks)):
+            assert torch.equal(mine, ref)
+        for idx, num, ref_idx in ((ours.kv_indices, ours.kv_num_blocks, theirs.kv_indices),
+                                  (ours.full_kv_indices, ours.full_kv_num_blocks, theirs.full_kv_indices)):
+            for b in range(2):
+                for i in range(num.shape[-1]):
+                    n = int(num[b, 0, i])
+                    assert idx[b, 0, i, :n].tolist() == sorted(ref_idx[b, 0, i, :n].tolist())
