@@ -119,7 +119,7 @@ def packed_documents(
                            int(max_seqlen), restarts)
     if (backend == "doc_sdpa" and restarts) or backend == "doc_flex":
         lengths = (cu_host[1:] - cu_host[:-1]).to(torch.int64)
-        doc = torch.repeat_interleave(torch.arange(lengths.numel()), lengths).reshape(b, s).to(device)
+        doc = torch.repeat_interleave(torch.arange(lengths.numel()), lengths).reshape(b, s).to(device, non_blocking=True)
         docs.mask = _mask_from_doc_ids(doc) if backend == "doc_sdpa" else _flex_block_mask(doc)
     return docs
 

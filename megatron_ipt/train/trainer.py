@@ -177,8 +177,9 @@ class Trainer:
     # -- one optimizer step -------------------------------------------------------------------
     def _model_inputs(self, mb: dict[str, Any]) -> dict[str, Any]:
         """Model keywords of one micro-batch; document boundaries built here once, for every layer."""
-        inputs: dict[str, Any] = {"input_ids": mb["input_ids"].to(self.device),
-                                  "position_ids": mb["position_ids"].to(self.device)}
+        # non_blocking: a blocking host-to-device copy waits for all queued GPU work (a launch gap)
+        inputs: dict[str, Any] = {"input_ids": mb["input_ids"].to(self.device, non_blocking=True),
+                                  "position_ids": mb["position_ids"].to(self.device, non_blocking=True)}
         if self.attention in DOC_BACKENDS:  # from the loader's host-side cu_seqlens: no device sync
             inputs["packed_documents"] = packed_documents(self.attention, mb["position_ids"], mb.get("cu_seqlens"),
                                                           mb.get("max_seqlen"), self.device)
@@ -188,7 +189,8 @@ class Trainer:
         # Inside the engine's forward, so DeepSpeed's hooks see the loss as the module's output.
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.engine(**self._model_inputs(mb), attention_mask=None, use_cache=False,
-                               labels=mb["labels"].to(self.device), loss_mask=mb["loss_mask"].to(self.device))
+                               labels=mb["labels"].to(self.device, non_blocking=True),
+                               loss_mask=mb["loss_mask"].to(self.device, non_blocking=True))
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step; loss and grad norm stay on the device (read at logging steps only)."""

@@ -83,20 +83,27 @@ def test_loss_and_grad_norm_are_read_on_the_host_only_at_logging_steps(tmp_path,
 
     trainer = _LoopOnly(tmp_path, steps=7, log_every=3)
     reads: list[int] = []
+    blocking_copies: list[int] = []
 
     class HostReads(TorchFunctionMode):
-        """Records the step of every host read of a floating-point tensor (the loader's int ids are host data)."""
+        """Records the step of every host read of a floating-point tensor (the loader's int ids are host
+        data), and of every copy to a device that waits for the device's queued work (non_blocking unset)."""
 
         def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
             name = getattr(func, "__name__", "")
+            kwargs = kwargs or {}
             if name in ("item", "tolist", "__float__", "__bool__", "numpy") and args[0].is_floating_point():
                 reads.append(trainer.step)
-            return func(*args, **(kwargs or {}))
+            to_device = "device" in kwargs or any(isinstance(a, torch.device) for a in args[1:])
+            if name == "to" and to_device and not kwargs.get("non_blocking"):
+                blocking_copies.append(trainer.step)
+            return func(*args, **kwargs)
 
     never = SimpleNamespace(any_rank=lambda: False)
     with HostReads():
         assert trainer.fit(never) == 0
     assert reads == [3, 6, 7]  # one read per metrics line, none on the steps between
+    assert set(blocking_copies) <= {3, 6, 7}, blocking_copies  # inputs go to the device without waiting
     rows = metrics(tmp_path)
     assert sorted(rows) == [3, 6, 7]
     assert 0.99 < rows[3]["loss"] < 1.0  # the weight, which each micro-batch lowers by 1e-3
