@@ -153,6 +153,8 @@ def check_attention(device: str, dtype_name: str, sizes: dict, tiny: bool) -> di
         except Exception as err:  # noqa: BLE001 - one backend failing must not hide the others
             row["error"] = f"{type(err).__name__}: {err}"[:300]
         out["backends"][name] = row
+    if "fwd_bwd_ms" in out["backends"].get("doc_varlen", {}):
+        out["varlen_gqa"] = varlen_gqa_ways(device, dtype, hf, pos, cu, max(docs), sizes["timed"])
     return out
 
 
@@ -170,24 +172,30 @@ def attention_backends(device: str, dtype: Any) -> list[str]:
 
 def _time_attention(name: str, device: str, dtype, hf, pos, cu, max_len: int, timed: int) -> dict[str, float]:
     """Forward(+backward where the device has one) time of the attention op alone, in ms."""
-    import torch
-
     from megatron_ipt.model import attention
 
     fn = {"doc_sdpa": attention.doc_sdpa_forward, "doc_flex": attention.doc_flex_forward,
           "doc_varlen": attention.doc_varlen_forward, "doc_fa_varlen": attention.doc_fa_varlen_forward}[name]
-    s, d = pos.shape[1], hf.head_dim
+    docs = attention.packed_documents(name, pos, cu, max_len, device)
+    backward = not (name == "doc_flex" and device == "cpu")  # torch has no FlexAttention backward on CPU
+    scale = hf.head_dim**-0.5
+    return _time_op(lambda q, k, v: fn(None, q, k, v, None, scaling=scale, packed_documents=docs)[0],
+                    device, dtype, hf, pos.shape[1], timed, backward)
+
+
+def _time_op(op: Any, device: str, dtype, hf, s: int, timed: int, backward: bool) -> dict[str, float]:
+    import torch
+
+    d = hf.head_dim
     gen = torch.Generator().manual_seed(2)
     q = torch.randn(1, hf.num_attention_heads, s, d, generator=gen).to(device, dtype)
     k = torch.randn(1, hf.num_key_value_heads, s, d, generator=gen).to(device, dtype)
     v = torch.randn(1, hf.num_key_value_heads, s, d, generator=gen).to(device, dtype)
-    docs = attention.packed_documents(name, pos, cu, max_len, device)
-    backward = not (name == "doc_flex" and device == "cpu")  # torch has no FlexAttention backward on CPU
     q, k, v = (t.requires_grad_(backward) for t in (q, k, v))
 
     def once() -> None:
         with torch.enable_grad() if backward else torch.no_grad():
-            o, _ = fn(None, q, k, v, None, scaling=d**-0.5, packed_documents=docs, position_ids=pos.to(device))
+            o = op(q, k, v)
             if backward:
                 o.float().sum().backward()
 
@@ -200,6 +208,48 @@ def _time_attention(name: str, device: str, dtype, hf, pos, cu, max_len: int, ti
     _sync(device)
     ms = (time.perf_counter() - t0) / timed * 1e3
     return {"fwd_bwd_ms" if backward else "fwd_ms": ms}
+
+
+def varlen_gqa_ways(device: str, dtype, hf, pos, cu, max_len: int, timed: int) -> dict[str, Any]:
+    """torch's varlen kernel with grouped KV heads, two ways: KV heads repeated to the query heads
+    (what doc_varlen does without ``enable_gqa``), and KV heads passed as they are (with
+    ``enable_gqa=True`` where the keyword exists; bare on torch 2.11, whose flash kernel may take them)."""
+    import inspect
+
+    import torch
+    from torch.nn.attention.varlen import varlen_attn
+
+    has_flag = "enable_gqa" in inspect.signature(varlen_attn).parameters
+    cu_dev, scale, h = cu.to(device), hf.head_dim**-0.5, hf.num_attention_heads
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(1, 2).reshape(t.shape[0] * t.shape[2], t.shape[1], t.shape[3])
+
+    def repeated(q, k, v):  # noqa: ANN001, ANN202
+        rep = h // k.shape[1]
+        return varlen_attn(flat(q), flat(k.repeat_interleave(rep, 1)), flat(v.repeat_interleave(rep, 1)), cu_dev,
+                           cu_dev, max_len, max_len, scale=scale, window_size=(-1, 0))
+
+    def grouped(q, k, v):  # noqa: ANN001, ANN202
+        return varlen_attn(flat(q), flat(k), flat(v), cu_dev, cu_dev, max_len, max_len, scale=scale,
+                           window_size=(-1, 0), **({"enable_gqa": True} if has_flag else {}))
+
+    out: dict[str, Any] = {"enable_gqa_keyword": has_flag}
+    reference = None
+    for way, op in (("repeat_kv", repeated), ("kv_heads_as_they_are", grouped)):
+        try:
+            row = _time_op(op, device, dtype, hf, pos.shape[1], timed, True)
+            gen = torch.Generator().manual_seed(3)
+            q, k, v = (torch.randn(1, n, pos.shape[1], hf.head_dim, generator=gen).to(device, dtype)
+                       for n in (h, hf.num_key_value_heads, hf.num_key_value_heads))
+            with torch.no_grad():
+                result = op(q, k, v).float()
+            reference = result if reference is None else reference
+            row["max_abs_diff_vs_repeat"] = float((result - reference).abs().max())
+        except Exception as err:  # noqa: BLE001 - a way this torch does not take is a finding, not a failure
+            row = {"unsupported": f"{type(err).__name__}: {err}"[:300]}
+        out[way] = row
+    return out
 
 
 # -- b: training ------------------------------------------------------------------------------------
@@ -376,6 +426,10 @@ def table(report: dict[str, Any]) -> str:
                 continue
             fb, f = (f"{r[k]:.2f}" if k in r else "-" for k in ("fwd_bwd_ms", "fwd_ms"))
             lines.append(f"   {name:14} {r['max_abs_diff']:22.3e} {fb:>11} {f:>8}")
+        for way, r in a.get("varlen_gqa", {}).items():
+            if isinstance(r, dict):
+                got = r.get("unsupported") or f"{r['fwd_bwd_ms']:.2f} ms fwd+bwd, {r['max_abs_diff_vs_repeat']:.1e} vs repeat"
+                lines.append(f"   doc_varlen GQA, {way}: {got}")
     b = report.get("training")
     if b and "runs" not in b:
         lines.append(f"b. training error: {b.get('error', '?')}")

@@ -45,13 +45,45 @@ def test_tiny_cpu_form_runs_every_part_from_any_directory(tmp_path: Path) -> Non
 
 
 def test_a_failed_run_is_named_beside_the_others() -> None:
+    report = {"attention": {"backends": {"doc_sdpa": {"max_abs_diff": 0.0}, "doc_varlen": {"error": "x"}}},
+              "training": {"runs": [{"zero": 2, "attention": "doc_flex", "error": "time limit"},
+                                    {"zero": 3, "attention": "auto", "tokens_per_s": 1.0}]},
+              "synthesis": {"error": "time limit 90 s"}}
+    assert _gpu_check().failures(report) == ["synthesis", "attention:doc_varlen", "training:zero2:doc_flex"]
+
+
+def _gpu_check():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import gpu_check
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    report = {"attention": {"backends": {"doc_sdpa": {"max_abs_diff": 0.0}, "doc_varlen": {"error": "x"}}},
-              "training": {"runs": [{"zero": 2, "attention": "doc_flex", "error": "time limit"},
-                                    {"zero": 3, "attention": "auto", "tokens_per_s": 1.0}]},
-              "synthesis": {"error": "time limit 90 s"}}
-    assert gpu_check.failures(report) == ["synthesis", "attention:doc_varlen", "training:zero2:doc_flex"]
+    return gpu_check
+
+
+def test_varlen_gqa_ways_report_what_this_torch_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a torch 2.11-like varlen_attn (no enable_gqa; here one that takes only equal head counts),
+    repeating KV heads is timed and passing them as they are is reported as unsupported."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.nn.attention.varlen as varlen
+    import torch.nn.functional as F
+
+    def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)):  # noqa: ANN001, ANN202
+        if k.shape[1] != q.shape[1]:
+            raise RuntimeError("number of KV heads differs")
+        out = torch.empty_like(q)
+        for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
+            out[a:b] = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
+                                                      v[a:b].transpose(0, 1), is_causal=True, scale=scale).transpose(0, 1)
+        return out
+
+    monkeypatch.setattr(varlen, "varlen_attn", varlen_attn)
+    hf = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    pos = torch.cat([torch.arange(n) for n in (5, 11)])[None]
+    cu = torch.tensor([0, 5, 16], dtype=torch.int32)
+    got = _gpu_check().varlen_gqa_ways("cpu", torch.float32, hf, pos, cu, 11, 1)
+    assert got["enable_gqa_keyword"] is False
+    assert got["repeat_kv"]["fwd_bwd_ms"] > 0 and got["repeat_kv"]["max_abs_diff_vs_repeat"] == 0.0
+    assert "number of KV heads differs" in got["kv_heads_as_they_are"]["unsupported"]
