@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 FULL = {"attn_seq": 4096, "docs": [1000, 37, 1500, 559, 1000], "steps": 30, "micro": 8, "log_every": 10,
         "seq_len": 2048, "synth_texts": 64, "new_tokens": 400, "train_texts": 600, "timed": 10,
-        "limits_s": {"a": 120, "b": 330, "c": 90}, "run_limit_s": 150}
+        "limits_s": {"a": 100, "b": 300, "c": 80}, "run_limit_s": 150}  # 8 minutes at most in all
 TINY = {"attn_seq": 256, "docs": [60, 3, 100, 93], "steps": 4, "micro": 2, "log_every": 2, "seq_len": 128,
         "synth_texts": 4, "new_tokens": 8, "train_texts": 60, "timed": 2,
         "limits_s": {"a": 300, "b": 600, "c": 300}, "run_limit_s": 280}
