@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from megatron_ipt.io import atomic_write_json
 from megatron_ipt.log import get_logger
+from megatron_ipt.train.distributed import wait_for_rank0
 
 log = get_logger(__name__)
 
@@ -60,6 +61,9 @@ class CheckpointConfig:
     resume: str = "auto"  # auto | none | a checkpoint tag directory
     allow_data_change: bool = False  # resume although data, tokenizer or sample count differ (changes logged)
     save_at_end: bool = True  # save a checkpoint after the last step
+    # Steps between checks for a preemption signal (each check is a collective and a host sync); after a
+    # signal the checkpoint waits for the next check: keep interval x step time below the signal's lead.
+    signal_check_interval: int = 5
 
     def build(self) -> Checkpointer:
         return Checkpointer(self)
@@ -279,7 +283,8 @@ def universal_dir(tag_dir: Path) -> Path:
 
 
 def convert_to_universal(tag_dir: Path) -> Path:
-    """DeepSpeed's universal checkpoint for ``tag_dir`` (rank 0 converts once; all ranks wait)."""
+    """DeepSpeed's universal checkpoint for ``tag_dir`` (rank 0 converts once; the others wait for
+    it beyond the collective timeout: 8B states take longer than that)."""
     out = universal_dir(tag_dir)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0 and not (out / ".complete").is_file():
@@ -292,7 +297,7 @@ def convert_to_universal(tag_dir: Path) -> Path:
             keep_temp_folder=False, strict=True, inject_missing_state=True,
         ))
         (out / ".complete").write_text("ok\n")
-    _barrier()
+    wait_for_rank0()
     return out
 
 

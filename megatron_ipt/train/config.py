@@ -15,6 +15,7 @@ from megatron_ipt.config import ConfigError
 from megatron_ipt.model.config import ModelConfig
 from megatron_ipt.train.checkpoint import CheckpointConfig
 from megatron_ipt.train.data import BatchPlan, DataConfig
+from megatron_ipt.train.distributed import DEFAULT_RANK0_WAIT_MINUTES, DEFAULT_TIMEOUT_MINUTES
 
 # What the trainer writes in run_dir (metrics.py, trainer.py) and the Slurm scripts' per-job folders.
 RUN_DIR_OUTPUTS = ("metrics.jsonl", "tensorboard", "config.yaml", "jobs")
@@ -49,6 +50,14 @@ class ExportConfig:
 
 
 @dataclass
+class DistConfig:
+    # Collective timeout: a rank waiting longer in one collective (NCCL watchdog, gloo) aborts the job.
+    timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES
+    # How long the other ranks wait while rank 0 alone converts a checkpoint or exports the model.
+    rank0_wait_minutes: float = DEFAULT_RANK0_WAIT_MINUTES
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/default"  # metrics.jsonl, tensorboard/ and the resolved config
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -57,6 +66,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     steps: int = 1000  # optimizer steps
     micro_batch_size: int = 4  # samples per rank per forward
     global_batch_size: int = 256  # samples per optimizer step over all ranks
@@ -73,6 +83,9 @@ class TrainConfig:
         if self.data.train in (None, "", []):
             raise ConfigError("data.train is required: an indexed-dataset prefix or blend (--data.train=PREFIX)")
         self.data.blends()  # spelling and weights, parsed once here; files are checked before compute
+        for name in ("timeout_minutes", "rank0_wait_minutes"):
+            if not getattr(self.dist, name) > 0:
+                raise ConfigError(f"dist.{name} must be positive, got {getattr(self.dist, name)}")
         for name in ("steps", "micro_batch_size", "global_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
