@@ -25,8 +25,7 @@ def build_tiny_model(out_dir: Path, tokenizer_dir: Path | None = None, seed: int
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from megatron_ipt.model.build import hf_config
-    from megatron_ipt.model.config import ModelConfig
+    from megatron_ipt.model.build import ModelConfig, hf_config
     from megatron_ipt.model.hf_import import smollm2_hf_dir
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir or smollm2_hf_dir()))

@@ -8,21 +8,81 @@ rank holds only its partition from construction on and HF's weight init still ru
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from megatron_ipt.config import ConfigError
 from megatron_ipt.log import get_logger
-from megatron_ipt.model.attention import register_backends, resolve_backend
-from megatron_ipt.model.config import ModelConfig
+from megatron_ipt.model.attention import (
+    AttentionBackendError,
+    check_choice,
+    register_backends,
+    resolve_backend,
+)
 
 log = get_logger(__name__)
 
 
 class ModelBuildError(ValueError):
     """A model config or HF directory that cannot give the requested model."""
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["mistral", "llama"] = "mistral"  # decoder family (HF MistralForCausalLM / LlamaForCausalLM)
+    # An HF model directory (continual pre-training); the shape fields below are then ignored.
+    init_from: str | None = None
+    vocab_size: int = 32000  # embedding rows; must cover the tokenizer's ids
+    hidden_size: int = 64  # model width
+    intermediate_size: int = 176  # SwiGLU MLP width
+    num_layers: int = 2  # decoder layers
+    num_heads: int = 4  # query heads
+    num_kv_heads: int = 2  # key/value heads (grouped-query attention; divides num_heads)
+    head_dim: int | None = None  # per-head width (null: hidden_size / num_heads)
+    max_position_embeddings: int = 2048  # longest sequence the RoPE tables cover
+    rope_theta: float = 10000.0  # RoPE base frequency
+    rms_norm_eps: float = 1e-5  # RMSNorm epsilon
+    initializer_range: float = 0.02  # std of the normal weight initialisation
+    tie_word_embeddings: bool = False  # share the input embedding and the LM head
+    # Parameter count the config claims; building a different count is an error (null: unchecked).
+    expected_parameters: int | None = None
+    attention: str = "auto"  # auto | doc_sdpa | doc_flex | doc_varlen | doc_fa_varlen | sdpa | eager (auto: doc_sdpa on CPU; on CUDA doc_fa_varlen with flash-attn, else doc_varlen, else doc_flex)
+    activation_checkpointing: bool = False  # recompute layer activations in backward (saves memory)
+
+    def validate(self) -> None:
+        try:
+            check_choice(self.attention)
+        except AttentionBackendError as err:
+            raise ConfigError(str(err)) from None
+        if self.init_from is None:
+            if self.num_heads % self.num_kv_heads:
+                raise ConfigError(
+                    f"model.num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+                )
+            if self.head_dim is None and self.hidden_size % self.num_heads:
+                raise ConfigError(
+                    f"model.hidden_size={self.hidden_size} is not a multiple of num_heads={self.num_heads}"
+                )
+
+    @functools.cached_property
+    def hf(self) -> Any:
+        """The transformers config of this model, made once per config (read from ``init_from`` when set).
+        A model keeps the config object it is built from, so each build takes a copy (:meth:`hf_copy`)."""
+        return hf_config(self)
+
+    def hf_copy(self) -> Any:
+        return copy.deepcopy(self.hf)
+
+    def build(self, device_type: str = "cpu", dtype: torch.dtype = torch.float32,
+              compute_dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.nn.Module:
+        """The model this config describes: see :func:`build_model`."""
+        return build_model(self, device_type, dtype, compute_dtype, device)
 
 
 def hf_config(cfg: ModelConfig, attn_implementation: str = "sdpa") -> Any:
@@ -66,7 +126,7 @@ def count_parameters(cfg: ModelConfig) -> int:
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config(cfg))
+        model = AutoModelForCausalLM.from_config(cfg.hf_copy())
     return sum(p.numel() for p in model.parameters())
 
 
@@ -84,7 +144,8 @@ def build_model(cfg: ModelConfig, device_type: str = "cpu", dtype: torch.dtype =
 
     register_backends()
     attn = resolve_backend(cfg.attention, device_type, compute_dtype or dtype)
-    hf = hf_config(cfg, attn)
+    hf = cfg.hf_copy()
+    hf._attn_implementation = attn
     if cfg.init_from is not None:
         model = AutoModelForCausalLM.from_pretrained(cfg.init_from, config=hf, dtype=dtype)
         if device is not None:

@@ -12,25 +12,14 @@ from pathlib import Path
 from typing import Literal
 
 from megatron_ipt.config import ConfigError
-from megatron_ipt.model.config import ModelConfig
+from megatron_ipt.model.build import ModelConfig
 from megatron_ipt.train.checkpoint import CheckpointConfig
 from megatron_ipt.train.data import BatchPlan, DataConfig
 from megatron_ipt.train.distributed import DEFAULT_RANK0_WAIT_MINUTES, DEFAULT_TIMEOUT_MINUTES
+from megatron_ipt.train.optim import OptimConfig
 
 # What the trainer writes in run_dir (metrics.py, trainer.py) and the Slurm scripts' per-job folders.
 RUN_DIR_OUTPUTS = ("metrics.jsonl", "tensorboard", "config.yaml", "jobs")
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 3e-4  # peak learning rate (after warm-up)
-    min_lr: float = 3e-5  # cosine decay floor
-    warmup_steps: int = 100  # linear warm-up steps
-    weight_decay: float = 0.1  # AdamW decoupled weight decay (not on norms and biases)
-    beta1: float = 0.9  # AdamW beta1
-    beta2: float = 0.95  # AdamW beta2
-    eps: float = 1e-8  # AdamW epsilon
-    grad_clip: float = 1.0  # global gradient-norm clip
 
 
 @dataclass

@@ -10,16 +10,34 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from megatron_ipt.log import get_logger
-from megatron_ipt.train.config import OptimConfig
 
 log = get_logger(__name__)
 
 OPTIMIZERS = ("torch_adamw", "torch_fused_adamw", "deepspeed_cpu_adam")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4  # peak learning rate (after warm-up)
+    min_lr: float = 3e-5  # cosine decay floor
+    warmup_steps: int = 100  # linear warm-up steps
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (not on norms and biases)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    eps: float = 1e-8  # AdamW epsilon
+    grad_clip: float = 1.0  # global gradient-norm clip
+
+    def build(self, model: torch.nn.Module, total_steps: int, device_type: str = "cpu",
+              ds_config: dict[str, Any] | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The optimizer (:func:`build_optimizer`) and its warmup + cosine schedule over ``total_steps``."""
+        optimizer = build_optimizer(model, self, device_type, ds_config)
+        return optimizer, build_scheduler(optimizer, self, total_steps)
 
 
 def _shape(p: torch.nn.Parameter) -> tuple[int, ...]:

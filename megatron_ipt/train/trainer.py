@@ -22,7 +22,7 @@ from megatron_ipt.dist_env import DistEnv, dist_env_from_environ
 from megatron_ipt.io import OutputLocked, OutputRefused, check_replaceable_dir, output_lock
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.model.attention import DOC_BACKENDS, packed_documents
-from megatron_ipt.model.build import build_model, hf_config, model_shape
+from megatron_ipt.model.build import model_shape
 from megatron_ipt.train import checkpoint as ckpt
 from megatron_ipt.train.config import TrainConfig
 from megatron_ipt.train.data import TrainStream, check_data_tokenizer, check_datasets, dataset_ids
@@ -37,7 +37,6 @@ from megatron_ipt.train.metrics import (
     peak_flops,
     peak_memory_bytes,
 )
-from megatron_ipt.train.optim import build_optimizer, build_scheduler
 from megatron_ipt.train.preemption import EXIT_REQUEUE, PreemptionFlag
 
 log = get_logger(__name__)
@@ -59,7 +58,7 @@ class Plan:
 
 
 def _check_model_fits(cfg: TrainConfig, tokenizer: Any) -> None:
-    hf = hf_config(cfg.model)
+    hf = cfg.model.hf
     if cfg.data.seq_len > hf.max_position_embeddings:
         raise ConfigError(
             f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings={hf.max_position_embeddings}"
@@ -101,7 +100,7 @@ def _shape_of_config(cfg: TrainConfig) -> dict[str, Any]:
     with torch.device("meta"):
         from transformers import AutoModelForCausalLM
 
-        return model_shape(AutoModelForCausalLM.from_config(hf_config(cfg.model)))
+        return model_shape(AutoModelForCausalLM.from_config(cfg.model.hf_copy()))
 
 
 def weights_dtype(precision: str) -> torch.dtype:
@@ -136,14 +135,13 @@ class Trainer:
             self._hf_ds_config = HfDeepSpeedConfig(ds_config)
         # In the weights' dtype, on the device (below ZeRO-3; partitioned at construction there): no
         # rank holds an fp32 copy of a bf16 model on the host.
-        model = build_model(cfg.model, self.device.type, dtype=weights_dtype(cfg.precision), compute_dtype=self.dtype,
-                            device=None if self._hf_ds_config is not None else self.device)
+        model = cfg.model.build(self.device.type, dtype=weights_dtype(cfg.precision), compute_dtype=self.dtype,
+                                device=None if self._hf_ds_config is not None else self.device)
         self.attention = model.config._attn_implementation
         attach_chunked_loss(model)  # the engine's forward returns the loss sum; no full logits
         self.n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         self.shape = model_shape(model)
-        optimizer = build_optimizer(model, cfg.optim, self.device.type, ds_config)
-        scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
+        optimizer, scheduler = cfg.optim.build(model, cfg.steps, self.device.type, ds_config)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )

@@ -20,8 +20,7 @@ from megatron_ipt.model.attention import (
     packed_documents,
     resolve_backend,
 )
-from megatron_ipt.model.build import build_model
-from megatron_ipt.model.config import ModelConfig
+from megatron_ipt.model.build import ModelConfig, build_model
 
 
 def _tiny(arch: str, attention: str) -> torch.nn.Module:

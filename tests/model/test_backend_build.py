@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_ipt.model import attention
-from megatron_ipt.model.build import build_model
-from megatron_ipt.model.config import ModelConfig
+from megatron_ipt.model.build import ModelConfig, build_model
 
 LENGTHS = [[17, 40, 3, 36], [96]]  # two packed rows of 96 tokens
 

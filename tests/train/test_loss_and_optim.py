@@ -7,10 +7,8 @@ import math
 import pytest
 import torch
 
-from megatron_ipt.model.build import build_model
-from megatron_ipt.model.config import ModelConfig
+from megatron_ipt.model.build import ModelConfig, build_model
 from megatron_ipt.train import optim
-from megatron_ipt.train.config import OptimConfig
 from megatron_ipt.train.loss import (
     CHUNK_LOGITS_BYTES,
     attach_chunked_loss,
@@ -19,7 +17,7 @@ from megatron_ipt.train.loss import (
     linear_cross_entropy_sum,
     masked_loss_sum,
 )
-from megatron_ipt.train.optim import build_optimizer, choose_optimizer, lr_at, param_groups
+from megatron_ipt.train.optim import OptimConfig, build_optimizer, choose_optimizer, lr_at, param_groups
 
 
 def _tiny(checkpointing: bool = False) -> torch.nn.Module:

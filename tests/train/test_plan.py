@@ -1,5 +1,5 @@
 """What a run decides before compute (``trainer.plan_run``) is computed once: its blends are parsed
-and their files checked once, however many readers the run has."""
+and their files checked once, and its HF model config is made once, however many readers the run has."""
 
 from __future__ import annotations
 
@@ -37,3 +37,16 @@ def test_one_run_parses_its_blend_once_and_checks_its_files_once(pubmed_prefixes
     assert plan.train.blend is cfg.data.train_blend and plan.valid
     assert len(parsed) == 2  # data.train and data.valid, each once
     assert sorted(checked) == ["data.train", "data.valid"]
+
+
+def test_one_run_makes_its_hf_model_config_once(pubmed_prefixes, monkeypatch) -> None:
+    from megatron_ipt.model import build
+
+    made: list[object] = []
+    original = build.hf_config
+    monkeypatch.setattr(build, "hf_config", lambda cfg, *a, **k: made.append(cfg) or original(cfg, *a, **k))
+    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny.yaml", [f"--data.train={pubmed_prefixes['train']}"])
+    plan_run(cfg, DistEnv(0, 1, 0, "127.0.0.1", 0, "single"))  # the model fits the data, the resume shape
+    model = cfg.model.build("cpu")
+    assert len(made) == 1
+    assert model.config is not cfg.model.hf  # each build has its own copy: its attention is its own
