@@ -6,20 +6,36 @@ Accepted specs:
 - a Hugging Face tokenizer directory (``tokenizer.json`` / ``tokenizer_config.json``);
 - a ``.gguf`` file (the tokenizer embedded in a GGUF model).
 
+Megatron-LM's ``--tokenizer-type`` spellings load through :func:`load_megatron_tokenizer`: the type
+says what the file is, whatever it is called.
+
 ``encode`` never adds BOS/EOS: callers add them explicitly where the format says so. It also never
 turns user text into control ids: a literal ``</s>`` or ``<|im_end|>`` inside a document is encoded
 as ordinary text (special tokens split), so web text cannot forge document ends.
 
 ``fingerprint()`` identifies a tokenizer by what decides the ids (its vocabulary and special ids),
 not by how it was named: every dataset writer records it and the trainer compares it.
+
+Engines: the loaded tokenizer is the *reference*. :func:`select_engine` puts gigatoken (a Rust
+tokenizer, several times faster) in front of it when gigatoken loads the same tokenizer and gives
+the same ids on a verification sample (the caller's first batch plus :data:`HARD_CASES`); the ids,
+the fingerprint and everything downstream stay the same, only the speed differs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 from functools import cached_property
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from megatron_ipt.log import get_logger
+
+log = get_logger(__name__)
 
 
 class TokenizerError(ValueError):
@@ -46,12 +62,20 @@ class Tokenizer:
     vocab_size: int
     bos_id: int | None
     eos_id: int | None
+    engine: str = "reference"  # which engine computes the ids (see select_engine)
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         raise NotImplementedError
+
+    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of all ``texts`` in one integer array, and each text's count (for batch writers)."""
+        encoded = self.encode_batch(texts)
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64, count=int(lengths.sum()))
+        return flat, lengths
 
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
@@ -122,15 +146,21 @@ class SentencePieceTokenizer(Tokenizer):
 
 
 class HFTokenizer(Tokenizer):
-    def __init__(self, path: Path, gguf_file: str | None = None) -> None:
-        from transformers import AutoTokenizer
+    """A Hugging Face tokenizer: a directory, a GGUF file, or GPT-2's ``vocab.json`` + ``merges.txt``."""
 
+    def __init__(self, path: Path, gguf_file: str | None = None, merges_file: Path | None = None) -> None:
         self.path = Path(path)
         self.gguf_file = gguf_file
+        self.merges_file = merges_file
         self.name = str(path if gguf_file is None else Path(path) / gguf_file)
         try:
-            kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-            self.hf = AutoTokenizer.from_pretrained(str(path), **kwargs)
+            if merges_file is not None:
+                self.hf = _gpt2_bpe(self.path, Path(merges_file))
+            else:
+                from transformers import AutoTokenizer
+
+                kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+                self.hf = AutoTokenizer.from_pretrained(str(path), **kwargs)
         except Exception as err:
             raise TokenizerError(f"cannot load Hugging Face tokenizer from {self.name}: {err}") from err
         self.vocab_size = len(self.hf)
@@ -170,10 +200,66 @@ class HFTokenizer(Tokenizer):
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "gguf_file": self.gguf_file}
+        return {"path": self.path, "gguf_file": self.gguf_file, "merges_file": self.merges_file}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], state["gguf_file"])
+        self.__init__(state["path"], state["gguf_file"], state.get("merges_file"))
+
+
+def _gpt2_bpe(vocab_file: Path, merges_file: Path) -> Any:
+    """GPT-2's byte-level BPE from its two files, ``<|endoftext|>`` as BOS/EOS (Megatron-LM's EOD).
+
+    ``tokenizers`` builds it: transformers 5 silently makes an empty tokenizer from these two files.
+    """
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    for f in (vocab_file, merges_file):
+        if not f.is_file():
+            raise TokenizerError(f"GPT2BPETokenizer: {f} not found")
+    bpe = ByteLevelBPETokenizer(str(vocab_file), str(merges_file), add_prefix_space=False)
+    eod = "<|endoftext|>"
+    if bpe.token_to_id(eod) is None:
+        raise TokenizerError(f"GPT2BPETokenizer: {vocab_file} has no {eod} entry (Megatron-LM's end of document)")
+    bpe.add_special_tokens([eod])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=eod, eos_token=eod, unk_token=eod)
+
+
+class NullTokenizer(Tokenizer):
+    """Megatron-LM's ``NullTokenizer``: texts are already ids written as space-separated integers.
+
+    The vocabulary is ``vocab_size`` ids plus one end-of-document id (``vocab_size``), as in Megatron-LM.
+    """
+
+    def __init__(self, vocab_size: int) -> None:
+        if vocab_size < 1:
+            raise TokenizerError(f"NullTokenizer needs --vocab-size (a positive number of ids), got {vocab_size}")
+        self.name = f"NullTokenizer({vocab_size})"
+        self.vocab_size = vocab_size + 1
+        self.bos_id = None
+        self.eos_id = vocab_size
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        out = []
+        for text in texts:
+            try:
+                ids = [int(x) for x in text.split()]
+            except ValueError:
+                raise TokenizerError(f"NullTokenizer: text is not space-separated integers: {text[:40]!r}") from None
+            if any(not 0 <= i < self.eos_id for i in ids):
+                raise TokenizerError(f"NullTokenizer: an id outside 0..{self.eos_id - 1} in {text[:40]!r}")
+            out.append(ids)
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset({self.eos_id})
+
+    def vocabulary(self) -> list[str]:
+        return [str(i) for i in range(self.vocab_size - 1)] + ["<eod>"]
 
 
 def load_tokenizer(spec: str | Path, num_threads: int = 1) -> Tokenizer:
@@ -193,4 +279,204 @@ def load_tokenizer(spec: str | Path, num_threads: int = 1) -> Tokenizer:
         return HFTokenizer(path.parent, gguf_file=path.name)
     if path.is_dir():
         return HFTokenizer(path)
-    raise TokenizerError(f"tokenizer {spec_str!r}: not a .model, .gguf or a directory")
+    raise TokenizerError(f"tokenizer {spec_str!r}: not a .model, .gguf or a directory (with Megatron-LM's "
+                         "--tokenizer-type the type says what the file is)")
+
+
+# Megatron-LM's --tokenizer-type -> what its --tokenizer-model (or --vocab-file/--merge-file) is.
+MEGATRON_SENTENCEPIECE = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer")
+MEGATRON_TOKENIZER_TYPES = (*MEGATRON_SENTENCEPIECE, "HuggingFaceTokenizer", "GPT2BPETokenizer",
+                            "NullTokenizer", "MistralTokenizer", "Llama3Tokenizer")
+
+
+def load_megatron_tokenizer(tokenizer_type: str, model: str | Path | None = None, *,
+                            vocab_file: str | Path | None = None, merge_file: str | Path | None = None,
+                            vocab_size: int | None = None) -> Tokenizer:
+    """Load a tokenizer the way Megatron-LM's ``--tokenizer-type`` names it: the type decides the kind."""
+    if tokenizer_type not in MEGATRON_TOKENIZER_TYPES:
+        raise TokenizerError(f"--tokenizer-type {tokenizer_type}: not supported here (use one of "
+                             f"{', '.join(MEGATRON_TOKENIZER_TYPES)}, or --tokenizer)")
+    if tokenizer_type == "NullTokenizer":
+        return NullTokenizer(vocab_size or 0)
+    if tokenizer_type == "GPT2BPETokenizer":
+        if not vocab_file or not merge_file:
+            raise TokenizerError("--tokenizer-type GPT2BPETokenizer needs --vocab-file (vocab.json/encoder.json) "
+                                 "and --merge-file (merges.txt/vocab.bpe)")
+        return HFTokenizer(Path(vocab_file), merges_file=Path(merge_file))
+    if not model:
+        if tokenizer_type == "MistralTokenizer":
+            return load_tokenizer("mistral")
+        raise TokenizerError(f"--tokenizer-type {tokenizer_type} needs --tokenizer-model")
+    path = Path(model)
+    if str(model) == "mistral" or not path.exists():
+        return load_tokenizer(model)  # 'mistral', or the loader's own not-found message
+    if tokenizer_type in MEGATRON_SENTENCEPIECE:
+        if not path.is_file():
+            raise TokenizerError(f"--tokenizer-type {tokenizer_type}: {path} is not a file (a SentencePiece model)")
+        return SentencePieceTokenizer(path)
+    if tokenizer_type == "HuggingFaceTokenizer" and path.is_file() and path.suffix == ".json":
+        return HFTokenizer(path.parent)  # tokenizer.json: its folder is the tokenizer
+    return load_tokenizer(path)
+
+
+# --- engines: gigatoken in front of the reference tokenizer, where it is exact ----------------------
+
+ENGINES = ("auto", "gigatoken", "reference")
+
+# Texts every gigatoken engine must tokenize exactly like the reference before it runs: control-token
+# strings (which must stay text), emoji, CJK and other scripts, whitespace runs, normalization edges.
+HARD_CASES: tuple[str, ...] = (
+    *(f"Web text quoting {m} in the middle{m}and{m}" for m in
+      ("</s>", "<s>", "<unk>", "<|im_end|>", "<|im_start|>", "<|endoftext|>", "<pad>", "[INST]", "<0x0A>")),
+    "</s><|im_end|> at the very start", "a chat log: <|im_start|>user\nhi<|im_end|>\n<|endoftext|>",
+    "emoji 😀👍🏽 flags 🇺🇳🇯🇵 family 👨‍👩‍👧 keycap 1️⃣", "数据 中文テキスト 한국어 ひらがな", "混合English和中文",
+    "Ελληνικά русский עברית العربية हिन्दी ไทย", "e\u0301 é ﬁ ① Ａ ｶ", "x\u200b\u00a0y\u3000z\ufeff",
+    "  two leading", "trailing   ", "a   b\t\tc\n\n\nd", " \n \n ", "\r\n\r\nwindows\r\n", "    indented code\n\tx = 1",
+    "1234567890 3.14159 1,000,000 2024-01-31", "line\x00nul\x01ctl\x7f", "\u2028\u2029\x85", "a" * 3000,
+    "!!!???...,,,;;; ---___ ===", "<< >> </ /> <|", "https://example.org/a?b=c&d=e#f",
+)
+INVALID_CASES: tuple[str, ...] = ("lone surrogate \ud800 here", "\udfff")  # both engines must refuse these
+
+
+def gigatoken_version() -> str | None:
+    """The installed gigatoken's version, or None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gigatoken")
+    except PackageNotFoundError:
+        return None
+
+
+def gigatoken_of(tok: Tokenizer) -> Any:
+    """The same tokenizer loaded in gigatoken; :class:`TokenizerError` says why it cannot be."""
+    if gigatoken_version() is None:
+        raise TokenizerError("gigatoken is not installed (pip install gigatoken)")
+    import gigatoken
+
+    try:
+        if isinstance(tok, SentencePieceTokenizer):
+            return gigatoken.Tokenizer.from_sentencepiece(tok.model_file)
+        if isinstance(tok, HFTokenizer):
+            return gigatoken.Tokenizer(tok.hf)
+    except Exception as err:  # gigatoken raises RuntimeError/ValueError with a multi-line text
+        raise TokenizerError(f"gigatoken cannot load {tok.name}: {str(err).splitlines()[0]}") from None
+    raise TokenizerError(f"gigatoken has no equivalent of {type(tok).__name__}")
+
+
+class GigatokenTokenizer(Tokenizer):
+    """``reference``'s ids computed by gigatoken; texts holding a control-token string go to the reference.
+
+    gigatoken matches special tokens inside text (a literal ``</s>`` would become EOS); the reference
+    never does, so such texts (rare in corpora) are tokenized by the reference itself.
+    """
+
+    engine = "gigatoken"
+
+    def __init__(self, reference: Tokenizer, fast: Any = None) -> None:
+        self.reference = reference
+        self.name, self.vocab_size = reference.name, reference.vocab_size
+        self.bos_id, self.eos_id = reference.bos_id, reference.eos_id
+        self.fast = fast if fast is not None else gigatoken_of(reference)
+        pieces = reference.vocabulary()
+        self.markers = tuple(sorted({pieces[i] for i in reference.special_ids if 0 <= i < len(pieces) and pieces[i]}))
+
+    def _routed(self, texts: list[str]) -> list[int]:
+        """Indices of the texts the reference tokenizes (they hold a control-token string)."""
+        markers = self.markers
+        return [i for i, t in enumerate(texts) if any(m in t for m in markers)]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        out = self.fast.encode_batch_list(texts)
+        routed = self._routed(texts)
+        for i, ids in zip(routed, self.reference.encode_batch([texts[i] for i in routed]), strict=True):
+            out[i] = ids
+        return out
+
+    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        import awkward as ak
+
+        encoded = self.fast.encode_batch(texts)  # parallel on threads, or sequential in a worker process
+        lengths = np.asarray(ak.num(encoded), dtype=np.int64)
+        flat = np.asarray(ak.flatten(encoded))
+        routed = self._routed(texts)
+        if routed:
+            rows: list[np.ndarray] = np.split(flat, np.cumsum(lengths)[:-1])
+            for i, ids in zip(routed, self.reference.encode_batch([texts[i] for i in routed]), strict=True):
+                rows[i] = np.asarray(ids, dtype=np.int64)
+                lengths[i] = len(ids)
+            flat = np.concatenate(rows) if rows else flat
+        return flat, lengths
+
+    def decode(self, ids: list[int]) -> str:
+        return self.reference.decode(ids)
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return self.reference.special_ids
+
+    def vocabulary(self) -> list[str]:
+        return self.reference.vocabulary()
+
+    @cached_property
+    def vocab_hash(self) -> str:
+        return self.reference.vocab_hash
+
+    def __getstate__(self) -> dict:
+        # Worker processes load the converted tokenizer.json in Rust (~0.1 s) rather than converting again.
+        return {"reference": self.reference, "json": getattr(self.fast, "_hf_json", None)}
+
+    def __setstate__(self, state: dict) -> None:
+        fast = None
+        if state.get("json") is not None:
+            import gigatoken
+
+            fast = gigatoken.Tokenizer.from_json(state["json"])
+        self.__init__(state["reference"], fast)
+
+
+def _first_difference(ref: Tokenizer, fast: Tokenizer, texts: list[str]) -> str | None:
+    """Where ``fast`` gives other ids than ``ref`` on ``texts`` (or accepts a text ``ref`` refuses); None if nowhere."""
+    if texts:
+        want = ref.encode_batch(texts)
+        for text, a, b in zip(texts, want, fast.encode_batch(texts), strict=True):
+            if list(a) != list(b):
+                return f"other ids for {text[:60]!r}"
+        flat, lengths = fast.encode_flat(texts)
+        if flat.tolist() != list(itertools.chain.from_iterable(want)) or lengths.tolist() != list(map(len, want)):
+            return "other ids from the batch encoder"
+    for text in INVALID_CASES:
+        for t in (ref, fast):
+            try:
+                t.encode_batch([text])
+            except Exception:  # each library refuses invalid Unicode with its own error type
+                continue
+            return f"{'the reference' if t is ref else 'gigatoken'} accepts invalid Unicode {text!r}"
+    return None
+
+
+def select_engine(tok: Tokenizer, engine: str = "auto", sample: list[str] | None = None) -> Tokenizer:
+    """``tok`` itself (the reference) or a :class:`GigatokenTokenizer` giving the same ids, per ``engine``.
+
+    ``auto`` picks gigatoken when it loads ``tok`` and matches it on ``sample`` plus :data:`HARD_CASES`,
+    else the reference with one log line saying why. ``gigatoken`` insists: it raises
+    :class:`TokenizerError` where ``auto`` would fall back (the reference decides the ids either way).
+    """
+    if engine not in ENGINES:
+        raise TokenizerError(f"tokenizer engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    base = tok.reference if isinstance(tok, GigatokenTokenizer) else tok
+    if engine == "reference":
+        return base
+    try:
+        fast = GigatokenTokenizer(base)
+        why = _first_difference(base, fast, list(HARD_CASES) + list(sample or []))
+    except TokenizerError as err:
+        fast, why = None, str(err)
+    if why is None:
+        log.info("tokenizer engine: gigatoken %s (same ids as %s on %d sample texts)", gigatoken_version(),
+                 base.name, len(HARD_CASES) + len(sample or []))
+        return fast
+    if engine == "gigatoken":
+        raise TokenizerError(f"--tokenizer-engine gigatoken: {why}; use --tokenizer-engine auto or reference")
+    log.info("tokenizer engine: reference (%s)", why)
+    return base
