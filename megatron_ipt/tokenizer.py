@@ -467,11 +467,15 @@ def select_engine(tok: Tokenizer, engine: str = "auto", sample: list[str] | None
     base = tok.reference if isinstance(tok, GigatokenTokenizer) else tok
     if engine == "reference":
         return base
-    try:
-        fast = GigatokenTokenizer(base)
-        why = _first_difference(base, fast, list(HARD_CASES) + list(sample or []))
-    except TokenizerError as err:
-        fast, why = None, str(err)
+    loaded = base.__dict__.get("_gigatoken")  # loaded once per reference tokenizer (or why it cannot be)
+    if loaded is None:
+        try:
+            loaded = GigatokenTokenizer(base)
+        except TokenizerError as err:
+            loaded = str(err)
+        base.__dict__["_gigatoken"] = loaded
+    fast = loaded if isinstance(loaded, GigatokenTokenizer) else None
+    why = _first_difference(base, fast, list(HARD_CASES) + list(sample or [])) if fast else str(loaded)
     if why is None:
         log.info("tokenizer engine: gigatoken %s (same ids as %s on %d sample texts)", gigatoken_version(),
                  base.name, len(HARD_CASES) + len(sample or []))

@@ -35,11 +35,19 @@ from megatron_ipt.data.indexed import (
     lossmask_prefix,
 )
 from megatron_ipt.data.provenance import tokenizer_record
-from megatron_ipt.data.readers import DataError, FileFault, InputFile, expand_inputs, read_records
+from megatron_ipt.data.readers import (
+    BadRecord,
+    DataError,
+    FileFault,
+    InputFile,
+    expand_inputs,
+    parse_record,
+    read_records,
+)
 from megatron_ipt.io import OutputLocked, atomic_write_json, output_lock
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress as progress_of
-from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
+from megatron_ipt.tokenizer import Tokenizer, gigatoken_version, load_tokenizer, select_engine
 
 log = get_logger(__name__)
 MAX_EXAMPLES = 10
@@ -179,13 +187,18 @@ def preprocess(
     progress: bool = True,
     dataset_suffix: bool = True,
     overwrite: bool = False,
+    tokenizer_engine: str = "auto",
 ) -> dict[str, Any]:
     """Tokenize ``inputs`` into ``OUT_{json_key}_document.bin/.idx`` (+ ``_lossmask`` twin); return the summary.
 
     ``dataset_suffix=False`` writes to ``output_prefix`` itself. ``workers=0`` tokenizes in this
     process. The summary (also written to ``PREFIX.summary.json``) has ``prefix``, ``lossmask_prefix``
     (or None), ``read``, ``written``, ``skipped`` (by reason), ``skip_examples``, ``tokens``,
-    ``elapsed_s`` and ``tokenizer_fingerprint`` (see :mod:`megatron_ipt.data.provenance`). With ``skip_bad=False`` the first bad record raises :class:`DataError`.
+    ``elapsed_s``, ``tokenizer_fingerprint`` (see :mod:`megatron_ipt.data.provenance`) and
+    ``tokenizer_engine`` (``tokenizer_engine``: ``auto``, ``gigatoken`` or ``reference``, see
+    :func:`megatron_ipt.tokenizer.select_engine`; the ids are the same either way, and so is the fingerprint,
+    so a run resumed under another engine still writes the same bytes). With ``skip_bad=False`` the first
+    bad record raises :class:`DataError`.
     """
     if workers < 0:
         raise ValueError(f"workers must be 0 (tokenize in this process) or more, got {workers}")
@@ -195,6 +208,7 @@ def preprocess(
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
     prefix = dataset_prefix(output_prefix, json_key) if dataset_suffix else str(output_prefix)
     files = expand_inputs(inputs)
+    tok = select_engine(tok, tokenizer_engine, _first_texts(files[0], json_key, batch_size) if files else [])
     dtype = best_dtype(tok.vocab_size)
     opts = EncodeOptions(key=json_key, append_eod=append_eod, prepend_bos=prepend_bos, token_dtype=dtype.name)
     fp = _fingerprint(files, tok, opts, dtype, skip_bad)
@@ -353,6 +367,7 @@ def _preprocess_into(prefix: str, files: list[InputFile], tok: Tokenizer, opts: 
         "vocab_size": tok.vocab_size,
         "dtype": str(dtype),
         "tokenizer_fingerprint": tokenizer_record(tok, dtype),  # checked by the trainer and merge
+        "tokenizer_engine": f"gigatoken {gigatoken_version()}" if tok.engine == "gigatoken" else tok.engine,
         "read": run.read,
         "written": run.written,
         "skipped": dict(run.skipped),
@@ -385,6 +400,22 @@ def _preprocess_into(prefix: str, files: list[InputFile], tok: Tokenizer, opts: 
         elapsed,
     )
     return summary
+
+
+def _first_texts(f: InputFile, key: str, batch_size: int) -> list[str]:
+    """The texts of the first batch of ``f`` (the engine's verification sample); bad records are left out."""
+    texts: list[str] = []
+    try:
+        batch = next(read_records(f, [key, "segments"], batch_size=batch_size), [])
+    except (FileFault, DataError, OSError):
+        return texts  # the run itself reports the fault, with its place
+    for _, payload in batch:
+        try:
+            rec = parse_record(payload, key)
+        except BadRecord:
+            continue
+        texts.extend([rec] if isinstance(rec, str) else [s["text"] for s in rec["segments"] if "special" not in s])
+    return texts
 
 
 def _empty_batch(last: int) -> EncodedBatch:
