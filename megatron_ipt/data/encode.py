@@ -10,7 +10,7 @@ import numpy as np
 
 from megatron_ipt.data.indexed import IndexedDatasetError
 from megatron_ipt.data.readers import BadRecord, parse_record
-from megatron_ipt.tokenizer import Tokenizer
+from megatron_ipt.tokenizer import Tokenizer, TokenizerError
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def encode_batch(batch: list[tuple[int, Any]], tok: Tokenizer, opt: EncodeOption
     """Validate, tokenize (one ``encode_batch`` call for all texts) and assemble the documents."""
     bad: list[tuple[str, int, str]] = []
     parsed: list[dict | str] = []
-    texts: list[str] = []
+    numbers: list[int] = []
     for rec_no, payload in batch:
         try:
             rec = parse_record(payload, opt.key)
@@ -58,16 +58,28 @@ def encode_batch(batch: list[tuple[int, Any]], tok: Tokenizer, opt: EncodeOption
             bad.append((err.reason, rec_no, str(err)))
             continue
         parsed.append(rec)
-        if isinstance(rec, str):
-            texts.append(rec)
-        else:
-            texts.extend(s["text"] for s in rec["segments"] if "special" not in s)
+        numbers.append(rec_no)
     specials = {"bos": tok.bos_id, "eos": tok.eos_id}
     if opt.prepend_bos and tok.bos_id is None:
         raise ValueError(f"--prepend-bos: tokenizer {tok.name} has no BOS token")
     if opt.append_eod and tok.eos_id is None:
         raise ValueError(f"--append-eod: tokenizer {tok.name} has no EOS token")
-    ids, counts = tok.encode_flat(texts) if texts else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    texts = [t for rec in parsed for t in _texts_of(rec)]
+    try:
+        ids, counts = tok.encode_flat(texts) if texts else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    except TokenizerError:
+        # A text this tokenizer refuses (NullTokenizer: not integers): find its record and report it.
+        keep = []
+        for rec_no, rec in zip(numbers, parsed, strict=True):
+            try:
+                tok.encode_flat(_texts_of(rec))
+                keep.append(rec)
+            except TokenizerError as err:
+                bad.append(("untokenizable", rec_no, f"field {opt.key!r}: {err}"))
+        bad.sort(key=lambda b: b[1])
+        parsed = keep
+        texts = [t for rec in parsed for t in _texts_of(rec)]
+        ids, counts = tok.encode_flat(texts) if texts else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     has_segments = any(not isinstance(r, str) for r in parsed)
     if has_segments:
         ends = np.cumsum(counts).tolist()
@@ -90,6 +102,11 @@ def encode_batch(batch: list[tuple[int, Any]], tok: Tokenizer, opt: EncodeOption
             bad.append(("empty_tokens", good[k], "text tokenized to zero tokens"))
         length_arr = length_arr[length_arr > 0]
     return EncodedBatch(tokens, length_arr, mask, len(batch), last, bad)
+
+
+def _texts_of(rec: dict | str) -> list[str]:
+    """The texts a parsed record tokenizes: itself, or its segments' texts."""
+    return [rec] if isinstance(rec, str) else [s["text"] for s in rec["segments"] if "special" not in s]
 
 
 def _assemble_texts(ids: np.ndarray, counts: np.ndarray, specials: dict,
