@@ -143,8 +143,9 @@ def test_concurrent_run_into_one_prefix_is_refused(tmp_path: Path, capsys) -> No
                            for i in range(60000)))
     out = tmp_path / "o"
     lock = Path(f"{out}_text_document.lock")
+    # The reference engine: gigatoken can finish these records before the lock is seen.
     argv = ["--input", str(src), "--output-prefix", str(out), "--tokenizer", "mistral", "--workers", "0",
-            "--no-progress"]
+            "--no-progress", "--tokenizer-engine", "reference"]
     first = subprocess.Popen([sys.executable, "-m", "data_tools.preprocess_data", *argv],
                              cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
