@@ -13,7 +13,8 @@ to the output; an interrupted run resumes when rerun with the same arguments.
 Megatron-LM's own command lines (``tools/preprocess_data.py`` and ``tools/preprocess_data_fast.py``)
 work unchanged: ``--input``, ``--output-prefix``, ``--json-keys a b`` (one dataset per key),
 ``--tokenizer-type`` (it says what ``--tokenizer-model`` is, whatever the file is called; GPT2BPETokenizer
-takes ``--vocab-file``/``--merge-file``, NullTokenizer ``--vocab-size``), ``--workers``, ``--partitions``,
+takes ``--vocab-file``/``--merge-file``, TikTokenizer ``--tiktoken-pattern``, NullTokenizer ``--vocab-size``),
+``--workers``, ``--partitions``,
 ``--append-eod``.
 
 Tokenizing engine: gigatoken (Rust, several times faster) wherever it gives exactly the reference
@@ -46,7 +47,10 @@ class PreprocessArgs:
     tokenizer_type: str = ""  # Megatron-LM's --tokenizer-type: says what --tokenizer-model is; empty: by its name
     vocab_file: str = ""  # GPT2BPETokenizer: GPT-2's vocab.json (encoder.json)
     merge_file: str = ""  # GPT2BPETokenizer: GPT-2's merges.txt (vocab.bpe)
-    vocab_size: int = 0  # NullTokenizer: ids 0..vocab_size-1 (EOD is vocab_size)
+    vocab_size: int = 0  # NullTokenizer: ids 0..vocab_size-1 (EOD is vocab_size); TikTokenizer: 0 means 131072
+    tiktoken_pattern: str = "v2"  # TikTokenizer: Megatron-LM's split pattern, v1 or v2
+    tiktoken_num_special_tokens: int = 1000  # TikTokenizer: special ids before the vocabulary's ranks
+    tiktoken_special_tokens: list[str] = field(default_factory=list)  # TikTokenizer: named specials (default <unk> <s> </s> ...)
     tokenizer_engine: str = "auto"  # auto (gigatoken where it gives the reference's ids), gigatoken, reference
     json_keys: list[str] = field(default_factory=lambda: ["text"])  # record fields to tokenize, one dataset each
     workers: int = 1  # tokenizing processes (0: in this process)
@@ -98,8 +102,11 @@ def run(args: PreprocessArgs) -> int:
         log.info("--partitions %d: one pass writes the dataset Megatron-LM's partitions merge into; "
                  "--workers sets the parallelism", args.partitions)
     if args.tokenizer_type:
-        tokenizer = load_megatron_tokenizer(args.tokenizer_type, args.tokenizer or None, vocab_file=args.vocab_file,
-                                            merge_file=args.merge_file, vocab_size=args.vocab_size)
+        tokenizer = load_megatron_tokenizer(
+            args.tokenizer_type, args.tokenizer or None, vocab_file=args.vocab_file, merge_file=args.merge_file,
+            vocab_size=args.vocab_size, tiktoken_pattern=args.tiktoken_pattern,
+            tiktoken_num_special_tokens=args.tiktoken_num_special_tokens,
+            tiktoken_special_tokens=args.tiktoken_special_tokens or None)
     else:
         tokenizer = load_tokenizer(args.tokenizer)
     for key in args.json_keys:

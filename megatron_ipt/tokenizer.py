@@ -29,6 +29,7 @@ import hashlib
 import importlib.util
 import itertools
 import pickle
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,74 @@ class NullTokenizer(Tokenizer):
         return [str(i) for i in range(self.vocab_size - 1)] + ["<eod>"]
 
 
+# Megatron-LM's TikTokenizer: split patterns by name, its fixed first special tokens.
+TIKTOKEN_PATTERNS = {
+    "v1": r"[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",
+    "v2": r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
+          r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|"
+          r"\s+(?!\S)|\s+",
+}
+TIKTOKEN_SPECIALS = ("<unk>", "<s>", "</s>", "<mask>", "<pad>", "<cls>", "<sep>")
+
+
+class TikTokenizer(Tokenizer):
+    """Megatron-LM's ``TikTokenizer``: a JSON list of ``{rank, token_bytes, token_str}`` (or a tekken file's
+    ``vocab``), ids shifted past ``num_special_tokens`` special ids (``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, ...)."""
+
+    def __init__(self, path: Path, pattern: str = "v2", vocab_size: int | None = None,
+                 num_special_tokens: int = 1000, special_tokens: list[str] | None = None) -> None:
+        import base64
+        import json
+
+        import tiktoken
+
+        self.path, self.pattern = Path(path), pattern
+        self.name = str(path)
+        self.vocab_size = vocab_size or 2**17
+        self.num_special_tokens = num_special_tokens
+        self.special_tokens = special_tokens
+        specials = list(special_tokens or TIKTOKEN_SPECIALS)
+        if pattern not in TIKTOKEN_PATTERNS:
+            raise TokenizerError(f"TikTokenizer: --tiktoken-pattern must be v1 or v2, got {pattern!r}")
+        if not set(TIKTOKEN_SPECIALS) <= set(specials) or not len(specials) <= num_special_tokens < self.vocab_size:
+            raise TokenizerError(f"TikTokenizer: special tokens must include {', '.join(TIKTOKEN_SPECIALS)} "
+                                 f"and fit in --tiktoken-num-special-tokens {num_special_tokens}")
+        self.specials = specials + [f"<SPECIAL_{i}>" for i in range(len(specials), num_special_tokens)]
+        try:
+            data = json.loads(self.path.read_text())
+            vocab = data["vocab"] if isinstance(data, dict) else data
+            vocab = vocab[: self.vocab_size - num_special_tokens]
+            self.ranks = {base64.b64decode(x["token_bytes"]): int(x["rank"]) for x in vocab}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise TokenizerError(f"TikTokenizer: cannot read {path} as a tiktoken vocabulary JSON: {err}") from None
+        if sorted(self.ranks.values()) != list(range(len(self.ranks))) or len(self.ranks) != len(vocab):
+            raise TokenizerError(f"TikTokenizer: {path}: ranks must be 0..N-1, each once")
+        self.bos_id, self.eos_id = self.specials.index("<s>"), self.specials.index("</s>")
+        self.enc = tiktoken.Encoding(name=self.path.stem, pat_str=TIKTOKEN_PATTERNS[pattern],
+                                     mergeable_ranks={b: r + num_special_tokens for b, r in self.ranks.items()},
+                                     special_tokens={t: i for i, t in enumerate(self.specials)})
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.enc.encode_ordinary(t) for t in texts]  # special-token strings stay text
+
+    def decode(self, ids: list[int]) -> str:
+        return self.enc.decode([int(i) for i in ids])
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(range(self.num_special_tokens))
+
+    def vocabulary(self) -> list[str]:
+        by_rank = sorted(self.ranks, key=self.ranks.__getitem__)
+        return self.specials + [b.decode("latin-1") for b in by_rank]  # latin-1: every byte string, one to one
+
+    def __getstate__(self) -> dict:
+        return {"args": (self.path, self.pattern, self.vocab_size, self.num_special_tokens, self.special_tokens)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(*state["args"])
+
+
 def load_tokenizer(spec: str | Path, num_threads: int = 1) -> Tokenizer:
     """Load a tokenizer from ``mistral``, ``gpt2``, a ``.model`` file, a ``.gguf`` file or an HF directory."""
     spec_str = str(spec)
@@ -300,13 +369,15 @@ def load_tokenizer(spec: str | Path, num_threads: int = 1) -> Tokenizer:
 
 # Megatron-LM's --tokenizer-type -> what its --tokenizer-model (or --vocab-file/--merge-file) is.
 MEGATRON_SENTENCEPIECE = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer")
-MEGATRON_TOKENIZER_TYPES = (*MEGATRON_SENTENCEPIECE, "HuggingFaceTokenizer", "GPT2BPETokenizer",
+MEGATRON_TOKENIZER_TYPES = (*MEGATRON_SENTENCEPIECE, "HuggingFaceTokenizer", "GPT2BPETokenizer", "TikTokenizer",
                             "NullTokenizer", "MistralTokenizer", "Llama3Tokenizer")
 
 
 def load_megatron_tokenizer(tokenizer_type: str, model: str | Path | None = None, *,
                             vocab_file: str | Path | None = None, merge_file: str | Path | None = None,
-                            vocab_size: int | None = None) -> Tokenizer:
+                            vocab_size: int | None = None, tiktoken_pattern: str = "v2",
+                            tiktoken_num_special_tokens: int = 1000,
+                            tiktoken_special_tokens: list[str] | None = None) -> Tokenizer:
     """Load a tokenizer the way Megatron-LM's ``--tokenizer-type`` names it: the type decides the kind."""
     if tokenizer_type not in MEGATRON_TOKENIZER_TYPES:
         raise TokenizerError(f"--tokenizer-type {tokenizer_type}: not supported here (use one of "
@@ -325,6 +396,8 @@ def load_megatron_tokenizer(tokenizer_type: str, model: str | Path | None = None
     path = Path(model)
     if str(model) == "mistral" or not path.exists():
         return load_tokenizer(model)  # 'mistral', or the loader's own not-found message
+    if tokenizer_type == "TikTokenizer":
+        return TikTokenizer(path, tiktoken_pattern, vocab_size, tiktoken_num_special_tokens, tiktoken_special_tokens)
     if tokenizer_type in MEGATRON_SENTENCEPIECE:
         if not path.is_file():
             raise TokenizerError(f"--tokenizer-type {tokenizer_type}: {path} is not a file (a SentencePiece model)")
@@ -350,7 +423,7 @@ HARD_CASES: tuple[str, ...] = (
     "1234567890 3.14159 1,000,000 2024-01-31", "line\x00nul\x01ctl\x7f", "\u2028\u2029\x85", "a" * 3000,
     "!!!???...,,,;;; ---___ ===", "<< >> </ /> <|", "https://example.org/a?b=c&d=e#f",
 )
-INVALID_CASES: tuple[str, ...] = ("lone surrogate \ud800 here", "\udfff")  # both engines must refuse these
+INVALID_CASES: tuple[str, ...] = ("lone surrogate \ud800 here", "\udfff")  # same ids or both refuse
 
 
 def gigatoken_version() -> str | None:
@@ -374,9 +447,29 @@ def gigatoken_of(tok: Tokenizer) -> Any:
             return gigatoken.Tokenizer.from_sentencepiece(tok.model_file)
         if isinstance(tok, HFTokenizer):
             return gigatoken.Tokenizer(tok.hf)
+        if isinstance(tok, TikTokenizer):
+            return _gigatoken_tiktoken(tok)
     except Exception as err:  # gigatoken raises RuntimeError/ValueError with a multi-line text
         raise TokenizerError(f"gigatoken cannot load {tok.name}: {str(err).splitlines()[0]}") from None
     raise TokenizerError(f"gigatoken has no equivalent of {type(tok).__name__}")
+
+
+def _gigatoken_tiktoken(tok: TikTokenizer) -> Any:
+    """gigatoken's copy of a TikTokenizer: its ranks as a ``.tiktoken`` file, the split pattern by name."""
+    import base64
+    import tempfile
+
+    import gigatoken
+
+    if tok.pattern != "v2":  # gigatoken names no scheme with pattern v1's split
+        raise TokenizerError(f"gigatoken has no pretokenizer for TikTokenizer pattern {tok.pattern}")
+    with tempfile.TemporaryDirectory() as d:
+        ranks = Path(d) / "ranks.tiktoken"
+        ranks.write_text("".join(f"{base64.b64encode(b).decode()} {r}\n" for b, r in tok.ranks.items()))
+        return gigatoken.Tokenizer.from_tiktoken(ranks, pretokenizer="nemotron")  # the same split as v2
+
+
+_REFUSALS = (TypeError, ValueError, RuntimeError)  # how gigatoken refuses an input
 
 
 class GigatokenTokenizer(Tokenizer):
@@ -394,6 +487,8 @@ class GigatokenTokenizer(Tokenizer):
         self.name, self.vocab_size = reference.name, reference.vocab_size
         self.bos_id, self.eos_id = reference.bos_id, reference.eos_id
         self.fast = fast if fast is not None else gigatoken_of(reference)
+        # gigatoken numbers a TikTokenizer's ranks from 0; Megatron-LM puts its special ids first.
+        self.offset = reference.num_special_tokens if isinstance(reference, TikTokenizer) else 0
         pieces = reference.vocabulary()
         self.markers = tuple(sorted({pieces[i] for i in reference.special_ids if 0 <= i < len(pieces) and pieces[i]}))
 
@@ -404,16 +499,29 @@ class GigatokenTokenizer(Tokenizer):
             self._reference = pickle.loads(self._reference_state)
         return self._reference
 
+    @cached_property
+    def _marker_search(self) -> Any:
+        """``text -> bool``: whether a text holds a marker (plain scans for a few, one regex for many)."""
+        markers = self.markers
+        if len(markers) <= 8:
+            return lambda text: any(m in text for m in markers)
+        pattern = re.compile("|".join(map(re.escape, sorted(markers, key=len, reverse=True))))
+        return lambda text: pattern.search(text) is not None
+
     def _routed(self, texts: list[str]) -> list[int]:
         """Indices of the texts the reference tokenizes (they hold a control-token string)."""
-        markers = self.markers
-        joined = "\n".join(texts)  # one scan of the batch first: most batches hold no marker at all
-        if not any(m in joined for m in markers):
+        found = self._marker_search
+        if not self.markers or not found("\n".join(texts)):  # one scan of the whole batch first
             return []
-        return [i for i, t in enumerate(texts) if any(m in t for m in markers)]
+        return [i for i, t in enumerate(texts) if found(t)]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        out = self.fast.encode_batch_list(texts)
+        try:
+            out = self.fast.encode_batch_list(texts)
+        except _REFUSALS:  # gigatoken refuses the batch (invalid Unicode): the reference decides
+            return self.reference.encode_batch(texts)
+        if self.offset:
+            out = [[i + self.offset for i in ids] for ids in out]
         routed = self._routed(texts)
         for i, ids in zip(routed, self.reference.encode_batch([texts[i] for i in routed]), strict=True):
             out[i] = ids
@@ -422,9 +530,14 @@ class GigatokenTokenizer(Tokenizer):
     def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         import awkward as ak
 
-        encoded = self.fast.encode_batch(texts)  # parallel on threads, or sequential in a worker process
+        try:
+            encoded = self.fast.encode_batch(texts)  # parallel on threads, or sequential in a worker process
+        except _REFUSALS:  # gigatoken refuses the batch (invalid Unicode): the reference decides
+            return self.reference.encode_flat(texts)
         lengths = np.asarray(ak.num(encoded), dtype=np.int64)
         flat = np.asarray(ak.flatten(encoded))
+        if self.offset:
+            flat = flat.astype(np.int64) + self.offset
         routed = self._routed(texts)
         if routed:
             rows: list[np.ndarray] = np.split(flat, np.cumsum(lengths)[:-1])
@@ -451,12 +564,13 @@ class GigatokenTokenizer(Tokenizer):
     def __getstate__(self) -> dict:
         # Worker processes load the converted tokenizer.json in Rust rather than converting again.
         return {"reference": pickle.dumps(self.reference), "json": getattr(self.fast, "_hf_json", None),
-                "ids": (self.name, self.vocab_size, self.bos_id, self.eos_id), "markers": self.markers}
+                "ids": (self.name, self.vocab_size, self.bos_id, self.eos_id), "markers": self.markers,
+                "offset": self.offset}
 
     def __setstate__(self, state: dict) -> None:
         self._reference, self._reference_state = None, state["reference"]
         self.name, self.vocab_size, self.bos_id, self.eos_id = state["ids"]
-        self.markers = state["markers"]
+        self.markers, self.offset = state["markers"], state["offset"]
         if state["json"] is not None:
             import gigatoken
 
@@ -466,7 +580,8 @@ class GigatokenTokenizer(Tokenizer):
 
 
 def _first_difference(ref: Tokenizer, fast: Tokenizer, texts: list[str]) -> str | None:
-    """Where ``fast`` gives other ids than ``ref`` on ``texts`` (or accepts a text ``ref`` refuses); None if nowhere."""
+    """Where ``fast`` gives other ids than ``ref`` on ``texts`` or on :data:`INVALID_CASES` (where refusing
+    counts as an outcome); None if nowhere."""
     if texts:
         want = ref.encode_batch(texts)
         for text, a, b in zip(texts, want, fast.encode_batch(texts), strict=True):
@@ -476,12 +591,14 @@ def _first_difference(ref: Tokenizer, fast: Tokenizer, texts: list[str]) -> str 
         if flat.tolist() != list(itertools.chain.from_iterable(want)) or lengths.tolist() != list(map(len, want)):
             return "other ids from the batch encoder"
     for text in INVALID_CASES:
+        outcomes = []
         for t in (ref, fast):
             try:
-                t.encode_batch([text])
+                outcomes.append(t.encode_batch([text]))
             except Exception:  # each library refuses invalid Unicode with its own error type
-                continue
-            return f"{'the reference' if t is ref else 'gigatoken'} accepts invalid Unicode {text!r}"
+                outcomes.append(None)
+        if outcomes[0] != outcomes[1]:
+            return f"other ids or errors for invalid Unicode {text!r}"
     return None
 
 

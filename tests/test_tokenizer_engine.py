@@ -191,3 +191,33 @@ def test_megatron_sentencepiece_type_reads_any_file_name(tmp_path, capsys, mistr
     assert printed[0]["tokenizer_engine"].startswith("gigatoken")
     summary = json.loads(Path(f"{tmp_path}/mlm_text_document.summary.json").read_text())
     assert summary["tokenizer_fingerprint"]["hash"] == mistral_tokenizer.fingerprint()["hash"]
+
+
+def test_megatron_tiktokenizer_equals_mistral_common_tekken_on_both_engines(tmp_path, capsys, pubmed_texts) -> None:
+    """--tokenizer-type TikTokenizer on a Megatron-format vocabulary (Mistral NeMo's tekken ranks): the same ids
+    as mistral-common's own Tekkenizer, through the reference and through gigatoken, and the same bytes."""
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    from data_tools.preprocess_data import main
+
+    tekken = mistral_model_path().with_name("tekken_240911.json")
+    ranks = tmp_path / "tekken_ranks.json"  # Megatron-LM reads a JSON list of {rank, token_bytes, token_str}
+    ranks.write_text(json.dumps(json.loads(tekken.read_text())["vocab"]))
+    tok = load_megatron_tokenizer("TikTokenizer", ranks)
+    assert (tok.vocab_size, tok.bos_id, tok.eos_id) == (131072, 1, 2)
+    texts = pubmed_texts[:50] + list(HARD_CASES)
+    mc = Tekkenizer.from_file(tekken)
+    assert tok.encode_batch(texts) == [mc.encode(t, bos=False, eos=False) for t in texts]
+    assert not any(set(ids) & tok.special_ids for ids in tok.encode_batch(texts))  # "</s>" stays text
+    fast = select_engine(tok, "gigatoken", texts)
+    assert fast.encode_batch(texts) == tok.encode_batch(texts)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts if t.strip()))
+    for engine in ("gigatoken", "reference"):
+        assert main(["--input", str(src), "--output-prefix", str(tmp_path / engine), "--tokenizer-type", "TikTokenizer",
+                     "--tokenizer-model", str(ranks), "--tiktoken-pattern", "v2", "--append-eod", "--workers",
+                     "2" if engine == "gigatoken" else "0", "--tokenizer-engine", engine, "--no-progress"]) == 0
+    for suffix in (".bin", ".idx"):
+        a = Path(f"{tmp_path}/gigatoken_text_document{suffix}").read_bytes()
+        assert a == Path(f"{tmp_path}/reference_text_document{suffix}").read_bytes()
+    assert IndexedDataset(f"{tmp_path}/reference_text_document").get(0).tolist() == tok.encode(texts[0]) + [2]
