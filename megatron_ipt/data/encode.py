@@ -47,7 +47,7 @@ def encode_in_worker(batch: list[tuple[int, Any]]) -> EncodedBatch:
 
 
 def encode_batch(batch: list[tuple[int, Any]], tok: Tokenizer, opt: EncodeOptions) -> EncodedBatch:
-    """Validate, tokenize (one ``encode_batch`` call for all texts) and assemble the documents."""
+    """Validate, tokenize (one ``encode_flat`` call for all texts) and assemble the documents."""
     bad: list[tuple[str, int, str]] = []
     parsed: list[dict | str] = []
     numbers: list[int] = []

@@ -1,10 +1,14 @@
 """The one place that tokenizes corpora into indexed datasets: :func:`preprocess`.
 
 The main process reads records (bytes) and keeps at most a few batches in flight; a pool of workers
-decodes, validates and tokenizes each batch (one ``encode_batch`` call); results return in input
+decodes, validates and tokenizes each batch (one ``encode_flat`` call); results return in input
 order and stream into :class:`IndexedDatasetWriter` (plus the ``_lossmask`` twin once a record with
 ``segments`` appears: earlier documents are back-filled with ones). Memory is bounded by the batches
 in flight, whatever the corpus size.
+
+Engine: before the run, :func:`megatron_ipt.tokenizer.select_engine` checks gigatoken against the
+tokenizer on the first batch of the first input and fixed hard cases; the run then tokenizes with
+gigatoken where it gives the same ids, else with the tokenizer itself. The output bytes are the same.
 
 Resume: every ``checkpoint_s`` seconds the writers are flushed and ``PREFIX.progress.json`` records
 (file, last record, documents, tokens, counters). A rerun with the same inputs and options truncates
