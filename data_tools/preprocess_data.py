@@ -43,7 +43,7 @@ log = get_logger(__name__)
 class PreprocessArgs:
     input: list[str] = field(default_factory=list)  # files or folders (.jsonl, .jsonl.gz, .parquet, saved datasets)
     output_prefix: str = ""  # OUT: writes OUT_{key}_document.bin/.idx
-    tokenizer: str = ""  # 'mistral', a SentencePiece .model, an HF directory or a .gguf
+    tokenizer: str = ""  # 'mistral', 'gpt2', a SentencePiece .model, an HF directory or a .gguf (any file with --tokenizer-type)
     tokenizer_type: str = ""  # Megatron-LM's --tokenizer-type: says what --tokenizer-model is; empty: by its name
     vocab_file: str = ""  # GPT2BPETokenizer: GPT-2's vocab.json (encoder.json)
     merge_file: str = ""  # GPT2BPETokenizer: GPT-2's merges.txt (vocab.bpe)
