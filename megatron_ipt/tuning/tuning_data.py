@@ -275,6 +275,7 @@ def build_tuning_data(
 
     summary: dict = {"options": asdict(opts), "tokenizer": tok.name,
                      "tokenizer_fingerprint": tokenizer_record(tok, best_dtype(tok.vocab_size)),
+                     "tokenizer_engine": tok.engine,
                      "inputs": fingerprint, "splits": {}}
     for split in SPLITS:
         sized = measure(splits[split], tok, opts, stats)
