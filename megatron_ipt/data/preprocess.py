@@ -1,10 +1,14 @@
 """The one place that tokenizes corpora into indexed datasets: :func:`preprocess`.
 
 The main process reads records (bytes) and keeps at most a few batches in flight; a pool of workers
-decodes, validates and tokenizes each batch (one ``encode_batch`` call); results return in input
+decodes, validates and tokenizes each batch (one ``encode_flat`` call); results return in input
 order and stream into :class:`IndexedDatasetWriter` (plus the ``_lossmask`` twin once a record with
 ``segments`` appears: earlier documents are back-filled with ones). Memory is bounded by the batches
 in flight, whatever the corpus size.
+
+Engine: before the run, :func:`megatron_ipt.tokenizer.select_engine` checks gigatoken against the
+tokenizer on the first batch of the first input and fixed hard cases; the run then tokenizes with
+gigatoken where it gives the same ids, else with the tokenizer itself. The output bytes are the same.
 
 Resume: every ``checkpoint_s`` seconds the writers are flushed and ``PREFIX.progress.json`` records
 (file, last record, documents, tokens, counters). A rerun with the same inputs and options truncates
@@ -36,11 +40,19 @@ from megatron_ipt.data.indexed import (
     summary_path,
 )
 from megatron_ipt.data.provenance import tokenizer_record
-from megatron_ipt.data.readers import DataError, FileFault, InputFile, expand_inputs, read_records
+from megatron_ipt.data.readers import (
+    BadRecord,
+    DataError,
+    FileFault,
+    InputFile,
+    expand_inputs,
+    parse_record,
+    read_records,
+)
 from megatron_ipt.io import OutputLocked, atomic_write_json, output_lock
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress as progress_of
-from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
+from megatron_ipt.tokenizer import Tokenizer, gigatoken_version, load_tokenizer, select_engine
 
 log = get_logger(__name__)
 MAX_EXAMPLES = 10
@@ -176,13 +188,18 @@ def preprocess(
     progress: bool = True,
     dataset_suffix: bool = True,
     overwrite: bool = False,
+    tokenizer_engine: str = "auto",
 ) -> dict[str, Any]:
     """Tokenize ``inputs`` into ``OUT_{json_key}_document.bin/.idx`` (+ ``_lossmask`` twin); return the summary.
 
     ``dataset_suffix=False`` writes to ``output_prefix`` itself. ``workers=0`` tokenizes in this
     process. The summary (also written to ``PREFIX.summary.json``) has ``prefix``, ``lossmask_prefix``
     (or None), ``read``, ``written``, ``skipped`` (by reason), ``skip_examples``, ``tokens``,
-    ``elapsed_s`` and ``tokenizer_fingerprint`` (see :mod:`megatron_ipt.data.provenance`). With ``skip_bad=False`` the first bad record raises :class:`DataError`.
+    ``elapsed_s``, ``tokenizer_fingerprint`` (see :mod:`megatron_ipt.data.provenance`) and
+    ``tokenizer_engine`` (``tokenizer_engine``: ``auto``, ``gigatoken`` or ``reference``, see
+    :func:`megatron_ipt.tokenizer.select_engine`; the ids are the same either way, and so is the fingerprint,
+    so a run resumed under another engine still writes the same bytes). With ``skip_bad=False`` the first
+    bad record raises :class:`DataError`.
     """
     if workers < 0:
         raise ValueError(f"workers must be 0 (tokenize in this process) or more, got {workers}")
@@ -192,6 +209,7 @@ def preprocess(
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
     prefix = dataset_prefix(output_prefix, json_key) if dataset_suffix else str(output_prefix)
     files = expand_inputs(inputs)
+    tok = select_engine(tok, tokenizer_engine, _first_texts(files[0], json_key, batch_size) if files else [])
     dtype = best_dtype(tok.vocab_size)
     opts = EncodeOptions(key=json_key, append_eod=append_eod, prepend_bos=prepend_bos, token_dtype=dtype.name)
     fp = _fingerprint(files, tok, opts, dtype, skip_bad)
@@ -350,6 +368,7 @@ def _preprocess_into(prefix: str, files: list[InputFile], tok: Tokenizer, opts: 
         "vocab_size": tok.vocab_size,
         "dtype": str(dtype),
         "tokenizer_fingerprint": tokenizer_record(tok, dtype),  # checked by the trainer and merge
+        "tokenizer_engine": f"gigatoken {gigatoken_version()}" if tok.engine == "gigatoken" else tok.engine,
         "read": run.read,
         "written": run.written,
         "skipped": dict(run.skipped),
@@ -382,6 +401,22 @@ def _preprocess_into(prefix: str, files: list[InputFile], tok: Tokenizer, opts: 
         elapsed,
     )
     return summary
+
+
+def _first_texts(f: InputFile, key: str, batch_size: int) -> list[str]:
+    """The texts of the first batch of ``f`` (the engine's verification sample); bad records are left out."""
+    texts: list[str] = []
+    try:
+        batch = next(read_records(f, [key, "segments"], batch_size=batch_size), [])
+    except (FileFault, DataError, OSError):
+        return texts  # the run itself reports the fault, with its place
+    for _, payload in batch:
+        try:
+            rec = parse_record(payload, key)
+        except BadRecord:
+            continue
+        texts.extend([rec] if isinstance(rec, str) else [s["text"] for s in rec["segments"] if "special" not in s])
+    return texts
 
 
 def _empty_batch(last: int) -> EncodedBatch:

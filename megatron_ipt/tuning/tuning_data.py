@@ -26,7 +26,7 @@ from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
 from megatron_ipt.pairs import MARKERS, Pair, context_text, example_segments, pairs_text
 from megatron_ipt.progress import progress
-from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
+from megatron_ipt.tokenizer import Tokenizer, load_tokenizer, select_engine
 from megatron_ipt.tuning.example import ConvertStats, Example
 
 log = get_logger(__name__)
@@ -269,11 +269,14 @@ def build_tuning_data(
             splits["heldout" if is_held_out_example(clean, opts.held_out, opts.seed) else "train"].append(
                 clean
             )
+    first = splits["train"][: _ENCODE_CHUNK // 2]  # gigatoken measures in bulk where it gives the same ids
+    tok = select_engine(tok, "auto", [t for ex in first for t in (context_text(ex.context), pairs_text(ex.pairs))])
     from megatron_ipt.data.indexed import best_dtype
     from megatron_ipt.data.provenance import tokenizer_record
 
     summary: dict = {"options": asdict(opts), "tokenizer": tok.name,
                      "tokenizer_fingerprint": tokenizer_record(tok, best_dtype(tok.vocab_size)),
+                     "tokenizer_engine": tok.engine,
                      "inputs": fingerprint, "splits": {}}
     for split in SPLITS:
         sized = measure(splits[split], tok, opts, stats)

@@ -133,17 +133,20 @@ BAD_CASES = {
 }
 
 
+@pytest.mark.parametrize("engine", ["gigatoken", "reference"])
 @pytest.mark.parametrize("reason", sorted(BAD_CASES))
-def test_bad_record_error_and_skip(tmp_path: Path, mistral_tokenizer, reason: str) -> None:
+def test_bad_record_error_and_skip(tmp_path: Path, mistral_tokenizer, reason: str, engine: str) -> None:
     bad_line, message = BAD_CASES[reason]
     src = tmp_path / "in.jsonl"
     src.write_bytes(b'{"text": "good one"}\n' + bad_line + b'{"text": "good two"}\n')
     with pytest.raises(DataError) as err:
-        preprocess(src, tmp_path / "out", mistral_tokenizer, workers=0, progress=False)
+        preprocess(src, tmp_path / "out", mistral_tokenizer, workers=0, progress=False, tokenizer_engine=engine)
     assert f"{src}:2:" in str(err.value) and message.split("'].")[0] in str(err.value)
     assert not Path(f"{tmp_path}/out_text_document.bin").exists()
-    s = preprocess(src, tmp_path / "out", mistral_tokenizer, workers=0, skip_bad=True, progress=False)
+    s = preprocess(src, tmp_path / "out", mistral_tokenizer, workers=0, skip_bad=True, progress=False,
+                   tokenizer_engine=engine)
     assert s["skipped"] == {reason: 1} and s["written"] == 2 and s["read"] == 3
+    assert s["tokenizer_engine"].split()[0] == engine
     assert s["skip_examples"][0].startswith(f"{reason}: {src}:2:")
     assert docs(s["prefix"]) == [mistral_tokenizer.encode("good one"), mistral_tokenizer.encode("good two")]
 
@@ -188,8 +191,10 @@ def test_complete_output_is_reused_and_changes_redo(tmp_path: Path, mistral_toke
     assert s3["tokens"] == s1["tokens"] + 5
 
 
-def test_kill9_then_resume(tmp_path: Path, mistral_tokenizer) -> None:
-    """SIGKILL a real run after a checkpoint: no final file appears; the rerun resumes and matches a clean run."""
+@pytest.mark.parametrize("engine", ["gigatoken", "reference"])
+def test_kill9_then_resume(tmp_path: Path, mistral_tokenizer, engine: str) -> None:
+    """SIGKILL a real run after a checkpoint: no final file appears; the rerun resumes and matches a clean run
+    of the reference engine byte for byte."""
     import os
     import signal
     import subprocess
@@ -213,6 +218,8 @@ def test_kill9_then_resume(tmp_path: Path, mistral_tokenizer) -> None:
         "--batch-size",
         "20",
         "--no-progress",
+        "--tokenizer-engine",
+        engine,
     ]
     cmd = [sys.executable, "-m", "data_tools.preprocess_data", *args, "--checkpoint-seconds", "0"]
     out = tmp_path / "killed"
@@ -230,9 +237,9 @@ def test_kill9_then_resume(tmp_path: Path, mistral_tokenizer) -> None:
     proc.wait()
     proc.stderr.close()
     assert not Path(f"{prefix}.bin").exists() and not Path(f"{prefix}.idx").exists()
-    resumed = preprocess(inputs, out, "mistral", workers=1, batch_size=20, progress=False)
-    assert resumed["resumed_documents"] > 0
-    clean = preprocess(inputs, tmp_path / "clean", "mistral", workers=0, progress=False)
+    resumed = preprocess(inputs, out, "mistral", workers=1, batch_size=20, progress=False, tokenizer_engine=engine)
+    assert resumed["resumed_documents"] > 0 and resumed["tokenizer_engine"].split()[0] == engine
+    clean = preprocess(inputs, tmp_path / "clean", "mistral", workers=0, progress=False, tokenizer_engine="reference")
     assert resumed["read"] == resumed["written"] == clean["written"] == 12000
     for suffix in (".bin", ".idx"):
         assert Path(f"{prefix}{suffix}").read_bytes() == Path(f"{clean['prefix']}{suffix}").read_bytes()

@@ -159,3 +159,25 @@ def test_read_records_batches_raw_lines_and_resumes(tmp_path: Path) -> None:
     batches = list(read_records(InputFile(path, "jsonl"), ["text"], start=4, batch_size=2))
     assert [[n for n, _ in b] for b in batches] == [[5, 6], [7]]
     assert json.loads(batches[0][0][1]) == RECORDS[4]
+
+
+LINES = [b'{"text": "plain"}', b'{"text": "caf\xc3\xa9 \\ud83d\\ude00 \\u0000 end", "n": 123456789012345678901234567890}',
+         b'{"text": "a\\ud800b"}', b'{"text": NaN}', b'\xef\xbb\xbf{"text": "bom"}', b'{"text": 1e400}',
+         b'{"text": "caf\xe9"}', b'{"text": 18446744073709551616}', b'[1, 2]', b'{"text": "  "}', b'{"body": "x"}',
+         b'{"segments": [{"text": "q", "loss": false}, {"special": "eos", "loss": true}]}', b'{"text": "x", "text": "y"}']
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_orjson_fast_path_gives_the_json_paths_results(line: bytes, monkeypatch) -> None:
+    """Texts, errors and messages are the same whether orjson parses the line or json does."""
+    import megatron_ipt.data.readers as readers
+
+    def outcome() -> object:
+        try:
+            return readers.parse_record(line, "text")
+        except readers.BadRecord as err:
+            return (err.reason, str(err))
+
+    fast = outcome()
+    monkeypatch.setattr(readers, "_orjson_loads", None)
+    assert outcome() == fast

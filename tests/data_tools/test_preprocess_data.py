@@ -93,10 +93,41 @@ def test_megatron_lm_command_line_runs_unchanged(tmp_path: Path, capsys, mistral
         cfg = config_from_argv(PreprocessArgs, ["--input", "x", "--output-prefix", "o", "--tokenizer", "mistral",
                                                 "--json-keys", *spelled])
         assert cfg.json_keys == ["text", "title"]
-    bad = ["--input", str(src), "--output-prefix", str(out), "--tokenizer-type", "GPT2BPETokenizer"]
+    bad = ["--input", str(src), "--output-prefix", str(out), "--tokenizer-type", "BertWordPieceLowerCase"]
     assert main(bad) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "GPT2BPETokenizer: not supported" in err
+    assert err.count("\n") == 1 and "BertWordPieceLowerCase: not supported" in err
+
+
+def test_megatron_lm_fast_command_line_and_flags(tmp_path: Path, capsys) -> None:
+    """tools/preprocess_data_fast.py's line (GPT2BPETokenizer + --vocab-file/--merge-file) runs unchanged;
+    --partitions and --keep-newlines keep Megatron-LM's meaning, --split-sentences says what to do instead."""
+    from megatron_ipt.tokenizer import gpt2_bpe_files, load_tokenizer
+
+    vocab, merges = gpt2_bpe_files()
+    src = tmp_path / "corpus.jsonl"
+    src.write_text('{"text": "Hello world", "title": "One"}\n{"text": "second text", "title": "Two"}\n')
+    out = tmp_path / "gpt2"
+    fast = ["--input", str(src), "--json-keys", "text", "title", "--output-prefix", str(out), "--tokenizer-type",
+            "GPT2BPETokenizer", "--vocab-file", str(vocab), "--merge-file", str(merges), "--append-eod"]
+    assert main([*fast, "--workers", "2", "--partitions", "2", "--keep-newlines", "--no-progress"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [p["written"] for p in printed] == [2, 2] and printed[0]["tokenizer_engine"].startswith("gigatoken")
+    gpt2 = load_tokenizer("gpt2")
+    assert IndexedDataset(f"{out}_text_document").get(0).tolist() == [15496, 995, gpt2.eos_id]
+    assert IndexedDataset(f"{out}_title_document").get(1).tolist() == gpt2.encode("Two") + [gpt2.eos_id]
+    summary = json.loads(Path(f"{out}_text_document.summary.json").read_text())
+    assert summary["tokenizer_fingerprint"]["hash"] == gpt2.fingerprint()["hash"]
+    assert main([*fast, "--split-sentences"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--split-sentences: sentence-level datasets" in err and "drop the flag" in err
+    assert main([*fast[:-5], "--tokenizer-engine", "reference", "--append-eod"]) == 2  # GPT2BPE without files
+    assert "needs --vocab-file" in capsys.readouterr().err
+    null = tmp_path / "ids.jsonl"
+    null.write_text('{"text": "5 6 7"}\n')
+    assert main(["--input", str(null), "--output-prefix", str(tmp_path / "null"), "--tokenizer-type",
+                 "NullTokenizer", "--vocab-size", "10", "--append-eod", "--no-progress"]) == 0
+    assert IndexedDataset(f"{tmp_path}/null_text_document").get(0).tolist() == [5, 6, 7, 10]
 
 
 def test_concurrent_run_into_one_prefix_is_refused(tmp_path: Path, capsys) -> None:
@@ -112,8 +143,9 @@ def test_concurrent_run_into_one_prefix_is_refused(tmp_path: Path, capsys) -> No
                            for i in range(60000)))
     out = tmp_path / "o"
     lock = Path(f"{out}_text_document.lock")
+    # The reference engine: gigatoken can finish these records before the lock is seen.
     argv = ["--input", str(src), "--output-prefix", str(out), "--tokenizer", "mistral", "--workers", "0",
-            "--no-progress"]
+            "--no-progress", "--tokenizer-engine", "reference"]
     first = subprocess.Popen([sys.executable, "-m", "data_tools.preprocess_data", *argv],
                              cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

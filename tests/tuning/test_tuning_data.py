@@ -150,9 +150,11 @@ def test_heldout_split_resume_and_options(tmp_path: Path, mistral_tokenizer) -> 
     assert json.loads(summary.read_text())["splits"] == s["splits"]
     record = {**mistral_tokenizer.fingerprint(), "dtype": "uint16"}
     assert s["tokenizer_fingerprint"] == record
+    assert s["tokenizer_engine"] == "gigatoken"  # measured and written through gigatoken: same ids, same record
     for split in ("train", "heldout"):  # each split's dataset carries it too (the trainer checks those)
         split_summary = json.loads(Path(s["splits"][split]["prefix"] + ".summary.json").read_text())
         assert split_summary["tokenizer_fingerprint"] == record
+        assert split_summary["tokenizer_engine"].startswith("gigatoken")
     mtime = summary.stat().st_mtime_ns
     # a finished build is not redone (the examples are not even read) ...
     assert build_tuning_data(iter(()), tmp_path / "h", mistral_tokenizer, opts, fingerprint={"x": 1}) == s
