@@ -75,7 +75,7 @@ def _free_port() -> int:
 class Ranks:
     """One training job: ``world`` processes of ``python -m megatron_ipt.train`` on a free port."""
 
-    def __init__(self, world: int, args: list[str], log_dir: Path) -> None:
+    def __init__(self, world: int, args: list[str], log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
         import os
         import subprocess
         import sys
@@ -87,7 +87,7 @@ class Ranks:
         for rank in range(world):
             env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                       PYTHONWARNINGS="ignore")
+                       PYTHONWARNINGS="ignore", **(extra_env or {}))
             with open(self.logs[rank], "w") as fh:
                 self.procs.append(subprocess.Popen(
                     [sys.executable, "-m", "megatron_ipt.train", *args], env=env, stdout=fh,
@@ -108,6 +108,10 @@ class Ranks:
 
     def output(self, rank: int = 0) -> str:
         return self.logs[rank].read_text()
+
+    def running(self) -> bool:
+        """Every rank still running."""
+        return all(p.poll() is None for p in self.procs)
 
 
 @pytest.fixture
@@ -144,5 +148,17 @@ def metrics():
 
 @pytest.fixture
 def start_job(tmp_path):
-    """``start_job(world, [args...]) -> Ranks`` (not waited: for signal tests)."""
-    return lambda world, args: Ranks(world, args, tmp_path / "signalled")
+    """``start_job(world, [args...], env=None) -> Ranks`` (not waited: for signal tests); ``env`` is added
+    to every rank's environment (e.g. a park point). Ranks still running when the test ends are killed."""
+    jobs: list[Ranks] = []
+
+    def start(world: int, args: list[str], env: dict[str, str] | None = None) -> Ranks:
+        jobs.append(Ranks(world, args, tmp_path / "signalled", env))
+        return jobs[-1]
+
+    yield start
+    for job in jobs:
+        for p in job.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
