@@ -56,7 +56,7 @@ def _park(point: str) -> None:
     if not folder:
         raise RuntimeError(f"{AT_ENV}={point} is set but {DIR_ENV} (where to say so) is not")
     marker = Path(folder) / str(os.getpid())
+    log.warning("parked at %s (%s) until %s is removed", point, AT_ENV, marker)  # logged before the marker
     atomic_write_text(marker, point + "\n")
-    log.warning("parked at %s (%s) until %s is removed", point, AT_ENV, marker)
     while marker.exists():
         time.sleep(0.05)
