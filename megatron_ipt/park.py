@@ -17,7 +17,7 @@ costs one ``is None`` check. The points, in the order a run passes them:
 
 - ``preprocess_checkpoint:F`` -- preprocessing wrote a resume checkpoint (``PREFIX.progress.json``)
   while at input file index ``F`` (first such checkpoint);
-- ``train_step:N`` -- training step ``N`` is done and its metrics line written; nothing saved yet;
+- ``train_step:N`` -- training step ``N`` is done, its metrics line (if logged) written, not yet saved;
 - ``save_shards:N`` -- checkpoint ``N``: this rank's DeepSpeed shards written, its RNG file not;
 - ``save_commit:N`` -- checkpoint ``N``: every rank's files written, ``meta.json`` (the commit) not;
 - ``save_committed:N`` -- checkpoint ``N`` committed, older ones not yet pruned (rank 0 only).
