@@ -168,6 +168,63 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(f"fault injection: {total} SIGKILLs ({parts}); every rerun matched")
 
 
+# -- waiting on real processes: for an observable event, never for a time -------------------------
+
+def wait_until(done, running, what: str, output=lambda: "", timeout: float = 300) -> None:
+    """Poll ``done()`` until true. Fails at once if ``running()`` turns false first (the process ended
+    before the event) and after ``timeout`` seconds (a hang); ``output()`` goes into the message."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert running(), f"the process ended before {what}:\n{output()[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}:\n{output()[-3000:]}"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def wait_for():
+    """``wait_for(done, running, what, output=..., timeout=300)``: see :func:`wait_until`."""
+    return wait_until
+
+
+class Park:
+    """Processes started with ``env(point)`` stop at that park point (megatron_ipt.park); ``wait``
+    returns once they have. A test then kills or signals them at a known place, whatever the
+    machine's speed, or lets them go on with :meth:`release`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def env(self, point: str) -> dict[str, str]:
+        """Environment for the processes to park at ``point``; markers of earlier (killed) ones are cleared."""
+        from megatron_ipt.park import AT_ENV, DIR_ENV
+
+        self.release()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return {AT_ENV: point, DIR_ENV: str(self.folder)}
+
+    def parked(self) -> list[int]:
+        """Pids of the processes parked now (a marker still being written is not counted)."""
+        return sorted(int(p.name) for p in self.folder.glob("[0-9]*")) if self.folder.is_dir() else []
+
+    def wait(self, count: int, running, output=lambda: "", timeout: float = 300) -> list[int]:
+        """Wait until ``count`` processes are parked (see :func:`wait_until`); returns their pids."""
+        wait_until(lambda: len(self.parked()) >= count, running, f"{count} processes parked", output, timeout)
+        return self.parked()
+
+    def release(self) -> None:
+        """Let every parked process go on (a killed one's marker is just removed)."""
+        for p in self.folder.glob("[0-9]*") if self.folder.is_dir() else []:
+            p.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def park():
+    """``park(folder) -> Park``: stop subprocesses at a named park point and wait for them there."""
+    return Park
+
+
 def tree_bytes(root: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
     """Every file under ``root`` by relative path (names in ``skip`` left out): for byte-for-byte comparison."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*"))

@@ -215,9 +215,9 @@ def test_output_lock_refuses_a_second_writer_and_survives_kill(tmp_path) -> None
     def holder() -> None:
         with output_lock(out):
             ready.set()
-            hold.wait(60)
+            hold.wait()  # holds the lock until killed, however long the checks below take
 
-    p = ctx.Process(target=holder)
+    p = ctx.Process(target=holder, daemon=True)  # daemon: ended with pytest should a check fail first
     p.start()
     assert ready.wait(30)
     with pytest.raises(OutputLocked, match=rf"ds: another run \(pid {p.pid}\) is writing this output now"):

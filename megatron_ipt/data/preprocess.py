@@ -51,6 +51,7 @@ from megatron_ipt.data.readers import (
 )
 from megatron_ipt.io import OutputLocked, atomic_write_json, output_lock
 from megatron_ipt.log import get_logger
+from megatron_ipt.park import park_point
 from megatron_ipt.progress import progress as progress_of
 from megatron_ipt.tokenizer import Tokenizer, gigatoken_version, load_tokenizer, select_engine
 
@@ -144,6 +145,7 @@ class _Run:
         if self.mask is not None:
             self.mask.flush()
         atomic_write_json(progress_path(self.prefix), self.state(fingerprint, n_docs, n_tokens))
+        park_point("preprocess_checkpoint", self.file_index)  # test-only (see megatron_ipt.park)
 
     def state(self, fingerprint: str, n_docs: int, n_tokens: int) -> dict:
         return {

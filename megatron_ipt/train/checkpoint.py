@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from megatron_ipt.io import atomic_write_json
 from megatron_ipt.log import get_logger
+from megatron_ipt.park import park_point
 from megatron_ipt.train.distributed import wait_for_rank0
 
 log = get_logger(__name__)
@@ -265,10 +266,13 @@ def save_checkpoint(engine: Any, ckpt_dir: str | Path, meta: CheckpointMeta, kee
     tag = tag_for(meta.step)
     rank = dist.get_rank() if dist.is_initialized() else 0
     engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+    park_point("save_shards", meta.step)  # test-only kill points (see megatron_ipt.park); inert unless set
     torch.save(rng_state(), root / tag / f"rng_rank{rank}.pt")
     _barrier()  # every rank's shards are on disk before the checkpoint is declared complete
+    park_point("save_commit", meta.step)
     if rank == 0:
         atomic_write_json(root / tag / META, dataclasses.replace(meta, tag=tag).to_json())
+        park_point("save_committed", meta.step)
         if keep_last > 0:
             for _, old in list_checkpoints(root)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)

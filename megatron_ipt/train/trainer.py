@@ -23,6 +23,7 @@ from megatron_ipt.io import OutputLocked, OutputRefused, check_replaceable_dir, 
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.model.attention import DOC_BACKENDS, packed_documents
 from megatron_ipt.model.build import model_shape
+from megatron_ipt.park import park_point
 from megatron_ipt.train import checkpoint as ckpt
 from megatron_ipt.train.config import TrainConfig
 from megatron_ipt.train.data import TrainStream, check_data_tokenizer, check_datasets, dataset_ids
@@ -281,6 +282,7 @@ class Trainer:
                     if self.metrics.tb is not None:
                         self.metrics.tb.add_scalar(f"tokens/{Path(name).name}", n, self.step)
                 window.reset()
+            park_point("train_step", self.step)  # test-only (see megatron_ipt.park); inert unless set
             if self.plan.valid is not None and cfg.logging.eval_interval and (
                 self.step % cfg.logging.eval_interval == 0 or self.step == cfg.steps
             ):

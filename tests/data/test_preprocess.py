@@ -192,14 +192,13 @@ def test_complete_output_is_reused_and_changes_redo(tmp_path: Path, mistral_toke
 
 
 @pytest.mark.parametrize("engine", ["gigatoken", "reference"])
-def test_kill9_then_resume(tmp_path: Path, mistral_tokenizer, engine: str) -> None:
+def test_kill9_then_resume(tmp_path: Path, mistral_tokenizer, park, engine: str) -> None:
     """SIGKILL a real run after a checkpoint: no final file appears; the rerun resumes and matches a clean run
     of the reference engine byte for byte."""
     import os
     import signal
     import subprocess
     import sys
-    import time
 
     rng = np.random.default_rng(0)
     words = np.array("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split())
@@ -225,17 +224,18 @@ def test_kill9_then_resume(tmp_path: Path, mistral_tokenizer, engine: str) -> No
     out = tmp_path / "killed"
     prefix = f"{out}_text_document"
     repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([*cmd, "--output-prefix", str(out)], cwd=repo, stderr=subprocess.PIPE)
+    # Parked right after its first checkpoint past the first input file, whatever the machine's speed.
+    parking = park(tmp_path / "park")
+    log = tmp_path / "killed.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([*cmd, "--output-prefix", str(out)], cwd=repo, stderr=fh,
+                                env={**os.environ, **parking.env("preprocess_checkpoint:1")})
     progress = Path(f"{prefix}.progress.json")
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if progress.is_file() and json.loads(progress.read_text())["file_index"] >= 1:
-            break
-        time.sleep(0.02)
+    parking.wait(1, lambda: proc.poll() is None, log.read_text)
+    assert json.loads(progress.read_text())["file_index"] == 1
     assert proc.poll() is None, "run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    proc.stderr.close()
     assert not Path(f"{prefix}.bin").exists() and not Path(f"{prefix}.idx").exists()
     resumed = preprocess(inputs, out, "mistral", workers=1, batch_size=20, progress=False, tokenizer_engine=engine)
     assert resumed["resumed_documents"] > 0 and resumed["tokenizer_engine"].split()[0] == engine

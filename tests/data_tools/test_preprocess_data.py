@@ -130,13 +130,11 @@ def test_megatron_lm_fast_command_line_and_flags(tmp_path: Path, capsys) -> None
     assert IndexedDataset(f"{tmp_path}/null_text_document").get(0).tolist() == [5, 6, 7, 10]
 
 
-def test_concurrent_run_into_one_prefix_is_refused(tmp_path: Path, capsys) -> None:
+def test_concurrent_run_into_one_prefix_is_refused(tmp_path: Path, capsys, park) -> None:
     """A second preprocess into the prefix a running one writes: one line, exit 2; the first finishes intact."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     src = tmp_path / "big.jsonl"
     src.write_text("".join(json.dumps({"text": f"Record {i} about metformin and glucose."}) + "\n"
@@ -145,21 +143,23 @@ def test_concurrent_run_into_one_prefix_is_refused(tmp_path: Path, capsys) -> No
     lock = Path(f"{out}_text_document.lock")
     # The reference engine: gigatoken can finish these records before the lock is seen.
     argv = ["--input", str(src), "--output-prefix", str(out), "--tokenizer", "mistral", "--workers", "0",
-            "--no-progress", "--tokenizer-engine", "reference"]
-    first = subprocess.Popen([sys.executable, "-m", "data_tools.preprocess_data", *argv],
-                             cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            "--no-progress", "--checkpoint-seconds", "0"]
+    # Held mid-write (parked after its first checkpoint, lock taken) while the second run tries.
+    parking = park(tmp_path / "park")
+    log = tmp_path / "first.log"
+    with open(log, "w") as fh:
+        first = subprocess.Popen([sys.executable, "-m", "data_tools.preprocess_data", *argv],
+                                 cwd=Path(__file__).resolve().parents[2], stdout=fh, stderr=subprocess.STDOUT,
+                                 env={**os.environ, **parking.env("preprocess_checkpoint:0")})
     try:
-        deadline = time.time() + 120
-        while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
-            assert first.poll() is None and time.time() < deadline, "the first run never took its lock"
-            time.sleep(0.005)
-        os.kill(first.pid, signal.SIGSTOP)  # hold it mid-write while the second run tries
+        parking.wait(1, lambda: first.poll() is None, log.read_text)
+        assert lock.is_file() and lock.read_text().strip() == str(first.pid), "the first run never took its lock"
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("error: ") == 1 and "Traceback" not in err
         assert f"another run (pid {first.pid}) is writing this output now" in err
     finally:
-        os.kill(first.pid, signal.SIGCONT)
-    assert first.wait(300) == 0, first.stderr.read().decode()[-2000:]
+        parking.release()
+    assert first.wait(300) == 0, log.read_text()[-2000:]
     assert len(IndexedDataset(f"{out}_text_document")) == 60000
     assert not lock.exists()

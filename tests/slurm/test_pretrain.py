@@ -34,7 +34,7 @@ def test_preprocess_job_tokenized_both_shards(pubmed_prefix) -> None:
 
 
 @pytest.fixture(scope="module")
-def preempted_run(slurm_cluster, pubmed_prefix) -> dict:
+def preempted_run(slurm_cluster, pubmed_prefix, park) -> dict:
     """One `sbatch slurm/pretrain_500M.sh` on both nodes, signalled mid-run like a time limit would.
 
     (One job serves both tests below: each trainer start costs ~20 s of the suite's budget.)
@@ -43,15 +43,24 @@ def preempted_run(slurm_cluster, pubmed_prefix) -> dict:
     # The data comes as a blend YAML laid over the config, the way data_tools.build_corpora writes it.
     blend = slurm_cluster.root / "data" / "blend.yaml"
     blend.write_text(f"data:\n  train: [[1.0, {pubmed_prefix['prefix']}]]\n")
+    # Both ranks park after step 3 until signalled, whatever the machine's speed (the requeued run
+    # resumes after step 3 and does not stop there again).
+    parking = park(slurm_cluster.root / "park")
     env = {"CONFIG": "configs/tiny.yaml", "BLEND": str(blend), "STEPS": str(STEPS),
-           "RUNS_DIR": str(runs), "RUN_NAME": "pretrain"}
+           "RUNS_DIR": str(runs), "RUN_NAME": "pretrain", **parking.env("train_step:3")}
     # Submitted from outside the checkout with no IPT_ROOT: the script finds the repo itself.
     jid = slurm_cluster.sbatch(SCRIPT, slurm_cluster.two_nodes, slurm_cluster.tiny_train, env=env)
     job_dir = runs / "pretrain" / "jobs" / str(jid)
-    slurm_cluster.wait_for(lambda: len(train_steps(job_dir / "metrics.jsonl")) >= 3, "3 training steps",
-                           timeout=180, job_id=jid)
-    # What Slurm does at `--signal=B:USR1@120`: signal the batch shell, which forwards to the step.
-    slurm_cluster.run(["scancel", "--batch", "--signal=USR1", str(jid)])
+    try:
+        slurm_cluster.wait_for(lambda: len(parking.parked()) == 2, "both ranks parked after step 3",
+                               timeout=180, job_id=jid)
+        assert len(train_steps(job_dir / "metrics.jsonl")) == 3
+        # What Slurm does at `--signal=B:USR1@120`: signal the batch shell, which forwards to the step.
+        slurm_cluster.run(["scancel", "--batch", "--signal=USR1", str(jid)])
+        slurm_cluster.wait_for(lambda: slurm_cluster.job_log("pretrain_500M", jid).count("received SIGUSR1") >= 2,
+                               "both ranks to take the USR1", timeout=120, job_id=jid)
+    finally:
+        parking.release()
     info = slurm_cluster.wait(jid, timeout=240, restarts=1)
     return {"job": jid, "info": info, "log": slurm_cluster.job_log("pretrain_500M", jid),
             "job_dir": job_dir, "ckpt_dir": runs / "pretrain" / "checkpoints"}
@@ -98,6 +107,7 @@ def test_preemption_checkpoints_requeues_and_resumes(preempted_run) -> None:
     assert saved, log
     k = int(saved.group(1))
     assert 3 <= k < STEPS
+    assert k == 3  # the step boundary after the signal (the ranks were parked after step 3)
     assert "step exited with status 75" in log
     assert f"requeueing job {jid} (restart 1)" in log
     assert "restart=1" in log  # the second run of the same script

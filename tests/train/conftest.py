@@ -111,6 +111,10 @@ class Ranks:
     def output(self, rank: int = 0) -> str:
         return self.logs[rank].read_text()
 
+    def running(self) -> bool:
+        """Every rank still running."""
+        return all(p.poll() is None for p in self.procs)
+
 
 @pytest.fixture
 def train_job(tmp_path):
@@ -146,8 +150,20 @@ def metrics():
 
 @pytest.fixture
 def start_job(tmp_path):
-    """``start_job(world, [args...]) -> Ranks`` (not waited: for signal tests)."""
-    return lambda world, args: Ranks(world, args, tmp_path / "signalled")
+    """``start_job(world, [args...], env=None) -> Ranks`` (not waited: for signal tests); ``env`` is added
+    to every rank's environment (e.g. a park point). Ranks still running when the test ends are killed."""
+    jobs: list[Ranks] = []
+
+    def start(world: int, args: list[str], env: dict[str, str] | None = None) -> Ranks:
+        jobs.append(Ranks(world, args, tmp_path / "signalled", extra_env=env))
+        return jobs[-1]
+
+    yield start
+    for job in jobs:
+        for p in job.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 @pytest.fixture

@@ -1,13 +1,13 @@
-"""Fault injection for the last two long stages: a 2-rank ZeRO-3 job SIGKILLed at seeded random
-points resumes to the same loss at every step; an export SIGKILLed at random commit points leaves the
-old model or the new one, never neither, and its rerun writes the same bytes."""
+"""Fault injection for the last two long stages: a 2-rank ZeRO-3 job SIGKILLed at seeded random park
+points (step boundaries, inside checkpoint saves) resumes to the same loss at every step; an export
+SIGKILLed at random commit points leaves the old model or the new one, never neither, and its rerun
+writes the same bytes."""
 
 from __future__ import annotations
 
 import json
 import random
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -28,41 +28,45 @@ def _steps_logged(run: Path) -> list[int]:
     path = run / "metrics.jsonl"
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # the line being written when the job was killed
-            continue
+    # Strict: the kills land at park points, after a metrics line is whole, so no line is torn.
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
     return [r["step"] for r in rows if r.get("kind") == "train"]
 
 
+# Park points (megatron_ipt.park) a run passes, by kind: each step boundary, and inside each checkpoint
+# save: shards without RNG files, every file but the commit, committed but older ones not pruned.
+KILL_POINTS = {"train_step": range(1, STEPS + 1), "save_shards": range(2, STEPS + 1, 2),
+               "save_commit": range(2, STEPS + 1, 2),
+               "save_committed": range(2, STEPS, 2)}  # after the last commit nothing would be left to redo
+
+
 def test_zero3_job_killed_at_random_steps_resumes_to_identical_losses(
-        tmp_path, pubmed_prefixes, train_job, start_job, metrics, fault_injector, same_tree):
+        tmp_path, pubmed_prefixes, train_job, start_job, metrics, fault_injector, same_tree, park):
+    from megatron_ipt.train.checkpoint import list_checkpoints
+
     ref, run = tmp_path / "ref", tmp_path / "killed"
     train_job(2, _args(ref, pubmed_prefixes))
     reference = metrics(ref)
     assert sorted(reference) == list(range(1, STEPS + 1))
 
     faults = fault_injector("train (2 ranks, ZeRO-3)")
+    parking = park(tmp_path / "park")
     pick = random.Random(5)
-    for _ in range(2):
-        # Kill every rank once the job has logged a seeded random step, a random moment later
-        # (inside the next step, or inside a checkpoint save).
-        target = pick.randint(1, STEPS - 1)
-        job = start_job(2, _args(run, pubmed_prefixes))
-        deadline = time.monotonic() + 300
-        while (max(_steps_logged(run), default=0) < target and all(p.poll() is None for p in job.procs)
-               and time.monotonic() < deadline):
-            time.sleep(0.05)
-        time.sleep(pick.uniform(0.0, 1.5))
-        alive = [p for p in job.procs if p.poll() is None]
-        assert alive, f"the job ended before the kill at step {target}:\n{job.output(0)[-3000:]}"
+    # One kill at each kind of point, at a seeded random step that the run passes (it resumes from the
+    # newest committed checkpoint): a commit first, then the other kinds in a seeded order.
+    kinds = ["save_committed", *pick.sample(["train_step", "save_shards", "save_commit"], 3)]
+    for where in kinds:
+        resumed = max((step for step, _ in list_checkpoints(run / "ckpt")), default=0)
+        step = pick.choice([s for s in KILL_POINTS[where] if s > resumed])
+        # Every rank parks there, then is killed; at a rank-0 point rank 1 waits in the save's last barrier.
+        job = start_job(2, _args(run, pubmed_prefixes), env=parking.env(f"{where}:{step}"))
+        parking.wait(1 if where == "save_committed" else 2, job.running, job.output)
         for p in job.procs:
             p.kill()
         for p in job.procs:
             p.wait()
         faults.killed()
+        print(f"killed at {where}:{step} (resumed from step {resumed})")
     _, out = train_job(2, _args(run, pubmed_prefixes))
     faults.done()
     # Each step appears once (metrics cut back to the resumed step) with the reference's loss, bit for bit.

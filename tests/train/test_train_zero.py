@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -23,20 +22,21 @@ def _args(run: Path, train: str, *extra: str) -> list[str]:
 SMALL = ["--data.seq_len=128", "--micro_batch_size=2", "--global_batch_size=4"]
 
 
-def test_zero1_sigterm_saves_and_exits_75(tmp_path, pubmed_prefixes, start_job, metrics):
+def test_zero1_sigterm_saves_and_exits_75(tmp_path, pubmed_prefixes, start_job, metrics, park, wait_for):
     run = tmp_path / "z1"
+    parking = park(tmp_path / "park")  # both ranks held after step 10, whatever the machine's speed
     job = start_job(2, _args(run, pubmed_prefixes["train"], "--ds_config=ds_configs/zero1.json", "--steps=400",
                              "--checkpoint.interval=4", "--checkpoint.keep_last=2",
-                             "--logging.tensorboard=false"))
-    deadline = time.time() + 180
-    while len(metrics(run)) < 10:
-        assert time.time() < deadline, job.output(0)[-3000:]
-        assert all(p.poll() is None for p in job.procs), job.output(0)[-3000:]
-        time.sleep(0.5)
+                             "--logging.tensorboard=false"), env=parking.env("train_step:10"))
+    parking.wait(2, job.running, job.output)
+    assert len(metrics(run)) == 10
     job.procs[1].send_signal(signal.SIGTERM)  # one rank signalled: both must agree, save and exit 75
+    wait_for(lambda: "received SIGTERM" in job.output(1), job.running, "rank 1 to take the SIGTERM", job.output)
+    parking.release()
     assert job.wait(120) == [75, 75], job.output(0)[-3000:]
     rows = metrics(run)
     last = max(rows)
+    assert last == 10  # the step boundary after the signal
     assert rows[last]["loss"] < rows[1]["loss"] - 0.5, "loss did not fall under ZeRO-1"
     from megatron_ipt.train.checkpoint import latest_checkpoint, read_meta
     from megatron_ipt.train.export import export_checkpoint
@@ -81,7 +81,7 @@ def test_zero2_blend_logging_and_schedule(tmp_path, pubmed_prefixes, train_job, 
     assert not (run / "ckpt").exists()
 
 
-def test_torchrun_launcher_exits_75_after_sigterm(tmp_path, pubmed_prefixes) -> None:
+def test_torchrun_launcher_exits_75_after_sigterm(tmp_path, pubmed_prefixes, park, wait_for) -> None:
     """A real 2-rank run under `python -m megatron_ipt.cluster.launch run` (torchrun's agent) gets SIGTERM: the
     ranks checkpoint and exit 75, and so does the launcher (plain torchrun would exit 1)."""
     import json
@@ -89,7 +89,6 @@ def test_torchrun_launcher_exits_75_after_sigterm(tmp_path, pubmed_prefixes) -> 
     import signal
     import subprocess
     import sys
-    import time
 
     from megatron_ipt.train.checkpoint import latest_checkpoint, read_meta
 
@@ -102,26 +101,33 @@ def test_torchrun_launcher_exits_75_after_sigterm(tmp_path, pubmed_prefixes) -> 
            "--steps=500", "--checkpoint.interval=0", "--data.seq_len=64", "--micro_batch_size=2",
            "--global_batch_size=4", "--ds_config=ds_configs/zero1.json"]
     log = open(tmp_path / "launcher.log", "w")
-    proc = subprocess.Popen(cmd, cwd=root, env={**env, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT)
+    parking = park(tmp_path / "park")  # both ranks held after step 2, whatever the machine's speed
+    proc = subprocess.Popen(cmd, cwd=root, env={**env, "OMP_NUM_THREADS": "1", **parking.env("train_step:2")},
+                            stdout=log, stderr=subprocess.STDOUT)
     metrics = run / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
-        assert proc.poll() is None, (tmp_path / "launcher.log").read_text()[-4000:]
-        assert time.time() < deadline, "training never started"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)  # what a scheduler sends the job step's launcher
+    launcher_log = (tmp_path / "launcher.log").read_text
     try:
+        parking.wait(2, lambda: proc.poll() is None, launcher_log)
+        assert metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, "training never started"
+        proc.send_signal(signal.SIGTERM)  # what a scheduler sends the job step's launcher
+        # The agent forwards it to both ranks; they go on once both have taken it.
+        wait_for(lambda: all(f"[rank{r}] WARNING megatron_ipt.train.preemption: received SIGTERM" in launcher_log()
+                             for r in (0, 1)), lambda: proc.poll() is None, "both ranks to take the SIGTERM",
+                 launcher_log)
+        parking.release()
         code = proc.wait(timeout=180)
     finally:
+        parking.release()
         if proc.poll() is None:
             proc.kill()
-    out = (tmp_path / "launcher.log").read_text()
+    out = launcher_log()
     assert code == 75, out[-4000:]
     assert "exiting 75 (requeue)" in out
     tag = latest_checkpoint(run / "ckpt")
     assert tag is not None, out[-4000:]
     logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert read_meta(tag).step == max(logged) < 500
+    assert max(logged) == 2  # the step boundary after the signal
 
 def test_zero0_one_rank_bf16_autocast_trains(tmp_path, pubmed_prefixes, train_job, metrics):
     """The demo's CPU set-up: one process, ZeRO-0, fp32 weights with bf16 autocast matmuls."""
