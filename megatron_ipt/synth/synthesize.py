@@ -840,7 +840,7 @@ def plan_text(plan: dict, max_rows: int = 20) -> str:
 def shard_provenance(cfg: SynthesizeConfig, engine: Engine) -> dict:
     """What made a shard: the synthesizer's model fingerprint, its tokenizer's, and the settings."""
     settings = {k: v for k, v in config_dict(cfg).items() if k not in ("input", "output_dir", "progress",
-                                                                       "task_index", "num_tasks")}
+                                                                       "task_index", "num_tasks", "start_over")}
     return {"synthesizer": model_fingerprint(cfg.engine.model), "tokenizer": engine.tokenizer.fingerprint(),
             "config": settings}
 
