@@ -104,11 +104,11 @@ def _converted_ids(inputs: list[str]) -> set[str]:
     return ids
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+def _dotted(d: dict, prefix: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out |= _flat(v, f"{prefix}{k}.")
+            out |= _dotted(v, f"{prefix}{k}.")
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -116,7 +116,7 @@ def _flat(d: dict, prefix: str = "") -> dict[str, object]:
 
 def provenance_differences(synthesizers: list[dict]) -> list[dict[str, object]]:
     """Per synthesizer entry, the provenance keys (dotted) whose values differ between the entries."""
-    flats = [_flat({k: v for k, v in s.items() if k != "shards"}) for s in synthesizers]
+    flats = [_dotted({k: v for k, v in s.items() if k != "shards"}) for s in synthesizers]
     keys = sorted(set().union(*flats)) if flats else []
     differing = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
     return [{k: f.get(k) for k in differing} for f in flats]
