@@ -319,6 +319,22 @@ def _corpora_crafted_plan(env: Env) -> list[str]:
     return _synthesized_from(env, "planned")
 
 
+def _two_settings(env: Env) -> list[str]:
+    """A synthesis folder of two units made with other rounds (one synthesizer)."""
+    import hashlib
+
+    units = []
+    for k, rounds in enumerate((2, 3)):
+        data = (json.dumps({**SYNTH_OK, "id": f"t{k}"}) + "\n").encode()
+        env.file(f"units/u{k}.jsonl", data)
+        prov = {"synthesizer": {"path": "synth/hf", "hash": "ab12", "weights": []}, "config": {"rounds": rounds}}
+        env.file(f"units/u{k}.stats.json", json.dumps({"texts": 1, "pairs": 1, "provenance": prov, "output": {
+            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}))
+        units.append({"file": "corpus.jsonl", "start": k, "stop": k + 1, "name": f"u{k}"})
+    env.file("units/units.plan", json.dumps({"spec": {}, "files": [], "units": units}))
+    return _synthesized_from(env, "units")
+
+
 def _planned_with_stray(env: Env) -> list[str]:
     """A synthesis folder with one finished unit (and its completion record) and a unit file its plan does not list."""
     import hashlib
@@ -597,6 +613,9 @@ CASES: list[Case] = [
          lambda e: _corpora(e, [{**SYNTH_OK, "pairs": [{**SYNTH_OK["pairs"][0], "score": 0.5}]}]),
          check=lambda e, out: _report(e)["components"]["instruct"]["counts"]["dropped_pair_key:score"] == 1
          or pytest.fail(str(_report(e)["components"]["instruct"]))),
+    Case("corpora: shards of two settings, named", "build_corpora", _two_settings,
+         check=lambda e, out: [s["differs"] for s in _report(e)["synthesis"]["synthesizers"]]
+         == [{"config.rounds": 2}, {"config.rounds": 3}] or pytest.fail(str(_report(e)["synthesis"]))),
     Case("corpora: eval_sets an empty folder", "build_corpora",
          lambda e: [*_corpora(e, [SYNTH_OK]), _eval_dir(e, {})], r"contamination\.eval_sets: .*evals holds no"),
     Case("corpora: eval_sets with no readable set", "build_corpora",
