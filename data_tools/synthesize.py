@@ -9,13 +9,16 @@ Inputs are JSONL / JSONL.gz / parquet files of ``{id, text}`` records (folders a
 They are cut into work units of ``--unit_texts`` lines (rows), whatever the file sizes; each unit
 becomes ``OUTPUT_DIR/<name>.jsonl`` (``<stem>`` for a file that is one unit, else ``<stem>.<k>``)
 with records ``{id, text, pairs, round, linked, slot}`` and ``OUTPUT_DIR/<name>.stats.json``;
-``OUTPUT_DIR/units.plan`` lists the units in merge order. Rerunning skips finished units and
-resumes a killed one from its last checkpointed batch. In a Slurm array, task i of n takes units
-i, i+n, ...: ``--task_index`` / ``--num_tasks`` default to the array task (counted from the
-array's minimum task id) and the array's task count; any array size gives the same outputs.
+``OUTPUT_DIR/units.plan`` lists the units in merge order. Rerunning skips finished units (a torn
+output is redone) and resumes a killed one from its last checkpointed batch; finished units over
+inputs edited since, or made with other settings, are refused (``--start_over`` redoes them). In a
+Slurm array, task i of n takes units i, i+n, ...: ``--task_index`` / ``--num_tasks`` default to the
+array task (counted from the array's minimum task id) and the array's task count; any array size
+gives the same outputs.
 
 ``--dry-run`` plans instead: texts and tokens per unit, the GPU-hours at ``--plan_tokens_per_s``
-(or measured on a sample), the array size and the ``sbatch`` line to submit.
+(or measured on a sample), the array size and the ``sbatch`` line to submit (every setting that
+is not the default on it, ``--time`` from ``--plan_hours_per_task``).
 
 Lists take one or more values (``--input a.jsonl b/``) or YAML (``--stop='["<CON>"]'``).
 """

@@ -100,6 +100,13 @@ def normalize(s: str) -> str:
     return _SPACE.sub(" ", s).strip()
 
 
+def escape_markers(text: str) -> str:
+    """Break every format marker (``<QUE>`` -> ``< QUE>``) so neither prompt nor parser sees it in user text."""
+    for m in MARKERS:
+        text = text.replace(m, "< " + m[1:])
+    return text
+
+
 def instruction_key(instruction: str) -> str:
     """The identity of an instruction, the one rule everywhere: its :func:`normalize` form (upper then
     casefold, so "ß"/"SS" and "ı"/"I" match; punctuation and spacing ignored)."""

@@ -78,6 +78,7 @@ class Case:
     subprocess: bool = False
     needs_mount: bool = False
     after: Callable[[Env], None] | None = None  # assertions after the run, failed or not (what stayed in place)
+    env: dict[str, str] | None = None  # environment variables set for the run
 
 
 TEXTS = [{"text": f"Patients in cohort {i} received metformin for twelve weeks."} for i in range(5)]
@@ -248,6 +249,104 @@ def _synth_counted(env: Env, stdout: str) -> None:
     stats = json.loads((env.tmp / "synth_out" / "r.stats.json").read_text())
     assert stats["texts"] == 1, stats
     assert stats["input"]["bad_records"] == 1, stats
+
+
+def _synth_done(env: Env, records: list, *extra: str) -> list[str]:
+    """The argv of a synthesis that has already run once to the end (its units finished)."""
+    from data_tools import synthesize
+
+    argv = _synth(env, records, *extra)
+    assert synthesize.main(argv) == 0
+    return argv
+
+
+def _synth_edited(env: Env) -> list[str]:
+    argv = _synth_done(env, TEXTS)
+    raw = env.tmp / "raw" / "r.jsonl"
+    raw.write_text(raw.read_text().replace("cohort 3", "cohort three"))
+    return argv
+
+
+def _synth_torn(env: Env) -> list[str]:
+    argv = _synth_done(env, TEXTS)
+    _cut(env.tmp / "synth_out" / "r.jsonl")
+    return argv
+
+
+def _synth_whole(env: Env, stdout: str) -> None:
+    out, stats = env.tmp / "synth_out" / "r.jsonl", json.loads((env.tmp / "synth_out" / "r.stats.json").read_text())
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [f"r:{i}" for i in range(1, 6)]
+    assert out.stat().st_size == stats["output"]["bytes"]
+
+
+def _synth_plan(env: Env, name: str) -> list[str]:
+    """A synthesis whose units.plan (same inputs, same settings) names a unit ``name``."""
+    from megatron_ipt.data.readers import expand_inputs
+    from megatron_ipt.synth.synthesize import _file_signature
+
+    argv = _synth(env, TEXTS)
+    inp = env.tmp / "raw" / "r.jsonl"
+    plan = {"spec": {"unit_texts": 10000, "limit": 0}, "files": [_file_signature(f) for f in expand_inputs([inp])],
+            "units": [{"file": str(inp), "start": 0, "stop": 5, "name": name}]}
+    env.file("synth_out/units.plan", json.dumps(plan))
+    return argv
+
+
+def _synth_markers(env: Env, stdout: str) -> None:
+    stats = json.loads((env.tmp / "synth_out" / "r.stats.json").read_text())
+    assert stats["input"]["markers_escaped"] == 1, stats
+    assert "<QUE>" not in (env.tmp / "synth_out" / "r.jsonl").read_text()
+
+
+def _report(env: Env) -> dict:
+    return json.loads((env.tmp / "corpora/mixture_report.json").read_text())
+
+
+def _eval_dir(env: Env, files: dict[str, str]) -> str:
+    (env.tmp / "evals").mkdir()
+    for name, text in files.items():
+        env.file(f"evals/{name}", text)
+    return f"--contamination.eval_sets={env.tmp / 'evals'}"
+
+
+def _synthesized_from(env: Env, folder: str) -> list[str]:
+    return [f"--synthesized={env.tmp / folder}" if a.startswith("--synthesized=") else a
+            for a in _corpora(env, [SYNTH_OK])]
+
+
+def _corpora_crafted_plan(env: Env) -> list[str]:
+    env.file("planned/units.plan", json.dumps({"units": [{"file": "c.jsonl", "start": 0, "stop": 1, "name": "../s"}]}))
+    return _synthesized_from(env, "planned")
+
+
+def _two_settings(env: Env) -> list[str]:
+    """A synthesis folder of two units made with other rounds (one synthesizer)."""
+    import hashlib
+
+    units = []
+    for k, rounds in enumerate((2, 3)):
+        data = (json.dumps({**SYNTH_OK, "id": f"t{k}"}) + "\n").encode()
+        env.file(f"units/u{k}.jsonl", data)
+        prov = {"synthesizer": {"path": "synth/hf", "hash": "ab12", "weights": []}, "config": {"rounds": rounds}}
+        env.file(f"units/u{k}.stats.json", json.dumps({"texts": 1, "pairs": 1, "provenance": prov, "output": {
+            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}))
+        units.append({"file": "corpus.jsonl", "start": k, "stop": k + 1, "name": f"u{k}"})
+    env.file("units/units.plan", json.dumps({"spec": {}, "files": [], "units": units}))
+    return _synthesized_from(env, "units")
+
+
+def _planned_with_stray(env: Env) -> list[str]:
+    """A synthesis folder with one finished unit (and its completion record) and a unit file its plan does not list."""
+    import hashlib
+
+    data = (json.dumps(SYNTH_OK) + "\n").encode()
+    env.file("units/u.jsonl", data)
+    env.file("units/u.stats.json", json.dumps({"texts": 1, "pairs": 1, "output": {
+        "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}))
+    env.file("units/units.plan", json.dumps({"spec": {}, "files": [], "units": [
+        {"file": "corpus.jsonl", "start": 0, "stop": 1, "name": "u"}]}))
+    env.jsonl("units/copied.jsonl", [{**SYNTH_OK, "id": "other"}])
+    return _synthesized_from(env, "units")
 
 
 def _tmpfs(env: Env, size: str, readonly: bool) -> Path:
@@ -490,6 +589,56 @@ CASES: list[Case] = [
     Case("synthesize: model without tokenizer", "synthesize",
          lambda e: [*_synth(e, TEXTS), f"--engine.model={e.tiny_model}"], r"engine\.model: cannot load .*tiny_model"),
     Case("synthesize: batch_texts 0", "synthesize", lambda e: _synth(e, TEXTS, "--batch_texts=0"), r"batch_texts"),
+    Case("synthesize: units.plan naming a unit outside the output dir", "synthesize",
+         lambda e: _synth_plan(e, "../escaped"), r"units\.plan: field 'units\[0\]\.name': '\.\./escaped' is not"),
+    Case("synthesize: torn unit output, redone", "synthesize", _synth_torn, check=_synth_whole),
+    Case("synthesize: input edited after its units finished", "synthesize", _synth_edited,
+         r"1 finished units whose input changed since \(.*raw/r\.jsonl"),
+    Case("synthesize: other settings into a finished output dir", "synthesize",
+         lambda e: [*_synth_done(e, TEXTS), "--rounds=2", "--temperature=0.7"],
+         r"other settings \(rounds 1 -> 2; temperature 0\.0 -> 0\.7, in r\)"),
+    Case("synthesize: negative --num_tasks", "synthesize", lambda e: _synth(e, TEXTS, "--num_tasks=-5"),
+         r"num_tasks must be 1 or more"),
+    Case("synthesize: negative --task_index", "synthesize", lambda e: _synth(e, TEXTS, "--task_index=-1"),
+         r"task_index must be 0 or more"),
+    Case("synthesize: corrupt parquet input", "synthesize",
+         lambda e: [*_synth(e, TEXTS), f"--inputs={e.file('raw/c.parquet', b'PAR1 not a parquet file PAR1')}"],
+         r"c\.parquet: unreadable parquet"),
+    Case("synthesize: Slurm array not a range", "synthesize", lambda e: _synth(e, TEXTS),
+         r"Slurm array task 7 .*submit a range",
+         env={"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "2"}),
+    Case("synthesize: format markers in a text, escaped and counted", "synthesize",
+         lambda e: _synth(e, [{"text": "Paris. </CON>\n\n<QUE> Capital of Germany? <ANS> Berlin </END>"}]),
+         check=_synth_markers),
+    Case("corpora: units.plan naming a unit outside the folder", "build_corpora",
+         _corpora_crafted_plan, r"units\.plan: field 'units\[0\]\.name': '\.\./s' is not"),
+    Case("corpora: unit file not in units.plan, counted", "build_corpora", _planned_with_stray,
+         check=lambda e, out: _report(e)["synthesis"]["units_unlisted"] == 1 or pytest.fail(str(_report(e)))),
+    Case("corpora: shard without stats.json, counted", "build_corpora", lambda e: _corpora(e, [SYNTH_OK]),
+         check=lambda e, out: (_report(e)["synthesis"]["shards_without_stats"], _report(e)["synthesis"]["texts"])
+         == (1, 1) or pytest.fail(str(_report(e)["synthesis"]))),
+    Case("corpora: repeated slot and round", "build_corpora",
+         lambda e: _corpora(e, [SYNTH_OK, {**SYNTH_OK, "id": "b"}]),
+         r"s\.jsonl:2: field 'slot': repeats slot 0, round 0 of line 1"),
+    Case("corpora: extra pair keys, counted", "build_corpora",
+         lambda e: _corpora(e, [{**SYNTH_OK, "pairs": [{**SYNTH_OK["pairs"][0], "score": 0.5}]}]),
+         check=lambda e, out: _report(e)["components"]["instruct"]["counts"]["dropped_pair_key:score"] == 1
+         or pytest.fail(str(_report(e)["components"]["instruct"]))),
+    Case("corpora: shards of two settings, named", "build_corpora", _two_settings,
+         check=lambda e, out: [s["differs"] for s in _report(e)["synthesis"]["synthesizers"]]
+         == [{"config.rounds": 2}, {"config.rounds": 3}] or pytest.fail(str(_report(e)["synthesis"]))),
+    Case("corpora: eval_sets an empty folder", "build_corpora",
+         lambda e: [*_corpora(e, [SYNTH_OK]), _eval_dir(e, {})], r"contamination\.eval_sets: .*evals holds no"),
+    Case("corpora: eval_sets with no readable set", "build_corpora",
+         lambda e: [*_corpora(e, [SYNTH_OK]), _eval_dir(e, {"items.csv": "q\nx\n", "README.md": "# evals\n"})],
+         r"evals holds no evaluation set"),
+    Case("corpora: contamination fields no item has", "build_corpora",
+         lambda e: [*_corpora(e, [SYNTH_OK]), _eval_dir(e, {"a.jsonl": '{"question": "x"}\n'}),
+                    "--contamination.fields=[query]"], r"a\.jsonl: no item has any of the fields \['query'\]"),
+    Case("corpora: empty evaluation file, warned", "build_corpora",
+         lambda e: [*_corpora(e, [SYNTH_OK]), _eval_dir(e, {"a.jsonl": ""})],
+         check=lambda e, out: _report(e)["contamination"]["sets"]["a"]["items"] == 0
+         or pytest.fail(str(_report(e).get("contamination")))),
     # -- evaluate ---------------------------------------------------------------------------------------
     Case("evaluate: invalid UTF-8", "evaluate",
          lambda e: ["--model", str(e.tiny_model), "--texts", e.file("h.jsonl", b'{"text": "caf\xe9"}\n')],
@@ -691,8 +840,10 @@ def test_the_table_is_large_and_names_are_distinct() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input(case: Case, tmp_path: Path, shared: dict) -> None:
+def test_bad_input(case: Case, tmp_path: Path, shared: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     env = Env(tmp_path, **shared)
+    for name, value in (case.env or {}).items():
+        monkeypatch.setenv(name, value)
     mnt = tmp_path / "mnt"
     try:
         try:

@@ -34,8 +34,9 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_pairs(value: object, where: str, field: str = "pairs") -> list[Pair]:
-    """``[{instruction, response}, ...]`` as pairs, or a :class:`DataError` naming the bad entry."""
+def check_pairs(value: object, where: str, field: str = "pairs", stats: Counter | None = None) -> list[Pair]:
+    """``[{instruction, response}, ...]`` as pairs, or a :class:`DataError` naming the bad entry; a
+    pair's other keys are not part of it, and are counted in ``stats`` as ``dropped_pair_key:<key>``."""
     if not isinstance(value, list):
         raise DataError(f"must be a list of {{instruction, response}} objects, got a {type(value).__name__}",
                         where=where, field=field)
@@ -48,13 +49,17 @@ def check_pairs(value: object, where: str, field: str = "pairs") -> list[Pair]:
             if not isinstance(p.get(key), str) or lone_surrogate(p[key]) is not None:
                 raise DataError(f"{key!r} missing, not a string or not valid Unicode", where=where,
                                 field=f"{field}[{i}]")
+        if stats is not None:
+            for key in p.keys() - {"instruction", "response"}:
+                stats[f"dropped_pair_key:{key}"] += 1
         pairs.append(Pair.from_dict(p))
     return pairs
 
 
-def check_synthesized(rec: dict, where: str) -> dict:
+def check_synthesized(rec: dict, where: str, stats: Counter | None = None) -> dict:
     """A synthesized record with the types ``data_tools.synthesize`` writes, else a :class:`DataError`
-    (a ``text: null`` would render as "None", a ``linked: "no"`` would link)."""
+    (a ``text: null`` would render as "None", a ``linked: "no"`` would link); extra pair keys are
+    counted in ``stats``."""
     missing = [k for k in ("id", "text", "pairs", "round", "linked") if k not in rec]
     if missing:
         raise DataError("a synthesized record needs it", where=where, field=missing[0])
@@ -69,7 +74,7 @@ def check_synthesized(rec: dict, where: str) -> dict:
         raise DataError(f"must be an integer, got {rec['slot']!r}", where=where, field="slot")
     if not isinstance(rec["linked"], bool):
         raise DataError(f"must be true or false, got {rec['linked']!r}", where=where, field="linked")
-    check_pairs(rec["pairs"], where)
+    check_pairs(rec["pairs"], where, stats=stats)
     return rec
 
 
@@ -113,13 +118,20 @@ def filter_pairs(records: list[dict], pair_filters: Sequence[PairFilter]) -> lis
 
 def synthesis_files(inputs: Iterable[str | Path], stats: Counter | None = None) -> list[Path]:
     """The synthesis output files to read, finished work units in plan order (a deterministic merge);
-    units not finished yet are warned about and counted as ``units_unfinished``."""
-    files, unfinished = synthesis_outputs([str(p) for p in inputs])
-    if unfinished:
-        log.warning("%d planned synthesis units are not finished: their texts are left out", unfinished)
-        if stats is not None:
-            stats["units_unfinished"] += unfinished
-    return [f for f in files if not f.name.endswith(".stats.json")]
+    units not finished yet (or torn) and unit files that a folder's ``units.plan`` does not list are
+    left out, warned about and counted as ``units_unfinished`` and ``units_unlisted``."""
+    found = synthesis_outputs([str(p) for p in inputs])
+    if found.unfinished:
+        log.warning("%d planned synthesis units are not finished, their texts left out: %s%s", len(found.unfinished),
+                    ", ".join(found.unfinished[:3]), " ..." if len(found.unfinished) > 3 else "")
+    if found.unlisted:
+        log.warning("%d unit files are not in their folder's units.plan (from another run?), left out: %s%s",
+                    len(found.unlisted), ", ".join(str(p) for p in found.unlisted[:3]),
+                    " ..." if len(found.unlisted) > 3 else "")
+    if stats is not None:
+        stats["units_unfinished"] += len(found.unfinished)
+        stats["units_unlisted"] += len(found.unlisted)
+    return [f for f in found.files if not f.name.endswith(".stats.json")]
 
 
 def synthesized_documents(inputs: Iterable[str | Path], seed: int, stats: Counter,
@@ -131,8 +143,14 @@ def synthesized_documents(inputs: Iterable[str | Path], seed: int, stats: Counte
     """
     for path in synthesis_files(inputs, stats):
         records = []
+        seen: dict[tuple[int, int], str] = {}  # (slot, round) -> its line: two would chain arbitrarily
         for rec, where in iter_records(path):
-            check_synthesized(rec, where)
+            check_synthesized(rec, where, stats)
+            key = (int(rec.get("slot", 0)), int(rec["round"]))
+            if key in seen:
+                raise DataError(f"repeats slot {key[0]}, round {key[1]} of line {_line(seen[key])} (a unit holds "
+                                "one entry per slot and round)", where=where, field="slot")
+            seen[key] = where
             records.append(rec)
         if pair_filters:
             records = filter_pairs(records, pair_filters)

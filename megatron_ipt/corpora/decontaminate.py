@@ -233,10 +233,11 @@ def _item_text(obj: Any, fields: Sequence[str]) -> str:
     return " ".join(strings(obj))
 
 
-def _data_items(path: Path, fields: Sequence[str]) -> Iterator[str]:
-    """Evaluation items of one JSONL/parquet file (or saved dataset), through the reader layer."""
+def _data_items(path: Path, fields: Sequence[str]) -> Iterator[tuple[str, bool]]:
+    """Evaluation items of one JSONL/parquet file (or saved dataset), through the reader layer, each
+    with whether it has any of ``fields`` (always true when no fields are named)."""
     for rec, _where in iter_records([path]):
-        yield _item_text(rec, fields)
+        yield _item_text(rec, fields), not fields or any(f in rec for f in fields)
 
 
 def _task_files(task: Path) -> tuple[str, list[Path]]:
@@ -277,6 +278,7 @@ def eval_sources(specs: Iterable[str | Path]) -> list[tuple[str, str, list[Path]
             raise DataError(f"{path}: no such evaluation set (file or folder)")
         tasks = sorted(p for p in path.rglob("*") if p.suffix in TASK_SUFFIXES) if path.is_dir() else (
             [path] if path.suffix in TASK_SUFFIXES else [])
+        before = len(sets)
         claimed: set[Path] = set()
         for task in tasks:
             name, files = _task_files(task)
@@ -287,6 +289,9 @@ def eval_sources(specs: Iterable[str | Path]) -> list[tuple[str, str, list[Path]
             sets += [(input_stem(f), str(f), [f]) for f in data if f.resolve() not in claimed]
         elif not tasks:
             sets.append((input_stem(path), str(path), [path]))
+        if len(sets) == before:  # a gate that checks nothing must not pass for one that checks
+            raise DataError(f"contamination.eval_sets: {path} holds no evaluation set (JSON-lines or parquet files, "
+                            "or lm-eval task YAMLs with local data_files)")
     names = Counter(n for n, _, _ in sets)
     seen: Counter = Counter()
     out = []
@@ -315,7 +320,7 @@ class ContaminationGate:
 
     def _index(self, name: str, source: str, files: list[Path], batch_items: int) -> EvalSet:
         parts: list[np.ndarray] = []
-        items = short = 0
+        items = short = with_fields = 0
         batch: list[str] = []
 
         def flush() -> None:
@@ -328,21 +333,24 @@ class ContaminationGate:
         for f in files:
             if not f.exists():
                 raise DataError(f"{source}: data file {f} not found")
-            for text in _data_items(f, self.cfg.fields):
+            for text, has_field in _data_items(f, self.cfg.fields):
                 items += 1
+                with_fields += has_field
                 batch.append(text)
                 if len(batch) >= batch_items:
                     flush()
         if batch:
             flush()
+        if items == 0:
+            log.warning("evaluation set %s (%s) has no items: it removes nothing", name, source)
+        elif with_fields == 0:
+            raise DataError(f"{source}: no item has any of the fields {list(self.cfg.fields)} "
+                            "(contamination.fields): the set would remove nothing")
         ngrams = _sorted_unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
         found = EvalSet(name, source, ngrams, items, short)
         log.info("evaluation set %s: %d items, %d distinct %d-grams (%.1f MB), %d items shorter than %d words",
                  name, items, len(ngrams), self.cfg.ngram, found.nbytes / 1e6, short, self.cfg.ngram)
         return found
-
-    def __bool__(self) -> bool:
-        return bool(self.sets)
 
     def contaminated(self, texts: Sequence[str], kind: str) -> list[bool]:
         """Which texts share an n-gram with any evaluation set; counts them under ``kind`` per set."""

@@ -32,7 +32,7 @@ from megatron_ipt.corpora.chains import (
 from megatron_ipt.corpora.decontaminate import ContaminationConfig, ContaminationGate
 from megatron_ipt.corpora.quality import QualityConfig, QualityGate
 from megatron_ipt.data.blend import Blend
-from megatron_ipt.data.readers import DataError, iter_records
+from megatron_ipt.data.readers import DataError, input_stem, iter_records
 from megatron_ipt.io import OutputLocked, atomic_path, atomic_write_json, atomic_write_text, output_lock
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.synthesize import synthesis_outputs
@@ -104,41 +104,80 @@ def _converted_ids(inputs: list[str]) -> set[str]:
     return ids
 
 
+def _dotted(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= _dotted(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def provenance_differences(synthesizers: list[dict]) -> list[dict[str, object]]:
+    """Per synthesizer entry, the provenance keys (dotted) whose values differ between the entries."""
+    flats = [_dotted({k: v for k, v in s.items() if k != "shards"}) for s in synthesizers]
+    keys = sorted(set().union(*flats)) if flats else []
+    differing = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+    return [{k: f.get(k) for k in differing} for f in flats]
+
+
 def synthesis_totals(inputs: list[str]) -> dict:
     """Key figures summed over the ``*.stats.json`` that ``data_tools.synthesize`` wrote per shard, and
-    ``synthesizers``: each distinct provenance (model fingerprint, tokenizer, settings) with its shard count."""
+    ``synthesizers``: each distinct provenance (model fingerprint, tokenizer, settings) with its shard count
+    and what differs from the others. A shard without stats is counted from its own records (texts,
+    pairs), under ``shards_without_stats``, as an unknown synthesizer."""
     totals: Counter = Counter()
     synthesizers: dict[str, dict] = {}
     shards = 0
-    outputs, unfinished = synthesis_outputs(inputs)
-    for out_file in (o for o in outputs if not o.name.endswith(".stats.json")):
-        candidates = [out_file.with_name(out_file.name.replace(".jsonl", ".stats.json"))]
-        for stats_file in candidates:
-            if not stats_file.is_file():
-                continue
-            st = json.loads(stats_file.read_text())
-            shards += 1
-            for key in ("texts", "pairs", "texts_without_pairs", "degenerate_outputs", "texts_truncated",
-                        "prompt_tokens", "output_tokens", "linked"):
-                totals[key] += st.get(key, 0)
-            totals["malformed_pieces"] += st.get("parse", {}).get("malformed_pieces", 0)
-            totals["unfinished_outputs"] += st.get("parse", {}).get("unfinished_outputs", 0)
-            for key, value in st.get("input", {}).items():
-                totals[f"input_{key}"] += value
-            prov = st.get("provenance")
-            if isinstance(prov, dict):
-                key = json.dumps(prov, sort_keys=True)
-                synthesizers.setdefault(key, {**prov, "shards": 0})["shards"] += 1
-            else:
-                synthesizers.setdefault("", {"synthesizer": None, "shards": 0})["shards"] += 1
+    without_stats: list[str] = []
+    found = synthesis_outputs(inputs)
+    for out_file in (o for o in found.files if not o.name.endswith(".stats.json")):
+        shards += 1
+        stats_file = out_file.with_name(input_stem(out_file) + ".stats.json")
+        try:
+            st = json.loads(stats_file.read_text()) if stats_file.is_file() else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            st = None
+        if not isinstance(st, dict):
+            without_stats.append(out_file.name)
+            for rec, _where in iter_records(out_file):
+                totals["texts"] += 1
+                totals["pairs"] += len(rec["pairs"]) if isinstance(rec.get("pairs"), list) else 0
+            synthesizers.setdefault("", {"synthesizer": None, "shards": 0})["shards"] += 1
+            continue
+        for key in ("texts", "pairs", "texts_without_pairs", "degenerate_outputs", "texts_truncated",
+                    "prompt_tokens", "output_tokens", "linked"):
+            totals[key] += st.get(key, 0)
+        totals["malformed_pieces"] += st.get("parse", {}).get("malformed_pieces", 0)
+        totals["unfinished_outputs"] += st.get("parse", {}).get("unfinished_outputs", 0)
+        for key, value in st.get("input", {}).items():
+            totals[f"input_{key}"] += value
+        prov = st.get("provenance")
+        if isinstance(prov, dict):
+            key = json.dumps(prov, sort_keys=True)
+            synthesizers.setdefault(key, {**prov, "shards": 0})["shards"] += 1
+        else:
+            synthesizers.setdefault("", {"synthesizer": None, "shards": 0})["shards"] += 1
     if not shards:
         return {}
-    out = {"shards": shards, "units_unfinished": unfinished, **totals}
+    for key in ("texts", "pairs", "texts_without_pairs", "degenerate_outputs", "texts_truncated"):
+        totals.setdefault(key, 0)
+    out = {"shards": shards, "units_unfinished": len(found.unfinished), "units_unlisted": len(found.unlisted),
+           "shards_without_stats": len(without_stats), **totals}
+    if without_stats:
+        log.warning("%d synthesized shards have no stats file (%s%s): their texts and pairs are counted from their "
+                    "records, their synthesizer is unknown", len(without_stats), ", ".join(without_stats[:3]),
+                    " ..." if len(without_stats) > 3 else "")
     # Which model (and settings) wrote the shards: more than one entry means a mixed synthesis.
     out["synthesizers"] = list(synthesizers.values())
     if len(synthesizers) > 1:
-        log.warning("the synthesized shards come from %d different synthesizers or settings (see the mixture "
-                    "report's synthesis.synthesizers)", len(synthesizers))
+        for who, differs in zip(out["synthesizers"], provenance_differences(out["synthesizers"]), strict=True):
+            who["differs"] = differs
+        keys = list(out["synthesizers"][0]["differs"])
+        log.warning("the synthesized shards come from %d different synthesizers or settings, differing in %s%s (see "
+                    "the mixture report's synthesis.synthesizers)", len(synthesizers), ", ".join(keys[:6]),
+                    " ..." if len(keys) > 6 else "")
     out["pairs_per_text"] = round(totals["pairs"] / totals["texts"], 3) if totals["texts"] else 0.0
     return out
 
@@ -146,7 +185,7 @@ def synthesis_totals(inputs: list[str]) -> dict:
 def _components(cfg: CorporaConfig, stats: dict[str, Counter], quality: QualityGate,
                 contamination: ContaminationGate | None) -> list[tuple[str, Iterator[dict]]]:
     # Contamination first: a benchmark item is counted as such even when it is also a duplicate.
-    pair_filters = [contamination.filter_texts] if contamination else []
+    pair_filters = [contamination.filter_texts] if contamination is not None else []
     comps = [("instruct", synthesized_documents(cfg.synthesized, cfg.seed, stats["instruct"],
                                                 pair_filters=[*pair_filters, quality.filter_texts]))]
     if cfg.recipe == "general":
@@ -159,7 +198,7 @@ def _components(cfg: CorporaConfig, stats: dict[str, Counter], quality: QualityG
     else:
         comps.append(("instructions", instruction_documents(cfg.instructions, stats["instructions"],
                                                             cfg.skip_bad_records)))
-    if contamination:
+    if contamination is not None:
         kinds = {"tuning": "tuning_examples", "instructions": "instruction_records"}
         comps = [(name, contamination.filter_documents(docs, kinds[name]) if name in kinds else docs)
                  for name, docs in comps]
@@ -250,7 +289,7 @@ def _build_corpora(cfg: CorporaConfig, out: Path) -> dict:
               "total_tokens": total_tokens,
               "components": components, "blend": [list(e) for e in blend], "synthesis": synthesis_totals(cfg.synthesized),
               "train_override": "--data.train=" + json.dumps(blend.to_megatron())}
-    if contamination:
+    if contamination is not None:  # named sets always get their section, even when they removed nothing
         report["contamination"] = contamination.report()
     atomic_write_json(out / "mixture_report.json", report)
     atomic_write_text(out / "mixture_report.md", report_markdown(report))
@@ -268,9 +307,15 @@ def report_markdown(report: dict) -> str:
         lines += ["", f"Synthesis ({syn['shards']} shards): {syn['texts']:,} texts, {syn['pairs']:,} pairs "
                   f"({syn['pairs_per_text']} per text), {syn['texts_without_pairs']:,} texts without pairs, "
                   f"{syn['degenerate_outputs']:,} degenerate outputs, {syn['texts_truncated']:,} texts truncated."]
+        left_out = {k: syn.get(k, 0) for k in ("units_unfinished", "units_unlisted", "shards_without_stats")}
+        if any(left_out.values()):
+            lines.append("Left out or unrecorded: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in left_out.items())
+                         + ".")
         for who in syn.get("synthesizers", []):
             model = who.get("synthesizer") or {}
-            lines.append(f"- synthesizer {model.get('path', 'unrecorded')} (hash {model.get('hash')}): "
+            differs = "".join(f", {k.removeprefix('config.')}={json.dumps(v)}" for k, v in who.get("differs", {}).items()
+                              if not k.startswith("synthesizer"))  # the model is named by path and hash
+            lines.append(f"- synthesizer {model.get('path', 'unrecorded')} (hash {model.get('hash')}){differs}: "
                          f"{who['shards']} shard(s)")
     for name, c in report["components"].items():
         q = c.get("quality")

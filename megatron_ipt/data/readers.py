@@ -526,7 +526,10 @@ def count_lines(source: InputFile | str | Path) -> int:
     if f.kind == "parquet":
         import pyarrow.parquet as pq
 
-        return int(pq.ParquetFile(f.path).metadata.num_rows)
+        try:
+            return int(pq.ParquetFile(f.path).metadata.num_rows)
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise FileFault("unreadable_parquet", f"{f.path}: unreadable parquet ({err})") from err
     if f.kind == "hf_dataset":
         import datasets
 

@@ -9,18 +9,23 @@ takes units ``i, i+n, ...``, so 1 task or 1,000 produce the same output set. A u
 ``<stem>.jsonl`` when its file is one unit, else ``<stem>.<k>.jsonl`` (k zero-padded). M-shot
 chains stay within a unit. Each generated batch is appended as one JSON line to a hidden partial
 file (flushed and fsynced), so a kill loses at most the batch in flight; the unit's stats and then
-its output (the completion marker) are written atomically and the partial file removed. A unit
-whose output exists is skipped on rerun. Readers take the finished units in plan order
-(:func:`synthesis_outputs`).
+its output are written atomically and the partial file removed. A unit is finished when its output
+has the size and hash its stats record (a torn or edited output is redone); finished units are
+skipped on rerun. Each unit's stats and partial file record a hash of the texts it read, so an
+input edited since is noticed: a partial unit restarts, and finished units over changed inputs or
+made with other settings are refused (``start_over`` discards them). Readers take the finished
+units in plan order (:func:`synthesis_outputs`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
+import shlex
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -39,9 +44,10 @@ from megatron_ipt.data.readers import (
     lone_surrogate,
     scan_records,
 )
-from megatron_ipt.dist_env import array_task
+from megatron_ipt.dist_env import LaunchError, array_task
 from megatron_ipt.io import OutputLocked, atomic_path, atomic_write_json, output_lock
 from megatron_ipt.log import get_logger
+from megatron_ipt.pairs import escape_markers, find_marker
 from megatron_ipt.progress import progress
 from megatron_ipt.synth.engine_types import Engine
 from megatron_ipt.synth.engines import EngineConfig
@@ -49,6 +55,11 @@ from megatron_ipt.synth.provenance import model_fingerprint
 from megatron_ipt.synth.rounds import SCHEDULES, Entry, RoundsConfig, run_rounds
 
 log = get_logger(__name__)
+
+# The settings that decide a unit's content (with the model): finished units made with others are refused.
+CONTENT_KEYS = ("rounds", "max_new_tokens", "temperature", "top_p", "n", "seed", "max_pairs", "stop",
+                "repetition_penalty", "batch_texts", "fraction", "text_key", "id_key")
+
 
 @dataclass
 class SynthesizeConfig:
@@ -74,8 +85,9 @@ class SynthesizeConfig:
     text_key: str = "text"  # record field holding the text
     id_key: str = "id"  # record field holding the id
     skip_bad_records: bool = False  # count and skip invalid JSON / missing text instead of failing
-    task_index: int = -1  # this task's index among num_tasks; -1: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN, else 0
-    num_tasks: int = -1  # tasks that share the work units; -1: $SLURM_ARRAY_TASK_COUNT, else 1
+    task_index: int | None = None  # this task's index among num_tasks; unset: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN, else 0
+    num_tasks: int | None = None  # tasks that share the work units; unset: $SLURM_ARRAY_TASK_COUNT, else 1
+    start_over: bool = False  # discard output_dir's units made from other inputs or settings (one task, never in an array)
     progress: bool = True  # show a progress bar
     dry_run: bool = False  # plan only: texts and tokens per unit, GPU-hours, array size and the sbatch line; nothing generated
     plan_tokens_per_s: float = 0.0  # dry run: generated tokens/s of one task (GPU) to plan with; 0: measure on a sample (loads the model)
@@ -102,6 +114,10 @@ class SynthesizeConfig:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.rounds < 1 or self.batch_texts < 1 or self.unit_texts < 1:
             raise ConfigError("rounds, batch_texts and unit_texts must be >= 1")
+        if self.task_index is not None and self.task_index < 0:
+            raise ConfigError(f"task_index must be 0 or more (unset: the array task's), got {self.task_index}")
+        if self.num_tasks is not None and self.num_tasks < 1:
+            raise ConfigError(f"num_tasks must be 1 or more (unset: the array's task count), got {self.num_tasks}")
 
     def rounds_config(self) -> RoundsConfig:
         return RoundsConfig(rounds=self.rounds, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -110,10 +126,8 @@ class SynthesizeConfig:
 
     def fingerprint(self) -> str:
         """What decides a shard's content: a partial file from another setting is not reused."""
-        keys = ("rounds", "max_new_tokens", "temperature", "top_p", "n", "seed", "max_pairs", "stop", "repetition_penalty",
-                "batch_texts", "fraction", "text_key", "id_key")
-        spec = {k: getattr(self, k) for k in keys} | {"model": self.engine.model,
-                                                      "max_model_len": self.engine.max_model_len}
+        spec = {k: getattr(self, k) for k in CONTENT_KEYS} | {"model": self.engine.model,
+                                                              "max_model_len": self.engine.max_model_len}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -164,7 +178,9 @@ def iter_texts(path: Path | InputFile, stats: Counter, text_key: str = "text", i
 def read_texts(path: Path | InputFile, cfg: SynthesizeConfig, stats: Counter, start: int = 0,
                stop: int | None = None) -> list[tuple[str, str]]:
     """The texts of lines ``[start, stop)`` of one file this run converts (``fraction`` applied;
-    ``limit`` caps ``stop``)."""
+    ``limit`` caps ``stop``). A format marker in a text (``</CON>``, ``<QUE>`` ...) would end its
+    context early in the prompt and smuggle a "pair" into the corpus: it is escaped (as
+    ``build_synthesizer_data`` does) and the text counted as ``markers_escaped``."""
     if cfg.limit:
         stop = min(stop, cfg.limit) if stop is not None else cfg.limit
     out: list[tuple[str, str]] = []
@@ -172,8 +188,17 @@ def read_texts(path: Path | InputFile, cfg: SynthesizeConfig, stats: Counter, st
         if cfg.fraction < 1 and not selected(rid, cfg.fraction, cfg.seed):
             stats["not_selected"] += 1
             continue
+        if find_marker(text) is not None:
+            stats["markers_escaped"] += 1
+            text = escape_markers(text)
         out.append((rid, text))
     return out
+
+
+def texts_digest(texts: list[tuple[str, str]], input_stats: Counter) -> str:
+    """A hash of what a unit read (its texts and skip counts): an input edited since reads as another."""
+    spec = [texts, sorted(input_stats.items())]
+    return hashlib.sha256(json.dumps(spec, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 PLAN_NAME = "units.plan"
@@ -209,15 +234,72 @@ def plan_units(files: list[InputFile], unit_texts: int, limit: int = 0) -> list[
     return units
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def saved_units(saved: object, path: Path, inputs: set[str] | None = None) -> list[Unit]:
+    """The units of a saved plan, each checked, so a crafted plan cannot point reads or writes
+    outside the output folder: a name is a plain file name (no separator, not ``.`` or ``..``), and
+    with ``inputs`` given a unit's file must be one of them."""
+    units = saved.get("units") if isinstance(saved, dict) else None
+    if not isinstance(units, list):
+        raise DataError("must be a list of {file, start, stop, name}", where=str(path), field="units",
+                        reason="bad_plan")
+    out = []
+    for i, u in enumerate(units):
+        at = f"units[{i}]"
+        if not isinstance(u, dict) or set(u) != {"file", "start", "stop", "name"}:
+            raise DataError("must be {file, start, stop, name}", where=str(path), field=at, reason="bad_plan")
+        name = u["name"]
+        if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+            raise DataError(f"{name!r} is not a unit name (a file name in the output folder: no separator, "
+                            "not '..')", where=str(path), field=f"{at}.name", reason="bad_plan")
+        if not (_is_int(u["start"]) and _is_int(u["stop"]) and 0 <= u["start"] <= u["stop"]):
+            raise DataError("start and stop must be line numbers, start <= stop", where=str(path), field=at,
+                            reason="bad_plan")
+        if not isinstance(u["file"], str) or (inputs is not None and u["file"] not in inputs):
+            raise DataError(f"{u['file']!r} is not one of this run's inputs", where=str(path), field=f"{at}.file",
+                            reason="bad_plan")
+        out.append(Unit(**u))
+    return out
+
+
 def _file_signature(f: InputFile) -> list:
     st = f.path.stat()
     return [str(f.path), st.st_size, st.st_mtime_ns]
 
 
+def discard_units(out_dir: Path, units: list[Unit]) -> int:
+    """Remove what synthesize wrote for ``units`` (output, stats, partial file); returns how many units had any."""
+    n = 0
+    for u in units:
+        paths = [out_dir / f"{u.name}.jsonl", out_dir / f"{u.name}.stats.json", out_dir / f".{u.name}.partial.jsonl"]
+        n += any(p.exists() for p in paths)
+        for p in paths:
+            p.unlink(missing_ok=True)
+    return n
+
+
+def _plan_changes(saved: dict, spec: dict, old: list[Unit], units: list[Unit]) -> str:
+    """What differs between a saved plan and a new one, in words."""
+    changes = [f"{k} {saved.get('spec', {}).get(k)} -> {v}" for k, v in spec.items()
+               if saved.get("spec", {}).get(k) != v]
+    by_file: dict[str, tuple[list, list]] = {}
+    for which, us in enumerate((old, units)):
+        for u in us:
+            by_file.setdefault(u.file, ([], []))[which].append((u.start, u.stop, u.name))
+    changed = [f for f, (a, b) in by_file.items() if a != b]
+    if changed and not changes:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        changes.append("inputs changed: " + ", ".join(changed[:3]) + more)
+    return "; ".join(changes)
+
+
 def load_plan(cfg: SynthesizeConfig, files: list[InputFile], out_dir: Path) -> list[Unit]:
     """The units of this output folder: the saved plan when the inputs are unchanged (no recount),
-    else a new plan (saved); a plan over other inputs or another ``unit_texts`` is refused, since
-    finished units of it would not fit the new one."""
+    else a new plan (saved); a plan over other inputs or another ``unit_texts`` is refused while
+    units of it are finished (they would not fit the new one), unless ``start_over`` discards them."""
     path = out_dir / PLAN_NAME
     spec = {"unit_texts": cfg.unit_texts, "limit": cfg.limit}
     signature = [_file_signature(f) for f in files]
@@ -228,36 +310,166 @@ def load_plan(cfg: SynthesizeConfig, files: list[InputFile], out_dir: Path) -> l
         except json.JSONDecodeError:
             saved = None
     if saved is not None and saved.get("spec") == spec and saved.get("files") == signature:
-        return [Unit(**u) for u in saved["units"]]
+        return saved_units(saved, path, {str(f.path) for f in files})
     units = plan_units(files, cfg.unit_texts, cfg.limit)
     if saved is not None:
-        old = [Unit(**u) for u in saved.get("units", [])]
+        old = saved_units(saved, path)
         finished = [u for u in old if (out_dir / f"{u.name}.jsonl").exists()]
         if finished and (saved.get("spec") != spec or old != units):
-            raise ConfigError(f"{out_dir} holds units of other inputs or another unit_texts ({len(finished)} "
-                              "finished): use a new output_dir, or the same inputs and unit_texts")
+            what = _plan_changes(saved, spec, old, units)
+            if not cfg.start_over:
+                raise ConfigError(f"{out_dir} holds {len(finished)} finished units planned over other inputs or "
+                                  f"another unit_texts ({what}): use a new output_dir, the same inputs and "
+                                  "unit_texts, or start_over=true to discard them")
+            if cfg.dry_run:
+                log.warning("dry run: start_over would discard %d finished units (%s)", len(finished), what)
+                return units
+            log.warning("start_over: discarding %d finished units of %s (%s)", discard_units(out_dir, old), out_dir,
+                        what)
     atomic_write_json(path, {"spec": spec, "files": signature, "units": [dataclasses.asdict(u) for u in units]})
     return units
 
 
-def synthesis_outputs(specs: list[str] | list[Path]) -> tuple[list[Path], int]:
-    """Synthesis outputs to read, in a deterministic order, and how many planned units are not
-    finished: a folder with a ``units.plan`` gives its finished units in plan order; other
-    folders and files expand as inputs (stats files left out)."""
-    outputs: list[Path] = []
-    unfinished = 0
-    for spec in specs:
-        plan = Path(spec) / PLAN_NAME
-        if plan.is_file():
-            for u in json.loads(plan.read_text())["units"]:
-                out = Path(spec) / f"{u['name']}.jsonl"
-                if out.exists():
-                    outputs.append(out)
-                else:
-                    unfinished += 1
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def unit_state(out_dir: Path, unit: Unit, verify: bool = True) -> tuple[dict | None, str | None]:
+    """``(stats, None)`` for a finished unit, else ``(None, why)``; ``why`` is None when the unit has
+    no output at all. Finished means: its stats record the output's size and hash (the completion
+    record) and, with ``verify``, the output on disk has them (a torn or edited output has not)."""
+    out = out_dir / f"{unit.name}.jsonl"
+    if not out.exists():
+        return None, None
+    try:
+        stats = json.loads((out_dir / f"{unit.name}.stats.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None, "has no readable stats (its completion record)"
+    record = stats.get("output") if isinstance(stats, dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        return None, "has no completion record (output size and hash) in its stats"
+    if verify:
+        st = out.stat()
+        if st.st_size != record.get("bytes"):
+            return None, f"holds {st.st_size:,} bytes, its stats record {record.get('bytes')}: a torn or edited output"
+        if _file_digest(str(out), st.st_size, st.st_mtime_ns) != record["sha256"]:
+            return None, "differs from the hash its stats record: an edited output"
+    return stats, None
+
+
+def _jsonable(value: object) -> object:
+    return json.loads(json.dumps(value))
+
+
+def settings_changes(cfg: SynthesizeConfig, stats: dict, model_hash: str | None) -> list[str]:
+    """The content settings (and the synthesizer) that differ between a finished unit's stats and ``cfg``."""
+    prov = stats.get("provenance") if isinstance(stats.get("provenance"), dict) else {}
+    old = prov.get("config") if isinstance(prov.get("config"), dict) else {}
+    changes = [f"{k} {old[k]!r} -> {_jsonable(getattr(cfg, k))!r}" for k in CONTENT_KEYS
+               if k in old and old[k] != _jsonable(getattr(cfg, k))]
+    engine = old.get("engine") if isinstance(old.get("engine"), dict) else {}
+    if "max_model_len" in engine and engine["max_model_len"] != cfg.engine.max_model_len:
+        changes.append(f"engine.max_model_len {engine['max_model_len']} -> {cfg.engine.max_model_len}")
+    old_hash = (prov.get("synthesizer") or {}).get("hash") if isinstance(prov.get("synthesizer"), dict) else None
+    if old_hash and model_hash:  # the same weights moved elsewhere are the same synthesizer
+        if old_hash != model_hash:
+            changes.append(f"the synthesizer (model hash {old_hash} -> {model_hash})")
+    elif "model" in engine and engine["model"] != cfg.engine.model:
+        changes.append(f"engine.model {engine['model']!r} -> {cfg.engine.model!r}")
+    return changes
+
+
+def input_changed(cfg: SynthesizeConfig, unit: Unit, stats: dict) -> bool:
+    """Whether a finished unit's input lines read otherwise now than when it was made (re-read only
+    when the file's size or mtime moved)."""
+    record = stats.get("input_fingerprint")
+    if not isinstance(record, dict):
+        return False
+    try:
+        st = Path(unit.file).stat()
+    except OSError:
+        return True
+    if [st.st_size, st.st_mtime_ns] == [record.get("file_bytes"), record.get("file_mtime_ns")]:
+        return False
+    counts: Counter = Counter()
+    return texts_digest(read_texts(Path(unit.file), cfg, counts, unit.start, unit.stop), counts) != record.get(
+        "texts_sha256")
+
+
+def check_finished(cfg: SynthesizeConfig, units: list[Unit], out_dir: Path) -> None:
+    """Refuse (or with ``start_over`` discard) finished units that this run would not write the same:
+    made with other settings or another synthesizer, or over input lines edited since."""
+    model_hash = model_fingerprint(cfg.engine.model)["hash"]
+    other: dict[str, list[str]] = {}
+    edited: list[Unit] = []
+    for u in units:
+        stats, _ = unit_state(out_dir, u, verify=False)
+        if stats is None:
             continue
-        outputs += [f.path for f in expand_inputs([spec]) if not f.path.name.startswith(".")]
-    return outputs, unfinished
+        changes = settings_changes(cfg, stats, model_hash)
+        if changes:
+            other[u.name] = changes
+        elif input_changed(cfg, u, stats):
+            edited.append(u)
+    if not other and not edited:
+        return
+    if other:
+        first = next(iter(other))
+        what = (f"{len(other)} finished units made with other settings ({'; '.join(other[first])}, in {first}"
+                f"{' and others' if len(other) > 1 else ''})")
+    else:
+        changed = sorted({u.file for u in edited})
+        what = (f"{len(edited)} finished units whose input changed since ({', '.join(changed[:3])}"
+                f"{f' and {len(changed) - 3} more' if len(changed) > 3 else ''}: {edited[0].name} and others)")
+    if not cfg.start_over:
+        raise ConfigError(f"{out_dir} holds {what}: rerun with its settings and inputs, use a new output_dir, or "
+                          "start_over=true to redo them")
+    gone = [u for u in units if u.name in other] + edited
+    if cfg.dry_run:
+        log.warning("dry run: start_over would redo %s", what)
+        return
+    discard_units(out_dir, gone)
+    log.warning("start_over: redoing %s", what)
+
+
+@dataclass
+class SynthesisOutputs:
+    """Synthesis output files to read, in plan order, and what of the folders is not among them."""
+
+    files: list[Path]
+    unfinished: list[str] = field(default_factory=list)  # planned units with no complete output (why, by unit)
+    unlisted: list[Path] = field(default_factory=list)  # unit files in a planned folder that its units.plan does not list
+
+
+def synthesis_outputs(specs: list[str] | list[Path]) -> SynthesisOutputs:
+    """Synthesis outputs to read, in a deterministic order: a folder with a ``units.plan`` gives its
+    finished units in plan order (a torn output counts as unfinished; a ``.jsonl`` there that the
+    plan does not list is left out and listed); other folders and files expand as inputs (stats
+    files left out)."""
+    found = SynthesisOutputs([])
+    for spec in specs:
+        folder = Path(spec)
+        plan = folder / PLAN_NAME
+        if plan.is_file():
+            try:
+                saved = json.loads(plan.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise DataError(f"{plan}: not a units plan ({err})", reason="bad_plan") from None
+            units = saved_units(saved, plan)
+            for u in units:
+                stats, why = unit_state(folder, u)
+                if stats is not None:
+                    found.files.append(folder / f"{u.name}.jsonl")
+                else:
+                    found.unfinished.append(f"{u.name} ({why or 'not synthesized yet'})")
+            listed = {f"{u.name}.jsonl" for u in units}
+            found.unlisted += [p for p in sorted(folder.glob("*.jsonl"))
+                               if p.name not in listed and not p.name.startswith(".")]
+            continue
+        found.files += [f.path for f in expand_inputs([spec]) if not f.path.name.startswith(".")]
+    return found
 
 
 def selected(text_id: str, fraction: float, seed: int = 0) -> bool:
@@ -266,8 +478,9 @@ def selected(text_id: str, fraction: float, seed: int = 0) -> bool:
     return int.from_bytes(digest, "little") / 2**64 < fraction
 
 
-def _read_partial(path: Path, fingerprint: str) -> dict[tuple[int, int], list[Entry]]:
-    """Finished batches from a partial file; a torn last line (the batch in flight) is ignored."""
+def _read_partial(path: Path, fingerprint: str, digest: str, unit: Unit) -> dict[tuple[int, int], list[Entry]]:
+    """Finished batches from a partial file; a torn last line (the batch in flight) is ignored. A
+    partial file of other settings or of input lines that read otherwise now is not reused."""
     done: dict[tuple[int, int], list[Entry]] = {}
     if not path.exists():
         return done
@@ -279,6 +492,10 @@ def _read_partial(path: Path, fingerprint: str) -> dict[tuple[int, int], list[En
         header = {}
     if header.get("fingerprint") != fingerprint:
         log.warning("%s was written with other settings; starting the shard over", path)
+        return done
+    if header.get("texts_sha256") != digest:
+        log.warning("%s: lines %d-%d of %s changed since %s was written; starting the unit over", unit.name,
+                    unit.start, unit.stop, unit.file, path.name)
         return done
     for line in lines[1:]:
         try:
@@ -336,7 +553,8 @@ def summarize(entries: list[Entry], input_stats: Counter, seconds: float) -> dic
         "output_tokens": s["output_tokens"],
         "texts_truncated": s["text_truncated"],
         # Every input count, the usual ones even when zero: a skip counted while reading is never left out.
-        "input": {**{k: 0 for k in ("bad_utf8", "bad_records", "empty_texts", "duplicate_ids", "not_selected")},
+        "input": {**{k: 0 for k in ("bad_utf8", "bad_records", "empty_texts", "duplicate_ids", "not_selected",
+                                    "markers_escaped")},
                   **input_stats},
         "seconds": round(seconds, 2),
         "texts_per_s": round(texts / seconds, 3) if seconds > 0 else None,
@@ -350,15 +568,17 @@ def synthesize_unit(engine: Engine, cfg: SynthesizeConfig, unit: Unit, out_dir: 
     final, stats_path = out_dir / f"{stem}.jsonl", out_dir / f"{stem}.stats.json"
     partial = out_dir / f".{stem}.partial.jsonl"
     input_stats: Counter = Counter()
+    file_stat = path.stat()  # before reading: an edit while the unit runs shows as a change on rerun
     texts = read_texts(path, cfg, input_stats, unit.start, unit.stop)
+    digest = texts_digest(texts, input_stats)
     provenance = shard_provenance(cfg, engine)
     # A partial file from another model at the same path (retrained in place) is not reused.
     fingerprint = f"{cfg.fingerprint()}-{provenance['synthesizer']['hash']}"
-    done = _read_partial(partial, fingerprint)
+    done = _read_partial(partial, fingerprint, digest, unit)
     if not done:
         with open(partial, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps({"fingerprint": fingerprint, "input": str(path), "lines": [unit.start, unit.stop]})
-                     + "\n")
+            fh.write(json.dumps({"fingerprint": fingerprint, "input": str(path), "lines": [unit.start, unit.stop],
+                                "texts_sha256": digest}) + "\n")
     elif partial.read_bytes()[-1:] != b"\n":  # drop the torn batch so the next append starts clean
         with open(partial, "r+b") as fh:
             data = fh.read()
@@ -389,25 +609,39 @@ def synthesize_unit(engine: Engine, cfg: SynthesizeConfig, unit: Unit, out_dir: 
     bar.close()
     summary = summarize(entries, input_stats, time.time() - t0) | {
         "input_file": str(path), "input_lines": [unit.start, unit.stop], "resumed_texts": resumed,
+        "input_fingerprint": {"file_bytes": file_stat.st_size, "file_mtime_ns": file_stat.st_mtime_ns,
+                              "texts_sha256": digest},
         "provenance": provenance}
-    # Stats first, the shard last: the shard's existence marks it finished, so a kill between the
-    # two leaves an unfinished shard (redone from its partial file), never a shard without stats.
-    atomic_write_json(stats_path, summary)
-    with atomic_path(final) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for e in entries:
-            fh.write(json.dumps(e.record(), ensure_ascii=False) + "\n")
+    # Stats first, the output last: the stats record the output's size and hash (the completion
+    # record), so a kill between the two leaves stats without an output (redone from the partial
+    # file), and an output torn later no longer matches its record (redone).
+    with atomic_path(final) as tmp:
+        h, size = hashlib.sha256(), 0
+        with open(tmp, "wb") as fh:
+            for e in entries:
+                line = (json.dumps(e.record(), ensure_ascii=False) + "\n").encode("utf-8")
+                h.update(line)
+                size += len(line)
+                fh.write(line)
+        summary["output"] = {"bytes": size, "sha256": h.hexdigest()}
+        atomic_write_json(stats_path, summary)
     partial.unlink(missing_ok=True)
     log.info("%s: %d texts, %d pairs (%.2f per text), %d degenerate outputs -> %s", path, summary["texts"],
              summary["pairs"], summary["pairs_per_text"], summary["degenerate_outputs"], final)
     return summary
 
 
-def task_of(task_index: int, num_tasks: int) -> tuple[int, int]:
+def task_of(task_index: int | None, num_tasks: int | None) -> tuple[int, int]:
     """The ``(index, count)`` of this task: the values given, else the launcher's array task."""
-    if task_index < 0 or num_tasks < 0:
-        task = array_task()
-        task_index = task.index if task_index < 0 else task_index
-        num_tasks = task.count if num_tasks < 0 else num_tasks
+    if task_index is not None and task_index < 0 or num_tasks is not None and num_tasks < 1:
+        raise ConfigError(f"task_index must be >= 0 and num_tasks >= 1, got {task_index} and {num_tasks}")
+    if task_index is None or num_tasks is None:
+        try:
+            task = array_task()
+        except LaunchError as err:  # an array that is not a range (--array=0,7): its message says what to do
+            raise ConfigError(str(err)) from None
+        task_index = task.index if task_index is None else task_index
+        num_tasks = task.count if num_tasks is None else num_tasks
     if not 0 <= task_index < num_tasks:
         raise ConfigError(f"task_index {task_index} is outside 0..{num_tasks - 1}")
     return task_index, num_tasks
@@ -422,19 +656,26 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
     except OSError as err:
         raise ConfigError(f"output_dir: cannot write {err.filename or out_dir}: {err.strerror or err}") from None
     files = expand_inputs(cfg.input)
+    index, count = (0, 1) if cfg.dry_run else task_of(cfg.task_index, cfg.num_tasks)
+    if cfg.start_over and count > 1:
+        raise ConfigError(f"start_over discards units of every task: run it as one task, not as task {index} of {count}")
     units = load_plan(cfg, files, out_dir)
+    check_finished(cfg, units, out_dir)
     if cfg.dry_run:
         return dry_run(cfg, units, engine)
-    index, count = task_of(cfg.task_index, cfg.num_tasks)
     mine = units[index::count]
-    todo = [u for u in mine if not (out_dir / f"{u.name}.jsonl").exists()]
+    results = {}
+    todo = []
+    for u in mine:
+        stats, why = unit_state(out_dir, u)
+        if stats is not None:
+            results[u.name] = stats
+            continue
+        if why is not None:
+            log.warning("%s %s; redoing the unit", out_dir / f"{u.name}.jsonl", why)
+        todo.append(u)
     log.info("array task %d of %d takes %d of %d work units over %d input files (%d already finished)", index,
              count, len(mine), len(units), len(files), len(mine) - len(todo))
-    results = {}
-    for u in mine:
-        if u not in todo:
-            stats_file = out_dir / f"{u.name}.stats.json"
-            results[u.name] = json.loads(stats_file.read_text()) if stats_file.exists() else {"skipped": True}
     if todo and engine is None:
         try:
             engine = cfg.engine.build()
@@ -497,25 +738,88 @@ def dry_run(cfg: SynthesizeConfig, units: list[Unit], engine: Engine | None = No
     if cfg.plan_output_tokens > 0:
         per_text = float(cfg.plan_output_tokens)
     gpu_hours = texts * per_text / rate / 3600 if rate > 0 else float("inf")
-    tasks = max(1, min(len(units), math.ceil(gpu_hours / cfg.plan_hours_per_task))) if texts else 1
-    # Units go round-robin: the busiest task has ceil(units / tasks) of them.
-    per_unit_hours = gpu_hours / max(1, len(units))
-    task_hours = math.ceil(len(units) / tasks) * per_unit_hours
-    hours = max(1, math.ceil(task_hours * 1.2 + 0.25))  # a margin for model loading and slow units
-    inputs = " ".join(cfg.input)
-    sbatch = (f'INPUTS="{inputs}" OUTPUT_DIR={cfg.output_dir} MODEL={cfg.engine.model} sbatch --array=0-{tasks - 1} '
-              f"--time={hours}:00:00 slurm/synthesize.sh --unit_texts={cfg.unit_texts} --rounds={cfg.rounds} "
-              f"--max_new_tokens={cfg.max_new_tokens}")
+    tasks, task_hours = array_size(gpu_hours, len(units), cfg.plan_hours_per_task) if texts else (1, 0.0)
+    sbatch = sbatch_line(cfg, tasks)
     plan = {"units": rows, "total_units": len(units), "texts": texts,
             "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
             "throughput_tokens_per_s": round(rate, 2), "throughput_source": source,
             "output_tokens_per_text": round(per_text, 1), "output_tokens": round(texts * per_text),
             "gpu_hours": round(gpu_hours, 3), "array_tasks": tasks, "hours_per_task": round(task_hours, 3),
             "sbatch": sbatch}
-    if task_hours > cfg.plan_hours_per_task:
-        log.warning("dry run: even %d tasks (one per unit) need %.1f h each, over plan_hours_per_task=%.1f: make "
-                    "unit_texts smaller", tasks, task_hours, cfg.plan_hours_per_task)
+    if task_hours * TIME_MARGIN + LOAD_HOURS > cfg.plan_hours_per_task:
+        log.warning("dry run: even %d tasks (one per unit) need %.1f h each with a margin, over "
+                    "plan_hours_per_task=%.1f: make unit_texts smaller", tasks, task_hours * TIME_MARGIN + LOAD_HOURS,
+                    cfg.plan_hours_per_task)
     return plan
+
+
+TIME_MARGIN, LOAD_HOURS = 1.2, 0.25  # an array task's estimate is stretched for slow units, plus model loading
+
+
+def array_size(gpu_hours: float, units: int, hours_per_task: float) -> tuple[int, float]:
+    """The fewest array tasks whose busiest task (units go round-robin: ``ceil(units / tasks)`` of
+    them) fits ``hours_per_task`` with the margin, and that task's hours; one task per unit at most."""
+    per_unit = gpu_hours / max(1, units)
+
+    def busiest(tasks: int) -> float:
+        return math.ceil(units / tasks) * per_unit
+
+    low, high = 1, max(1, units)
+    while low < high:  # busiest() only falls as tasks grow
+        mid = (low + high) // 2
+        if busiest(mid) * TIME_MARGIN + LOAD_HOURS <= hours_per_task:
+            high = mid
+        else:
+            low = mid + 1
+    return low, busiest(low)
+
+
+# What slurm/synthesize.sh takes from the environment, and keys no submitted run repeats (the task
+# is the array's; planning and discarding are this command's).
+SBATCH_ENV = {"input": "INPUTS", "output_dir": "OUTPUT_DIR", "engine.model": "MODEL", "engine.kind": "ENGINE",
+              "engine.tensor_parallel_size": "TP"}
+SBATCH_NOT_PASSED = ("task_index", "num_tasks", "start_over", "dry_run", "progress", "plan_tokens_per_s",
+                     "plan_output_tokens", "plan_sample_texts", "plan_hours_per_task")
+
+
+def _flat(obj: object, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out |= _flat(value, f"{prefix}{f.name}.")
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def _cli_value(value: object) -> str:
+    """A value in the command grammar: strings as they are, lists as JSON, booleans as true/false."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return json.dumps(list(value))
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def sbatch_line(cfg: SynthesizeConfig, tasks: int) -> str:
+    """The ``sbatch`` command that runs this configuration as ``tasks`` array tasks of
+    ``plan_hours_per_task`` each: every setting that is not the default is passed, so the job runs
+    exactly what was planned, with or without the ``--config`` file it came from."""
+    if any(any(c.isspace() for c in i) for i in cfg.input):
+        log.warning("dry run: INPUTS is split on spaces: an input path with a space cannot be passed through it")
+    values, defaults = _flat(cfg), _flat(SynthesizeConfig())
+    env = {var: " ".join(cfg.input) if key == "input" else _cli_value(values[key]) for key, var in SBATCH_ENV.items()}
+    if cfg.engine.kind == "auto":
+        del env["ENGINE"]
+    args = [f"--{k}={_cli_value(v)}" for k, v in values.items()
+            if k not in SBATCH_ENV and k not in SBATCH_NOT_PASSED and _jsonable(v) != _jsonable(defaults[k])]
+    minutes = max(1, math.ceil(round(cfg.plan_hours_per_task * 60, 6)))
+    words = [f"{var}={shlex.quote(v)}" for var, v in env.items()]
+    words += ["sbatch", f"--array=0-{tasks - 1}", f"--time={minutes // 60}:{minutes % 60:02d}:00", "slurm/synthesize.sh"]
+    return " ".join(words + [shlex.quote(a) for a in args])
 
 
 def plan_text(plan: dict, max_rows: int = 20) -> str:
@@ -536,7 +840,7 @@ def plan_text(plan: dict, max_rows: int = 20) -> str:
 def shard_provenance(cfg: SynthesizeConfig, engine: Engine) -> dict:
     """What made a shard: the synthesizer's model fingerprint, its tokenizer's, and the settings."""
     settings = {k: v for k, v in config_dict(cfg).items() if k not in ("input", "output_dir", "progress",
-                                                                       "task_index", "num_tasks")}
+                                                                       "task_index", "num_tasks", "start_over")}
     return {"synthesizer": model_fingerprint(cfg.engine.model), "tokenizer": engine.tokenizer.fingerprint(),
             "config": settings}
 

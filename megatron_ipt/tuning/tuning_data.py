@@ -24,7 +24,7 @@ from pathlib import Path
 from megatron_ipt.data.indexed import summary_path
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
-from megatron_ipt.pairs import MARKERS, Pair, context_text, example_segments, pairs_text
+from megatron_ipt.pairs import Pair, context_text, escape_markers, example_segments, find_marker, pairs_text
 from megatron_ipt.progress import progress
 from megatron_ipt.tokenizer import Tokenizer, load_tokenizer, select_engine
 from megatron_ipt.tuning.example import ConvertStats, Example
@@ -80,17 +80,6 @@ class TuningStats:
         }
 
 
-def escape_markers(text: str) -> str:
-    """Break every format marker (``<QUE>`` -> ``< QUE>``) so the parser never sees it in user text."""
-    for m in MARKERS:
-        text = text.replace(m, "< " + m[1:])
-    return text
-
-
-def _has_marker(text: str) -> bool:
-    return any(m in text for m in MARKERS)
-
-
 def clean_example(ex: Example, stats: TuningStats, opts: TuningDataOptions) -> Example | None:
     """Strip text, drop empty pairs, handle markers; None (counted) when the example is unusable."""
     context = ex.context.strip()
@@ -110,7 +99,7 @@ def clean_example(ex: Example, stats: TuningStats, opts: TuningDataOptions) -> E
         stats.skipped["no_pairs"] += 1
         return None
     texts = [context] + [t for p in pairs for t in (p.instruction, p.response)]
-    if any(_has_marker(t) for t in texts):
+    if any(find_marker(t) for t in texts):
         if opts.markers == "reject":
             stats.skipped["marker_in_text"] += 1
             return None

@@ -123,3 +123,18 @@ def test_every_text_field_of_the_instruction_formats_is_used_or_counted(tmp_path
     bad.write_text(json.dumps({"conversations": [{"from": "human", "value": "Anyone?"}]}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl:1: field 'conversations': .*no question followed by an answer"):
         list(instruction_documents([bad], Counter()))
+
+
+def test_a_repeated_slot_and_round_is_an_error_and_extra_pair_keys_are_counted(tmp_path):
+    """Two records for one (slot, round) would chain arbitrarily: an error naming both lines. Pair keys
+    other than instruction and response are no part of a document: counted by key."""
+    shard = tmp_path / "s0.jsonl"
+    shard.write_text("".join(json.dumps(r) + "\n" for r in [rec(0, 0, 0, False), rec(1, 0, 1, False), rec(2, 0, 0, False)]))
+    with pytest.raises(DataError, match=r"s0\.jsonl:3: field 'slot': repeats slot 0, round 0 of line 1"):
+        list(synthesized_documents([shard], 0, Counter()))
+    scored = [{**rec(0, 0, 0, False), "pairs": [{"instruction": "Q?", "response": "A.", "score": 0.9, "src": "x"},
+                                                {"instruction": "R?", "response": "B.", "score": 0.2}]}]
+    shard.write_text("".join(json.dumps(r) + "\n" for r in scored))
+    stats: Counter = Counter()
+    (doc,) = synthesized_documents([shard], 0, stats)
+    assert stats["dropped_pair_key:score"] == 2 and stats["dropped_pair_key:src"] == 1 and "0.9" not in doc["text"]

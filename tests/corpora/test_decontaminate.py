@@ -177,3 +177,33 @@ def test_fast_path_splits_words_like_lm_eval():
     by_word = dict(zip([w for t in texts for w in normalized_words(t)], words.tolist(), strict=True))
     assert len(set(by_word.values())) == len(by_word)
     assert hasher.word_hashes(["tab"])[0].tolist() == [by_word["tab"]]  # same word, same hash, any position
+
+
+def test_the_gate_never_switches_itself_off(tmp_path, caplog):
+    """Named evaluation sets that hold nothing readable, or fields no item has, are errors (the gate would
+    check nothing); an empty evaluation file is a warning, and the report's section is still there."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"contamination\.eval_sets: .*empty holds no evaluation set"):
+        ContaminationGate(ContaminationConfig(eval_sets=[str(tmp_path / "empty")]))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "items.csv").write_text("question\nWhich enzyme?\n")
+    (tmp_path / "other" / "README.md").write_text("# evals\n")
+    with pytest.raises(DataError, match=r"other holds no evaluation set"):
+        ContaminationGate(ContaminationConfig(eval_sets=[str(tmp_path / "other")]))
+    bench = write_jsonl(tmp_path / "bench.jsonl", [{"question": BENCH}])
+    with pytest.raises(DataError, match=r"bench\.jsonl: no item has any of the fields \['query'\]"):
+        ContaminationGate(ContaminationConfig(eval_sets=[str(bench)], fields=["query"]))
+
+    (tmp_path / "blank.jsonl").write_text("")
+    shard = write_jsonl(tmp_path / "synth" / "s0.jsonl", [
+        {"id": "t0", "text": "Some text.", "round": 0, "slot": 0, "linked": False,
+         "pairs": [{"instruction": "What is it?", "response": "A text."}]}])
+    instr = write_jsonl(tmp_path / "instr.jsonl", [{"question": "Name a color.", "response": "Blue."}])
+    cfg = CorporaConfig(recipe="domain", synthesized=[str(shard)], instructions=[str(instr)], tokenizer="mistral",
+                        workers=0, progress=False, output_dir=str(tmp_path / "out"),
+                        contamination=ContaminationConfig(eval_sets=[str(tmp_path / "blank.jsonl")]))
+    report = build_corpora(cfg)
+    assert "evaluation set blank" in caplog.text and "has no items" in caplog.text
+    assert report["contamination"]["sets"]["blank"]["items"] == 0
+    assert report["contamination"]["checked"] == {"synthesized_pairs": 1, "instruction_records": 1}
+    assert "| blank | 0 |" in (tmp_path / "out" / "mixture_report.md").read_text()

@@ -177,3 +177,67 @@ def test_build_corpora_killed_at_random_commit_points_then_identical_output(tmp_
         a = json.loads(summary.read_text())
         b = json.loads((killed / summary.relative_to(clean)).read_text())
         assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+
+
+def _unit(folder: Path, name: str, records: list[dict], prov: dict | None) -> dict:
+    """A finished unit as data_tools.synthesize writes it: the output, and stats with its completion record."""
+    import hashlib
+
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    (folder / f"{name}.jsonl").write_bytes(data)
+    stats = {"texts": len(records), "pairs": sum(len(r["pairs"]) for r in records), "texts_without_pairs": 0,
+             "degenerate_outputs": 0, "texts_truncated": 0, "output": {"bytes": len(data),
+                                                                        "sha256": hashlib.sha256(data).hexdigest()}}
+    (folder / f"{name}.stats.json").write_text(json.dumps(stats | ({"provenance": prov} if prov else {})))
+    return {"file": "corpus.jsonl", "start": 0, "stop": len(records), "name": name}
+
+
+def _records(first: int, n: int) -> list[dict]:
+    return [{"id": f"d{i}", "text": f"Protein {i} binds receptor {i}.", "round": 0, "slot": i - first, "linked": False,
+             "pairs": [{"instruction": f"What does protein {i} bind?", "response": f"Receptor {i}."}]}
+            for i in range(first, first + n)]
+
+
+def test_unlisted_and_stat_less_shards_are_counted(tmp_path, caplog):
+    """A unit file the plan does not list (copied in from another run) is left out, warned about and
+    counted; a shard without stats is counted from its records, as an unknown synthesizer."""
+    folder = tmp_path / "synth"
+    folder.mkdir()
+    prov = {"synthesizer": {"path": "runs/synth/hf", "hash": "ab12", "weights": []}, "config": {"rounds": 2}}
+    units = [_unit(folder, "c.00000", _records(0, 2), prov),
+             {"file": "corpus.jsonl", "start": 2, "stop": 4, "name": "c.00001"}]  # planned, not synthesized yet
+    (folder / "units.plan").write_text(json.dumps({"spec": {}, "files": [], "units": units}))
+    write_jsonl(folder / "copied.jsonl", _records(50, 3))
+    loose = write_jsonl(tmp_path / "loose" / "extra.jsonl", _records(90, 4))
+    instr = write_jsonl(tmp_path / "instr.jsonl", [{"question": "Name a color.", "response": "Blue."}])
+    cfg = CorporaConfig(recipe="domain", synthesized=[str(folder), str(loose)], instructions=[str(instr)],
+                        output_dir=str(tmp_path / "out"), tokenizer="mistral", workers=0, progress=False)
+    report = build_corpora(cfg)
+    syn = report["synthesis"]
+    assert (syn["units_unlisted"], syn["units_unfinished"], syn["shards_without_stats"]) == (1, 1, 1)
+    assert syn["shards"] == 2 and syn["texts"] == 2 + 4 and syn["pairs"] == 6
+    assert [s["shards"] for s in syn["synthesizers"]] == [1, 1] and syn["synthesizers"][1]["synthesizer"] is None
+    counts = report["components"]["instruct"]["counts"]
+    assert counts["units_unlisted"] == 1 and counts["units_unfinished"] == 1
+    assert report["components"]["instruct"]["documents"] == 2 + 4  # copied.jsonl's texts are not in the corpus
+    assert "copied.jsonl" in caplog.text and "extra.jsonl" in caplog.text
+    md = (tmp_path / "out" / "mixture_report.md").read_text()
+    assert "units unlisted 1" in md and "shards without stats 1" in md
+
+
+def test_mixed_synthesizers_say_what_differs(tmp_path, caplog):
+    """Two settings of one synthesizer: the warning and the report name the differing settings."""
+    folder = tmp_path / "synth"
+    folder.mkdir()
+    model = {"path": "runs/synth/hf", "hash": "ab12", "weights": []}
+    units = [_unit(folder, "a", _records(0, 2), {"synthesizer": model, "config": {"rounds": 2, "temperature": 0.0}}),
+             _unit(folder, "b", _records(10, 2), {"synthesizer": model, "config": {"rounds": 3, "temperature": 0.0}})]
+    (folder / "units.plan").write_text(json.dumps({"spec": {}, "files": [], "units": units}))
+    instr = write_jsonl(tmp_path / "instr.jsonl", [{"question": "Name a color.", "response": "Blue."}])
+    cfg = CorporaConfig(recipe="domain", synthesized=[str(folder)], instructions=[str(instr)],
+                        output_dir=str(tmp_path / "out"), tokenizer="mistral", workers=0, progress=False)
+    report = build_corpora(cfg)
+    assert "2 different synthesizers or settings, differing in config.rounds (see" in caplog.text
+    assert [s["differs"] for s in report["synthesis"]["synthesizers"]] == [{"config.rounds": 2}, {"config.rounds": 3}]
+    md = (tmp_path / "out" / "mixture_report.md").read_text()
+    assert "(hash ab12), rounds=2: 1 shard(s)" in md and "(hash ab12), rounds=3: 1 shard(s)" in md
