@@ -7,6 +7,7 @@ already start with one; a doubled BOS is a pitfall of the reference release).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +33,25 @@ MISSING_VLLM = (
     "the vLLM engine needs the vllm package and a CUDA GPU: pip install vllm "
     "(or use --engine hf, the transformers engine, which runs on CPU or GPU)"
 )
+
+
+def speculative_kwargs(config: EngineConfig, version: str) -> dict:
+    """``vllm.LLM`` keyword arguments for prompt-lookup speculation (``engine.speculative=ngram``) in
+    the spelling of the installed vLLM ``version``; empty when off or too old (< 0.6) to have it."""
+    if config.speculative != "ngram":
+        return {}
+    major_minor = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    sizes = {"num_speculative_tokens": config.speculative_tokens,
+             "prompt_lookup_max": config.lookup_max, "prompt_lookup_min": config.lookup_min}
+    if major_minor >= (0, 9):
+        return {"speculative_config": {"method": "ngram", **sizes}}
+    if major_minor >= (0, 8):
+        return {"speculative_config": {"model": "[ngram]", **sizes}}
+    if major_minor >= (0, 6):
+        return {"speculative_model": "[ngram]", "num_speculative_tokens": config.speculative_tokens,
+                "ngram_prompt_lookup_max": config.lookup_max, "ngram_prompt_lookup_min": config.lookup_min}
+    log.warning("vLLM %s has no n-gram speculation this engine knows: decoding without it", version)
+    return {}
 
 
 def _import_vllm():
@@ -64,6 +84,7 @@ class VLLMEngine:
             enable_prefix_caching=True,
             gpu_memory_utilization=config.gpu_memory_utilization,
             seed=config.seed,
+            **speculative_kwargs(config, vllm.__version__),
         )
         self.eos_ids = {self.tokenizer.eos_id} if self.tokenizer.eos_id is not None else set()
 
