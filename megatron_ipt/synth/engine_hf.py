@@ -267,7 +267,9 @@ class HFEngine:
             log.info("prefix reuse off: the model's sliding window (%d) is shorter than max_model_len", window)
             reuse = 0
         self.prefix_store = PrefixStore(reuse) if reuse > 0 else None
-        self.speculative = getattr(config, "speculative", "off")
+        self.speculative = config.speculative
+        if self.speculative == "auto":
+            self.speculative = "ngram" if self.device.type == "cuda" else "off"
         if self.speculative != "off" and window is not None and window < self.max_model_len:
             log.info("speculation off: the model's sliding window (%d) is shorter than max_model_len", window)
             self.speculative = "off"

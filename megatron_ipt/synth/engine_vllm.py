@@ -3,6 +3,8 @@
 vLLM is imported only when this engine is built, so the rest of the package works without it.
 Prompts go in as ``TokensPrompt`` so vLLM adds no BOS of its own (the synthesizer's prompts
 already start with one; a doubled BOS is a pitfall of the reference release).
+``engine.speculative=ngram`` passes vLLM's prompt-lookup speculation through, in the spelling of the
+installed version (:func:`speculative_kwargs`).
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ MISSING_VLLM = (
 
 
 def speculative_kwargs(config: EngineConfig, version: str) -> dict:
-    """``vllm.LLM`` keyword arguments for prompt-lookup speculation (``engine.speculative=ngram``) in
-    the spelling of the installed vLLM ``version``; empty when off or too old (< 0.6) to have it."""
-    if config.speculative != "ngram":
+    """``vllm.LLM`` keyword arguments for prompt-lookup speculation (``engine.speculative`` ngram or
+    auto) in the spelling of the installed vLLM ``version``; empty when off or too old (< 0.6) to have it."""
+    if config.speculative == "off":
         return {}
     major_minor = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
     sizes = {"num_speculative_tokens": config.speculative_tokens,
@@ -72,6 +74,7 @@ class VLLMEngine:
         self._vllm = vllm
         self.tokenizer = resolve_tokenizer(config.model, tokenizer or config.tokenizer or None)
         self.max_model_len = config.max_model_len
+        self.tensor_parallel_size = config.tensor_parallel_size  # GPUs one model takes (for the cost per token)
         self.llm = vllm.LLM(
             model=str(config.model),
             # vLLM detokenizes with an HF tokenizer: the given directory, else the model's own.

@@ -17,7 +17,7 @@ from megatron_ipt.tokenizer import Tokenizer
 log = get_logger(__name__)
 
 ENGINE_KINDS = ("auto", "hf", "vllm")
-SPECULATIVE_KINDS = ("off", "ngram")
+SPECULATIVE_KINDS = ("auto", "off", "ngram")
 
 
 @dataclass
@@ -33,7 +33,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1  # vLLM engine: GPUs one model is split over
     gpu_memory_utilization: float = 0.9  # vLLM engine: share of GPU memory for weights and KV cache
     seed: int = 0  # vLLM engine: its own sampler seed (per-prompt seeds come with the sampling params)
-    speculative: str = "ngram"  # ngram: prompt-lookup speculative decoding (drafts copied from the prompt and output, verified exactly) | off
+    speculative: str = "auto"  # ngram: prompt-lookup speculative decoding (drafts copied from the prompt and output, verified exactly) | off | auto: ngram on GPUs (vLLM, or transformers on CUDA), off on CPU (compute-bound: rejected drafts cost)
     speculative_tokens: int = 4  # tokens drafted per sequence and step (vLLM: num_speculative_tokens)
     lookup_max: int = 4  # longest n-gram looked up in the prompt and output (vLLM: prompt_lookup_max)
     lookup_min: int = 2  # shortest n-gram looked up (vLLM: prompt_lookup_min)

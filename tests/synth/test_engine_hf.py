@@ -17,8 +17,8 @@ from megatron_ipt.synth.engine_hf import (
     uniform,
 )
 from megatron_ipt.synth.engine_types import SamplingParams
-from megatron_ipt.synth.engines import EngineConfig
 from megatron_ipt.synth.engine_vllm import speculative_kwargs
+from megatron_ipt.synth.engines import EngineConfig
 
 
 def choose_one_row(logits: torch.Tensor, seen: set[int], params: SamplingParams, seed: int, step: int) -> int:
@@ -138,7 +138,8 @@ def test_speculation_changes_no_token_on_a_tiny_model(tiny, mistral_tokenizer):
 
 def test_speculation_changes_no_token_of_the_real_smollm2(smollm2_dir):
     """SmolLM2-135M-Instruct on synthesizer prompts (a one-shot chain of real PubMed abstracts), greedy
-    with the demo's repetition penalty: token for token what decoding without speculation gives."""
+    with the demo's repetition penalty and without it, and a pattern it continues (drafts accepted):
+    token for token what decoding without speculation gives."""
     from megatron_ipt.synth.format import Pair
     from megatron_ipt.synth.rounds import build_prompt_ids
     from megatron_ipt.tokenizer import load_tokenizer
@@ -148,23 +149,27 @@ def test_speculation_changes_no_token_of_the_real_smollm2(smollm2_dir):
     records = list(iter_pubmed_records(limit=4))
     shot = (f"{records[0].title}\n{records[0].abstract}", [Pair("What was the objective of the study?",
                                                                records[0].title)])
-    prompts = [build_prompt_ids(tok, [shot], f"{r.title}\n{r.abstract}")[-700:] for r in records[1:]]
+    prompts = [build_prompt_ids(tok, [shot], f"{r.title}\n{r.abstract}")[-600:] for r in records[1:]]
+    prompts.append([tok.bos_id, *tok.encode("Monday, Tuesday, Wednesday, Monday, Tuesday, Wednesday, Monday,")])
     base = EngineConfig(kind="hf", model=str(smollm2_dir), speculative="off", device="cpu").build(tokenizer=tok)
-    plain, spec = engines(base, batch_size=3, prefix_cache_tokens=0)
-    params = SamplingParams(max_new_tokens=40, repetition_penalty=1.2, stop=("<CON>", "</CON>"))
+    plain, spec = engines(base, batch_size=4, prefix_cache_tokens=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        a, b = plain.generate(prompts, params), spec.generate(prompts, params)
+        for penalty in (1.2, 1.0):
+            params = SamplingParams(max_new_tokens=32, repetition_penalty=penalty, stop=("<CON>", "</CON>"))
+            a, b = plain.generate(prompts, params), spec.generate(prompts, params)
+            assert [g[0].token_ids for g in a] == [g[0].token_ids for g in b]
+            assert [g[0].text for g in a] == [g[0].text for g in b] and sum(len(g[0].token_ids) for g in a) > 30
     finally:
         torch.set_num_threads(threads)
-    assert [g[0].token_ids for g in a] == [g[0].token_ids for g in b]
-    assert [g[0].text for g in a] == [g[0].text for g in b] and sum(len(g[0].token_ids) for g in a) > 30
-    assert spec.accepted_tokens > 0
+    assert spec.accepted_tokens > 0 and spec.decode_steps < plain.decode_steps
 
 
 def test_batch_size_auto_and_loading(tiny):
     assert tiny.batch_size == CPU_BATCH  # auto on CPU
+    auto = HFEngine(EngineConfig(model="given", device="cpu"), tokenizer=tiny.tokenizer, model=tiny.model)
+    assert auto.speculative == "off" and auto.draft_tokens == 0  # auto: off on CPU, where rejected drafts cost
     assert next(tiny.model.parameters()).device.type == "cpu"
     per_token = kv_bytes_per_token(tiny.model.config, torch.float32)
     assert per_token == 2 * 2 * 2 * 16 * 4  # K and V, 2 layers, 2 KV heads of 16 dims, 4 bytes
@@ -190,3 +195,4 @@ def test_vllm_speculative_config_for_each_vllm_spelling():
                                                 "ngram_prompt_lookup_max": 4, "ngram_prompt_lookup_min": 2}
     assert speculative_kwargs(cfg, "0.5.1") == {}
     assert speculative_kwargs(EngineConfig(model="m", speculative="off"), "0.11.0") == {}
+    assert speculative_kwargs(EngineConfig(model="m"), "0.11.0")["speculative_config"]["method"] == "ngram"  # auto: on
