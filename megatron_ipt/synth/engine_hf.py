@@ -448,6 +448,10 @@ class HFEngine:
             longest = max(len(r.prompt) for r in rows)
             ids = torch.tensor([r.prompt + [r.prompt[0]] * (longest - len(r.prompt)) for r in rows], device=device)
             seen = torch.zeros((len(rows), vocab), dtype=torch.bool, device=device).scatter_(1, ids, True)
+        if self.draft_tokens and not all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers):
+            # Realigning rows' tails rewrites the layers' tensors: only plain growing layers allow it.
+            log.info("speculation off: the model's KV cache has %s layers", type(cache.layers[0]).__name__)
+            self.draft_tokens = 0
         if self.draft_tokens:
             for r in rows:
                 r.drafter = NgramDrafter(r.prompt, *self.lookup)
