@@ -223,6 +223,13 @@ def kv_bytes_per_token(model_config, dtype: torch.dtype) -> int:
     return 2 * model_config.num_hidden_layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
 
 
+def prefill_bytes_per_token(model_config, dtype: torch.dtype) -> int:
+    """Transient activation bytes per prefilled token in one layer (MLP gate, up and product; attention
+    in and out), which a batch prefilled at once needs on top of its KV caches."""
+    inter = getattr(model_config, "intermediate_size", None) or 4 * model_config.hidden_size
+    return (3 * inter + 4 * model_config.hidden_size) * torch.tensor([], dtype=dtype).element_size()
+
+
 def auto_batch_size(free_bytes: int, per_token: int, vocab: int, max_model_len: int, draft: int,
                     reserved_tokens: int) -> int:
     """Sequences that fit ``AUTO_MEMORY_SHARE`` of ``free_bytes``: each a full-length KV cache (plus
@@ -294,11 +301,12 @@ class HFEngine:
             return CPU_BATCH
         free, _ = torch.cuda.mem_get_info(self.device)
         dtype = next(self.model.parameters()).dtype
-        per_token = kv_bytes_per_token(self.model.config, dtype)
+        kv = kv_bytes_per_token(self.model.config, dtype)
+        per_token = kv + prefill_bytes_per_token(self.model.config, dtype)
         size = auto_batch_size(free, per_token, self.model.config.vocab_size, self.max_model_len, self.draft_tokens,
-                               reserved_tokens)
-        log.info("batch_size auto: %d sequences (%.1f GiB free, %d KV bytes per token, max_model_len %d)",
-                 size, free / 2**30, per_token, self.max_model_len)
+                               reserved_tokens * kv // per_token)
+        log.info("batch_size auto: %d sequences (%.1f GiB free, %d KV + %d prefill bytes per token, max_model_len %d)",
+                 size, free / 2**30, kv, per_token - kv, self.max_model_len)
         return size
 
     def _eos_ids(self) -> set[int]:

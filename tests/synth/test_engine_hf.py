@@ -13,6 +13,7 @@ from megatron_ipt.synth.engine_hf import (
     auto_batch_size,
     choose_tokens,
     kv_bytes_per_token,
+    prefill_bytes_per_token,
     sample_seed,
     uniform,
 )
@@ -173,6 +174,7 @@ def test_batch_size_auto_and_loading(tiny):
     assert next(tiny.model.parameters()).device.type == "cpu"
     per_token = kv_bytes_per_token(tiny.model.config, torch.float32)
     assert per_token == 2 * 2 * 2 * 16 * 4  # K and V, 2 layers, 2 KV heads of 16 dims, 4 bytes
+    assert prefill_bytes_per_token(tiny.model.config, torch.bfloat16) == (3 * 128 + 4 * 64) * 2
     small = auto_batch_size(2**30, per_token, 32_000, 2048, 4, 0)
     assert 1 <= small < auto_batch_size(2**33, per_token, 32_000, 2048, 4, 0) == 256  # more memory, more rows
     assert auto_batch_size(2**30, per_token, 32_000, 4096, 4, 0) < small  # longer sequences, fewer rows
