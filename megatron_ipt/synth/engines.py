@@ -46,6 +46,8 @@ class EngineConfig:
             raise ValueError(f"engine.max_model_len must be >= 2, got {self.max_model_len}")
         if self.prefix_cache_tokens < 0:
             raise ValueError(f"engine.prefix_cache_tokens must be >= 0, got {self.prefix_cache_tokens}")
+        if isinstance(self.batch_size, str) and self.batch_size.strip().isdigit():  # "--engine.batch_size=16"
+            self.batch_size = int(self.batch_size)
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ValueError(f"engine.batch_size must be auto or an integer >= 1, got {self.batch_size!r}")
         if self.speculative not in SPECULATIVE_KINDS:

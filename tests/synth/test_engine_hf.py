@@ -181,6 +181,9 @@ def test_batch_size_auto_and_loading(tiny):
     assert auto_batch_size(2**20, per_token, 32_000, 4096, 4, 10**6) == 1  # never below one
     with pytest.raises(ValueError, match="batch_size must be auto"):
         EngineConfig(model="m", batch_size="big").validate()
+    cli = EngineConfig(model="m", batch_size="16")  # the command line keeps an int | str value as text
+    cli.validate()
+    assert cli.batch_size == 16
     with pytest.raises(ValueError, match="engine.speculative must be one of"):
         EngineConfig(model="m", speculative="eagle").validate()
     with pytest.raises(ValueError, match="lookup_min"):
