@@ -16,9 +16,10 @@ Slurm array, task i of n takes units i, i+n, ...: ``--task_index`` / ``--num_tas
 array task (counted from the array's minimum task id) and the array's task count; any array size
 gives the same outputs.
 
-``--dry-run`` plans instead: texts and tokens per unit, the GPU-hours at ``--plan_tokens_per_s``
-(or measured on a sample), the array size and the ``sbatch`` line to submit (every setting that
-is not the default on it, ``--time`` from ``--plan_hours_per_task``).
+``--dry-run`` plans instead: texts and tokens per unit, the GPU-hours and device-hours per 1B raw
+tokens at ``--plan_tokens_per_s`` (or measured on a sample, bounded by ``--plan_sample_seconds``),
+the array size and the ``sbatch`` line to submit (every setting that is not the default on it,
+``--time`` from ``--plan_hours_per_task``). Each unit's stats carry its measured ``cost``.
 
 Lists take one or more values (``--input a.jsonl b/``) or YAML (``--stop='["<CON>"]'``).
 """

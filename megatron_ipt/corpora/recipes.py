@@ -79,6 +79,7 @@ class CorporaConfig:
         if self.tuning_repeat <= 0 or self.instruction_ratio <= 0:
             raise ConfigError("tuning_repeat and instruction_ratio must be positive")
         self.contamination.validate()
+        self.quality.validate()
         if self.workers < 0:
             raise ConfigError(f"workers must be 0 (tokenize in this process) or more, got {self.workers}")
 
@@ -275,9 +276,7 @@ def _build_corpora(cfg: CorporaConfig, out: Path) -> dict:
         if extra:
             comp["counts"] = dict(extra)
     if cfg.quality.enabled:
-        components["instruct"]["quality"] = {"pairs_checked": quality.checked,
-                                              "pairs_dropped": sum(quality.drops.values()),
-                                              "dropped": dict(sorted(quality.drops.items(), key=lambda kv: -kv[1]))}
+        components["instruct"]["quality"] = quality.report()
     blend = Blend.parse([[weights[k], components[k]["prefix"]] for k in components if k in weights], "mixture")
     # The blend carries its tokenizer: a training config that includes it trains with the same one
     # (and the trainer refuses another one, from the datasets' summaries).
@@ -323,6 +322,11 @@ def report_markdown(report: dict) -> str:
             why = ", ".join(f"{k} {v:,}" for k, v in q["dropped"].items()) or "none"
             lines += ["", f"Quality gate on {name}: {q['pairs_dropped']:,} of {q['pairs_checked']:,} pairs dropped "
                       f"({why})."]
+            if q.get("top_questions"):
+                lines += ["", f"Most frequent questions ({q['distinct_questions']:,} distinct in {q['pairs_kept']:,} "
+                          "kept pairs):", "", "| question | pairs | share |", "|---|---:|---:|"]
+                lines += [f"| {' '.join(t['question'].split())[:80].replace('|', '/')} | {t['pairs']:,} | "
+                          f"{t['share']:.1%} |" for t in q["top_questions"]]
     con = report.get("contamination")
     if con:
         removed = ", ".join(f"{v:,} of {con['checked'][k]:,} {k.replace('_', ' ')}" for k, v in con["removed"].items())

@@ -197,6 +197,16 @@ def manifest_lines(manifest: dict[str, dict]) -> list[str]:
     return lines
 
 
+def question_concentration(quality: dict) -> list[str]:
+    """The quality gate's kept pairs and their most frequent questions, as report lines."""
+    top = quality.get("top_questions") or []
+    if not top:
+        return []
+    shown = "; ".join(f"`{' '.join(t['question'].split())[:60]}` {t['share']:.0%}" for t in top[:3])
+    return [f"Questions kept: {quality['pairs_kept']:,} pairs, {quality['distinct_questions']:,} distinct; the most "
+            f"frequent, with their share of the kept pairs: {shown}.", ""]
+
+
 def tokens_per_source(per_source: dict[str, dict[str, int]]) -> list[str]:
     """Each arm's training tokens by source dataset, as the trainer counted them (all seeds)."""
     labels = {"raw_text_document": "raw PubMed abstracts", "instruct": "instruction-augmented abstracts",
@@ -305,6 +315,7 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
                            **({"repeat": c["repeat"]} if "repeat" in c else {})}
                        for k, c in mixture.get("components", {}).items()}) or "none") + ".",
         "",
+        *question_concentration(mixture.get("components", {}).get("instruct", {}).get("quality", {})),
         "## Continual pre-training (stage 5)",
         "",
         f"Every run starts from the same model with the same budget: {train.get('steps', 'n/a')} steps x "

@@ -110,6 +110,7 @@ def resolve_tokenizer(model_dir: str | Path, tokenizer: str | Path | Tokenizer |
 
 
 ENGINE_KINDS = ("auto", "hf", "vllm")
+SPECULATIVE_KINDS = ("auto", "off", "ngram")
 
 
 @dataclass
@@ -122,11 +123,15 @@ class EngineSettings:
     max_model_len: int = 4096  # prompt + generated tokens per sequence
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32 (long names accepted)
     device: str = "auto"  # transformers engine: auto | cpu | cuda | cuda:N
-    batch_size: int = 8  # transformers engine: sequences decoded together
+    batch_size: int | str = "auto"  # transformers engine: sequences decoded together; auto: from free GPU memory and max_model_len (8 on CPU)
     prefix_cache_tokens: int = 65536  # transformers engine: KV of this many tokens of finished sequences kept so a later prompt extending one prefills only its new tokens (0: off)
     tensor_parallel_size: int = 1  # vLLM engine: GPUs one model is split over
     gpu_memory_utilization: float = 0.9  # vLLM engine: share of GPU memory for weights and KV cache
     seed: int = 0  # vLLM engine: its own sampler seed (per-prompt seeds come with the sampling params)
+    speculative: str = "auto"  # ngram: prompt-lookup speculative decoding (drafts copied from the prompt and output, verified exactly) | off | auto: ngram on GPUs (vLLM, or transformers on CUDA), off on CPU (compute-bound: rejected drafts cost)
+    speculative_tokens: int = 4  # tokens drafted per sequence and step (vLLM: num_speculative_tokens)
+    lookup_max: int = 4  # longest n-gram looked up in the prompt and output (vLLM: prompt_lookup_max)
+    lookup_min: int = 2  # shortest n-gram looked up (vLLM: prompt_lookup_min)
 
     def validate(self) -> None:
         if self.kind not in ENGINE_KINDS:
@@ -136,8 +141,17 @@ class EngineSettings:
             raise ValueError(f"engine.max_model_len must be >= 2, got {self.max_model_len}")
         if self.prefix_cache_tokens < 0:
             raise ValueError(f"engine.prefix_cache_tokens must be >= 0, got {self.prefix_cache_tokens}")
-        if self.batch_size < 1:
-            raise ValueError(f"engine.batch_size must be >= 1, got {self.batch_size}")
+        if isinstance(self.batch_size, str) and self.batch_size.strip().isdigit():  # "--engine.batch_size=16"
+            self.batch_size = int(self.batch_size)
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ValueError(f"engine.batch_size must be auto or an integer >= 1, got {self.batch_size!r}")
+        if self.speculative not in SPECULATIVE_KINDS:
+            raise ValueError(f"engine.speculative must be one of {SPECULATIVE_KINDS}, got {self.speculative!r}")
+        if self.speculative_tokens < 1:
+            raise ValueError(f"engine.speculative_tokens must be >= 1, got {self.speculative_tokens}")
+        if not 1 <= self.lookup_min <= self.lookup_max:
+            raise ValueError(f"engine.lookup_min and lookup_max need 1 <= lookup_min <= lookup_max, got "
+                             f"{self.lookup_min} and {self.lookup_max}")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"engine.tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if not 0 < self.gpu_memory_utilization <= 1:

@@ -3,10 +3,13 @@
 vLLM is imported only when this engine is built, so the rest of the package works without it.
 Prompts go in as ``TokensPrompt`` so vLLM adds no BOS of its own (the synthesizer's prompts
 already start with one; a doubled BOS is a pitfall of the reference release).
+``engine.speculative=ngram`` passes vLLM's prompt-lookup speculation through, in the spelling of the
+installed version (:func:`speculative_kwargs`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +34,25 @@ MISSING_VLLM = (
 )
 
 
+def speculative_kwargs(config: EngineSettings, version: str) -> dict:
+    """``vllm.LLM`` keyword arguments for prompt-lookup speculation (``engine.speculative`` ngram or
+    auto) in the spelling of the installed vLLM ``version``; empty when off or too old (< 0.6) to have it."""
+    if config.speculative == "off":
+        return {}
+    major_minor = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    sizes = {"num_speculative_tokens": config.speculative_tokens,
+             "prompt_lookup_max": config.lookup_max, "prompt_lookup_min": config.lookup_min}
+    if major_minor >= (0, 9):
+        return {"speculative_config": {"method": "ngram", **sizes}}
+    if major_minor >= (0, 8):
+        return {"speculative_config": {"model": "[ngram]", **sizes}}
+    if major_minor >= (0, 6):
+        return {"speculative_model": "[ngram]", "num_speculative_tokens": config.speculative_tokens,
+                "ngram_prompt_lookup_max": config.lookup_max, "ngram_prompt_lookup_min": config.lookup_min}
+    log.warning("vLLM %s has no n-gram speculation this engine knows: decoding without it", version)
+    return {}
+
+
 def _import_vllm():
     try:
         import vllm
@@ -49,6 +71,7 @@ class VLLMEngine:
         self._vllm = vllm
         self.tokenizer = resolve_tokenizer(config.model, tokenizer or config.tokenizer or None)
         self.max_model_len = config.max_model_len
+        self.tensor_parallel_size = config.tensor_parallel_size  # GPUs one model takes (for the cost per token)
         self.llm = vllm.LLM(
             model=str(config.model),
             # vLLM detokenizes with an HF tokenizer: the given directory, else the model's own.
@@ -61,6 +84,7 @@ class VLLMEngine:
             enable_prefix_caching=True,
             gpu_memory_utilization=config.gpu_memory_utilization,
             seed=config.seed,
+            **speculative_kwargs(config, vllm.__version__),
         )
         self.eos_ids = {self.tokenizer.eos_id} if self.tokenizer.eos_id is not None else set()
 

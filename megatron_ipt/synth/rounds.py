@@ -239,7 +239,7 @@ def synthesize_batch(engine: Engine, cfg: RoundsConfig, items: Sequence[tuple[st
     tok = engine.tokenizer
     budget = engine.max_model_len - cfg.max_new_tokens
     prompts: list[list[int] | PromptFailure] = []
-    chained, cut = [], []
+    chained, cut, own = [], [], []  # own: the prompt's tokens of this text (BOS + context): raw input
     for _, text, _, slot in items:
         chain = unbroken_chain(histories.get(slot, []))
         ids = build_prompt_ids(tok, chain, text, cache) if chain else None
@@ -247,6 +247,7 @@ def synthesize_batch(engine: Engine, cfg: RoundsConfig, items: Sequence[tuple[st
             prompts.append(ids)
             chained.append(True)
             cut.append(False)
+            own.append(len(ids) - sum(len(cache[e.id]) for e in chain))
             continue
         chained.append(False)
         try:
@@ -254,9 +255,11 @@ def synthesize_batch(engine: Engine, cfg: RoundsConfig, items: Sequence[tuple[st
         except ValueError as err:
             prompts.append(PromptFailure("too_long", str(err)))
             cut.append(False)
+            own.append(0)
             continue
         prompts.append(alone)
         cut.append(was_cut)
+        own.append(len(alone))
     params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                              n=cfg.n, seed=text_seed(cfg.seed, text_id), stop=cfg.stop,
                              repetition_penalty=cfg.repetition_penalty)
@@ -267,8 +270,8 @@ def synthesize_batch(engine: Engine, cfg: RoundsConfig, items: Sequence[tuple[st
                       strict=True):
         outputs[j] = out
     entries = []
-    for (text_id, text, rnd, slot), ids, was_chained, was_cut, out in zip(
-        items, prompts, chained, cut, outputs, strict=True
+    for (text_id, text, rnd, slot), ids, was_chained, was_cut, text_tokens, out in zip(
+        items, prompts, chained, cut, own, outputs, strict=True
     ):
         if not isinstance(out, PromptFailure):
             try:
@@ -279,7 +282,8 @@ def synthesize_batch(engine: Engine, cfg: RoundsConfig, items: Sequence[tuple[st
             log.warning("text %r (round %d): %s: %s; kept raw, no pairs", text_id, rnd, out.reason, out.message)
             stats = {"failure": out.reason, "error": out.message}
             pairs = []
-        stats.update(prompt_tokens=0 if isinstance(out, PromptFailure) else len(ids), text_truncated=was_cut,
+        stats.update(prompt_tokens=0 if isinstance(out, PromptFailure) else len(ids), text_tokens=text_tokens,
+                     text_truncated=was_cut,
                      chained=was_chained, cached_tokens=0 if isinstance(out, PromptFailure) else out[0].cached_tokens)
         entries.append(Entry(text_id, text, pairs, rnd, slot, was_chained and bool(pairs), stats))
     return entries

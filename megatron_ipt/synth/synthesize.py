@@ -92,7 +92,9 @@ class SynthesizeConfig:
     dry_run: bool = False  # plan only: texts and tokens per unit, GPU-hours, array size and the sbatch line; nothing generated
     plan_tokens_per_s: float = 0.0  # dry run: generated tokens/s of one task (GPU) to plan with; 0: measure on a sample (loads the model)
     plan_output_tokens: int = 0  # dry run: generated tokens per text to plan with; 0: the sample's, or max_new_tokens x n when plan_tokens_per_s is given
-    plan_sample_texts: int = 32  # dry run: texts synthesized to measure throughput (when plan_tokens_per_s is 0)
+    plan_sample_texts: int = 256  # dry run: at most this many texts synthesized to measure throughput (when plan_tokens_per_s is 0)
+    plan_sample_seconds: float = 60.0  # dry run: the measurement stops after the group of texts that passes this many seconds
+    plan_sample_tokens: int = 16  # dry run: tokens generated per text and round while measuring
     plan_hours_per_task: float = 24.0  # dry run: wall-clock hours one array task may run (its sbatch --time)
 
     def validate(self) -> None:
@@ -518,7 +520,7 @@ def summarize(entries: list[Entry], input_stats: Counter, seconds: float) -> dic
             failed[e.failure] += 1
         hist[len(e.pairs)] += 1
         for key in ("malformed", "duplicates", "unfinished", "degenerate", "degenerate_pairs", "prompt_tokens",
-                    "cached_tokens", "output_tokens", "capped"):
+                    "cached_tokens", "output_tokens", "capped", "text_tokens"):
             s[key] += int(st.get(key, 0))
         s["text_truncated"] += bool(st.get("text_truncated"))
         s["chained"] += bool(st.get("chained"))
@@ -551,6 +553,7 @@ def summarize(entries: list[Entry], input_stats: Counter, seconds: float) -> dic
         "prompt_tokens": s["prompt_tokens"],
         "prompt_tokens_cached": s["cached_tokens"],  # served from the engine's prefix cache, not prefilled
         "output_tokens": s["output_tokens"],
+        "raw_tokens": s["text_tokens"],  # the texts' own tokens in their prompts (BOS + context): the raw input
         "texts_truncated": s["text_truncated"],
         # Every input count, the usual ones even when zero: a skip counted while reading is never left out.
         "input": {**{k: 0 for k in ("bad_utf8", "bad_records", "empty_texts", "duplicate_ids", "not_selected",
@@ -560,6 +563,55 @@ def summarize(entries: list[Entry], input_stats: Counter, seconds: float) -> dic
         "texts_per_s": round(texts / seconds, 3) if seconds > 0 else None,
         "output_tokens_per_s": round(s["output_tokens"] / seconds, 1) if seconds > 0 else None,
     }
+
+
+PAPER_DEVICE_HOURS_PER_1B = 24.0  # the paper: about one A100-day per 1B raw tokens
+
+
+def device_label(engine: Engine) -> tuple[str, int]:
+    """What the engine decodes on, in words, and how many devices one model takes."""
+    import torch
+
+    device = getattr(engine, "device", None)
+    count = int(getattr(engine, "tensor_parallel_size", 1) or 1)
+    if device is None:  # vLLM: CUDA GPUs
+        device = torch.device("cuda")
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(device)}", count
+    return f"{device.type} ({torch.get_num_threads()} threads)", count
+
+
+def cost_stats(entries: list[Entry], seconds: float, engine: Engine, speculation: tuple[int, int] | None) -> dict:
+    """What ``entries`` (generated in this run, in ``seconds``) cost in the paper's units: device-hours
+    per 1B raw input tokens, output tokens/s, and per round the prompt tokens prefilled vs served
+    from the prefix cache. ``speculation``: (drafted, accepted) tokens when the engine counts them."""
+    device, count = device_label(engine)
+    raw = sum(int(e.stats.get("text_tokens", 0)) for e in entries)
+    out = sum(int(e.stats.get("output_tokens", 0)) for e in entries)
+    rounds: dict[str, Counter] = {}
+    for e in entries:
+        r = rounds.setdefault(str(e.round), Counter())
+        prompt, cached = int(e.stats.get("prompt_tokens", 0)), int(e.stats.get("cached_tokens", 0))
+        r.update(texts=1, prompt_tokens=prompt, prefilled=prompt - cached, cached=cached,
+                 output_tokens=int(e.stats.get("output_tokens", 0)))
+    cost = {"device": device, "devices": count, "seconds": round(seconds, 2), "texts": len(entries),
+            "raw_tokens": raw, "output_tokens": out,
+            "output_tokens_per_s": round(out / seconds, 1) if seconds > 0 else None,
+            "device_hours_per_1b_raw_tokens": round(seconds * count / 3600 / raw * 1e9, 1) if raw and seconds > 0
+            else None,
+            "paper_device_hours_per_1b_raw_tokens": PAPER_DEVICE_HOURS_PER_1B,
+            "rounds": {k: dict(v) for k, v in sorted(rounds.items(), key=lambda kv: int(kv[0]))}}
+    if speculation is not None:
+        drafted, accepted = speculation
+        cost["speculation"] = {"drafted": drafted, "accepted": accepted,
+                               "acceptance_rate": round(accepted / drafted, 3) if drafted else None}
+    return cost
+
+
+def _speculation_counts(engine: Engine) -> tuple[int, int] | None:
+    if not hasattr(engine, "drafted_tokens"):
+        return None
+    return int(engine.drafted_tokens), int(engine.accepted_tokens)
 
 
 def synthesize_unit(engine: Engine, cfg: SynthesizeConfig, unit: Unit, out_dir: Path) -> dict:
@@ -591,9 +643,12 @@ def synthesize_unit(engine: Engine, cfg: SynthesizeConfig, unit: Unit, out_dir: 
     bar = progress(total=len(texts), initial=resumed, desc=stem, unit="text", enabled=cfg.progress)
     t0 = time.time()
     new_texts = new_tokens = 0
+    fresh: list[Entry] = []  # generated in this run (not resumed): what the cost is measured on
+    spec_before = _speculation_counts(engine)
 
     def checkpoint(rnd: int, b: int, entries: list[Entry]) -> None:
         nonlocal new_texts, new_tokens
+        fresh.extend(entries)
         records = [e.record() | {"stats": e.stats} for e in entries]
         with open(partial, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"round": rnd, "batch": b, "entries": records}, ensure_ascii=False) + "\n")
@@ -607,11 +662,15 @@ def synthesize_unit(engine: Engine, cfg: SynthesizeConfig, unit: Unit, out_dir: 
 
     entries = run_rounds(engine, texts, cfg.rounds_config(), cfg.batch_texts, done, checkpoint, cfg.schedule)
     bar.close()
-    summary = summarize(entries, input_stats, time.time() - t0) | {
+    seconds = time.time() - t0
+    spec_after = _speculation_counts(engine)
+    spec = None if spec_before is None or spec_after is None else (spec_after[0] - spec_before[0],
+                                                                   spec_after[1] - spec_before[1])
+    summary = summarize(entries, input_stats, seconds) | {
         "input_file": str(path), "input_lines": [unit.start, unit.stop], "resumed_texts": resumed,
         "input_fingerprint": {"file_bytes": file_stat.st_size, "file_mtime_ns": file_stat.st_mtime_ns,
                               "texts_sha256": digest},
-        "provenance": provenance}
+        "cost": cost_stats(fresh, seconds, engine, spec), "provenance": provenance}
     # Stats first, the output last: the stats record the output's size and hash (the completion
     # record), so a kill between the two leaves stats without an output (redone from the partial
     # file), and an output torn later no longer matches its record (redone).
@@ -628,6 +687,11 @@ def synthesize_unit(engine: Engine, cfg: SynthesizeConfig, unit: Unit, out_dir: 
     partial.unlink(missing_ok=True)
     log.info("%s: %d texts, %d pairs (%.2f per text), %d degenerate outputs -> %s", path, summary["texts"],
              summary["pairs"], summary["pairs_per_text"], summary["degenerate_outputs"], final)
+    cost = summary["cost"]
+    if cost["device_hours_per_1b_raw_tokens"] is not None:
+        log.info("%s: %s output tokens/s, %s device-hours per 1B raw tokens on %s (the paper: about %g on an A100)",
+                 stem, cost["output_tokens_per_s"], f"{cost['device_hours_per_1b_raw_tokens']:,}", cost["device"],
+                 PAPER_DEVICE_HOURS_PER_1B)
     return summary
 
 
@@ -694,9 +758,11 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
     return results
 
 
-def measure_throughput(cfg: SynthesizeConfig, units: list[Unit], engine: Engine | None) -> tuple[float, float]:
-    """Generated tokens/s and generated tokens per text of a real run over the first
-    ``plan_sample_texts`` texts (M rounds, the configured batching), written nowhere."""
+def measure_throughput(cfg: SynthesizeConfig, units: list[Unit], engine: Engine | None) -> tuple[float, str]:
+    """Generated tokens/s of real M-round runs over the first texts, written nowhere, and how it was
+    measured. Bounded: ``plan_sample_tokens`` tokens per text and round, groups of texts (one engine
+    batch per round) until ``plan_sample_seconds`` pass or ``plan_sample_texts`` are done. Short
+    outputs weigh prefill more than a real run does, so the rate is a lower bound (hours an upper one)."""
     sample: list[tuple[str, str]] = []
     for u in units:
         sample += read_texts(Path(u.file), cfg, Counter(), u.start, u.stop)[: cfg.plan_sample_texts - len(sample)]
@@ -705,12 +771,24 @@ def measure_throughput(cfg: SynthesizeConfig, units: list[Unit], engine: Engine 
     if not sample:
         raise ConfigError("dry run: the inputs hold no text to measure throughput on")
     engine = engine or cfg.engine.build()
-    t0 = time.perf_counter()
-    entries = run_rounds(engine, sample, cfg.rounds_config(), cfg.batch_texts, schedule=cfg.schedule)
-    seconds = time.perf_counter() - t0
-    out_tokens = sum(e.stats.get("output_tokens", 0) for e in entries)
-    log.info("dry run: %d sample texts -> %d generated tokens in %.1fs", len(sample), out_tokens, seconds)
-    return out_tokens / max(seconds, 1e-9), out_tokens / len(sample)
+    rounds = dataclasses.replace(cfg.rounds_config(), max_new_tokens=min(cfg.max_new_tokens, cfg.plan_sample_tokens))
+    group = cfg.rounds * int(getattr(engine, "batch_size", 8))
+    done = out_tokens = 0
+    seconds = 0.0
+    with progress(total=len(sample), desc="measuring", unit="text", enabled=cfg.progress) as bar:
+        while done < len(sample) and (done == 0 or seconds < cfg.plan_sample_seconds):
+            part = sample[done : done + group]
+            t0 = time.perf_counter()
+            entries = run_rounds(engine, part, rounds, cfg.batch_texts, schedule=cfg.schedule)
+            seconds += time.perf_counter() - t0
+            out_tokens += sum(e.stats.get("output_tokens", 0) for e in entries)
+            done += len(part)
+            bar.update(len(part))
+    device, _ = device_label(engine)
+    how = (f"measured on {done} texts x {cfg.rounds} rounds, at most {rounds.max_new_tokens} tokens each: "
+           f"{out_tokens:,} tokens in {seconds:.1f} s on {device}")
+    log.info("dry run: %s", how)
+    return out_tokens / max(seconds, 1e-9), how
 
 
 def dry_run(cfg: SynthesizeConfig, units: list[Unit], engine: Engine | None = None) -> dict:
@@ -733,8 +811,8 @@ def dry_run(cfg: SynthesizeConfig, units: list[Unit], engine: Engine | None = No
         rate, per_text = cfg.plan_tokens_per_s, float(cfg.max_new_tokens * cfg.n)
         source = "given by plan_tokens_per_s"
     else:
-        rate, per_text = measure_throughput(cfg, units, engine)
-        source = f"measured on {min(cfg.plan_sample_texts, texts)} texts"
+        rate, source = measure_throughput(cfg, units, engine)
+        per_text = float(cfg.max_new_tokens * cfg.n)  # the most a text can take: the sample's outputs were cut short
     if cfg.plan_output_tokens > 0:
         per_text = float(cfg.plan_output_tokens)
     gpu_hours = texts * per_text / rate / 3600 if rate > 0 else float("inf")
@@ -745,6 +823,8 @@ def dry_run(cfg: SynthesizeConfig, units: list[Unit], engine: Engine | None = No
             "throughput_tokens_per_s": round(rate, 2), "throughput_source": source,
             "output_tokens_per_text": round(per_text, 1), "output_tokens": round(texts * per_text),
             "gpu_hours": round(gpu_hours, 3), "array_tasks": tasks, "hours_per_task": round(task_hours, 3),
+            "device_hours_per_1b_raw_tokens": round(gpu_hours / raw * 1e9, 1) if (raw := sum(r["prompt_tokens"] for r in rows))
+            else None,
             "sbatch": sbatch}
     if task_hours * TIME_MARGIN + LOAD_HOURS > cfg.plan_hours_per_task:
         log.warning("dry run: even %d tasks (one per unit) need %.1f h each with a margin, over "
@@ -833,7 +913,9 @@ def plan_text(plan: dict, max_rows: int = 20) -> str:
               f"throughput {plan['throughput_tokens_per_s']:,} generated tokens/s per task ({plan['throughput_source']}), "
               f"{plan['output_tokens_per_text']} generated tokens per text",
               f"estimate: {plan['gpu_hours']:.3g} GPU-hours; {plan['array_tasks']} array tasks of about "
-              f"{plan['hours_per_task']:.3g} h each", "submit with:", "  " + plan["sbatch"]]
+              f"{plan['hours_per_task']:.3g} h each",
+              f"cost: {plan['device_hours_per_1b_raw_tokens'] or 0:,} device-hours per 1B raw input tokens (the paper: "
+              f"about {PAPER_DEVICE_HOURS_PER_1B:g}, one A100-day)", "submit with:", "  " + plan["sbatch"]]
     return "\n".join(lines)
 
 

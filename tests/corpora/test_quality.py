@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
+
+from megatron_ipt.config import ConfigError
 from megatron_ipt.corpora.chains import synthesized_documents
 from megatron_ipt.corpora.quality import QualityConfig, QualityGate, drop_reason, question_hash
 from megatron_ipt.pairs import Pair, chain_of_thought, multiple_choice, normalize
@@ -72,14 +75,50 @@ def test_dedup_within_text_and_across_corpus():
     text1 = [Pair("What is it?", "One."), Pair("what is  IT", "Two."), Pair("Why?", "Three.")]
     assert gate.filter(text1) == [text1[0], text1[2]]
     assert gate.drops == Counter({"duplicate_in_text": 1})
-    text2 = [Pair("WHY", "Again."), Pair("How?", "New.")]
-    assert gate.filter(text2) == [text2[1]]
+    # Another text asking an earlier question with its own answer keeps it; a whole pair again is boilerplate.
+    text2 = [Pair("WHY", "Three!"), Pair("What is it?", "Another thing."), Pair("How?", "New.")]
+    assert gate.filter(text2) == [text2[1], text2[2]]
     assert gate.drops == Counter({"duplicate_in_text": 1, "duplicate_in_corpus": 1})
     only_text = QualityGate(off(dedup_text=True))
     assert only_text.filter(text1) == [text1[0], text1[2]] and only_text.filter(text2) == text2
     only_corpus = QualityGate(off(dedup_corpus=True))  # repeats inside one text are kept ...
-    assert only_corpus.filter(text1) == text1 and only_corpus.filter(text2) == [text2[1]]  # ... across texts not
+    assert only_corpus.filter(text1) == text1 and only_corpus.filter(text2) == text2[1:]  # ... whole pairs again not
     assert QualityGate(QualityConfig(enabled=False)).filter(text1 + text1) == text1 + text1
+
+
+def test_context_bound_question_survives_a_large_corpus():
+    """20,000 texts each ask the same question with their own answer: every such pair survives;
+    one boilerplate pair repeated verbatim on every text survives once; both are counted."""
+    question = "What was the objective of the study?"
+    boiler = Pair("Give this abstract a headline.", "A Study.")
+    texts = [[Pair(question, f"To measure effect {i} in cohort {i % 97}."), boiler, Pair(f"What is gene {i}?", "A gene.")]
+             for i in range(20_000)]
+    gate = QualityGate()
+    kept = [p for start in range(0, len(texts), 512) for t in gate.filter_texts(texts[start : start + 512]) for p in t]
+    assert sum(p.instruction == question for p in kept) == 20_000
+    assert sum(p == boiler for p in kept) == 1 and len(kept) == 40_001
+    assert gate.drops == Counter({"duplicate_in_corpus": 19_999}) and gate.checked == 60_000
+    report = gate.report()
+    assert report["pairs_kept"] == 40_001 and report["distinct_questions"] == 20_002
+    assert report["top_questions"][0] == {"question": question, "pairs": 20_000, "share": round(20_000 / 40_001, 4)}
+    assert [t["pairs"] for t in report["top_questions"][1:]] == [1] * 9  # every other question once
+
+
+def test_question_share_cap_drops_the_excess_and_counts_it():
+    question = "What was the objective of the study?"
+    texts = [[Pair(question, f"Aim {i}."), Pair(f"What binds {i}?", f"Receptor {i}."),
+              Pair(f"Where is {i}?", f"Organ {i}.")] for i in range(3_000)]
+    capped = QualityGate(QualityConfig(max_question_share=0.1))
+    kept = [p for t in capped.filter_texts(texts) for p in t]
+    n_q = sum(p.instruction == question for p in kept)
+    assert n_q / len(kept) <= 0.1 and n_q >= 0.1 * len(kept) - 1  # the cap, not fewer
+    assert capped.drops == Counter({"question_over_share": 3_000 - n_q})
+    assert capped.report()["top_questions"][0]["share"] == round(n_q / len(kept), 4)
+    one_by_one = QualityGate(QualityConfig(max_question_share=0.1))
+    assert [one_by_one.filter(t) for t in texts] == QualityGate(QualityConfig(max_question_share=0.1)).filter_texts(texts)
+    assert QualityGate().filter_texts(texts) == texts  # off by default
+    with pytest.raises(ConfigError, match="max_question_share"):
+        QualityGate(QualityConfig(max_question_share=1.5))
 
 
 def test_gate_in_synthesized_documents(tmp_path):
@@ -100,18 +139,18 @@ def test_batches_decide_as_texts_one_after_another():
     import random
 
     rng = random.Random(0)
-    texts = [[Pair(f"Question {rng.randint(0, 40)}?", "Some answer.") for _ in range(rng.randint(0, 6))]
+    texts = [[Pair(f"Question {rng.randint(0, 40)}?", f"Answer {rng.randint(0, 3)}.") for _ in range(rng.randint(0, 6))]
              for _ in range(300)]
-    for cfg in (QualityConfig(), off(dedup_corpus=True), off(dedup_text=True)):
+    for cfg in (QualityConfig(), off(dedup_corpus=True), off(dedup_text=True), QualityConfig(max_question_share=0.05)):
         one_by_one = QualityGate(cfg)
         expected = [one_by_one.filter(t) for t in texts]
         batched = QualityGate(cfg)
         got = batched.filter_texts(texts[:100]) + batched.filter_texts(texts[100:101]) + batched.filter_texts(texts[101:])
         assert got == expected and batched.drops == one_by_one.drops
         assert batched.checked == one_by_one.checked == sum(map(len, texts))
-        seen = [p.instruction for t in expected for p in t]
-        if cfg.dedup_corpus and cfg.dedup_text:
-            assert len(seen) == len(set(seen)) == len({p.instruction for t in texts for p in t})
+        seen = [p for t in expected for p in t]
+        if cfg.dedup_corpus and cfg.dedup_text and not cfg.max_question_share:
+            assert len(seen) == len(set(seen)) == len({p for t in texts for p in t})
 
 
 def test_hash_runs_hold_every_hash_in_few_runs():

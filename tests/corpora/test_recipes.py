@@ -123,7 +123,8 @@ def test_quality_gate_counted_in_the_report_and_switchable(tmp_path):
     bad = {"id": "d9", "text": "Protein 9 binds nothing.", "round": 0, "slot": 9, "linked": False,
            "pairs": [{"instruction": "Which?\nOptions:\n- Heart\n- Liver", "response": "Kidney"},
                      {"instruction": "Why?\nLet's think step by step.", "response": "Let's think step by step."},
-                     {"instruction": "What does protein 0 bind?", "response": "Receptor 0 again."}]}
+                     {"instruction": "What does protein 1 bind?", "response": "Receptor 9."},
+                     {"instruction": "What does protein 0 bind?", "response": "receptor 0"}]}
     with open(shard, "a") as fh:
         fh.write(json.dumps(bad) + "\n")
     instr = write_jsonl(tmp_path / "instr.jsonl", [{"question": "Name a color.", "response": "Blue."}])
@@ -131,10 +132,14 @@ def test_quality_gate_counted_in_the_report_and_switchable(tmp_path):
                 workers=0, progress=False)
     report = build_corpora(CorporaConfig(**base, output_dir=str(tmp_path / "on")))
     q = report["components"]["instruct"]["quality"]
-    assert q == {"pairs_checked": 8, "pairs_dropped": 3, "dropped": {"mc_answer_not_in_options": 1,
-                                                                     "cot_without_final_answer": 1,
-                                                                     "duplicate_in_corpus": 1}}
-    assert "3 of 8 pairs dropped" in (tmp_path / "on" / "mixture_report.md").read_text()
+    # d9 asks d1's question with its own answer: kept (a question is bound to its text); it repeats
+    # d0's very pair (normalized): boilerplate, dropped.
+    assert q["pairs_checked"] == 9 and q["pairs_dropped"] == 3 and q["dropped"] == {
+        "mc_answer_not_in_options": 1, "cot_without_final_answer": 1, "duplicate_in_corpus": 1}
+    assert q["pairs_kept"] == 6 and q["distinct_questions"] == 5
+    assert q["top_questions"][0] == {"question": "What does protein 1 bind?", "pairs": 2, "share": round(2 / 6, 4)}
+    md = (tmp_path / "on" / "mixture_report.md").read_text()
+    assert "3 of 9 pairs dropped" in md and "| What does protein 1 bind? | 2 | 33.3% |" in md
     cfg = load_config(CorporaConfig, None, [f"--{k}={v if isinstance(v, str) else json.dumps(v)}"
                                             for k, v in base.items()]
                       + [f"--output_dir={tmp_path / 'off'}", "--quality.mc_answer=false"])

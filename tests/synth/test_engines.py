@@ -111,7 +111,7 @@ def test_engine_config_checks_and_one_dtype_spelling(tiny_dir, engine):
         "bfloat16", "bfloat16", "float32", "float32", "float16", "auto"]
     with pytest.raises(ValueError, match="dtype must be auto or one of"):
         EngineConfig(model=str(tiny_dir), dtype="int8").build()
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be auto or an integer >= 1"):
         EngineConfig(model=str(tiny_dir), batch_size=0).build()
     with pytest.raises(ValueError, match="engine.model is empty"):
         EngineConfig().build()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import subprocess
@@ -72,7 +73,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_dir, engi
     (tmp_path / "in").mkdir()
     write_corpus(tmp_path / "in" / "s0.jsonl", 11)
     whole = make_cfg(tmp_path, tiny_dir, tmp_path / "whole")
-    synthesize(whole, engine)
+    whole_stats = synthesize(whole, engine)["s0"]
 
     killed = make_cfg(tmp_path, tiny_dir, tmp_path / "killed")
     import dataclasses
@@ -97,6 +98,22 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_dir, engi
     assert stats["texts"] == 11 and stats["pairs"] == 0 and stats["parse"]["unfinished_outputs"] == 22
     assert stats["output_tokens"] == 11 * 2 * 8 and stats["finish_reasons"] == {"length": 22}
     assert stats["prompt_tokens"] > 11 * 10
+    # Cost in the paper's units: raw tokens are the texts' own (BOS + context), the rest of a prompt is
+    # its chain; per round, prompt tokens are prefilled or served from the prefix cache.
+    from megatron_ipt.pairs import context_text
+
+    tok = engine.tokenizer
+    raw = sum(len(tok.encode(context_text(f"Document {i}: the protein binds receptor {i % 7}."))) + 1 for i in range(11))
+    assert whole_stats["raw_tokens"] == stats["raw_tokens"] == raw
+    cost = whole_stats["cost"]
+    assert cost["texts"] == 11 and cost["raw_tokens"] == raw and cost["output_tokens"] == 11 * 2 * 8
+    assert cost["device_hours_per_1b_raw_tokens"] == pytest.approx(cost["seconds"] / 3600 / raw * 1e9, rel=1e-3)
+    assert cost["device"].startswith("cpu (") and cost["devices"] == 1 and cost["paper_device_hours_per_1b_raw_tokens"] == 24
+    assert {k: r["texts"] for k, r in cost["rounds"].items()} == {"0": 6, "1": 5}
+    assert all(r["prefilled"] + r["cached"] == r["prompt_tokens"] for r in cost["rounds"].values())
+    assert sum(r["prompt_tokens"] for r in cost["rounds"].values()) == whole_stats["prompt_tokens"]
+    assert 0 <= cost["speculation"]["accepted"] <= cost["speculation"]["drafted"]
+    assert stats["cost"]["texts"] == 5  # the resumed run measures only what it generated
 
 
 def test_finished_shards_are_skipped_and_slurm_array_split(tmp_path, tiny_dir, engine, monkeypatch):
@@ -259,7 +276,7 @@ def test_sigkill_at_random_commit_points_then_identical_shards(tmp_path, tiny_di
     for stem in ("s0", "s1"):
         assert (tmp_path / "killed" / f"{stem}.jsonl").read_bytes() == (tmp_path / "clean" / f"{stem}.jsonl").read_bytes()
         # Speed and cache counters depend on the run (a warm prefix cache, a resume), not on the content.
-        timing = ("seconds", "texts_per_s", "output_tokens_per_s", "resumed_texts", "prompt_tokens_cached")
+        timing = ("seconds", "texts_per_s", "output_tokens_per_s", "resumed_texts", "prompt_tokens_cached", "cost")
         clean, killed = (json.loads((tmp_path / d / f"{stem}.stats.json").read_text()) for d in ("clean", "killed"))
         assert {k: v for k, v in killed.items() if k not in timing} == {k: v for k, v in clean.items() if k not in timing}
     assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == sorted(
@@ -273,7 +290,7 @@ def _outputs(out_dir):
         if p.name.endswith(".stats.json"):
             st = json.loads(p.read_text())
             got[p.name] = {k: v for k, v in st.items() if k not in ("seconds", "texts_per_s", "output_tokens_per_s", "resumed_texts",
-                                                                     "prompt_tokens_cached")}
+                                                                     "prompt_tokens_cached", "cost")}
         else:
             got[p.name] = p.read_bytes()
     return got
@@ -360,13 +377,20 @@ def test_dry_run_plans_units_hours_and_the_sbatch_line(tmp_path, tiny_dir, engin
                                      "sbatch --array=0-1 --time=0:42:00 slurm/synthesize.sh ")
     assert not list((tmp_path / "out").glob("*.jsonl"))  # nothing generated, only the plan kept
     assert (tmp_path / "out" / "units.plan").is_file()
-    # Measured on a sample: a real run over 5 texts of 2 samples x 8 tokens each.
-    cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", unit_texts=4, dry_run=True, plan_sample_texts=5)
+    assert plan["device_hours_per_1b_raw_tokens"] == round(12 * 400 / 2 / 3600 / plan["prompt_tokens"] * 1e9, 1)
+    # Measured on a sample: real runs of 2 rounds over groups of 8 texts (4 rows per batch), 3 tokens each;
+    # a zero time bound stops after the first group.
+    cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", unit_texts=4, dry_run=True, plan_sample_texts=12,
+                   plan_sample_seconds=0, plan_sample_tokens=3)
     measured = synthesize(cfg, engine)
     assert measured["output_tokens_per_text"] == 16.0 and measured["throughput_tokens_per_s"] > 0
-    assert measured["throughput_source"] == "measured on 5 texts" and measured["array_tasks"] == 1
+    assert measured["throughput_source"].startswith("measured on 8 texts x 2 rounds, at most 3 tokens each: ")
+    assert " s on cpu (" in measured["throughput_source"] and measured["array_tasks"] == 1
+    everything = synthesize(dataclasses.replace(cfg, plan_sample_seconds=1e9), engine)
+    assert everything["throughput_source"].startswith("measured on 12 texts x 2 rounds")  # all, when time allows
     text = plan_text(measured)
     assert "a.00002" in text and "submit with:" in text and "sbatch --array=0-0" in text
+    assert "device-hours per 1B raw input tokens (the paper: about 24, one A100-day)" in text
 
 
 def test_parquet_rows_and_unterminated_lines_make_units(tmp_path):
