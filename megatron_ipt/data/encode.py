@@ -54,6 +54,8 @@ def encode_batch(batch: list[tuple[int, Any]], tok: Tokenizer, opt: EncodeOption
     for rec_no, payload in batch:
         try:
             rec = parse_record(payload, opt.key)
+            if not isinstance(rec, str):
+                _check_specials(rec["segments"], tok)
         except BadRecord as err:
             bad.append((err.reason, rec_no, str(err)))
             continue
@@ -70,7 +72,7 @@ def encode_batch(batch: list[tuple[int, Any]], tok: Tokenizer, opt: EncodeOption
         raise ValueError(f"--append-eod: tokenizer {tok.name} has no EOS token")
     has_segments = any(not isinstance(r, str) for r in parsed)
     if has_segments:
-        flat, lengths, mask = _assemble_segments(parsed, encoded, specials, opt, tok.name)
+        flat, lengths, mask = _assemble_segments(parsed, encoded, specials, opt, tok.name, tok.special_pieces)
     else:
         extra = int(opt.prepend_bos) + int(opt.append_eod)
         flat, mask = _assemble_texts(encoded, specials, opt), None
@@ -92,6 +94,15 @@ def encode_batch(batch: list[tuple[int, Any]], tok: Tokenizer, opt: EncodeOption
     return EncodedBatch(tokens, length_arr, mask, len(batch), last, bad)
 
 
+def _check_specials(segments: list[dict], tok: Tokenizer) -> None:
+    """Every ``special`` segment names bos, eos or one of the tokenizer's special pieces."""
+    for i, seg in enumerate(segments):
+        name = seg.get("special")
+        if name is not None and name not in ("bos", "eos") and name not in tok.special_pieces:
+            raise BadRecord("bad_segments", f"field 'segments[{i}]'.special: {name!r} is not a special token of "
+                                            f"tokenizer {tok.name}")
+
+
 def _assemble_texts(encoded: list[list[int]], specials: dict, opt: EncodeOptions) -> list[int]:
     """The fast path (plain text records): one flat list (``list +=`` is the cheapest flatten)."""
     flat: list[int] = []
@@ -106,7 +117,8 @@ def _assemble_texts(encoded: list[list[int]], specials: dict, opt: EncodeOptions
 
 
 def _assemble_segments(
-    parsed: list[dict | str], encoded: list[list[int]], specials: dict, opt: EncodeOptions, tok_name: str
+    parsed: list[dict | str], encoded: list[list[int]], specials: dict, opt: EncodeOptions, tok_name: str,
+    tok_specials: dict[str, int],
 ) -> tuple[list[int], list[int], np.ndarray]:
     """Records with segments (and any plain ones in the same batch): tokens, lengths, loss mask."""
     flat: list[int] = []
@@ -128,7 +140,7 @@ def _assemble_segments(
                 parts.append(([specials["bos"]], False))
             for s in segs:
                 if "special" in s:
-                    sid = specials[s["special"]]
+                    sid = specials.get(s["special"], tok_specials.get(s["special"]))
                     if sid is None:
                         raise ValueError(f"tokenizer {tok_name} has no {s['special']} token")
                     parts.append(([sid], s["loss"]))
