@@ -190,10 +190,10 @@ def template_hash(resolved: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def segment_records(cfg: InstructionDataConfig, tok: Tokenizer, stats: Counter, skipped: Counter) -> Iterator[dict]:
+def segment_records(cfg: InstructionDataConfig, tok: Tokenizer, chat: ChatRenderer | None, stats: Counter,
+                    skipped: Counter) -> Iterator[dict]:
     """One ``{"id", "segments"}`` record per instruction record; a bad record raises, or is counted in
     ``skipped`` by reason (unreadable lines under their reader's reason, unusable records as bad_records)."""
-    chat = ChatRenderer(tok, cfg.template.chat_template) if cfg.template.kind == "chat" else None
     absorbs = _absorbs_leading_space(tok)
     for f in expand_inputs(list(cfg.input)):
         for rec, where in iter_records(f, skip_bad=cfg.skip_bad_records, stats=skipped):
@@ -233,13 +233,14 @@ def build_instruction_data(cfg: InstructionDataConfig) -> dict[str, Any]:
     if cfg.template.kind == "plain" and ((cfg.template.bos and tok.bos_id is None)
                                          or (cfg.template.eos and tok.eos_id is None)):
         raise ConfigError(f"tokenizer {tok.name} lacks BOS or EOS: set template.bos/template.eos false")
+    chat = ChatRenderer(tok, cfg.template.chat_template) if cfg.template.kind == "chat" else None
     prefix = dataset_prefix(cfg.output_prefix)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     seg_file = Path(f"{prefix}.segments.jsonl")
     stats: Counter = Counter()
     skipped: Counter = Counter()
     try:
-        _write_if_changed(seg_file, segment_records(cfg, tok, stats, skipped))
+        _write_if_changed(seg_file, segment_records(cfg, tok, chat, stats, skipped))
     except _Unchanged:
         pass
     kept = stats["records"] - skipped["bad_records"]
