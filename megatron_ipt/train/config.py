@@ -92,6 +92,31 @@ class LoggingConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Steps between in-loop downstream evaluations (0: none); the last step is always scored.
+    downstream_interval: int = 0
+    # lm-eval tasks scored on the model being trained: task folders (e.g. the demo's suite) or task names
+    # available offline. Each score is a curve in metrics.jsonl and TensorBoard ("downstream" records).
+    downstream_tasks: list[str] = field(default_factory=list)
+    downstream_limit: int | None = None  # score only the first N items of each task (null: all)
+    downstream_batch_size: int = 8  # log-likelihood requests per forward pass
+
+    def validate(self) -> None:
+        if self.downstream_interval < 0:
+            raise ConfigError(f"eval.downstream_interval must be 0 (off) or positive, got {self.downstream_interval}")
+        if self.downstream_interval and not self.downstream_tasks:
+            raise ConfigError("eval.downstream_interval is set but eval.downstream_tasks is empty")
+
+    def build(self, tokenizer_spec: str, total_steps: int) -> Any:
+        """The in-loop evaluator callback, or None when switched off."""
+        if not self.downstream_interval:
+            return None
+        from megatron_ipt.train.downstream import DownstreamEvaluator
+
+        return DownstreamEvaluator(self, tokenizer_spec, total_steps)
+
+
+@dataclass
 class ExportConfig:
     dir: str | None = None  # write an HF model directory here at the end of training
     dtype: Literal["bfloat16", "float32"] = "bfloat16"  # weights dtype of the exported model
@@ -106,6 +131,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     steps: int = 1000  # optimizer steps
     micro_batch_size: int = 4  # samples per rank per forward
     global_batch_size: int = 256  # samples per optimizer step over all ranks
@@ -119,6 +145,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         self.model.validate()
+        self.eval.validate()
         if self.data.train in (None, "", []):
             raise ConfigError("data.train is required: an indexed-dataset prefix or blend (--data.train=PREFIX)")
         Blend.parse(self.data.train, "data.train")  # spelling and weights; files are checked where read

@@ -158,6 +158,7 @@ class Trainer:
         self.flops_per_token = flops_per_token(self.n_params - n_embed, hf.num_hidden_layers, attn_dim, cfg.data.seq_len,
                                                cfg.model.activation_checkpointing)
         self.peak = peak_flops(cfg.logging.peak_flops_per_device, self.device.type, self.dtype)
+        self.callbacks = [cb for cb in (cfg.eval.build(cfg.data.tokenizer, cfg.steps),) if cb is not None]
 
     # -- one optimizer step -------------------------------------------------------------------
     def _model_inputs(self, mb: dict[str, Any]) -> dict[str, Any]:
@@ -284,6 +285,8 @@ class Trainer:
                 self.step % cfg.logging.eval_interval == 0 or self.step == cfg.steps
             ):
                 self.metrics.write(self.step, "eval", self.evaluate())
+            for callback in self.callbacks:
+                callback.post_step(self)
             if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
                 self.save()
                 last_saved = self.step
