@@ -4,7 +4,7 @@ A trainer callback (the shape of OLMo-core's in-loop evaluator callbacks): after
 ``eval.downstream_interval`` optimizer steps it scores ``eval.downstream_tasks`` (folders of lm-eval
 task YAMLs such as the demo's suite, or lm-eval task names available offline) through
 lm-evaluation-harness's ``hf`` model wrapped around the live module, and writes one ``downstream``
-record (``TASK/acc``, ``TASK/acc_norm``, ``mean/acc``...) to metrics.jsonl and TensorBoard.
+record (``TASK/acc``, ``TASK/acc_norm``, ``TASK/gold_loglik``, ``mean/acc``...) to metrics.jsonl and TensorBoard.
 
 - ZeRO-3: every rank scores every task in lockstep through the module's own forward (its hooks
   gather each layer's parameters on all ranks), so no rank waits on a collective another never
@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     from megatron_ipt.train.trainer import Trainer
 
 log = get_logger(__name__)
-# Per-task metrics logged as curves (lm-eval's "METRIC,FILTER" keys; stderr is not a curve).
-METRICS = ("acc", "acc_norm")
+# Per-task metrics logged as curves (lm-eval's "METRIC,FILTER" keys; stderr is not a curve), plus the
+# mean log-likelihood of the gold choice: it moves with the weights when accuracy does not yet.
+METRICS = ("acc", "acc_norm", "gold_loglik")
 
 
 class Callback:
@@ -158,16 +159,37 @@ class DownstreamEvaluator(Callback):
         levels = [q.level for q in quiet]
         for q in quiet:  # per-call notices (seeds, a passed-in model, task building) would flood the log
             q.setLevel(logging.ERROR)
+        # lm-eval returns results only where LOCAL_RANK is 0; each rank's call here is a single process.
+        local_rank = os.environ.get("LOCAL_RANK")
+        os.environ["LOCAL_RANK"] = "0"
         try:
             if self.lm is None:  # wraps the module object itself: later weights are seen as they change
                 self.lm = HFLM(pretrained=module, tokenizer=self.tokenizer, batch_size=self.cfg.downstream_batch_size)
             res = lm_eval.simple_evaluate(model=self.lm, tasks=tasks, task_manager=self.task_manager,
-                                          limit=self.cfg.downstream_limit, log_samples=False)
+                                          limit=self.cfg.downstream_limit, log_samples=True)
         finally:
             for q, level in zip(quiet, levels, strict=True):
                 q.setLevel(level)
-        return {t: {m: float(res["results"][t][f"{m},none"]) for m in METRICS if f"{m},none" in res["results"][t]}
-                for t in tasks}
+            if local_rank is None:
+                os.environ.pop("LOCAL_RANK", None)
+            else:
+                os.environ["LOCAL_RANK"] = local_rank
+        out = {t: {m: float(res["results"][t][f"{m},none"]) for m in METRICS if f"{m},none" in res["results"][t]}
+               for t in tasks}
+        for t in tasks:
+            gold = [_gold_loglik(s) for s in res["samples"].get(t, [])]
+            if gold and None not in gold:
+                out[t]["gold_loglik"] = float(np.mean(gold))
+        return out
+
+
+def _gold_loglik(sample: dict[str, Any]) -> float | None:
+    """The log-likelihood of a multiple-choice item's gold continuation (None for other task types)."""
+    target, resps = sample.get("target"), sample.get("filtered_resps")
+    if not isinstance(target, int) or not isinstance(resps, list) or not 0 <= target < len(resps):
+        return None
+    ll = resps[target][0] if isinstance(resps[target], list | tuple) else resps[target]
+    return float(ll) if isinstance(ll, int | float) else None
 
 
 def _hf_tokenizer(spec: str) -> Any:
