@@ -69,7 +69,7 @@ class InstructionDataConfig:
     input: list[str] = field(default_factory=list)  # instruction JSONL/JSON/Parquet files or folders
     tokenizer: str = ""  # 'mistral', a SentencePiece .model, an HF tokenizer directory, or a .gguf
     output_prefix: str = ""  # writes PREFIX_text_document.{bin,idx} and its _lossmask twin
-    template: TemplateConfig = field(default_factory=TemplateConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)  # how a record becomes text
     keep_system: bool = False  # keep system prompts (rendered loss-free); false: drop and count them
     skip_bad_records: bool = False  # skip and count records without a usable question and response
     workers: int = 1  # tokenizing processes (0: in this process)
