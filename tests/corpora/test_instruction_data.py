@@ -157,3 +157,36 @@ def test_readers_keep_or_drop_system_prompts() -> None:
     assert conv.system == "You are a doctor." and stats["kept_system_prompt"] == 1
     conv = instruction_conversation(FORMATS["sharegpt"][0], stats)
     assert conv.system is None and stats["dropped_system_turns"] == 1
+
+
+def test_packed_examples_do_not_attend_to_each_other(tmp_path: Path) -> None:
+    """Instruction examples packed by the training loader: each example's logits in the packed row equal
+    its logits alone, and no loss falls on a prediction across an example boundary."""
+    import torch
+
+    from megatron_ipt.data.loader import build_train_loader
+    from megatron_ipt.model.attention import packed_documents
+    from megatron_ipt.model.build import build_model
+    from megatron_ipt.model.config import ModelConfig
+
+    summary, _, _ = _build(tmp_path, [f[0] for f in FORMATS.values()] * 3, "mistral")
+    batch = next(iter(build_train_loader(summary["prefix"], seq_len=96, micro_batch_size=2, num_samples=4,
+                                         cache_dir=tmp_path / "cache")))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="mistral", vocab_size=32000, hidden_size=64, intermediate_size=128,
+                                    num_layers=2, num_heads=4, num_kv_heads=2, max_position_embeddings=256,
+                                    attention="doc_sdpa")).eval()
+    pos = batch["position_ids"]
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=pos, attention_mask=None, use_cache=False,
+                       packed_documents=packed_documents("doc_sdpa", pos, batch["cu_seqlens"],
+                                                         batch["max_seqlen"])).logits
+        cu = batch["cu_seqlens"].tolist()
+        assert len(cu) > 3  # several examples share the rows
+        width = pos.shape[1]
+        for start, end in zip(cu, cu[1:], strict=False):
+            row, lo, hi = start // width, start % width, start % width + (end - start)
+            alone = model(input_ids=batch["input_ids"][row, lo:hi][None], use_cache=False).logits[0]
+            assert (packed[row, lo:hi] - alone).abs().max().item() <= 1e-5, (row, lo, hi)
+            if hi < width:  # the last token of an example predicts the next example's first: no loss there
+                assert batch["loss_mask"][row, hi - 1] == 0
