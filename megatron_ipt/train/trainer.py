@@ -47,6 +47,7 @@ class Plan:
     resume_from: Path | None = None
     resume_meta: dict[str, Any] = field(default_factory=dict)
     universal: bool = False
+    callbacks: list[Any] = field(default_factory=list)  # called after every step (in-loop evaluation)
 
 
 def _check_model_fits(cfg: TrainConfig, tokenizer: Any) -> None:
@@ -95,8 +96,10 @@ def plan_run(cfg: TrainConfig, dist_env: DistEnv) -> Plan:
     if meta:
         ckpt.check_compatible(meta, _shape_of_config(cfg), train.fingerprint, cfg.checkpoint.allow_data_change,
                               resume_from, spec=train.loader.spec, tokenizer=tokenizer.fingerprint())
+    downstream = cfg.eval.build(cfg.data.tokenizer, cfg.steps)  # its tasks and tokenizer checked here
     return Plan(dist_env, ds_config, train, valid, tokenizer, resume_from, meta,
-                bool(meta) and meta["world_size"] != dist_env.world_size)
+                bool(meta) and meta["world_size"] != dist_env.world_size,
+                [cb for cb in (downstream,) if cb is not None])
 
 
 def _shape_of_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -158,7 +161,6 @@ class Trainer:
         self.flops_per_token = flops_per_token(self.n_params - n_embed, hf.num_hidden_layers, attn_dim, cfg.data.seq_len,
                                                cfg.model.activation_checkpointing)
         self.peak = peak_flops(cfg.logging.peak_flops_per_device, self.device.type, self.dtype)
-        self.callbacks = [cb for cb in (cfg.eval.build(cfg.data.tokenizer, cfg.steps),) if cb is not None]
 
     # -- one optimizer step -------------------------------------------------------------------
     def _model_inputs(self, mb: dict[str, Any]) -> dict[str, Any]:
@@ -285,7 +287,7 @@ class Trainer:
                 self.step % cfg.logging.eval_interval == 0 or self.step == cfg.steps
             ):
                 self.metrics.write(self.step, "eval", self.evaluate())
-            for callback in self.callbacks:
+            for callback in self.plan.callbacks:
                 callback.post_step(self)
             if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
                 self.save()
