@@ -71,6 +71,9 @@ class InstructionDataConfig:
     output_prefix: str = ""  # writes PREFIX_text_document.{bin,idx} and its _lossmask twin
     template: TemplateConfig = field(default_factory=TemplateConfig)  # how a record becomes text
     keep_system: bool = False  # keep system prompts (rendered loss-free); false: drop and count them
+    # Skip and count examples longer than this many tokens (e.g. data.seq_len of the tuning run, where a
+    # longer one would be cut across samples, its response apart from its prompt); null: keep every one.
+    max_tokens: int | None = None
     skip_bad_records: bool = False  # skip and count records without a usable question and response
     workers: int = 1  # tokenizing processes (0: in this process)
     progress: bool = True  # progress bar while tokenizing
@@ -82,6 +85,8 @@ class InstructionDataConfig:
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} is required")
         self.template.validate()
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise ConfigError(f"--max-tokens must be at least 2 (or null), got {self.max_tokens}")
 
 
 # -- rendering ---------------------------------------------------------------------------------------
@@ -207,8 +212,18 @@ def segment_records(cfg: InstructionDataConfig, tok: Tokenizer, chat: ChatRender
                                     field=err.field) from None
                 skipped["bad_records"] += 1
                 continue
+            segments = _finish(parts, absorbs)
+            if cfg.max_tokens is not None and _n_tokens(segments, tok) > cfg.max_tokens:
+                skipped["too_long"] += 1
+                continue
             stats["turns"] += len(conv.pairs)
-            yield {"id": str(rec.get("id", where)), "segments": _finish(parts, absorbs)}
+            yield {"id": str(rec.get("id", where)), "segments": segments}
+
+
+def _n_tokens(segments: list[dict], tok: Tokenizer) -> int:
+    """Tokens of the example as preprocess will write it (text segments are tokenized one by one)."""
+    texts = [s["text"] for s in segments if "text" in s]
+    return sum(len(ids) for ids in tok.encode_batch(texts)) + sum(1 for s in segments if "special" in s)
 
 
 def _write_if_changed(path: Path, lines: Iterator[dict]) -> None:
@@ -243,7 +258,7 @@ def build_instruction_data(cfg: InstructionDataConfig) -> dict[str, Any]:
         _write_if_changed(seg_file, segment_records(cfg, tok, chat, stats, skipped))
     except _Unchanged:
         pass
-    kept = stats["records"] - skipped["bad_records"]
+    kept = stats["records"] - skipped["bad_records"] - skipped["too_long"]
     if kept == 0:
         raise DataError(f"{', '.join(cfg.input)}: no usable instruction record (read {stats['records']}, "
                         f"skipped {dict(skipped)})")

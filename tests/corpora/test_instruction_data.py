@@ -190,3 +190,15 @@ def test_packed_examples_do_not_attend_to_each_other(tmp_path: Path) -> None:
             assert (packed[row, lo:hi] - alone).abs().max().item() <= 1e-5, (row, lo, hi)
             if hi < width:  # the last token of an example predicts the next example's first: no loss there
                 assert batch["loss_mask"][row, hi - 1] == 0
+
+
+def test_examples_over_max_tokens_are_skipped_and_counted(tmp_path: Path) -> None:
+    records = [FORMATS["alpaca"][0], {"question": "Why? " * 40, "response": "Because."}]
+    summary, docs, _ = _build(tmp_path, records, "mistral", max_tokens=32)
+    assert len(docs) == 1 and len(docs[0]) <= 32
+    assert summary["instructions"]["skipped"] == {"too_long": 1} and summary["instructions"]["written"] == 1
+    n = len(docs[0])  # the limit counts tokens exactly as written
+    kept, _, _ = _build(tmp_path / "exact", records[:1], "mistral", max_tokens=n)
+    assert kept["instructions"]["written"] == 1
+    with pytest.raises(DataError, match="no usable instruction record"):
+        _build(tmp_path / "under", records[:1], "mistral", max_tokens=n - 1)
