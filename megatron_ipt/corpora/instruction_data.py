@@ -31,6 +31,7 @@ from megatron_ipt.data.preprocess import dataset_prefix, preprocess, summary_pat
 from megatron_ipt.data.readers import DataError, expand_inputs, iter_records
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
+from megatron_ipt.progress import progress
 from megatron_ipt.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 
 log = get_logger(__name__)
@@ -237,6 +238,12 @@ def _write_if_changed(path: Path, lines: Iterator[dict]) -> None:
             raise _Unchanged
 
 
+def _counted(records: Iterator[dict], bar: Any) -> Iterator[dict]:
+    for rec in records:
+        bar.update()
+        yield rec
+
+
 class _Unchanged(Exception):
     """The rendered records equal the file on disk."""
 
@@ -254,10 +261,12 @@ def build_instruction_data(cfg: InstructionDataConfig) -> dict[str, Any]:
     seg_file = Path(f"{prefix}.segments.jsonl")
     stats: Counter = Counter()
     skipped: Counter = Counter()
-    try:
-        _write_if_changed(seg_file, segment_records(cfg, tok, chat, stats, skipped))
-    except _Unchanged:
-        pass
+    with progress(desc="rendering", unit="rec", enabled=cfg.progress) as bar:
+        records = segment_records(cfg, tok, chat, stats, skipped)
+        try:
+            _write_if_changed(seg_file, _counted(records, bar))
+        except _Unchanged:
+            pass
     kept = stats["records"] - skipped["bad_records"] - skipped["too_long"]
     if kept == 0:
         raise DataError(f"{', '.join(cfg.input)}: no usable instruction record (read {stats['records']}, "
