@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_ipt.corpora.chains import FILTER_BATCH  # noqa: E402
 from megatron_ipt.corpora.decontaminate import ContaminationConfig, ContaminationGate  # noqa: E402
-from megatron_ipt.synth.format import Pair  # noqa: E402
+from megatron_ipt.pairs import Pair  # noqa: E402
 
 VOCAB = 50_000
 

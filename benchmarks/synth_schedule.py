@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from megatron_ipt.pairs import Pair, context_text, pairs_text
 from megatron_ipt.synth.engine_hf import HFEngine
 from megatron_ipt.synth.engines import EngineConfig
-from megatron_ipt.synth.format import Pair, context_text, pairs_text
 from megatron_ipt.synth.rounds import RoundsConfig, run_rounds
 from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
 

@@ -4,7 +4,8 @@ A kill at any moment leaves either the old output or the complete new one under 
 never a half-written one and never neither. Files: :func:`atomic_path`. Directories (exported
 models, converted checkpoints): :func:`atomic_dir`, which swaps the new directory in with one
 ``renameat2(RENAME_EXCHANGE)`` where the kernel has it, and keeps the old directory until the new
-one is in place.
+one is in place. It replaces only a directory that is empty or holds its marker (an earlier output
+of this package): never a user's file or folder.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import glob
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,22 +150,78 @@ def _alive(pid: int) -> bool:
     return True
 
 
+DIR_MARKER = ".megatron_ipt_output"  # written into every atomic_dir output: only such a folder is replaced
+
+
+class OutputRefused(ValueError):
+    """The output path holds something this package did not write (bad input: the command line names it)."""
+
+
+def _check_parents(path: Path) -> None:
+    """The nearest existing ancestor of ``path`` must be a folder."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputRefused(f"{path}: cannot write under {parent}: a file stands where a folder must be")
+            break
+
+
+def check_output_file(path: str | Path) -> None:
+    """Refuse, before any compute, an output file that could not be written: a folder standing at
+    ``path``, or a file standing where one of its folders must be. Touches nothing."""
+    path = Path(os.path.abspath(path))
+    _check_parents(path)
+    if path.is_dir():
+        raise OutputRefused(f"{path}: a folder stands where the output file must be")
+
+
+def check_replaceable_dir(path: str | Path) -> None:
+    """Refuse an output directory that :func:`atomic_dir` must not replace: a file, a symlink, or a
+    folder that holds files but not :data:`DIR_MARKER`; also a path under a file. Touches nothing."""
+    path = Path(os.path.abspath(path))
+    _check_parents(path)
+    if path.is_symlink():
+        raise OutputRefused(f"{path}: a symlink stands there; refusing to replace it (give the real directory)")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise OutputRefused(f"{path}: a file stands there; refusing to replace it (give a new or empty directory)")
+    if (path / DIR_MARKER).is_file() or not any(path.iterdir()):
+        return
+    raise OutputRefused(f"{path}: the folder holds files this tool did not write (no {DIR_MARKER} of an earlier "
+                        "output); refusing to replace it (give a new or empty directory)")
+
+
+def _normal_permissions(root: Path, mode: int) -> None:
+    """Give every file under ``root`` the mode a plain ``open`` gives (some writers, safetensors among
+    them, create 0600 files)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            os.chmod(os.path.join(folder, name), mode)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``path``; on success fsync it and swap it in.
 
-    The old ``path`` stays in place until the new directory is complete and fsynced; it is then
-    exchanged with the new one in a single step and removed. On an exception the temporary is
-    removed and ``path`` is untouched.
+    ``path`` must be new, an empty folder or an earlier output (holding :data:`DIR_MARKER`), else
+    :class:`OutputRefused` is raised before anything is written. The old ``path`` stays in place
+    until the new directory is complete and fsynced; it is then exchanged with the new one in a
+    single step and removed. On an exception the temporary is removed and ``path`` is untouched.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))
+    check_replaceable_dir(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         yield tmp
+        marker = tmp / DIR_MARKER
+        marker.write_text("written by megatron_ipt: a later output of the same command may replace this folder\n")
+        _normal_permissions(tmp, stat.S_IMODE(marker.stat().st_mode))
         fsync_tree(tmp)
+        check_replaceable_dir(path)  # something may have landed there while this output was written
         if not path.exists():
             os.rename(tmp, path)
         elif _exchange(tmp, path):

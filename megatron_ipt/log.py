@@ -13,7 +13,7 @@ def setup_logging(rank: int | None = None, level: int | str | None = None) -> No
     """Configure the root ``megatron_ipt`` logger once per process."""
     global _CONFIGURED
     if rank is None:
-        from megatron_ipt.launch import process_rank  # launch logs through this module
+        from megatron_ipt.dist_env import process_rank
 
         rank = process_rank()
     if level is None:

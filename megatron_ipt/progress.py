@@ -38,7 +38,7 @@ def progress_mode(enabled: bool | None = None, environ: dict[str, str] | None = 
         return forced
     if enabled is False:
         return "off"
-    from megatron_ipt.launch import process_rank
+    from megatron_ipt.dist_env import process_rank
 
     if process_rank(env) != 0:
         return "off"

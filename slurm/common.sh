@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The one launch helper every slurm/*.sh script sources. It only launches: the Python entry points
-# do the work, and `python -m megatron_ipt.preflight preflight` does the checking.
+# do the work, and `python -m megatron_ipt.cluster.preflight` does the checking.
 #
 # Each stage script finds this file (IPT_ROOT, else its own folder, the submit dir or the job's
 # recorded command: sbatch runs a spooled copy of the script), sources it, and calls
@@ -81,10 +81,10 @@ ipt_setup() {
     ipt_log "run dir $RUN_DIR, job dir $JOB_DIR, python $PYTHON"
 }
 
-# ipt_preflight [--require-prefix P] [--require-dir D] [--require-file F] [--train-config C OVERRIDES...]
+# ipt_preflight [--require-prefix P] [--require-dir D] [--require-file F] [--train-config C -- OVERRIDES...]
 ipt_preflight() {
     local exports
-    exports=$("$PYTHON" -m megatron_ipt.preflight preflight "$@") \
+    exports=$("$PYTHON" -m megatron_ipt.cluster.preflight "$@") \
         || ipt_die "preflight failed for stage $IPT_STAGE (see above); nothing was launched"
     eval "$exports"
     [ -n "${MASTER_ADDR:-}" ] && ipt_log "master $MASTER_ADDR:$MASTER_PORT"
@@ -149,7 +149,7 @@ ipt_srun() {
 }
 
 # ipt_train STAGE CONFIG [OVERRIDES...]: a training stage. The arguments come from
-# `python -m megatron_ipt.slurm train-args` (the environment -> config-override map and the BLEND
+# `python -m megatron_ipt.cluster.slurm` (the environment -> config-override map and the BLEND
 # launch config live there: DATA, VALID, STEPS, GLOBAL_BATCH, MICRO_BATCH, SEQ_LEN, LR, DS_CONFIG,
 # TOKENIZER, INIT_FROM, EXPORT_DIR, RESUME; CKPT_DIR [$RUN_DIR/checkpoints]; BLEND: a YAML with a
 # `data:` section laid over CONFIG, saved as the job directory's launch_config.yaml). Command-line
@@ -158,10 +158,10 @@ ipt_train() {
     local stage=$1 config=$2 out
     shift 2
     ipt_setup "$stage"
-    out=$("$PYTHON" -m megatron_ipt.slurm train-args --config "$config" --job-dir "$JOB_DIR" \
+    out=$("$PYTHON" -m megatron_ipt.cluster.slurm --train-config "$config" --job-dir "$JOB_DIR" \
         --run-dir "$RUN_DIR" -- "$@") || ipt_die "stage $IPT_STAGE: bad training settings (see above)"
     local -a args
     mapfile -t args <<<"$out"
-    ipt_preflight --train-config "${args[@]:1}"
+    ipt_preflight --train-config "${args[1]}" -- "${args[@]:2}"
     ipt_srun "$PYTHON" -m megatron_ipt.train "${args[@]}"
 }

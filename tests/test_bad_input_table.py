@@ -43,7 +43,9 @@ TOOLS = {
     "train": "megatron_ipt.train.__main__",
     "export": "megatron_ipt.train.export",
     "evaluate": "megatron_ipt.eval.heldout",
-    "preflight": "megatron_ipt.preflight",
+    "suite": "megatron_ipt.eval.suite",
+    "eval_paper": "megatron_ipt.eval.paper",
+    "preflight": "megatron_ipt.cluster.preflight",
 }
 
 
@@ -75,6 +77,7 @@ class Case:
     check: Callable[[Env, str], None] | None = None  # extra assertions on success (stdout given)
     subprocess: bool = False
     needs_mount: bool = False
+    after: Callable[[Env], None] | None = None  # assertions after the run, failed or not (what stayed in place)
 
 
 TEXTS = [{"text": f"Patients in cohort {i} received metformin for twelve weeks."} for i in range(5)]
@@ -185,6 +188,29 @@ def _export(env: Env, damage: Callable[[Path], None]) -> list[str]:
     tag = _ckpt_copy(env)
     damage(tag)
     return [str(tag), str(env.tmp / "hf")]
+
+
+def _user_folder(env: Env, kind: str) -> Path:
+    """A target the export did not write: a run dir (checkpoints and metrics), a folder, or a file;
+    its bytes are recorded in env.tmp/before.json for :func:`_untouched`."""
+    if kind == "run":
+        target = env.tmp / "run"
+        shutil.copytree(env.checkpoint, target / "ckpt")
+        (target / "metrics.jsonl").write_text('{"step": 1}\n')
+    elif kind == "folder":
+        target = Path(env.file("notes/a.txt", "mine\n")).parent
+    else:
+        target = Path(env.file("f", "precious\n"))
+    files = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
+    (env.tmp / "before.json").write_text(json.dumps({str(p): p.read_bytes().hex() for p in files}))
+    return target
+
+
+def _untouched(env: Env) -> None:
+    before = json.loads((env.tmp / "before.json").read_text())
+    now = {str(p): p.read_bytes().hex() for p in sorted(env.tmp.rglob("*")) if str(p) in before and p.is_file()}
+    assert now == before, "the refused target changed"
+    assert not [p.name for p in env.tmp.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
 def _cut(path: Path, keep: float = 0.5) -> None:
@@ -353,6 +379,9 @@ CASES: list[Case] = [
     Case("train: in-loop evaluation task folder missing", "train",
          lambda e: _train(e, "--eval.downstream_interval=1", f"--eval.downstream_tasks=[{e.tmp}/no_suite]"),
          r"eval\.downstream_tasks: .*no_suite: no such folder"),
+    Case("train: in-loop evaluation of an untrusted task folder", "train",
+         lambda e: _train(e, "--eval.downstream_interval=1", f"--eval.downstream_tasks=[{e.file('suite/t.yaml', 'task: t')[:-7]}]"),
+         r"eval\.downstream_tasks: .*suite: .*downstream_trust_task_code=true"),
     Case("train: in-loop evaluation without tasks", "train", lambda e: _train(e, "--eval.downstream_interval=1"),
          r"eval\.downstream_tasks is empty"),
     Case("seq_len above the model's positions", "train", lambda e: _train(e, "--data.seq_len=4096"),
@@ -373,11 +402,11 @@ CASES: list[Case] = [
          lambda e: _train(e, f"--checkpoint.resume={_ckpt_copy(e)}", "--steps=4"),
          r"data fingerprint .*num_samples: 4 -> 8.*checkpoint\.allow_data_change=true"),
     Case("preflight: token ids above the vocabulary", "preflight",
-         lambda e: ["preflight", "--train-config", str(ROOT / "configs/tiny.yaml"),
+         lambda e: ["--train-config", str(ROOT / "configs/tiny.yaml"), "--",
                     f"--data.train={_dataset(e, 'big', [[1, 2, 40000, 5] * 40] * 4)}"],
          r"preflight failed: data\.train: .*big: .*token id 40000.*32000"),
     Case("unknown key in preflight", "preflight",
-         lambda e: ["preflight", "--train-config", str(ROOT / "configs/tiny.yaml"), "--data.trian=x"],
+         lambda e: ["--train-config", str(ROOT / "configs/tiny.yaml"), "--", "--data.trian=x"],
          r"unknown config key data\.trian"),
     # -- checkpoints ------------------------------------------------------------------------------
     Case("checkpoint: missing shard", "export",
@@ -388,6 +417,19 @@ CASES: list[Case] = [
          r"meta\.json: empty, truncated or corrupt"),
     Case("checkpoint: truncated optimizer file", "export",
          lambda e: _export(e, lambda t: _cut(next(t.glob("*optim_states.pt")))), r"optim_states\.pt: truncated or corrupt"),
+    Case("export into a run dir", "export",
+         lambda e: [str(e.tmp / "run" / "ckpt"), str(_user_folder(e, "run"))],
+         r"run: the folder holds files this tool did not write", after=_untouched),
+    Case("export into a folder of other files", "export",
+         lambda e: [str(e.checkpoint), str(_user_folder(e, "folder"))],
+         r"notes: the folder holds files this tool did not write", after=_untouched),
+    Case("export onto a file", "export", lambda e: [str(e.checkpoint), str(_user_folder(e, "file"))],
+         r"/f: a file stands there; refusing to replace it", after=_untouched),
+    Case("train: export.dir is run_dir", "train", lambda e: _train(e, f"--export.dir={e.tmp}/run"),
+         r"export\.dir=.*/run is run_dir=.*give it one of its own"),
+    Case("train: export.dir holds other files", "train",
+         lambda e: _train(e, f"--export.dir={_user_folder(e, 'folder')}"),
+         r"export\.dir: .*notes: the folder holds files this tool did not write", after=_untouched),
     Case("checkpoint: missing RNG file on resume", "train",
          lambda e: _train(e, f"--checkpoint.resume={_rm(_ckpt_copy(e), 'rng_rank0.pt')}", "--steps=4"),
          r"rng_rank0\.pt is missing"),
@@ -474,10 +516,112 @@ CASES: list[Case] = [
          r"tiny_model.*tokenizer"),
     Case("evaluate: missing model", "evaluate",
          lambda e: ["--model", str(e.tmp / "no_model"), "--texts", e.jsonl("h.jsonl", TEXTS)], r"no_model"),
+    Case("evaluate: empty texts file", "evaluate", lambda e: _evaluate(e, "\n \n"), r"h\.jsonl: no texts in it"),
+    Case("evaluate: --limit_texts 0", "evaluate", lambda e: _evaluate(e, GOOD_TEXTS, "--limit_texts", "0"),
+         r"--limit_texts must be at least 1"),
+    Case("evaluate: --max_length 1", "evaluate", lambda e: _evaluate(e, GOOD_TEXTS, "--max_length", "1"),
+         r"--max_length must be at least"),
+    Case("evaluate: truncated model.safetensors", "evaluate", lambda e: _evaluate(e, GOOD_TEXTS, model=_torn_weights(e)),
+         r"torn: cannot load the model"),
+    Case("evaluate: --output is a folder", "evaluate",
+         lambda e: _evaluate(e, GOOD_TEXTS, "--output", str(Path(e.file("o/x", "")).parent)),
+         r"/o: a folder stands where the output file must be"),
+    Case("evaluate: --output under a file", "evaluate",
+         lambda e: _evaluate(e, GOOD_TEXTS, "--output", e.file("blocker", "x") + "/e.json"),
+         r"cannot write under .*blocker: a file stands where a folder must be"),
+    Case("suite: !function in a task YAML", "suite",
+         lambda e: _suite(e, lambda s: _append(s / "sky.yaml", "process_docs: !function utils.docs\n")),
+         r"sky\.yaml:\d+: '!function utils\.docs' runs Python .*--trust-task-code"),
+    Case("suite: utils.py in the folder", "suite",
+         lambda e: _suite(e, lambda s: (s / "utils.py").write_text("x = 1\n")), r"utils\.py: Python in the task folder"),
+    Case("suite: a Jinja template", "suite",
+         lambda e: _suite(e, lambda s: (s / "sky.yaml").write_text(
+             (s / "sky.yaml").read_text().replace("doc_to_text: query", "doc_to_text: '{{query}}'"))),
+         r"sky\.yaml: outside the plain task format: doc_to_text"),
+    Case("suite: two YAMLs of one task name", "suite",
+         lambda e: _suite(e, lambda s: shutil.copyfile(s / "sky.yaml", s / "sky2.yaml")),
+         r"sky2\.yaml: task 'ipt_sky' is also defined in .*sky\.yaml"),
+    Case("suite: missing item file", "suite", lambda e: _suite(e, lambda s: (s / "sky.jsonl").unlink()),
+         r"sky\.yaml: item file .*sky\.jsonl does not exist"),
+    Case("suite: empty item file", "suite", lambda e: _suite(e, lambda s: (s / "sky.jsonl").write_text("")),
+         r"sky\.jsonl: no items"),
+    Case("suite: gold index out of range", "suite",
+         lambda e: _suite(e, lambda s: (s / "sky.jsonl").write_text(json.dumps({**SUITE_ITEMS[0], "gold": 2}))),
+         r"sky\.jsonl:1: field 'gold': 2 is not an index"),
+    Case("suite: item without choices", "suite",
+         lambda e: _suite(e, lambda s: (s / "sky.jsonl").write_text('{"query": "q", "gold": 0}\n')),
+         r"sky\.jsonl:1: field 'choices'"),
+    Case("suite: malformed item JSON", "suite", lambda e: _suite(e, lambda s: (s / "sky.jsonl").write_text("{oops\n")),
+         r"sky\.jsonl:1: malformed JSON"),
+    Case("suite: model dir without config.json", "suite", lambda e: _suite(e, model=str(e.tmp)),
+         r"not a Hugging Face model directory \(no config\.json\)"),
+    Case("suite: model path with trust_remote_code pasted in", "suite",
+         lambda e: _suite(e, model=f"{e.synthesizer},trust_remote_code=True"),
+         r"trust_remote_code=True: no such model directory"),
+    Case("suite: --output is a folder", "suite",
+         lambda e: _suite(e, lambda s: None, "--output", str(Path(e.file("o/x", "")).parent)),
+         r"/o: a folder stands where the output file must be"),
+    Case("suite: a quoted task name is read as YAML", "suite",
+         lambda e: _suite(e, lambda s: (s / "sky.yaml").write_text(
+             (s / "sky.yaml").read_text().replace("task: ipt_sky", 'task: "ipt_sky"'))),
+         check=lambda e, out: json.loads(out)["ipt_sky"]["n"] == 1 or pytest.fail(out)),
     Case("evaluate: malformed tasks file", "evaluate",
          lambda e: ["--model", str(e.tiny_model), "--tasks", e.jsonl("t.jsonl", [{"context": "c", "pairs": "x"}])],
          r"t\.jsonl:1: field 'pairs'"),
+    # -- eval_paper (every task file is checked before the model loads) ---------------------------------
+    Case("eval_paper: missing task file", "eval_paper", lambda e: _paper(e, {}), r"FPB/test\.json: file not found"),
+    Case("eval_paper: row without gold_index", "eval_paper",
+         lambda e: _paper(e, {"FPB/test.json": [{"input": "x", "options": ["a", "b", "c"]}]}),
+         r"FPB/test\.json line 1: field 'gold_index'"),
+    Case("eval_paper: wrong option count", "eval_paper",
+         lambda e: _paper(e, {"FPB/test.json": [{"input": "x", "options": ["a", "b"], "gold_index": 0}]}),
+         r"FPB/test\.json line 1: field 'options': 2 options, FPB has 3"),
+    Case("eval_paper: generation row without label", "eval_paper",
+         lambda e: _paper(e, {"NER/test.json": [{"input": "x", "answer": "y"}]}), r"NER/test\.json line 1: field 'label'"),
 ]
+
+
+SUITE_ITEMS = [{"id": "q", "query": "The sky is", "choices": [" blue", " green"], "gold": 0}]
+
+
+def _suite(env: Env, edit: Callable[[Path], None] = lambda suite: None, *extra: str, model: str = "") -> list[str]:
+    """A plain suite of one task (edited by ``edit``) scored on the tiny synthesizer model."""
+    from megatron_ipt.eval.suite import write_suite
+
+    suite = env.tmp / "suite"
+    write_suite({"sky": SUITE_ITEMS}, suite)
+    edit(suite)
+    return ["--model", model or str(env.synthesizer), "--suite", str(suite), "--device", "cpu", *extra]
+
+
+def _append(path: Path, text: str) -> None:
+    path.write_text(path.read_text() + text)
+
+
+def _evaluate(env: Env, texts: str, *extra: str, model: str = "") -> list[str]:
+    return ["--model", model or str(env.synthesizer), "--texts", env.file("h.jsonl", texts), "--fp32", *extra]
+
+
+def _torn_weights(env: Env) -> str:
+    model = env.tmp / "torn"
+    shutil.copytree(env.synthesizer, model)
+    _cut(model / "model.safetensors")
+    return str(model)
+
+
+GOOD_TEXTS = "".join(json.dumps(t) + "\n" for t in TEXTS)
+
+
+def _paper(env: Env, files: dict[str, list]) -> list[str]:
+    """The finance suite over the test fixtures with ``files`` replaced (an empty dict: no files)."""
+    data = env.tmp / "tasks"
+    data.mkdir()
+    if files:
+        shutil.copytree(ROOT / "tests" / "eval" / "paper_fixtures", data, dirs_exist_ok=True)
+    for rel, rows in files.items():
+        env.jsonl(f"tasks/{rel}", rows)
+    return ["--suite", "finance", "--data-dir", str(data), "--model", str(env.synthesizer), "--output",
+            str(env.tmp / "scores.json")]
 
 
 def _rm(tag: Path, name: str) -> Path:
@@ -583,3 +727,5 @@ def test_bad_input(case: Case, tmp_path: Path, shared: dict) -> None:
     errors = [line for line in stderr.splitlines() if "error: " in line]
     assert len(errors) == 1, stderr[-3000:]
     assert __import__("re").search(case.error, errors[0]), errors[0]
+    if case.after is not None:
+        case.after(env)

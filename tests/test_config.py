@@ -2,6 +2,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import pytest
+import torch
 
 from megatron_ipt.config import (
     ConfigError,
@@ -9,7 +10,6 @@ from megatron_ipt.config import (
     config_help,
     config_keys,
     load_config,
-    parse_overrides,
     run_cli,
     save_config,
 )
@@ -80,10 +80,6 @@ def test_bad_files(tmp_path):
     (tmp_path / "loop.yaml").write_text("include: loop.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(Run, tmp_path / "loop.yaml")
-
-
-def test_parse_overrides_tree():
-    assert parse_overrides(["--a.b=1", "--a.c", "x", "--d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
 
 
 @dataclass
@@ -209,6 +205,8 @@ TOOLS = {  # module -> its settings class: every command line of the project, in
     "megatron_ipt.train.export": "ExportArgs",
     "megatron_ipt.demo.__main__": "DemoArgs",
     "megatron_ipt.train.__main__": "TrainConfig",
+    "megatron_ipt.cluster.preflight": "PreflightArgs",
+    "megatron_ipt.cluster.slurm": "TrainArgs",
 }
 
 
@@ -226,3 +224,28 @@ def test_every_tool_helps_with_every_key(module, capsys):
     assert mod.main(["--no-such-key=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "unknown config key no_such_key" in err and err.count("\n") == 1
+
+
+def test_one_dtype_policy():
+    from megatron_ipt.config import DType, resolve_dtype
+
+    assert resolve_dtype("auto", "cuda") is DType.BF16 and resolve_dtype("auto", "cpu") is DType.FP32
+    assert resolve_dtype("bf16", "cpu") is DType.BF16 and resolve_dtype("half") is DType.FP16
+    assert DType.FP32.torch is torch.float32 and DType.BF16 == "bfloat16"
+    with pytest.raises(ConfigError, match="dtype must be auto or one of"):
+        resolve_dtype("int8")
+
+
+@dataclass
+class Relay:
+    name: str = ""
+    rest: list[str] = field(default_factory=list)
+
+    PASSTHROUGH: ClassVar[str] = "rest"
+
+
+def test_passthrough_takes_everything_after_a_bare_double_dash():
+    cfg = config_from_argv(Relay, ["--name", "x", "--", "--steps=3", "--data.train", "a b"])
+    assert cfg.name == "x" and cfg.rest == ["--steps=3", "--data.train", "a b"]
+    with pytest.raises(ConfigError, match="override must look like"):
+        config_from_argv(Run, ["--", "--steps=3"])  # a config without PASSTHROUGH takes no bare --

@@ -47,6 +47,60 @@ def test_atomic_dir_creates_then_replaces_keeping_the_old_until_done(tmp_path) -
     assert leftovers(out) == []
 
 
+def tree_state(root: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every entry under ``root``'s parent: mode and bytes (folders: mode only)."""
+    return {str(p.relative_to(root.parent)): (p.lstat().st_mode, None if p.is_dir() else p.read_bytes())
+            for p in sorted(root.parent.rglob("*"))}
+
+
+def test_atomic_dir_replaces_only_an_empty_folder_or_an_earlier_output(tmp_path) -> None:
+    ours, empty, foreign = tmp_path / "ours", tmp_path / "empty", tmp_path / "foreign"
+    with io.atomic_dir(ours) as tmp:
+        write_version(tmp, 1)
+    assert (ours / io.DIR_MARKER).is_file()
+    empty.mkdir()
+    foreign.mkdir()
+    (foreign / "metrics.jsonl").write_text("precious\n")
+    for out in (ours, empty):
+        with io.atomic_dir(out) as tmp:
+            write_version(tmp, 2)
+        assert read_version(out) == 2
+    before = tree_state(foreign)
+    with pytest.raises(io.OutputRefused, match=r"foreign: the folder holds files this tool did not write"):
+        with io.atomic_dir(foreign) as tmp:
+            write_version(tmp, 3)
+    assert tree_state(foreign) == before
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink", "under a file"])
+def test_atomic_dir_refuses_a_file_a_symlink_and_a_path_under_a_file_touching_nothing(tmp_path, kind) -> None:
+    (tmp_path / "f").write_text("precious\n")
+    (tmp_path / "d").mkdir()
+    out = {"file": tmp_path / "f", "symlink": tmp_path / "link", "under a file": tmp_path / "f" / "model"}[kind]
+    if kind == "symlink":
+        out.symlink_to(tmp_path / "d")
+    before = tree_state(tmp_path / "f")
+    with pytest.raises(io.OutputRefused, match={"file": "a file stands there", "symlink": "a symlink stands there",
+                                                "under a file": "cannot write under .*f: a file stands"}[kind]):
+        with io.atomic_dir(out) as tmp:
+            write_version(tmp, 1)
+    assert tree_state(tmp_path / "f") == before
+
+
+def test_atomic_dir_gives_its_files_the_mode_of_a_plain_open(tmp_path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    out = tmp_path / "model"
+    (tmp_path / "plain").write_text("x")
+    with io.atomic_dir(out) as tmp:
+        save_file({"w": torch.zeros(2)}, tmp / "model.safetensors")  # safetensors creates it 0600
+        (tmp / "config.json").write_text("{}")
+    plain = (tmp_path / "plain").stat().st_mode
+    assert {p.name: p.stat().st_mode for p in out.iterdir()} == dict.fromkeys(
+        ["model.safetensors", "config.json", io.DIR_MARKER], plain)
+
+
 def test_atomic_dir_failure_leaves_the_old_output(tmp_path) -> None:
     out = tmp_path / "model"
     with io.atomic_dir(out) as tmp:

@@ -1,8 +1,8 @@
 """The one-way import flow of the package, checked on every module (imports inside functions too).
 
-    base (config, io, log, launch, tokenizer, resources) <- data <- synth <- tuning, corpora
-    base <- model <- train;  eval reads models and the synthesis format
-    preflight sits above train; the demo is the one application over everything, data_tools included.
+    base (config, io, log, dist_env, tokenizer, resources, pairs) <- data <- synth <- tuning, corpora
+    base <- model <- train <- cluster (launch, slurm, preflight);  eval reads models and synthesis
+    the demo is the one application over everything, data_tools included.
 
 A module may import its own room and the rooms listed for it, nothing else; the library never
 imports ``data_tools``.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "megatron_ipt"
-BASE = {"config", "io", "log", "launch", "tokenizer", "__init__", "progress", "fsio", "resources"}
+BASE = {"config", "io", "log", "dist_env", "tokenizer", "__init__", "progress", "resources", "pairs"}
 
 # room -> the rooms it may import (besides itself and the base layer).
 ALLOWED: dict[str, set[str]] = {
@@ -28,9 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     "tuning": {"data", "synth"},
     "corpora": {"data", "synth"},
     "eval": {"data", "model", "synth"},
-    "preflight": {"data", "model", "train"},
-    "slurm": set(),  # the Slurm scripts' policy (env -> overrides, launch config): base only
-    "demo": {"data", "model", "synth", "train", "tuning", "corpora", "eval", "preflight", "data_tools"},
+    "cluster": {"data", "model", "train"},  # the launcher, the Slurm scripts' policy and their preflight
+    "demo": {"data", "model", "synth", "train", "tuning", "corpora", "eval", "cluster", "data_tools"},
 }
 
 
@@ -85,7 +84,9 @@ def test_every_import_follows_the_flow() -> None:
     ("room", "source"),
     [
         ("base", "from megatron_ipt.train.config import TrainConfig"),
-        ("data", "def f():\n    import megatron_ipt.synth.format"),
+        ("data", "def f():\n    import megatron_ipt.synth.rounds"),
+        ("train", "from megatron_ipt.cluster.launch import run_torchrun"),
+        ("base", "from megatron_ipt.cluster.slurm import train_args"),
         ("synth", "from megatron_ipt.corpora.templates import render_chain"),
         ("tuning", "from megatron_ipt.corpora import recipes"),
         ("model", "from megatron_ipt.train import loss"),
@@ -98,5 +99,5 @@ def test_the_check_catches_imports_against_the_flow(room: str, source: str) -> N
 
 
 def test_the_check_allows_the_flow() -> None:
-    assert not violations("corpora", "from megatron_ipt.synth.format import Pair\nimport megatron_ipt.log", "x.py")
+    assert not violations("corpora", "from megatron_ipt.pairs import Pair\nimport megatron_ipt.log", "x.py")
     assert not violations("demo", "from data_tools import preprocess_data", "x.py")

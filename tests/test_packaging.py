@@ -53,6 +53,10 @@ def test_wheel_has_commands_configs_and_every_package(wheel: Path) -> None:
         for path in (REPO / folder).rglob("*"):
             if path.is_file():
                 assert f"megatron_ipt/{path.relative_to(REPO).as_posix()}" in names, path
+    # The paper's lm-eval task definitions are package data next to their code.
+    for path in (REPO / "megatron_ipt" / "eval" / "paper_tasks").iterdir():
+        if path.is_file() and (path.suffix in (".yaml", ".py") or path.name.endswith("_yaml")):
+            assert path.relative_to(REPO).as_posix() in names, f"{path.name}: add it to pyproject package-data"
     for init in list(REPO.glob("megatron_ipt/**/__init__.py")) + [REPO / "data_tools" / "__init__.py"]:
         assert init.relative_to(REPO).as_posix() in names, f"{init.parent.name}: add it to pyproject packages"
 

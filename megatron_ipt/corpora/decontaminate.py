@@ -31,7 +31,7 @@ import yaml
 from megatron_ipt.config import ConfigError
 from megatron_ipt.data.readers import DataError, expand_inputs, input_stem, iter_records, kind_of
 from megatron_ipt.log import get_logger
-from megatron_ipt.synth.format import Pair
+from megatron_ipt.pairs import Pair
 
 log = get_logger(__name__)
 
@@ -211,7 +211,7 @@ def _sorted_unique(a: np.ndarray) -> np.ndarray:
 
 
 class _TaskLoader(yaml.SafeLoader):
-    """YAML loader for lm-eval task files: their ``!function`` tags read as plain strings."""
+    """YAML loader for lm-eval task files: a ``!function`` tag (code) reads as None, never runs."""
 
 
 _TaskLoader.add_multi_constructor("!", lambda loader, suffix, node: None)

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from megatron_ipt.corpora.templates import anatomy, normalize
-from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER, Pair
-from megatron_ipt.synth.rounds import is_degenerate
+from megatron_ipt.corpora.templates import anatomy
+from megatron_ipt.pairs import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER, Pair, is_degenerate, normalize
 
 DROP_REASONS = ("empty_response", "degenerate", "mc_bad_options", "mc_answer_not_in_options",
                 "cot_without_question", "cot_without_final_answer", "cot_without_rationale",

@@ -11,12 +11,10 @@ few-shot gives the answer and then its rationale. All wording here is this proje
 from __future__ import annotations
 
 import random
-import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER, Pair
+from megatron_ipt.pairs import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER, Pair, normalize
 
 # ---- wording pools -------------------------------------------------------------------------------
 # Pools are composed from parts where the parts combine into natural English; each entry is distinct
@@ -144,8 +142,6 @@ MULTI_PAIR_LAYOUTS = ("numbered", "fewshot", "next_turn")
 INVERT_SHARE = 0.062  # of classic chains: ~5% of all chains, as in the reference; only classic inverts
 
 
-_SPACE = re.compile(r"\s+")
-
 # ---- pair anatomy --------------------------------------------------------------------------------
 
 
@@ -179,17 +175,6 @@ def anatomy(pair: Pair) -> Anatomy:
 
 def _label(kind: str, i: int) -> str:
     return {"upper": chr(65 + i % 26), "lower": chr(97 + i % 26), "digit": str(i + 1)}.get(kind, "")
-
-
-def normalize(s: str) -> str:
-    """Comparison form of an answer or question: NFKC, case-folded, punctuation dropped, spacing collapsed.
-
-    The quality gate accepts a multiple-choice answer under this form, so the templates map it to
-    its option's label under the same form.
-    """
-    s = unicodedata.normalize("NFKC", s).upper().casefold()
-    s = "".join(" " if unicodedata.category(c).startswith(("P", "S")) else c for c in s)
-    return _SPACE.sub(" ", s).strip()
 
 
 @dataclass(frozen=True)

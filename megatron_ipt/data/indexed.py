@@ -59,6 +59,11 @@ def idx_path(prefix: str | Path) -> Path:
     return Path(f"{prefix}.idx")
 
 
+def summary_path(prefix: str | Path) -> Path:
+    """The provenance record beside a dataset (or beside any output file the tools write)."""
+    return Path(f"{prefix}.summary.json")
+
+
 def lossmask_prefix(prefix: str | Path) -> str:
     return f"{prefix}_lossmask"
 
@@ -241,7 +246,7 @@ def max_token_id(ds: IndexedDataset) -> int:
     recorded it for these very tokens, else one vectorised scan of ``.bin``."""
     import json
 
-    summary = Path(f"{ds.prefix}.summary.json")
+    summary = summary_path(ds.prefix)
     if summary.is_file():
         try:
             rec = json.loads(summary.read_text())

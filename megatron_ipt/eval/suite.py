@@ -9,12 +9,21 @@ exports loads in lm-eval's ``hf`` model as it is, on CPU or GPU::
 
 ``scores.json`` holds, per task, the aggregate metrics and the per-item ``acc`` / ``acc_norm``
 (the demo bootstraps its intervals from those).
+
+**Trust.** An lm-eval task folder can be code: ``!function`` tags import Python from the folder (or
+any module), and Jinja templates and hooks run in lm-eval's process. A suite is therefore read as
+plain data first: every YAML must be in :func:`write_suite`'s format (bare field names, local JSON
+items, ``acc``/``acc_norm``), and no ``.py`` file may sit in the folder. Anything else needs
+``--trust-task-code``. Suites shipped inside the package (:func:`packaged_suite`) are trusted.
+The model is handed to lm-eval as an object built here (``trust_remote_code`` off), never as a
+``model_args`` string, so no model path runs code and a comma in it is just a comma.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -22,8 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import yaml
+
+import megatron_ipt
 from megatron_ipt.config import ConfigError, run_cli
-from megatron_ipt.io import atomic_path, atomic_write_json, atomic_write_text
+from megatron_ipt.data.readers import DataError, iter_records
+from megatron_ipt.io import (
+    OutputRefused,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_file,
+)
 from megatron_ipt.log import get_logger, setup_logging
 
 log = get_logger("megatron_ipt.eval.suite")
@@ -80,38 +99,195 @@ def write_suite(families: dict[str, Sequence[dict]], out_dir: str | Path) -> lis
     return names
 
 
-def suite_tasks(suite_dir: str | Path) -> list[str]:
-    """The task names of a suite folder (one per YAML)."""
+class _TaskYaml(yaml.SafeLoader):
+    """lm-eval task YAML read as data: each ``!tag`` (``!function utils.f``) is recorded, never imported."""
+
+    tags: list[tuple[int, str]]
+
+
+def _record_tag(loader: _TaskYaml, suffix: str, node: yaml.Node) -> str:
+    loader.tags.append((node.start_mark.line + 1, f"!{suffix} {getattr(node, 'value', '')}".strip()))
+    return f"!{suffix}"
+
+
+_TaskYaml.add_multi_constructor("!", _record_tag)
+
+# write_suite's task format: plain data that lm-eval reads without running anything of the folder's.
+_PLAIN_FIXED = {"dataset_path": "json", "test_split": "test", "output_type": "multiple_choice"}
+_PLAIN_KEYS = {"task", "dataset_kwargs", "doc_to_text", "doc_to_choice", "doc_to_target", "target_delimiter",
+               "metric_list", *_PLAIN_FIXED}
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class SuiteTask:
+    """One task YAML of a suite: its lm-eval name, file, config and (plain tasks) item file."""
+
+    name: str
+    path: Path
+    config: dict[str, Any]
+    items: Path | None  # None: a trusted task outside the plain format (its items are lm-eval's business)
+
+
+def packaged_suite(suite_dir: str | Path) -> bool:
+    """Whether ``suite_dir`` lies inside the installed package (its suites and their code are ours)."""
+    package = Path(megatron_ipt.__file__).resolve().parent
+    return package in Path(suite_dir).resolve().parents
+
+
+def read_task_yaml(path: Path) -> tuple[dict[str, Any], list[tuple[int, str]]]:
+    """A task YAML as a mapping, and its ``!`` tags with their lines (:class:`SuiteError` if unreadable)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SuiteError(f"{path}: cannot read the task YAML ({err})") from None
+    loader = _TaskYaml(text)
+    loader.tags = []
+    try:
+        config = loader.get_single_data()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise SuiteError(f"{where}: malformed YAML ({getattr(err, 'problem', None) or err})") from None
+    finally:
+        loader.dispose()
+    if not isinstance(config, dict):
+        raise SuiteError(f"{path}: a task YAML must be a mapping, got {type(config).__name__}")
+    return config, loader.tags
+
+
+def _not_plain(config: dict[str, Any]) -> str | None:
+    """Why a task config is outside write_suite's plain format (None: it is plain)."""
+    extra = sorted(set(config) - _PLAIN_KEYS)
+    if extra:
+        return f"key {extra[0]!r} (hooks, includes and templates can run code)"
+    for key, value in _PLAIN_FIXED.items():
+        if config.get(key) != value:
+            return f"{key}: {config.get(key)!r} (the plain format has {value!r})"
+    for key in ("doc_to_text", "doc_to_choice", "doc_to_target"):
+        if not isinstance(config.get(key), str) or not _FIELD_NAME.fullmatch(config[key]):
+            return f"{key}: {config.get(key)!r} (the plain format names a field; a template is code)"
+    files = (config.get("dataset_kwargs") or {}) if isinstance(config.get("dataset_kwargs"), dict) else None
+    if files is None or set(files) != {"data_files"} or not isinstance(files["data_files"], dict) \
+            or set(files["data_files"]) != {"test"} or not isinstance(files["data_files"]["test"], str):
+        return "dataset_kwargs (the plain format has only data_files: {test: FILE})"
+    if not isinstance(config.get("target_delimiter", ""), str):
+        return "target_delimiter (a string)"
+    metrics = config.get("metric_list", [])
+    if not isinstance(metrics, list) or any(
+            not isinstance(m, dict) or m.get("metric") not in ("acc", "acc_norm")
+            or m.get("aggregation", "mean") != "mean" or set(m) - {"metric", "aggregation", "higher_is_better"}
+            for m in metrics):
+        return "metric_list (the plain format scores acc and acc_norm, aggregated by mean)"
+    return None
+
+
+def suite_tasks(suite_dir: str | Path, trust_task_code: bool = False) -> list[SuiteTask]:
+    """The tasks of a suite folder (one per YAML, found as lm-eval finds them: ``**/*.yaml``).
+
+    Refused with a :class:`SuiteError` naming the file: a folder that is missing or holds no task, a
+    malformed YAML, a missing or non-string ``task:``, two YAMLs of one task name, and, unless
+    ``trust_task_code`` (or the suite ships in the package), any code: ``!`` tags, ``.py`` files, keys
+    outside the plain format. Plain tasks' item files are checked too (:func:`check_items`).
+    """
     suite = Path(suite_dir)
-    yamls = sorted(suite.glob("*.yaml"))
+    if not suite.is_dir():
+        raise SuiteError(f"{suite}: no such suite folder")
+    trusted = trust_task_code or packaged_suite(suite)
+    yamls = sorted(suite.rglob("*.yaml"))
     if not yamls:
         raise SuiteError(f"{suite}: no task YAML in it (write one with megatron_ipt.eval.suite.write_suite)")
-    names = []
-    for y in yamls:
-        first = next((ln for ln in y.read_text().splitlines() if ln.startswith("task:")), None)
-        if first is None:
-            raise SuiteError(f"{y}: no 'task:' line")
-        names.append(first.split(":", 1)[1].strip())
-    return names
+    hint = f"pass --trust-task-code only if you trust {suite}"
+    tasks: dict[str, SuiteTask] = {}
+    for path in yamls:
+        config, tags = read_task_yaml(path)
+        if not trusted and tags:
+            line, tag = tags[0]
+            raise SuiteError(f"{path}:{line}: '{tag}' runs Python named by the task folder; {hint}")
+        name = config.get("task")
+        if not isinstance(name, str) or not name.strip():
+            if trusted and ("group" in config or "task" not in config):
+                continue  # a group or an included base of trusted task code: lm-eval resolves it
+            raise SuiteError(f"{path}: field 'task' is missing or not a string: {name!r}")
+        if name in tasks:
+            raise SuiteError(f"{path}: task {name!r} is also defined in {tasks[name].path}; each task name once")
+        why = _not_plain(config)
+        if why is not None and not trusted:
+            raise SuiteError(f"{path}: outside the plain task format: {why}; {hint}")
+        items = None
+        if why is None:
+            items = Path(config["dataset_kwargs"]["data_files"]["test"])  # lm-eval reads it from the cwd
+            check_items(items, config, path)
+        tasks[name] = SuiteTask(name, path, config, items)
+    code = [] if trusted else sorted(suite.rglob("*.py"))
+    if code:
+        raise SuiteError(f"{code[0]}: Python in the task folder, which lm-eval's !function imports; {hint}")
+    if not tasks:
+        raise SuiteError(f"{suite}: no task in its YAMLs")
+    return list(tasks.values())
+
+
+def check_items(items: Path, config: dict[str, Any], task_yaml: Path) -> int:
+    """Every item of a plain task is well-formed: the query a string, the choices a non-empty list of
+    strings, the gold an index into them; returns the count (a :class:`SuiteError` names file and line)."""
+    text, choices, target = config["doc_to_text"], config["doc_to_choice"], config["doc_to_target"]
+    if not items.is_file():
+        raise SuiteError(f"{task_yaml}: item file {items} does not exist")
+    n = 0
+    try:
+        for rec, where in iter_records(items):
+            if not isinstance(rec.get(text), str):
+                raise DataError("missing or not a string", where=where, field=text)
+            options = rec.get(choices)
+            if not isinstance(options, list) or not options or not all(isinstance(c, str) for c in options):
+                raise DataError("missing, empty or not a list of strings", where=where, field=choices)
+            gold = rec.get(target)
+            if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(options):
+                raise DataError(f"{gold!r} is not an index into its {len(options)} choices", where=where,
+                                field=target)
+            n += 1
+    except DataError as err:
+        raise SuiteError(str(err)) from None
+    if n == 0:
+        raise SuiteError(f"{items}: no items (task {config['task']!r} of {task_yaml})")
+    return n
+
+
+def load_lm(model_dir: str | Path, *, device: str, batch_size: int, dtype: str) -> Any:
+    """lm-eval's ``HFLM`` over ``model_dir``, built here with ``trust_remote_code`` off: the path is
+    an argument, never text pasted into a ``model_args`` string."""
+    from lm_eval.models.huggingface import HFLM
+
+    from megatron_ipt.eval.heldout import check_model_dir
+
+    path = check_model_dir(model_dir)
+    try:
+        return HFLM(pretrained=str(path.resolve()), dtype=dtype, device=device, batch_size=batch_size,
+                    trust_remote_code=False)
+    except Exception as err:  # transformers raises OSError, ValueError, safetensors errors, ...: one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise SuiteError(f"{path}: cannot load the model ({first})") from None
 
 
 def score_suite(model_dir: str | Path, suite_dir: str | Path, *, device: str = "cpu", batch_size: int = 8,
-                dtype: str = "float32", limit: int | None = None) -> dict[str, Any]:
-    """lm-eval's ``simple_evaluate`` over every task of the suite; aggregates and per-item scores."""
+                dtype: str = "float32", limit: int | None = None, trust_task_code: bool = False) -> dict[str, Any]:
+    """lm-eval's ``simple_evaluate`` over every task of the suite; aggregates and per-item scores.
+
+    ``trust_task_code`` lets a suite outside the package run its own code (see the module's Trust)."""
     # Local files only: no hub look-ups (they wait on timeouts where there is no network).
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(var, "1")
+    t0 = time.perf_counter()
+    tasks = [t.name for t in suite_tasks(suite_dir, trust_task_code)]  # before lm-eval reads the folder
+    lm = load_lm(model_dir, device=device, batch_size=batch_size, dtype=dtype)
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    t0 = time.perf_counter()
-    tasks = suite_tasks(suite_dir)
     res = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={Path(model_dir).resolve()},dtype={dtype}", tasks=tasks,
+        model=lm, tasks=tasks,
         # Only the suite's own tasks: indexing lm-eval's thousands of built-in YAMLs costs tens of seconds.
         task_manager=TaskManager(include_path=str(Path(suite_dir).resolve()), include_defaults=False),
-        batch_size=batch_size,
-        device=device, limit=limit, log_samples=True)
+        limit=limit, log_samples=True)
     out: dict[str, Any] = {"model": str(model_dir), "suite": str(suite_dir), "tasks": {}}
     for name in tasks:
         agg = res["results"][name]
@@ -138,23 +314,31 @@ class SuiteArgs:
     batch_size: int = 8  # log-likelihood requests per forward pass
     dtype: Literal["float32", "bfloat16"] = "float32"  # model dtype of lm-eval's hf model
     limit: int | None = None  # score only the first N items of each task
+    # Run code from the suite folder (!function, .py files, templates, hooks): only for suites you trust.
+    trust_task_code: bool = False
 
     ALIASES: ClassVar[dict[str, str]] = {"out": "output"}
 
     def validate(self) -> None:
         if not self.model or not self.suite:
             raise ConfigError("--model and --suite are required")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1 (or left out for every item), got {self.limit}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch_size must be at least 1, got {self.batch_size}")
 
 
 def run(args: SuiteArgs) -> int:
     setup_logging()
+    if args.output:
+        check_output_file(args.output)  # before any scoring
     device = args.device
     if device is None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     scores = score_suite(args.model, args.suite, device=device, batch_size=args.batch_size, dtype=args.dtype,
-                         limit=args.limit)
+                         limit=args.limit, trust_task_code=args.trust_task_code)
     if args.output:
         atomic_write_json(args.output, scores)
     else:
@@ -163,7 +347,7 @@ def run(args: SuiteArgs) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(SuiteArgs, argv, run, __doc__, errors=(SuiteError,))
+    return run_cli(SuiteArgs, argv, run, __doc__, errors=(SuiteError, DataError, OutputRefused))
 
 
 if __name__ == "__main__":

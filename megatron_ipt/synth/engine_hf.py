@@ -19,13 +19,13 @@ import inspect
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress
 from megatron_ipt.synth.engine_types import (
+    EngineSettings,
     Generation,
     SamplingParams,
     check_prompt_lengths,
@@ -35,9 +35,6 @@ from megatron_ipt.synth.engine_types import (
     resolve_tokenizer,
 )
 from megatron_ipt.tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    from megatron_ipt.synth.engines import EngineConfig
 
 log = get_logger(__name__)
 
@@ -127,9 +124,9 @@ class _Row:
 class HFEngine:
     """Generation with a transformers causal LM (see :class:`~megatron_ipt.synth.engine_types.Engine`)."""
 
-    def __init__(self, config: EngineConfig, tokenizer: Tokenizer | None = None,
+    def __init__(self, config: EngineSettings, tokenizer: Tokenizer | None = None,
                  model: torch.nn.Module | None = None) -> None:
-        """``config`` as built by :meth:`EngineConfig.build`; ``model``: an already loaded model to use."""
+        """``config`` as built by :meth:`megatron_ipt.synth.engines.EngineConfig.build`; ``model``: an already loaded model to use."""
         from transformers import AutoModelForCausalLM
 
         device = config.device

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from megatron_ipt.config import resolve_dtype
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress_mode
 from megatron_ipt.synth.engine_types import (
+    EngineSettings,
     Generation,
     SamplingParams,
     check_prompt_lengths,
-    normalize_dtype,
     per_prompt_params,
     resolve_tokenizer,
 )
 from megatron_ipt.tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    from megatron_ipt.synth.engines import EngineConfig
 
 log = get_logger(__name__)
 
@@ -46,8 +43,8 @@ def _import_vllm():
 class VLLMEngine:
     """Generation with vLLM (see :class:`~megatron_ipt.synth.engine_types.Engine`)."""
 
-    def __init__(self, config: EngineConfig, tokenizer: Tokenizer | None = None) -> None:
-        """``config`` as built by :meth:`EngineConfig.build`."""
+    def __init__(self, config: EngineSettings, tokenizer: Tokenizer | None = None) -> None:
+        """``config`` as built by :meth:`megatron_ipt.synth.engines.EngineConfig.build`."""
         vllm, self._TokensPrompt = _import_vllm()
         self._vllm = vllm
         self.tokenizer = resolve_tokenizer(config.model, tokenizer or config.tokenizer or None)
@@ -56,7 +53,7 @@ class VLLMEngine:
             model=str(config.model),
             # vLLM detokenizes with an HF tokenizer: the given directory, else the model's own.
             tokenizer=config.tokenizer if config.tokenizer and Path(config.tokenizer).is_dir() else str(config.model),
-            dtype="bfloat16" if config.dtype == "auto" else normalize_dtype(config.dtype),
+            dtype=str(resolve_dtype(config.dtype, "cuda")),  # vLLM runs on GPUs
             max_model_len=config.max_model_len,
             tensor_parallel_size=config.tensor_parallel_size,
             # Chained M-shot prompts extend the previous round's prompt; the runner sends them

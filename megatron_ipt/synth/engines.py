@@ -1,8 +1,9 @@
-"""Engine settings, listed once, and the one way to build an engine from them: ``EngineConfig.build()``.
+"""The one way to build an engine from its settings: ``EngineConfig.build()``.
 
 Two engines implement :class:`~megatron_ipt.synth.engine_types.Engine`: ``engine_hf``
 (transformers; CPU or GPU, batched, KV cache) and ``engine_vllm`` (vLLM on GPUs). Both are
-imported only when built, so the package works without vLLM; both take this config whole.
+imported only when built, so the package works without vLLM; both take the settings whole
+(:class:`~megatron_ipt.synth.engine_types.EngineSettings`, which imports no engine).
 """
 
 from __future__ import annotations
@@ -11,42 +12,15 @@ import importlib.util
 from dataclasses import dataclass, replace
 
 from megatron_ipt.log import get_logger
-from megatron_ipt.synth.engine_types import Engine, normalize_dtype
+from megatron_ipt.synth.engine_types import Engine, EngineSettings
 from megatron_ipt.tokenizer import Tokenizer
 
 log = get_logger(__name__)
 
-ENGINE_KINDS = ("auto", "hf", "vllm")
-
-
 @dataclass
-class EngineConfig:
-    kind: str = "auto"  # auto (vLLM when importable with a GPU, else hf) | hf (transformers) | vllm
-    model: str = ""  # the synthesizer: a Hugging Face model directory
-    tokenizer: str = ""  # 'mistral', a .model/.gguf file or an HF directory; empty: the model directory's
-    max_model_len: int = 4096  # prompt + generated tokens per sequence
-    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32 (long names accepted)
-    device: str = "auto"  # transformers engine: auto | cpu | cuda | cuda:N
-    batch_size: int = 8  # transformers engine: sequences decoded together
-    prefix_cache_tokens: int = 65536  # transformers engine: KV of this many tokens of finished sequences kept so a later prompt extending one prefills only its new tokens (0: off)
-    tensor_parallel_size: int = 1  # vLLM engine: GPUs one model is split over
-    gpu_memory_utilization: float = 0.9  # vLLM engine: share of GPU memory for weights and KV cache
-    seed: int = 0  # vLLM engine: its own sampler seed (per-prompt seeds come with the sampling params)
-
-    def validate(self) -> None:
-        if self.kind not in ENGINE_KINDS:
-            raise ValueError(f"engine.kind must be one of {ENGINE_KINDS}, got {self.kind!r}")
-        self.dtype = normalize_dtype(self.dtype)
-        if self.max_model_len < 2:
-            raise ValueError(f"engine.max_model_len must be >= 2, got {self.max_model_len}")
-        if self.prefix_cache_tokens < 0:
-            raise ValueError(f"engine.prefix_cache_tokens must be >= 0, got {self.prefix_cache_tokens}")
-        if self.batch_size < 1:
-            raise ValueError(f"engine.batch_size must be >= 1, got {self.batch_size}")
-        if self.tensor_parallel_size < 1:
-            raise ValueError(f"engine.tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(f"engine.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+class EngineConfig(EngineSettings):
+    """The settings (:class:`~megatron_ipt.synth.engine_types.EngineSettings`) and the one way to
+    build the engine they describe."""
 
     def resolved_kind(self) -> str:
         """``auto`` -> ``vllm`` when vLLM is importable and a GPU is present, else ``hf``."""

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from megatron_ipt.log import get_logger
+from megatron_ipt.pairs import Pair, context_text, instruction_key, is_degenerate, pairs_text, parse_pairs
 from megatron_ipt.synth.engine_types import Engine, Generation, SamplingParams, check_prompt_lengths
-from megatron_ipt.synth.format import Pair, context_text, pairs_text, parse_pairs
 from megatron_ipt.tokenizer import Tokenizer
 
 log = get_logger(__name__)
@@ -133,24 +132,6 @@ def fit_text(tokenizer: Tokenizer, text: str, budget: int) -> tuple[list[int], b
     raise ValueError(f"a prompt budget of {budget} tokens leaves no room for any text")
 
 
-_WORD = re.compile(r"\S+")
-
-
-def is_degenerate(text: str, min_repeats: int = 4, max_unit: int = 12, min_words: int = 8) -> bool:
-    """Whether ``text`` ends in a loop: a unit of 1..``max_unit`` words repeated ``min_repeats``+
-    times back to back (untuned small models fall into "Q3: Q3: Q3: ...")."""
-    words = _WORD.findall(text)
-    for unit in range(1, max_unit + 1):
-        run = 0
-        for i in range(len(words) - 1, unit - 1, -1):
-            if words[i] != words[i - unit]:
-                break
-            run += 1
-        if run + unit >= max(min_words, unit * min_repeats):
-            return True
-    return False
-
-
 @dataclass(frozen=True)
 class RoundsConfig:
     rounds: int = 2
@@ -187,10 +168,10 @@ def pairs_from_generations(gens: Sequence[Generation], max_pairs: int) -> tuple[
         for p in parsed.pairs:
             if is_degenerate(p.instruction) or is_degenerate(p.response):
                 stats["degenerate_pairs"] += 1
-            elif p.instruction.casefold() in seen:
+            elif instruction_key(p.instruction) in seen:
                 stats["duplicates"] += 1
             else:
-                seen.add(p.instruction.casefold())
+                seen.add(instruction_key(p.instruction))
                 pairs.append(p)
     if max_pairs and len(pairs) > max_pairs:
         stats["capped"] = len(pairs) - max_pairs

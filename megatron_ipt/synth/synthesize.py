@@ -39,8 +39,8 @@ from megatron_ipt.data.readers import (
     lone_surrogate,
     scan_records,
 )
+from megatron_ipt.dist_env import array_task
 from megatron_ipt.io import OutputLocked, atomic_path, atomic_write_json, output_lock
-from megatron_ipt.launch import array_task
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress
 from megatron_ipt.synth.engine_types import Engine
@@ -476,8 +476,8 @@ def dry_run(cfg: SynthesizeConfig, units: list[Unit], engine: Engine | None = No
     """The plan before the spend: texts and prompt tokens per unit (read and tokenized, nothing
     generated), the GPU-hours they need at a given or measured throughput, the array size that
     fits ``plan_hours_per_task``, and the ``sbatch`` line to submit."""
+    from megatron_ipt.pairs import context_text
     from megatron_ipt.synth.engine_types import resolve_tokenizer
-    from megatron_ipt.synth.format import context_text
 
     tok = engine.tokenizer if engine is not None else resolve_tokenizer(cfg.engine.model, cfg.engine.tokenizer or None)
     rows = []

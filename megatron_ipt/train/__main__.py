@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from megatron_ipt.config import ConfigError, cli_help, config_from_argv
+from megatron_ipt.config import run_cli
 from megatron_ipt.data.indexed import IndexedDatasetError
 from megatron_ipt.model.build import ModelBuildError
 from megatron_ipt.tokenizer import TokenizerError
@@ -27,19 +27,13 @@ Exit status 75 means "preempted: checkpoint saved, requeue me".
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or "-h" in argv or "--help" in argv:
-        print(cli_help(TrainConfig, USAGE))
-        return 0
     from megatron_ipt.train.checkpoint import CheckpointError
     from megatron_ipt.train.trainer import run
 
-    try:
-        return run(config_from_argv(TrainConfig, argv))
-    except (ConfigError, CheckpointError, ModelBuildError, TokenizerError, IndexedDatasetError) as err:
-        # Bad input: one clear line instead of a traceback (it happens before any compute).
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    argv = (sys.argv[1:] if argv is None else argv) or ["--help"]
+    # Bad input is one clear line instead of a traceback (it happens before any compute).
+    return run_cli(TrainConfig, argv, run, USAGE,
+                   errors=(CheckpointError, ModelBuildError, TokenizerError, IndexedDatasetError))
 
 
 def _exit_now(status: int) -> None:
@@ -48,9 +42,9 @@ def _exit_now(status: int) -> None:
     import logging
     import os
 
-    from megatron_ipt.launch import record_exit_status
+    from megatron_ipt.train.preemption import record_exit_status
 
-    record_exit_status(status)  # read by `python -m megatron_ipt.launch run` (torchrun keeps only 0/1)
+    record_exit_status(status)  # read by `python -m megatron_ipt.cluster.launch run` (torchrun keeps only 0/1)
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()

@@ -6,57 +6,19 @@ parts (ZeRO stage details, offload) and gets batch sizes, clipping and precision
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path
+from typing import Literal
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.data.blend import Blend
 from megatron_ipt.model.config import ModelConfig
+from megatron_ipt.train.data import BatchPlan, DataConfig
+from megatron_ipt.train.downstream import EvalConfig
 
-if TYPE_CHECKING:
-    from megatron_ipt.train.data import TrainStream
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """The batch arithmetic of a run on ``world`` ranks, computed and checked once."""
-
-    micro_batch: int  # samples per rank per forward
-    global_batch: int  # samples per optimizer step over all ranks
-    world: int  # data-parallel ranks
-    grad_accum: int  # micro-batches per rank per optimizer step
-    steps: int  # optimizer steps of the whole run
-
-    @property
-    def total_samples(self) -> int:
-        return self.steps * self.global_batch
-
-
-@dataclass
-class DataConfig:
-    # Blend of indexed-dataset prefixes: a prefix, "0.7 a 0.3 b", [[0.7, a], [0.3, b]] or [{weight, prefix}, ...].
-    train: Any = None
-    # Held-out blend for periodic evaluation (null: no evaluation).
-    valid: Any = None
-    seq_len: int = 2048  # tokens per training sample
-    tokenizer: str = "mistral"  # the tokenizer the data was built with (mistral, .model, HF dir, .gguf)
-    allow_tokenizer_mismatch: bool = False  # train on datasets whose recorded tokenizer differs (warned)
-    seed: int = 1234  # seed of the blend and sample shuffling
-    # Where the data core caches blend/packing indices (null: next to the first train prefix).
-    cache_dir: str | None = None
-    num_workers: int = 0  # DataLoader worker processes per rank
-
-    def build_train(self, batch: BatchPlan, rank: int, consumed_samples: int = 0) -> TrainStream:
-        """This rank's stream of optimizer steps over ``train``, from ``consumed_samples`` on."""
-        from megatron_ipt.train.data import TrainStream
-
-        return TrainStream.from_config(self, batch, rank, consumed_samples)
-
-    def build_valid(self, batch: BatchPlan, eval_iters: int, rank: int) -> list[dict[str, Any]]:
-        """This rank's fixed held-out micro-batches over ``valid`` (the same at every evaluation)."""
-        from megatron_ipt.train.data import eval_batches
-
-        return eval_batches(self, batch, eval_iters, rank)
+# What the trainer writes in run_dir (metrics.py, trainer.py) and the Slurm scripts' per-job folders.
+RUN_DIR_OUTPUTS = ("metrics.jsonl", "tensorboard", "config.yaml", "jobs")
 
 
 @dataclass
@@ -89,31 +51,6 @@ class LoggingConfig:
     tensorboard: bool = True  # write RUN_DIR/tensorboard/ event files
     # Peak FLOP/s of one device for MFU; null: GPU spec table, or a measured CPU matmul.
     peak_flops_per_device: float | None = None
-
-
-@dataclass
-class EvalConfig:
-    # Steps between in-loop downstream evaluations (0: none); the last step is always scored.
-    downstream_interval: int = 0
-    # lm-eval tasks scored on the model being trained: task folders (e.g. the demo's suite) or task names
-    # available offline. Each score is a curve in metrics.jsonl and TensorBoard ("downstream" records).
-    downstream_tasks: list[str] = field(default_factory=list)
-    downstream_limit: int | None = None  # score only the first N items of each task (null: all)
-    downstream_batch_size: int = 8  # log-likelihood requests per forward pass
-
-    def validate(self) -> None:
-        if self.downstream_interval < 0:
-            raise ConfigError(f"eval.downstream_interval must be 0 (off) or positive, got {self.downstream_interval}")
-        if self.downstream_interval and not self.downstream_tasks:
-            raise ConfigError("eval.downstream_interval is set but eval.downstream_tasks is empty")
-
-    def build(self, tokenizer_spec: str, total_steps: int) -> Any:
-        """The in-loop evaluator callback, or None when switched off."""
-        if not self.downstream_interval:
-            return None
-        from megatron_ipt.train.downstream import DownstreamEvaluator
-
-        return DownstreamEvaluator(self, tokenizer_spec, total_steps)
 
 
 @dataclass
@@ -159,6 +96,27 @@ class TrainConfig:
             )
         if self.checkpoint.resume not in ("auto", "none") and not self.checkpoint.resume:
             raise ConfigError("checkpoint.resume must be auto, none or a checkpoint directory")
+        self._check_export_dir()
+
+    def _check_export_dir(self) -> None:
+        """The export replaces its folder at the end: it must not be, hold or sit among the run's outputs."""
+        if not self.export.dir:
+            return
+        export = Path(os.path.realpath(self.export.dir))
+        clash = ""
+        for key, value in (("run_dir", self.run_dir), ("checkpoint.dir", self.checkpoint.dir)):
+            other = Path(os.path.realpath(value))
+            if export == other:
+                clash = f"is {key}={value}"
+            elif export in other.parents:
+                clash = f"contains {key}={value}"
+            elif key == "checkpoint.dir" and other in export.parents:
+                clash = f"lies inside {key}={value}, where checkpoints are listed and pruned"
+            elif key == "run_dir" and other in export.parents and export.relative_to(other).parts[0] in RUN_DIR_OUTPUTS:
+                clash = f"is {export.relative_to(other).parts[0]} of {key}={value}, which the trainer writes"
+            if clash:
+                raise ConfigError(f"export.dir={self.export.dir} {clash}; the export replaces its folder, so give "
+                                  "it one of its own (run_dir/hf is fine)")
 
     def batch_plan(self, world_size: int) -> BatchPlan:
         """Micro/global batch, ranks and gradient accumulation: the one place they are derived."""

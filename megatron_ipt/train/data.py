@@ -1,4 +1,5 @@
-"""The trainer's side of the data core: step-wise micro-batches, checked before compute.
+"""The trainer's side of the data core: its data config and batch plan, step-wise micro-batches,
+checked before compute.
 
 ``TrainStream`` hands out the grad-accumulation micro-batches of one optimizer step for this rank
 from the data core's ``TrainLoader`` (Megatron sharding over a global sample order), so its
@@ -8,6 +9,7 @@ from the data core's ``TrainLoader`` (Megatron sharding over a global sample ord
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,7 +18,44 @@ from megatron_ipt.config import ConfigError
 from megatron_ipt.data.blend import Blend
 from megatron_ipt.data.indexed import IndexedDataset, max_token_id
 from megatron_ipt.data.loader import TrainLoader, build_eval_loader, build_train_loader
-from megatron_ipt.train.config import BatchPlan, DataConfig
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The batch arithmetic of a run on ``world`` ranks, computed and checked once."""
+
+    micro_batch: int  # samples per rank per forward
+    global_batch: int  # samples per optimizer step over all ranks
+    world: int  # data-parallel ranks
+    grad_accum: int  # micro-batches per rank per optimizer step
+    steps: int  # optimizer steps of the whole run
+
+    @property
+    def total_samples(self) -> int:
+        return self.steps * self.global_batch
+
+
+@dataclass
+class DataConfig:
+    # Blend of indexed-dataset prefixes: a prefix, "0.7 a 0.3 b", [[0.7, a], [0.3, b]] or [{weight, prefix}, ...].
+    train: Any = None
+    # Held-out blend for periodic evaluation (null: no evaluation).
+    valid: Any = None
+    seq_len: int = 2048  # tokens per training sample
+    tokenizer: str = "mistral"  # the tokenizer the data was built with (mistral, .model, HF dir, .gguf)
+    allow_tokenizer_mismatch: bool = False  # train on datasets whose recorded tokenizer differs (warned)
+    seed: int = 1234  # seed of the blend and sample shuffling
+    # Where the data core caches blend/packing indices (null: next to the first train prefix).
+    cache_dir: str | None = None
+    num_workers: int = 0  # DataLoader worker processes per rank
+
+    def build_train(self, batch: BatchPlan, rank: int, consumed_samples: int = 0) -> TrainStream:
+        """This rank's stream of optimizer steps over ``train``, from ``consumed_samples`` on."""
+        return TrainStream.from_config(self, batch, rank, consumed_samples)
+
+    def build_valid(self, batch: BatchPlan, eval_iters: int, rank: int) -> list[dict[str, Any]]:
+        """This rank's fixed held-out micro-batches over ``valid`` (the same at every evaluation)."""
+        return eval_batches(self, batch, eval_iters, rank)
 
 
 def check_data_tokenizer(cfg: DataConfig, tokenizer: Any) -> None:

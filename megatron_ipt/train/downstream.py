@@ -27,8 +27,9 @@ import random
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,20 +38,45 @@ import torch.distributed as dist
 from megatron_ipt.config import ConfigError
 from megatron_ipt.log import get_logger
 
-if TYPE_CHECKING:
-    from megatron_ipt.train.config import EvalConfig
-    from megatron_ipt.train.trainer import Trainer
-
 log = get_logger(__name__)
 # Per-task metrics logged as curves (lm-eval's "METRIC,FILTER" keys; stderr is not a curve), plus the
 # mean log-likelihood of the gold choice: it moves with the weights when accuracy does not yet.
 METRICS = ("acc", "acc_norm", "gold_loglik")
 
 
-class Callback:
-    """A trainer hook: ``post_step`` runs after every optimizer step on every rank."""
+@dataclass
+class EvalConfig:
+    # Steps between in-loop downstream evaluations (0: none); the last step is always scored.
+    downstream_interval: int = 0
+    # lm-eval tasks scored on the model being trained: task folders (e.g. the demo's suite) or task names
+    # available offline. Each score is a curve in metrics.jsonl and TensorBoard ("downstream" records).
+    downstream_tasks: list[str] = field(default_factory=list)
+    downstream_limit: int | None = None  # score only the first N items of each task (null: all)
+    downstream_batch_size: int = 8  # log-likelihood requests per forward pass
+    # A task folder's YAML (Jinja templates, !function) runs inside the training processes: true only for
+    # folders you trust. lm-eval's own task names are lm-eval's code and need no flag.
+    downstream_trust_task_code: bool = False
 
-    def post_step(self, trainer: Trainer) -> None:  # pragma: no cover - the interface
+    def validate(self) -> None:
+        if self.downstream_interval < 0:
+            raise ConfigError(f"eval.downstream_interval must be 0 (off) or positive, got {self.downstream_interval}")
+        if self.downstream_interval and not self.downstream_tasks:
+            raise ConfigError("eval.downstream_interval is set but eval.downstream_tasks is empty")
+
+    def build(self, tokenizer_spec: str, total_steps: int, lockstep: bool) -> DownstreamEvaluator | None:
+        """The in-loop evaluator callback (its tasks and tokenizer checked now), or None when switched off.
+        ``lockstep``: every rank scores every task (ZeRO-3, where each forward gathers over all ranks)."""
+        if not self.downstream_interval:
+            return None
+        return DownstreamEvaluator(self, tokenizer_spec, total_steps, lockstep)
+
+
+class Callback:
+    """A trainer hook: ``post_step(trainer)`` runs after every optimizer step on every rank. The trainer
+    is passed as it is (this module may not import it): ``step``, ``engine``, ``plan``, ``rank``,
+    ``world`` and ``metrics`` are what a callback reads."""
+
+    def post_step(self, trainer: Any) -> None:  # pragma: no cover - the interface
         raise NotImplementedError
 
 
@@ -69,15 +95,19 @@ def preserved_rng() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def resolve_tasks(specs: list[str]) -> tuple[list[str], list[str]]:
-    """(task names, include folders): a folder contributes every task defined in it, anything else is a
-    task name for lm-eval's own registry (offline only)."""
+def resolve_tasks(specs: list[str], trust_task_code: bool = False) -> tuple[list[str], list[str]]:
+    """(task names, include folders): a folder (trusted only) contributes every task defined in it,
+    anything else is a task name for lm-eval's own registry (offline only)."""
     from lm_eval.tasks import TaskManager
 
     names: list[str] = []
     folders: list[str] = []
     for spec in specs:
         path = Path(spec)
+        if path.is_dir() and not trust_task_code:
+            # eval.suite's plain-format check lives in the eval room, which the trainer may not import.
+            raise ConfigError(f"eval.downstream_tasks: {spec}: a task folder's templates and code would run inside "
+                              f"training; set eval.downstream_trust_task_code=true if you trust it")
         if path.is_dir():
             found = sorted(TaskManager(include_path=str(path.resolve()), include_defaults=False).all_tasks)
             if not found:
@@ -94,13 +124,13 @@ def resolve_tasks(specs: list[str]) -> tuple[list[str], list[str]]:
 class DownstreamEvaluator(Callback):
     """Scores lm-eval tasks on the trainer's live module every ``interval`` steps."""
 
-    def __init__(self, cfg: EvalConfig, tokenizer_spec: str, total_steps: int) -> None:
+    def __init__(self, cfg: EvalConfig, tokenizer_spec: str, total_steps: int, lockstep: bool = False) -> None:
         from lm_eval.tasks import TaskManager
 
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
             os.environ.setdefault(var, "1")  # local files only: hub look-ups wait on timeouts offline
-        self.cfg, self.total_steps = cfg, total_steps
-        self.tasks, folders = resolve_tasks(list(cfg.downstream_tasks))
+        self.cfg, self.total_steps, self.lockstep = cfg, total_steps, lockstep
+        self.tasks, folders = resolve_tasks(list(cfg.downstream_tasks), cfg.downstream_trust_task_code)
         named = len(self.tasks) > sum(len(TaskManager(include_path=f, include_defaults=False).all_tasks)
                                       for f in folders)
         # Indexing lm-eval's thousands of built-in YAMLs costs tens of seconds: only when a name needs it.
@@ -115,14 +145,11 @@ class DownstreamEvaluator(Callback):
     def due(self, step: int) -> bool:
         return step % self.cfg.downstream_interval == 0 or step == self.total_steps
 
-    def post_step(self, trainer: Trainer) -> None:
+    def post_step(self, trainer: Any) -> None:
         if not self.due(trainer.step):
             return
-        from megatron_ipt.train.ds_config import zero_stage
-
         t0 = time.perf_counter()
-        lockstep = zero_stage(trainer.plan.ds_config) == 3
-        scores = self.score(trainer.engine.module, lockstep, trainer.rank, trainer.world)
+        scores = self.score(trainer.engine.module, self.lockstep, trainer.rank, trainer.world)
         self.seconds += time.perf_counter() - t0
         trainer.metrics.write(trainer.step, "downstream", {**scores, "seconds": time.perf_counter() - t0})
 

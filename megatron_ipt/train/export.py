@@ -3,7 +3,9 @@
 ``python -m megatron_ipt.train.export CKPT OUT [--dtype bf16|fp32]`` (or ``--input CKPT --output-dir OUT``): CKPT is a checkpoint tag
 directory (``.../step_00000100``) or a checkpoint root (its latest complete checkpoint is used).
 OUT gets ``config.json``, ``model.safetensors`` and the tokenizer files; it loads with
-``AutoModelForCausalLM.from_pretrained(OUT)`` (and vLLM).
+``AutoModelForCausalLM.from_pretrained(OUT)`` (and vLLM). OUT must be new, empty or an earlier
+export (it holds the marker ``.megatron_ipt_output``): any other folder or file is refused untouched,
+and a second export into the same OUT while one runs is refused.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from megatron_ipt.config import ConfigError, run_cli
-from megatron_ipt.io import atomic_dir
+from megatron_ipt.io import OutputLocked, OutputRefused, atomic_dir, check_replaceable_dir, output_lock
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.train.checkpoint import CheckpointError, check_checkpoint, latest_checkpoint, read_meta
 
@@ -64,14 +66,22 @@ def save_tokenizer(spec: str, out: Path) -> None:
 
 
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
-    """Write the HF directory for ``ckpt`` to ``out_dir`` (atomically: see :func:`megatron_ipt.io.atomic_dir`)."""
+    """Write the HF directory for ``ckpt`` to ``out_dir`` (atomically: see :func:`megatron_ipt.io.atomic_dir`).
+
+    ``out_dir`` is checked first (:func:`megatron_ipt.io.check_replaceable_dir`) and locked for the
+    whole export (:func:`megatron_ipt.io.output_lock`)."""
+    check_replaceable_dir(out_dir)  # before reading gigabytes of shards
+    with output_lock(out_dir):
+        return _export(ckpt, Path(out_dir), dtype)
+
+
+def _export(ckpt: str | Path, out: Path, dtype: str) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     tag_dir = resolve_tag_dir(ckpt)
     meta = read_meta(tag_dir)
     # DeepSpeed's consolidation unpickles without a guard: scan every shard's pickle first.
     check_checkpoint(tag_dir, meta)
-    out = Path(out_dir)
     hf_cfg: dict[str, Any] = dict(meta["hf_config"])
     model_type = hf_cfg.pop("model_type")
     config = AutoConfig.for_model(model_type, **hf_cfg)
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         export_checkpoint(args.input, args.output_dir, args.dtype)
         return 0
 
-    return run_cli(ExportArgs, argv, run, __doc__, errors=(CheckpointError,))
+    return run_cli(ExportArgs, argv, run, __doc__, errors=(CheckpointError, OutputRefused, OutputLocked))
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ def backward_scale(grad_accum: int, world_size: int) -> float:
 # -- the memory-lean loss: a chunked linear + cross-entropy through the hidden states -----------------
 # Chunks may hold this many bytes of fp32 logits even when that exceeds the hidden states' size: each
 # chunk also adds its (vocab, hidden) weight gradient into the fp32 accumulator, so tiny chunks of a small
-# model's large vocabulary cost more in memory traffic than they save (SmolLM2-135M at 4 x 512 tokens:
-# 64 chunks of 32 tokens before, 8 of 256 now). An 8B head's chunks are above this already.
+# model's large vocabulary cost more in memory traffic than they save (SmolLM2-135M at 4 x 512 tokens
+# gets 8 chunks of 256 tokens rather than 64 of 32). An 8B head's chunks are above this already.
 CHUNK_LOGITS_BYTES = 64 << 20
 
 

@@ -18,14 +18,15 @@ import torch
 import torch.distributed as dist
 
 from megatron_ipt.config import ConfigError, save_config
-from megatron_ipt.io import OutputLocked, output_lock
-from megatron_ipt.launch import DistEnv, dist_env_from_environ, init_distributed
+from megatron_ipt.dist_env import DistEnv, dist_env_from_environ
+from megatron_ipt.io import OutputLocked, OutputRefused, check_replaceable_dir, output_lock
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.model.attention import DOC_BACKENDS, packed_documents
 from megatron_ipt.model.build import build_model, hf_config, model_shape
 from megatron_ipt.train import checkpoint as ckpt
 from megatron_ipt.train.config import TrainConfig
 from megatron_ipt.train.data import TrainStream, check_data_tokenizer, check_datasets, dataset_ids
+from megatron_ipt.train.distributed import init_distributed
 from megatron_ipt.train.ds_config import build_ds_config, zero_stage
 from megatron_ipt.train.loss import attach_chunked_loss, backward_scale, global_token_count
 from megatron_ipt.train.metrics import MetricsWriter, flops_per_token, peak_flops, peak_memory_bytes
@@ -96,7 +97,7 @@ def plan_run(cfg: TrainConfig, dist_env: DistEnv) -> Plan:
     if meta:
         ckpt.check_compatible(meta, _shape_of_config(cfg), train.fingerprint, cfg.checkpoint.allow_data_change,
                               resume_from, spec=train.loader.spec, tokenizer=tokenizer.fingerprint())
-    downstream = cfg.eval.build(cfg.data.tokenizer, cfg.steps)  # its tasks and tokenizer checked here
+    downstream = cfg.eval.build(cfg.data.tokenizer, cfg.steps, lockstep=zero_stage(ds_config) == 3)
     return Plan(dist_env, ds_config, train, valid, tokenizer, resume_from, meta,
                 bool(meta) and meta["world_size"] != dist_env.world_size,
                 [cb for cb in (downstream,) if cb is not None])
@@ -311,6 +312,10 @@ def run(cfg: TrainConfig) -> int:
                 stack.enter_context(output_lock(Path(cfg.checkpoint.dir)))
                 key = "run_dir"
                 Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)  # unwritable: said now, not after init
+                if cfg.export.dir:  # replaced at the end: a folder the export did not write is refused now
+                    check_replaceable_dir(cfg.export.dir)
+            except OutputRefused as err:
+                raise ConfigError(f"export.dir: {err}") from None
             except OutputLocked as err:
                 raise ckpt.CheckpointError(f"checkpoint.dir: {err}") from None
             except OSError as err:

@@ -11,9 +11,6 @@
 from __future__ import annotations
 
 import math
-import re
-import string
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ import numpy as np
 import torch
 
 from megatron_ipt.log import get_logger
-from megatron_ipt.synth.format import ANS, END, PAIR_SEPARATOR, QUE, pairs_text, parse_pairs
+from megatron_ipt.pairs import ANS, END, PAIR_SEPARATOR, QUE, exact_match, pairs_text, parse_pairs, token_f1
 from megatron_ipt.tuning.example import Example
 
 log = get_logger(__name__)
@@ -85,30 +82,6 @@ def heldout_pair_loss(
 
 # -------------------------------------------------------------------------- response scoring
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(s: str) -> str:
-    """Lower case, no punctuation, no articles, single spaces (the usual SQuAD normalisation)."""
-    return " ".join(_ARTICLES.sub(" ", s.lower().translate(_PUNCT)).split())
-
-
-def exact_match(prediction: str, gold: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(gold))
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
 def response_prompt_ids(tokenizer: Any, example: Example, k: int) -> list[int]:
     """BOS + context, then gold pairs before ``k`` and ``<QUE> {instruction k} <ANS>`` (one pairs segment)."""
     from megatron_ipt.synth.rounds import build_prompt_ids
@@ -130,8 +103,9 @@ def generation_scores(
     max_pairs_per_example: int | None = None,
 ) -> dict[str, Any]:
     """Parse rate of free generations and response EM / token F1 for the gold instructions."""
+    from megatron_ipt.pairs import is_degenerate
     from megatron_ipt.synth.engine_types import SamplingParams
-    from megatron_ipt.synth.rounds import build_prompt_ids, is_degenerate
+    from megatron_ipt.synth.rounds import build_prompt_ids
 
     tok = engine.tokenizer
     skipped_long = 0

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from megatron_ipt.data.readers import DataError
-from megatron_ipt.synth.format import Pair
+from megatron_ipt.pairs import Pair
 
 
 @dataclass

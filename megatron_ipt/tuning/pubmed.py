@@ -14,7 +14,6 @@ output does not depend on record order.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -28,8 +27,8 @@ from pathlib import Path
 from megatron_ipt.data.readers import InputFile, iter_records, open_binary
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
+from megatron_ipt.pairs import COT_TRIGGER, OPTIONS_HEADER, Pair, chain_of_thought, multiple_choice
 from megatron_ipt.progress import progress as progress_of
-from megatron_ipt.synth.format import COT_TRIGGER, OPTIONS_HEADER, Pair, chain_of_thought, multiple_choice
 from megatron_ipt.tuning.example import Example
 
 log = get_logger(__name__)
@@ -214,59 +213,19 @@ def is_held_out(pmid: str, fraction: float, salt: str = "heldout") -> bool:
     return h / 2**64 < fraction
 
 
-def write_raw_corpus(
-    output: str | Path,
-    paths: Iterable[str | Path] | None = None,
-    limit: int | None = None,
-    held_out: float = 0.0,
-    held_out_output: str | Path | None = None,
-    records: Iterable[PubmedRecord] | None = None,
-    overwrite: bool = False,
-    with_title: bool = False,
-) -> dict:
-    """Write abstracts as JSONL ``{"id": "pmid:N", "text": ...}``; optionally split off a held-out file.
+def write_raw_corpus(output: str | Path, records: Iterable[PubmedRecord]) -> int:
+    """Write abstracts as JSONL ``{"id": "pmid:N", "text": ...}`` atomically; returns how many.
 
-    ``limit`` caps the records read (both sides together). ``with_title`` writes ``title\nabstract``
-    (the layout of the reference release's PubMed examples) instead of the abstract alone. Outputs are written atomically and a
-    summary ``OUTPUT.summary.json`` is written last: when it exists with the same arguments the
-    call returns it without work (resume after a kill just redoes the unfinished write).
+    Held-out splits are the caller's (by :func:`is_held_out`), so one rule decides them everywhere.
     """
     output = Path(output)
-    if held_out > 0 and held_out_output is None:
-        held_out_output = output.with_name(output.stem + ".heldout" + output.suffix)
-    summary_path = output.with_name(output.name + ".summary.json")
-    args = {
-        "limit": limit,
-        "held_out": held_out,
-        "held_out_output": str(held_out_output or ""),
-        "title": with_title,
-    }
-    if not overwrite and summary_path.exists() and output.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("args") == args and (not held_out_output or Path(held_out_output).exists()):
-            log.info("raw corpus %s already written (%d documents); skipping", output, summary["train"])
-            return summary
-    if records is None:
-        records = iter_pubmed_records(paths, limit=limit)
-    counts = {"train": 0, "held_out": 0}
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(open(stack.enter_context(atomic_path(output)), "w"))
-        ho = None
-        if held_out_output:
-            ho = stack.enter_context(open(stack.enter_context(atomic_path(held_out_output)), "w"))
+    n = 0
+    with atomic_path(output) as tmp, open(tmp, "w") as out:
         for rec in records:
-            text = f"{rec.title}\n{rec.abstract}" if with_title and rec.title else rec.abstract
-            line = json.dumps({"id": f"pmid:{rec.pmid}", "text": text}) + "\n"
-            if ho is not None and is_held_out(rec.pmid, held_out):
-                ho.write(line)
-                counts["held_out"] += 1
-            else:
-                out.write(line)
-                counts["train"] += 1
-    summary = {"args": args, "output": str(output), **counts}
-    atomic_write_json(summary_path, summary)
-    log.info("raw corpus: %d train, %d held-out abstracts -> %s", counts["train"], counts["held_out"], output)
-    return summary
+            out.write(json.dumps({"id": f"pmid:{rec.pmid}", "text": rec.abstract}) + "\n")
+            n += 1
+    log.info("raw corpus: %d abstracts -> %s", n, output)
+    return n
 
 
 # ----------------------------------------------------------------------------------------- mining

@@ -2,7 +2,7 @@
 
 Each training document concatenates several examples *from the same dataset* (one document, so
 attention flows across them and the model learns to keep a pattern), up to ``max_length`` tokens.
-Examples are written as ``segments`` records (:func:`megatron_ipt.synth.format.example_segments`)
+Examples are written as ``segments`` records (:func:`megatron_ipt.pairs.example_segments`)
 and tokenized by the data core's :func:`~megatron_ipt.data.preprocess.preprocess`, whose loss-mask
 twin then covers exactly the pairs and each example's closing EOS.
 
@@ -21,10 +21,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from megatron_ipt.data.indexed import summary_path
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
+from megatron_ipt.pairs import MARKERS, Pair, context_text, example_segments, pairs_text
 from megatron_ipt.progress import progress
-from megatron_ipt.synth.format import MARKERS, Pair, context_text, example_segments, pairs_text
 from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
 from megatron_ipt.tuning.example import ConvertStats, Example
 
@@ -252,7 +253,7 @@ def build_tuning_data(
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     if tok.bos_id is None or tok.eos_id is None:
         raise ValueError(f"tokenizer {tok.name} needs BOS and EOS tokens for the synthesizer format")
-    summary_file = Path(f"{output_prefix}.summary.json")
+    summary_file = summary_path(output_prefix)
     if summary_file.exists() and not overwrite:
         prev = json.loads(summary_file.read_text())
         same = (prev.get("options"), prev.get("tokenizer"), prev.get("inputs"))

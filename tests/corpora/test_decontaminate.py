@@ -18,7 +18,7 @@ from megatron_ipt.corpora.decontaminate import (
 )
 from megatron_ipt.corpora.recipes import CorporaConfig, build_corpora
 from megatron_ipt.data.readers import DataError
-from megatron_ipt.synth.format import Pair
+from megatron_ipt.pairs import Pair
 
 # 20 words; any 13 consecutive ones are a contaminating span.
 BENCH = ("Which enzyme, found in the human pancreas, breaks down starch into simple sugars during "

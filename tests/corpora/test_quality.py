@@ -6,8 +6,8 @@ import json
 from collections import Counter
 
 from megatron_ipt.corpora.chains import synthesized_documents
-from megatron_ipt.corpora.quality import QualityConfig, QualityGate, drop_reason, normalize, question_hash
-from megatron_ipt.synth.format import Pair, chain_of_thought, multiple_choice
+from megatron_ipt.corpora.quality import QualityConfig, QualityGate, drop_reason, question_hash
+from megatron_ipt.pairs import Pair, chain_of_thought, multiple_choice, normalize
 
 OPTIONS = ["Heart", "Liver", "Lung"]
 GOOD = [

@@ -18,7 +18,7 @@ from megatron_ipt.corpora.templates import (
     render_chain,
     render_instruction,
 )
-from megatron_ipt.synth.format import MARKERS, Pair, chain_of_thought, multiple_choice
+from megatron_ipt.pairs import MARKERS, Pair, chain_of_thought, multiple_choice
 
 OPTIONS = ["Heart", "Liver", "Lung", "Kidney"]
 PAIRS = [

@@ -19,15 +19,13 @@ from megatron_ipt.eval.heldout import (
     heldout_perplexity,
     load_model,
     main,
-    normalize_answer,
     read_tasks,
     read_texts,
     score_tasks,
     scoring_bf16,
     task_prompt,
-    token_f1,
 )
-from megatron_ipt.synth.format import chain_of_thought, multiple_choice
+from megatron_ipt.pairs import chain_of_thought, multiple_choice
 
 TEXTS = [
     "Aspirin reduces the risk of myocardial infarction in adults with diabetes.",
@@ -48,14 +46,6 @@ def tiny(tiny_dir):
     from megatron_ipt.tokenizer import load_tokenizer
 
     return load_model(tiny_dir), load_tokenizer(tiny_dir)
-
-
-def test_normalisation_and_f1():
-    assert normalize_answer("The  Cat, sat!") == "cat sat"
-    assert token_f1("the cat sat", "Cat sat.") == 1.0
-    assert token_f1("cat", "cat sat") == pytest.approx(2 * 1.0 * 0.5 / 1.5)
-    assert token_f1("dog", "cat") == 0.0
-    assert token_f1("", "") == 1.0
 
 
 def test_task_parsing_of_multiple_choice_and_chain_of_thought():
@@ -175,3 +165,55 @@ def test_evaluate_model_and_cli(tiny_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\n")
     assert main(["--model", str(tiny_dir), "--tasks", str(bad)]) == 2
+
+
+def _damaged_copy(src, dst, damage: str):
+    import shutil
+
+    shutil.copytree(src, dst)
+    if damage == "truncated weights":
+        weights = dst / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        (dst / damage).unlink()
+    return dst
+
+
+@pytest.mark.parametrize(("case", "says"), [
+    ("empty texts file", r"texts\.jsonl: no texts in it"),
+    ("blank texts file", r"texts\.jsonl: no texts in it"),
+    ("--limit_texts 0", r"--limit_texts must be at least 1"),
+    ("--max_length 1", r"--max_length must be at least 16"),
+    ("output is a folder", r"out: a folder stands where the output file must be"),
+    ("output under a file", r"cannot write under .*blocker: a file stands where a folder must be"),
+    ("truncated weights", r"model: cannot load the model"),
+    ("config.json", r"model: not a Hugging Face model directory \(no config\.json\)"),
+    ("model.safetensors", r"model: no weights \(model\.safetensors"),
+    ("tokenizer.json", r"model: no tokenizer files"),
+])
+def test_bad_inputs_are_one_line_before_scoring(tiny_dir, tmp_path, capsys, case, says):
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text({"empty texts file": "", "blank texts file": "\n  \n\n"}.get(
+        case, "".join(json.dumps({"text": x}) + "\n" for x in TEXTS)))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "blocker").write_text("x")
+    output = {"output is a folder": tmp_path / "out", "output under a file": tmp_path / "blocker" / "e.json"}.get(
+        case, tmp_path / "e.json")
+    model = tiny_dir
+    if case in ("truncated weights", "config.json", "model.safetensors", "tokenizer.json"):
+        model = _damaged_copy(tiny_dir, tmp_path / "model", case)
+    extra = {"--limit_texts 0": ["--limit_texts", "0"], "--max_length 1": ["--max_length", "1"]}.get(case, [])
+    code = main(["--model", str(model), "--texts", str(texts), "--fp32", "--output", str(output), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if "error: " in ln]
+    assert len(lines) == 1 and __import__("re").search(says, lines[0]), err
+    assert not (tmp_path / "e.json").exists() and sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_limit_texts_scores_exactly_that_many(tiny_dir, tmp_path):
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": x}) + "\n" for x in TEXTS))
+    out = tmp_path / "e.json"
+    assert main(["--model", str(tiny_dir), "--texts", str(texts), "--fp32", "--limit_texts", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["heldout"]["texts"] == 2

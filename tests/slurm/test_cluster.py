@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megatron_ipt.launch import expand_hostlist, resolve_host
+from megatron_ipt.dist_env import expand_hostlist, resolve_host
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from megatron_ipt.launch import master_port_for_job
+from megatron_ipt.dist_env import master_port_for_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 

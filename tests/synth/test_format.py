@@ -1,4 +1,4 @@
-from megatron_ipt.synth.format import (
+from megatron_ipt.pairs import (
     Pair,
     chain_of_thought,
     example_segments,

@@ -12,15 +12,14 @@ import re
 
 import pytest
 
+from megatron_ipt.pairs import Pair, context_text, pairs_text
 from megatron_ipt.synth.engine_types import Generation, SamplingParams, per_prompt_params
-from megatron_ipt.synth.format import Pair, context_text, pairs_text
 from megatron_ipt.synth.rounds import (
     Entry,
     RoundsConfig,
     build_prompt_ids,
     chunk_layout,
     fit_text,
-    is_degenerate,
     pairs_from_generations,
     run_rounds,
     text_seed,
@@ -174,13 +173,6 @@ def test_pairs_from_generations_merges_caps_and_counts():
     assert stats["output_tokens"] == 12 and stats["finish"] == {"eos": 1, "length": 1}
     capped, stats = pairs_from_generations([g1, g2], max_pairs=2)
     assert [p.instruction for p in capped] == ["A?", "B?"] and stats["capped"] == 1
-
-
-def test_degenerate_detection():
-    assert is_degenerate("<QUE> What is it? <ANS> Q3: Q3: Q3: Q3: Q3: Q3: Q3: Q3:")
-    assert is_degenerate("ok " + "the cell the cell the cell the cell the cell ")
-    assert not is_degenerate("<QUE> What is the role of insulin? <ANS> It lowers blood glucose. </END>")
-    assert not is_degenerate("very very good")  # short emphasis is not a loop
 
 
 def test_text_seed_is_stable_and_distinct():

@@ -341,7 +341,7 @@ def test_kill_mid_unit_resumes_byte_identical(tmp_path, tiny_dir, engine):
 
 
 def test_dry_run_plans_units_hours_and_the_sbatch_line(tmp_path, tiny_dir, engine, mistral_tokenizer):
-    from megatron_ipt.synth.format import context_text
+    from megatron_ipt.pairs import context_text
     from megatron_ipt.synth.synthesize import plan_text
 
     (tmp_path / "in").mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from megatron_ipt.config import ConfigError, load_config
-from megatron_ipt.launch import DistEnv
+from megatron_ipt.dist_env import DistEnv
 from megatron_ipt.train.checkpoint import CheckpointError
 from megatron_ipt.train.config import TrainConfig
 from megatron_ipt.train.trainer import _shape_of_config, plan_run
@@ -156,3 +156,32 @@ def test_cli_fails_before_compute(tmp_path) -> None:
     from megatron_ipt.train.__main__ import main
 
     assert main(["--help"]) == 0
+
+
+@pytest.mark.parametrize(("export", "says"), [
+    ("{run}", r"export\.dir=.*/run is run_dir="),
+    ("{run}/ckpt", r"export\.dir=.*/run/ckpt is checkpoint\.dir="),
+    ("{tmp}", r"export\.dir=.* contains run_dir="),
+    ("{run}/ckpt/hf", r"lies inside checkpoint\.dir=.*listed and pruned"),
+    ("{run}/tensorboard", r"is tensorboard of run_dir=.*which the trainer writes"),
+])
+def test_export_dir_among_the_run_outputs_is_refused_by_the_config(tmp_path, export, says) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match=says):
+        _cfg("--data.train=x", f"--run_dir={run}", f"--checkpoint.dir={run}/ckpt",
+             f"--export.dir={export.format(run=run, tmp=tmp_path)}")
+    _cfg("--data.train=x", f"--run_dir={run}", f"--checkpoint.dir={run}/ckpt", f"--export.dir={run}/hf")  # its own
+
+
+def test_export_dir_holding_other_files_is_refused_before_step_1(tmp_path) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("mine\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_ipt.train", "--config", "configs/tiny.yaml", f"--data.train={tmp_path}/x",
+         f"--run_dir={tmp_path}/run", f"--checkpoint.dir={tmp_path}/run/ckpt", f"--export.dir={notes}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: export.dir: {notes}: the folder holds files this tool did not write" in proc.stderr
+    assert sorted(p.name for p in notes.iterdir()) == ["a.txt"] and not (tmp_path / "run" / "metrics.jsonl").exists()

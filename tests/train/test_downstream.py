@@ -17,7 +17,7 @@ import torch
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.eval.suite import score_suite, write_suite
-from megatron_ipt.train.config import EvalConfig
+from megatron_ipt.train.downstream import EvalConfig
 
 DRUGS = [" metformin", " aspirin", " atorvastatin"]
 
@@ -43,7 +43,10 @@ def test_scores_equal_the_exported_models_and_training_state_survives(tmp_path: 
     model_dir = save_tiny_llama(tmp_path / "model")
     save_tokenizer("mistral", model_dir)
     module = AutoModelForCausalLM.from_pretrained(model_dir).train()
-    evaluator = EvalConfig(downstream_interval=3, downstream_tasks=[str(suite)]).build("mistral", 10)
+    with pytest.raises(ConfigError, match="downstream_trust_task_code=true if you trust it"):
+        EvalConfig(downstream_interval=3, downstream_tasks=[str(suite)]).build("mistral", 10, lockstep=False)
+    evaluator = EvalConfig(downstream_interval=3, downstream_tasks=[str(suite)],
+                           downstream_trust_task_code=True).build("mistral", 10, lockstep=False)
     assert [s for s in range(1, 11) if evaluator.due(s)] == [3, 6, 9, 10]
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     expected = (random.random(), np.random.rand(), torch.rand(1))
@@ -66,11 +69,12 @@ def test_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must be 0"):
         EvalConfig(downstream_interval=-1, downstream_tasks=["x"]).validate()
     with pytest.raises(ConfigError, match="no such folder"):
-        EvalConfig(downstream_interval=5, downstream_tasks=[str(tmp_path / "missing")]).build("mistral", 10)
+        EvalConfig(downstream_interval=5, downstream_tasks=[str(tmp_path / "missing")]).build("mistral", 10, lockstep=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no lm-eval task YAML"):
-        EvalConfig(downstream_interval=5, downstream_tasks=[str(tmp_path / "empty")]).build("mistral", 10)
-    assert EvalConfig().build("mistral", 10) is None
+        EvalConfig(downstream_interval=5, downstream_tasks=[str(tmp_path / "empty")],
+                   downstream_trust_task_code=True).build("mistral", 10, lockstep=False)
+    assert EvalConfig().build("mistral", 10, lockstep=False) is None
 
 
 def _args(prefix: str, run: Path, suite: Path, zero: int, *extra: str, downstream: bool = True) -> list[str]:
@@ -78,7 +82,8 @@ def _args(prefix: str, run: Path, suite: Path, zero: int, *extra: str, downstrea
             f"--checkpoint.dir={run}/ckpt", "--steps=4", "--checkpoint.interval=2", "--logging.interval=1",
             "--logging.eval_interval=0", "--logging.tensorboard=false", f"--ds_config=ds_configs/zero{zero}.json"]
     if downstream:
-        args += ["--eval.downstream_interval=2", f"--eval.downstream_tasks=[{suite}]"]
+        args += ["--eval.downstream_interval=2", f"--eval.downstream_tasks=[{suite}]",
+                 "--eval.downstream_trust_task_code=true"]
     return [*args, *extra]
 
 

@@ -82,7 +82,7 @@ def test_zero2_blend_logging_and_schedule(tmp_path, pubmed_prefixes, train_job, 
 
 
 def test_torchrun_launcher_exits_75_after_sigterm(tmp_path, pubmed_prefixes) -> None:
-    """A real 2-rank run under `python -m megatron_ipt.launch run` (torchrun's agent) gets SIGTERM: the
+    """A real 2-rank run under `python -m megatron_ipt.cluster.launch run` (torchrun's agent) gets SIGTERM: the
     ranks checkpoint and exit 75, and so does the launcher (plain torchrun would exit 1)."""
     import json
     import os
@@ -96,7 +96,7 @@ def test_torchrun_launcher_exits_75_after_sigterm(tmp_path, pubmed_prefixes) -> 
     root = Path(__file__).resolve().parents[2]
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "megatron_ipt.launch", "run", "--standalone", "--nproc-per-node", "2",
+    cmd = [sys.executable, "-m", "megatron_ipt.cluster.launch", "run", "--standalone", "--nproc-per-node", "2",
            "-m", "megatron_ipt.train", "--config", "configs/tiny.yaml", f"--data.train={pubmed_prefixes['train']}",
            f"--run_dir={run}", f"--checkpoint.dir={run}/ckpt", "--logging.interval=1", "--logging.tensorboard=false",
            "--steps=500", "--checkpoint.interval=0", "--data.seq_len=64", "--micro_batch_size=2",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_ipt.synth.format import Pair
+from megatron_ipt.pairs import Pair
 from megatron_ipt.tuning.collections import detect_format, read_examples
 from megatron_ipt.tuning.example import ConvertError, ConvertStats, Example
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_ipt.synth.format import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER
+from megatron_ipt.pairs import COT_ANSWER, COT_TRIGGER, OPTIONS_HEADER
 from megatron_ipt.tuning.pubmed import (
     KEYWORDS_QUESTION,
     MESH_QUESTION,
@@ -16,7 +16,6 @@ from megatron_ipt.tuning.pubmed import (
     STRUCTURED_DATASET,
     TITLE_QUESTION,
     UNSTRUCTURED_DATASET,
-    is_held_out,
     iter_pubmed_records,
     load_pubmed_records,
     mesh_term_pool,
@@ -136,24 +135,15 @@ def test_record_cache_roundtrip(xml: Path, tmp_path: Path) -> None:
     assert load_pubmed_records([xml], cache=cache, limit=1)[0].pmid == "101"  # other args: re-read
 
 
-def test_raw_corpus_split_and_resume(tmp_path: Path) -> None:
+def test_raw_corpus_is_written_atomically_as_id_and_text(tmp_path: Path) -> None:
     recs = list(iter_pubmed_records([shipped_pubmed_files()[1]], limit=300))
     out = tmp_path / "raw.jsonl"
-    s = write_raw_corpus(out, records=recs, held_out=0.1)
-    train = [json.loads(x) for x in out.read_text().splitlines()]
-    held = [json.loads(x) for x in (tmp_path / "raw.heldout.jsonl").read_text().splitlines()]
-    assert s["train"] == len(train) and s["held_out"] == len(held) and len(train) + len(held) == 300
-    assert 10 <= len(held) <= 55
-    assert all(is_held_out(d["id"].removeprefix("pmid:"), 0.1) for d in held)
-    assert set(train[0]) == {"id", "text"} and train[0]["text"]
+    assert write_raw_corpus(out, recs) == 300
+    docs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [d["id"] for d in docs] == [f"pmid:{r.pmid}" for r in recs]
+    assert set(docs[0]) == {"id", "text"} and docs[0]["text"] == recs[0].abstract
     assert not list(tmp_path.glob(".*tmp*"))
-    # a second call with the same arguments is a no-op (it does not even read the records)
-    assert write_raw_corpus(out, records=iter(()), held_out=0.1) == s
-    assert write_raw_corpus(out, records=recs[:5], held_out=0.1, overwrite=True)["train"] <= 5
-    titled = tmp_path / "titled.jsonl"
-    write_raw_corpus(titled, records=recs[:3], with_title=True)
-    first = json.loads(titled.read_text().splitlines()[0])
-    assert first["text"] == f"{recs[0].title}\n{recs[0].abstract}"
+    assert write_raw_corpus(out, recs[:5]) == 5 and len(out.read_text().splitlines()) == 5
 
 
 def test_miner_structured_holds_out_answer_section(xml: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from megatron_ipt.data.indexed import IndexedDataset, lossmask_prefix
-from megatron_ipt.synth.format import (
+from megatron_ipt.pairs import (
     Pair,
     chain_of_thought,
     context_text,

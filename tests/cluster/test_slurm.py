@@ -1,4 +1,4 @@
-"""megatron_ipt.slurm: the stage scripts' environment -> override map and BLEND launch config."""
+"""megatron_ipt.cluster.slurm: the stage scripts' environment -> override map and BLEND launch config."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from megatron_ipt.cluster.slurm import TRAIN_ENV, StageError, main, train_args
 from megatron_ipt.config import config_keys, load_config
-from megatron_ipt.slurm import TRAIN_ENV, StageError, main, train_args
 from megatron_ipt.train.config import TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_environment_becomes_overrides_and_the_command_line_wins(tmp_path: Path) -> None:
@@ -54,9 +54,9 @@ def test_bad_stage_settings(tmp_path: Path, monkeypatch, config, env, message) -
 def test_cli_prints_one_argument_per_line(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("STEPS", "5")
     monkeypatch.delenv("BLEND", raising=False)
-    assert main(["train-args", "--config", "configs/tiny.yaml", "--job-dir", "j", "--run-dir", "r", "--",
+    assert main(["--train-config", "configs/tiny.yaml", "--job-dir", "j", "--run-dir", "r", "--",
                  "--seed=3"]) == 0
     assert capsys.readouterr().out.splitlines()[-2:] == ["--steps=5", "--seed=3"]
     monkeypatch.chdir(tmp_path)
-    assert main(["train-args", "--config", "configs/none.yaml", "--job-dir", "j", "--run-dir", "r"]) == 2
+    assert main(["--train-config", "configs/none.yaml", "--job-dir", "j", "--run-dir", "r"]) == 2
     assert capsys.readouterr().err.startswith("error: training config 'configs/none.yaml' not found")

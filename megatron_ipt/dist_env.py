@@ -2,23 +2,23 @@
 which task of a job array (:func:`array_task`).
 
 Nothing else in the package reads launcher variables: executors (the command-line tools, the
-trainer) ask here and hand rank, world size and array task to the steps they run. ``init_distributed`` exports the standard
-``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` variables and starts
-``torch.distributed`` through DeepSpeed (NCCL with GPUs, gloo without).
+trainer) ask here and hand rank, world size and array task to the steps they run. The trainer's
+``init_distributed`` (:mod:`megatron_ipt.train.distributed`) exports the standard
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` variables from :func:`export_env`
+and starts ``torch.distributed``. This module imports nothing of the package, so the logger can ask it for
+the rank of its prefix.
 
 Precedence: variables set by torchrun/deepspeed (``RANK`` and ``WORLD_SIZE``) win over Slurm's, so
 ``srun`` starting one ``torchrun`` per node works; then a Slurm step (``SLURM_PROCID``); else a
 single process. Under Slurm the master is the first node of the step's node list, resolved by DNS
 or, failing that, by the node's ``NodeAddr`` from ``scontrol show node``; the port is derived from
 the job id so two jobs sharing a node do not collide. ``MASTER_ADDR``/``MASTER_PORT`` already in
-the environment win (the Slurm scripts resolve them once in the batch shell, see ``preflight``).
-
-The Slurm scripts' fail-fast check before any step starts lives in :mod:`megatron_ipt.preflight`.
+the environment win (the Slurm scripts resolve them once in the batch shell, see
+:mod:`megatron_ipt.cluster.preflight`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
@@ -27,10 +27,6 @@ import socket
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from megatron_ipt.log import get_logger
-
-log = get_logger(__name__)
 
 # Ports derived from job ids stay below Linux's ephemeral range (32768+), where connect() picks
 # local ports and could already hold the one we want.
@@ -50,10 +46,6 @@ class DistEnv:
     master_addr: str
     master_port: int
     source: str  # "torchrun" (also deepspeed), "slurm" or "single"
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
@@ -270,123 +262,3 @@ def export_env(dist: DistEnv) -> None:
         MASTER_ADDR=dist.master_addr,
         MASTER_PORT=str(dist.master_port),
     )
-
-
-def init_distributed(backend: str | None = None) -> DistEnv:
-    """Export the standard variables and start torch.distributed via DeepSpeed; returns the env."""
-    import torch
-
-    dist = dist_env_from_environ()
-    export_env(dist)
-    import deepspeed
-    import deepspeed.ops
-
-    # The shared-memory all-reduce op is compiled with g++ on first init (~2 min) and serves only
-    # inference; training never needs it.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(dist.local_rank)
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-    log.info(
-        "distributed: %d ranks via %s, master %s:%d, backend %s",
-        dist.world_size, dist.source, dist.master_addr, dist.master_port, backend,
-    )
-    return dist
-
-
-
-# ---------------------------------------------------------------------------------------------
-# torchrun with the requeue status: ``python -m megatron_ipt.launch run [torchrun options] ...``
-
-EXIT_REQUEUE = 75  # "preempted: checkpoint saved, requeue me" (Slurm requeue policies key on it)
-EXIT_DIR_ENV = "MEGATRON_IPT_EXIT_DIR"  # where each rank leaves its exit status for the launcher
-
-
-def record_exit_status(status: int) -> None:
-    """Leave this rank's exit status for :func:`run_torchrun` (a no-op outside it)."""
-    folder = os.environ.get(EXIT_DIR_ENV)
-    if folder:
-        rank = os.environ.get("RANK", "0")
-        with open(os.path.join(folder, f"rank{rank}"), "w") as fh:
-            fh.write(f"{status}\n")
-
-
-def _recorded_statuses(folder: str) -> dict[int, int]:
-    out = {}
-    for name in os.listdir(folder):
-        if name.startswith("rank"):
-            with contextlib.suppress(ValueError, OSError):
-                out[int(name[4:])] = int(open(os.path.join(folder, name)).read().strip())
-    return out
-
-
-def launch_status(torchrun_failed: bool, statuses: Mapping[int, int], fallback: int) -> int:
-    """The launcher's exit status: 0 when torchrun succeeded; 75 when a rank recorded 75 and no rank
-    recorded anything else (ranks the agent killed after a peer exited record nothing: the
-    checkpoint was complete before any rank returned 75); else ``fallback`` (torchrun's own)."""
-    if not torchrun_failed:
-        return 0
-    if statuses and set(statuses.values()) == {EXIT_REQUEUE}:
-        return EXIT_REQUEUE
-    return fallback
-
-
-def run_torchrun(argv: list[str]) -> int:
-    """Run torchrun's elastic agent in this process with ``argv`` (torchrun's own options and
-    script), and return 75 when the ranks were preempted after a checkpoint (torchrun itself turns
-    any non-zero worker exit, 75 included, into 1)."""
-    import tempfile
-
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args
-    from torch.distributed.run import run as torchrun
-
-    args = parse_args(argv)
-    folder = tempfile.mkdtemp(prefix="ipt-exit-")
-    os.environ[EXIT_DIR_ENV] = folder  # inherited by the agent's workers
-    try:
-        try:
-            torchrun(args)
-            failed, fallback = False, 0
-        except ChildFailedError as err:
-            _, first = err.get_first_failure()
-            failed, fallback = True, first.exitcode if first.exitcode > 0 else 1
-        except SignalException as err:  # the agent was signalled; it stopped the workers first
-            failed, fallback = True, 128 + int(err.sigval)
-        status = launch_status(failed, _recorded_statuses(folder), fallback)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    if status == EXIT_REQUEUE:
-        log.warning("launch: the ranks were preempted after a checkpoint: exiting %d (requeue)", EXIT_REQUEUE)
-    return status
-
-
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] != "run":
-        print("usage: python -m megatron_ipt.launch run [torchrun options] (-m MODULE | SCRIPT) [args ...]\n\n"
-              "torchrun, with one difference: when the ranks exit 75 after a preemption checkpoint, so does\n"
-              "this launcher (torchrun exits 1), so a requeue policy keyed on 75 works outside srun too.\n"
-              "On SIGTERM the agent waits --shutdown-timeout seconds (default 30) for the ranks' checkpoint.\n"
-              "Example: python -m megatron_ipt.launch run --standalone --nproc-per-node 8 -m megatron_ipt.train \\\n"
-              "           --config configs/pretrain_500M.yaml --data.train=PREFIX")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from megatron_ipt.log import setup_logging
-
-    setup_logging()
-    return run_torchrun(argv[1:])
-
-
-# ---------------------------------------------------------------------------------------------
-# preflight: the Slurm scripts' fail-fast check in the batch shell
-
-
-if __name__ == "__main__":
-    import sys as _sys
-
-    _sys.exit(main())

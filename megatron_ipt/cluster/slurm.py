@@ -1,23 +1,25 @@
-"""The Slurm stage scripts' policy, in Python: ``python -m megatron_ipt.slurm train-args ...``
-(also the ``ipt-launch`` command).
+"""The Slurm stage scripts' policy, in Python: ``python -m megatron_ipt.cluster.slurm --train-config C
+--job-dir J --run-dir R [-- OVERRIDES...]`` (also the ``ipt-slurm-stage`` command).
 
 ``slurm/common.sh`` keeps only what must run in the batch shell before Python (finding the checkout,
 signal forwarding, srun, requeue). What the scripts decide lives here, once: which environment
 variable becomes which training-config key, and the launch config that lays a blend YAML over the
-stage config. ``train-args`` prints the trainer's command-line arguments, one per line.
+stage config. It prints the trainer's command-line arguments, one per line.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
 from megatron_ipt import resources
+from megatron_ipt.config import ConfigError, run_cli
 from megatron_ipt.io import atomic_write_text
 
 # Environment variable -> training config key (set variables only; command-line overrides come last).
@@ -46,7 +48,7 @@ class StageError(ValueError):
 def launch_config(config: Path, blend: Path, job_dir: Path) -> Path:
     """A config in ``job_dir`` that includes the stage config and then the blend YAML's ``data:`` over it."""
     out = job_dir / "launch_config.yaml"
-    text = "# written by megatron_ipt.slurm: the stage config with the data blend over it\n"
+    text = "# written by megatron_ipt.cluster.slurm: the stage config with the data blend over it\n"
     text += yaml.safe_dump({"include": [str(config.resolve()), str(blend.resolve())]}, sort_keys=False)
     atomic_write_text(out, text)
     return out
@@ -74,23 +76,27 @@ def train_args(config: str, job_dir: str, run_dir: str, environ: Mapping[str, st
     return args
 
 
+@dataclass
+class TrainArgs:
+    train_config: str = ""  # the stage's training config
+    job_dir: str = ""  # this job's directory (run_dir, launch config)
+    run_dir: str = ""  # the run's directory (checkpoints by default)
+    overrides: list[str] = field(default_factory=list)  # trainer overrides (after --), applied last
+
+    PASSTHROUGH: ClassVar[str] = "overrides"
+
+    def validate(self) -> None:
+        for key in ("train_config", "job_dir", "run_dir"):
+            if not getattr(self, key):
+                raise ConfigError(f"--{key.replace('_', '-')} is required")
+
+
+def _print_train_args(args: TrainArgs) -> None:
+    print("\n".join(train_args(args.train_config, args.job_dir, args.run_dir, os.environ, args.overrides)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m megatron_ipt.slurm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train-args", help="print a training stage's trainer arguments, one per line")
-    train.add_argument("--config", required=True, help="the stage's training config")
-    train.add_argument("--job-dir", required=True, help="this job's directory (run_dir, launch config)")
-    train.add_argument("--run-dir", required=True, help="the run's directory (checkpoints by default)")
-    train.add_argument("overrides", nargs="*", help="trainer overrides, after --")
-    args = parser.parse_args(argv)
-    try:
-        lines = train_args(args.config, args.job_dir, args.run_dir, os.environ, args.overrides)
-    except (StageError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print("\n".join(lines))
-    return 0
+    return run_cli(TrainArgs, argv, _print_train_args, __doc__ or "", errors=(StageError, OSError))
 
 
 if __name__ == "__main__":

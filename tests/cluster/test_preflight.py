@@ -1,11 +1,11 @@
-"""megatron_ipt.preflight: the Slurm scripts' fail-fast check (node list, master, inputs, config)."""
+"""megatron_ipt.cluster.preflight: the Slurm scripts' fail-fast check (node list, master, inputs, config)."""
 
 from __future__ import annotations
 
 import pytest
 
-from megatron_ipt import preflight
-from megatron_ipt.launch import master_port_for_job
+from megatron_ipt.cluster import preflight
+from megatron_ipt.dist_env import master_port_for_job
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_preflight_prints_master_exports(monkeypatch, capsys, tiny_prefix, tmp_p
     _clear_slurm(monkeypatch)
     monkeypatch.setenv("SLURM_JOB_ID", "777")
     monkeypatch.setenv("SLURM_JOB_NODELIST", "localhost")
-    rc = preflight.main(["preflight", "--require-prefix", tiny_prefix, "--require-dir", str(tmp_path),
+    rc = preflight.main(["--require-prefix", tiny_prefix, "--require-dir", str(tmp_path),
                       "--require-path", tiny_prefix + ".bin"])
     assert rc == 0
     assert capsys.readouterr().out.splitlines() == [
@@ -42,7 +42,7 @@ def test_preflight_reports_every_problem(monkeypatch, capsys, tmp_path) -> None:
     _clear_slurm(monkeypatch)
     monkeypatch.setenv("SLURM_JOB_ID", "778")
     monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[01-")
-    rc = preflight.main(["preflight", "--require-prefix", str(tmp_path / "nope"),
+    rc = preflight.main(["--require-prefix", str(tmp_path / "nope"),
                       "--require-dir", str(tmp_path / "ckpt"), "--require-file", str(tmp_path / "x.yaml")])
     err = capsys.readouterr()
     assert rc == 2 and err.out == ""
@@ -56,13 +56,13 @@ def test_preflight_checks_the_training_config(monkeypatch, capsys, tiny_prefix, 
     _clear_slurm(monkeypatch)
     monkeypatch.chdir(repo_root)  # configs name ds_configs/ relative to the checkout, as the scripts run
     config = str(repo_root / "configs" / "tiny.yaml")
-    assert preflight.main(["preflight", "--train-config", config, f"--data.train={tiny_prefix}"]) == 0
+    assert preflight.main(["--train-config", config, "--", f"--data.train={tiny_prefix}"]) == 0
     # Weights and a blend in Megatron's string form: only prefixes are checked.
-    assert preflight.main(["preflight", "--train-config", config, f"--data.train=0.3 {tiny_prefix} 0.7 {tiny_prefix}"]) == 0
+    assert preflight.main(["--train-config", config, "--", f"--data.train=0.3 {tiny_prefix} 0.7 {tiny_prefix}"]) == 0
     capsys.readouterr()
 
     missing = tmp_path / "absent_text_document"
-    rc = preflight.main(["preflight", "--train-config", config, f"--data.train=[[0.5, {tiny_prefix}], [0.5, {missing}]]",
+    rc = preflight.main(["--train-config", config, "--", f"--data.train=[[0.5, {tiny_prefix}], [0.5, {missing}]]",
                       f"--data.valid={missing}", f"--model.init_from={tmp_path / 'no_model'}",
                       f"--checkpoint.resume={tmp_path / 'no_ckpt'}", f"--data.tokenizer={tmp_path / 'llama3'}"])
     err = capsys.readouterr().err
@@ -73,7 +73,7 @@ def test_preflight_checks_the_training_config(monkeypatch, capsys, tiny_prefix, 
     assert f"checkpoint.resume: checkpoint '{tmp_path / 'no_ckpt'}' does not exist" in err
     assert f"data.tokenizer: '{tmp_path / 'llama3'}' does not exist" in err
 
-    rc = preflight.main(["preflight", "--train-config", config, f"--data.train={tiny_prefix}", "--optim.lrr=1"])
+    rc = preflight.main(["--train-config", config, "--", f"--data.train={tiny_prefix}", "--optim.lrr=1"])
     assert rc == 2 and "optim.lrr" in capsys.readouterr().err
 
 
@@ -85,22 +85,23 @@ def test_preflight_refuses_data_of_another_tokenizer(monkeypatch, capsys, repo_r
     (tmp_path / "c.jsonl").write_text('{"text": "A document tokenized with Mistral."}\n')
     prefix = preprocess(tmp_path / "c.jsonl", tmp_path / "c", "mistral", workers=0, progress=False)["prefix"]
     config = str(repo_root / "configs" / "tiny.yaml")
-    assert preflight.main(["preflight", "--train-config", config, f"--data.train={prefix}"]) == 0
+    assert preflight.main(["--train-config", config, "--", f"--data.train={prefix}"]) == 0
     capsys.readouterr()
-    rc = preflight.main(["preflight", "--train-config", config, f"--data.train={prefix}",
+    rc = preflight.main(["--train-config", config, "--", f"--data.train={prefix}",
                          f"--data.tokenizer={smollm2_dir}", "--model.vocab_size=49152"])
     err = capsys.readouterr().err
     assert rc == 2
     assert f"data.train: dataset {prefix} was tokenized with mistral (vocab 32000" in err
     assert f"but data.tokenizer is {smollm2_dir} (vocab 49152" in err and "data.allow_tokenizer_mismatch=true" in err
-    assert preflight.main(["preflight", "--train-config", config, f"--data.train={prefix}",
+    assert preflight.main(["--train-config", config, "--", f"--data.train={prefix}",
                            f"--data.tokenizer={smollm2_dir}", "--data.allow_tokenizer_mismatch=true"]) == 0
 
 
 def test_preflight_rejects_overrides_without_config(capsys) -> None:
-    with pytest.raises(SystemExit):
-        preflight.main(["preflight", "--steps=3"])
-    assert "unrecognized arguments: --steps=3" in capsys.readouterr().err
+    assert preflight.main(["--steps=3"]) == 2
+    assert "unknown config key steps" in capsys.readouterr().err
+    assert preflight.main(["--", "--steps=3"]) == 2
+    assert "training overrides without --train-config: --steps=3" in capsys.readouterr().err
 
 
 def test_preflight_checks_a_yaml_list_of_weight_prefix_entries(monkeypatch, capsys, tiny_prefix, repo_root,
@@ -118,12 +119,25 @@ def test_preflight_checks_a_yaml_list_of_weight_prefix_entries(monkeypatch, caps
         return str(run)
 
     good = [{"weight": 0.25, "prefix": tiny_prefix}, {"weight": 0.75, "prefix": tiny_prefix}]
-    assert preflight.main(["preflight", "--train-config", write(good)]) == 0
+    assert preflight.main(["--train-config", write(good)]) == 0
     capsys.readouterr()
-    rc = preflight.main(["preflight", "--train-config", write([good[0], {"weight": 0.75, "prefix": missing}])])
+    rc = preflight.main(["--train-config", write([good[0], {"weight": 0.75, "prefix": missing}])])
     err = capsys.readouterr().err
     assert rc == 2
     assert f"data.train: data prefix '{missing}': missing {missing}.bin, {missing}.idx" in err
     assert "weight" not in err and tiny_prefix + "'" not in err  # only the absent prefix, by its own path
-    rc = preflight.main(["preflight", "--train-config", write([{"weight": -1, "prefix": tiny_prefix}])])
+    rc = preflight.main(["--train-config", write([{"weight": -1, "prefix": tiny_prefix}])])
     assert rc == 2 and f"data.train: blend weight for {tiny_prefix} must be positive, got -1" in capsys.readouterr().err
+
+
+def test_preflight_refuses_an_export_dir_the_export_did_not_write(monkeypatch, capsys, tiny_prefix, repo_root,
+                                                                  tmp_path) -> None:
+    _clear_slurm(monkeypatch)
+    monkeypatch.chdir(repo_root)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine\n")
+    rc = preflight.main(["--train-config", str(repo_root / "configs" / "tiny.yaml"), "--",
+                         f"--data.train={tiny_prefix}", f"--export.dir={tmp_path / 'notes'}"])
+    assert rc == 2
+    assert f"export.dir: {tmp_path / 'notes'}: the folder holds files this tool did not write" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "a.txt").read_text() == "mine\n"

@@ -1,4 +1,5 @@
-"""Fail fast before any process group starts: ``python -m megatron_ipt.preflight``.
+"""Fail fast before any process group starts: ``python -m megatron_ipt.cluster.preflight
+[--require-prefix P ...] [--train-config C -- OVERRIDES...]``.
 
 The Slurm scripts run it in the batch shell: it parses the node list, resolves the master, checks
 required paths (and, with ``--train-config``, the training config and every data prefix it names)
@@ -8,21 +9,24 @@ base layer: it may import training configs, and nothing in the base layer import
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from megatron_ipt import resources
+from megatron_ipt.config import ConfigError, run_cli
 from megatron_ipt.data.blend import Blend
-from megatron_ipt.launch import LaunchError, in_slurm_job, slurm_master
+from megatron_ipt.dist_env import LaunchError, in_slurm_job, slurm_master
+from megatron_ipt.io import OutputRefused, check_replaceable_dir
 
 
 def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
     """Problems with a training config that would stop the job later: bad keys, missing inputs."""
-    from megatron_ipt.config import ConfigError, load_config
+    from megatron_ipt.config import load_config
     from megatron_ipt.train.config import TrainConfig
 
     try:
@@ -41,6 +45,11 @@ def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
     tok = cfg.data.tokenizer
     if ("/" in tok or tok.endswith((".model", ".gguf"))) and not Path(tok).exists():
         problems.append(f"data.tokenizer: {tok!r} does not exist (a name like 'mistral', or a path)")
+    if cfg.export.dir:
+        try:
+            check_replaceable_dir(cfg.export.dir)
+        except OutputRefused as err:
+            problems.append(f"export.dir: {err}")
     if not resources.resolve(cfg.ds_config).is_file():
         problems.append(f"ds_config: DeepSpeed config {cfg.ds_config!r} does not exist")
     if not problems:
@@ -69,7 +78,7 @@ def _tokenizer_problems(cfg: object) -> list[str]:
     return []
 
 
-def preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]:
+def preflight(args: PreflightArgs, environ: Mapping[str, str]) -> list[str]:
     """Check everything the step needs; return the export lines for MASTER_ADDR/MASTER_PORT."""
     problems: list[str] = []
     for path in args.require_file:
@@ -99,41 +108,34 @@ def preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]
     return exports
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m megatron_ipt.preflight",
-        allow_abbrev=False,
-        description="Launcher helpers for the Slurm scripts.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    pre = sub.add_parser(
-        "preflight",
-        allow_abbrev=False,
-        help="fail fast in the batch shell: node list, master address, required inputs",
-        description="Check the job's node list and inputs before any step starts. Prints "
-        "'export MASTER_ADDR=.. MASTER_PORT=..' lines (inside a Slurm job) for the script to "
-        "eval; exits 2 with one line per problem otherwise. Arguments after the config are "
-        "training-config overrides (--key.sub=value).",
-    )
-    pre.add_argument("--require-file", action="append", default=[], metavar="PATH")
-    pre.add_argument("--require-dir", action="append", default=[], metavar="PATH")
-    pre.add_argument("--require-path", action="append", default=[], metavar="PATH",
-                     help="a file or directory that must exist")
-    pre.add_argument("--require-prefix", action="append", default=[], metavar="PREFIX",
-                     help="an indexed-dataset prefix: PREFIX.bin and PREFIX.idx must exist")
-    pre.add_argument("--train-config", metavar="YAML",
-                     help="load this training config with the overrides and check its inputs")
-    args, overrides = parser.parse_known_args(argv)
-    if overrides and not args.train_config:
-        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
-    args.overrides = overrides
+@dataclass
+class PreflightArgs:
+    require_file: list[str] = field(default_factory=list)  # files that must exist
+    require_dir: list[str] = field(default_factory=list)  # directories that must exist
+    require_path: list[str] = field(default_factory=list)  # files or directories that must exist
+    require_prefix: list[str] = field(default_factory=list)  # indexed-dataset prefixes: PREFIX.bin and .idx must exist
+    train_config: str | None = None  # load this training config with the overrides after -- and check its inputs
+    overrides: list[str] = field(default_factory=list)  # the training config's overrides (after --)
+
+    PASSTHROUGH: ClassVar[str] = "overrides"
+
+    def validate(self) -> None:
+        if self.overrides and not self.train_config:
+            raise ConfigError(f"training overrides without --train-config: {' '.join(self.overrides)}")
+
+
+def _run(args: PreflightArgs) -> int:
     try:
         for line in preflight(args, os.environ):
             print(line)
     except LaunchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)  # one line per problem
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(PreflightArgs, argv, _run, __doc__ or "")
 
 
 if __name__ == "__main__":

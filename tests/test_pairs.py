@@ -1,20 +1,25 @@
-"""Fuzzing ``format.parse_pairs``: it never crashes and never loses a pair from well-formed output."""
+"""megatron_ipt.pairs: fuzzing `parse_pairs` (it never crashes and never loses a pair from well-formed output), the identity rule and the degenerate-text check."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from megatron_ipt.synth.format import (
+from megatron_ipt.pairs import (
     ANS,
     END,
     MARKERS,
     QUE,
     Pair,
+    exact_match,
     instruction_key,
+    is_degenerate,
+    normalize_answer,
     pair_text,
     pairs_text,
     parse_pairs,
+    token_f1,
 )
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -73,3 +78,33 @@ def test_repeated_instructions_keep_the_first(case):
     result = parse_pairs(pairs_text(pairs + repeated))
     assert result.pairs == pairs
     assert result.duplicates == len(pairs)
+
+
+def test_degenerate_detection():
+    assert is_degenerate("<QUE> What is it? <ANS> Q3: Q3: Q3: Q3: Q3: Q3: Q3: Q3:")
+    assert is_degenerate("ok " + "the cell the cell the cell the cell the cell ")
+    assert not is_degenerate("<QUE> What is the role of insulin? <ANS> It lowers blood glucose. </END>")
+    assert not is_degenerate("very very good")  # short emphasis is not a loop
+
+
+def test_one_identity_rule_for_instructions():
+    assert instruction_key("What is the objective?") == instruction_key("what is the OBJECTIVE")
+    assert instruction_key("Straße?") == instruction_key("STRASSE")
+    assert instruction_key("Ｗhat  is  it?") == instruction_key("what is it")  # NFKC, spacing
+    assert instruction_key("What is it?") != instruction_key("What is this?")
+
+
+def test_answer_scores() -> None:
+    assert normalize_answer("The  Sky, is BLUE!") == "sky is blue"
+    assert exact_match("the blue sky.", "Blue sky") == 1.0
+    assert exact_match("blue", "red") == 0.0
+    assert token_f1("blue sky today", "the blue sky") == pytest.approx(0.8)
+    assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0 and token_f1("red", "blue") == 0.0
+
+
+def test_normalisation_and_f1():
+    assert normalize_answer("The  Cat, sat!") == "cat sat"
+    assert token_f1("the cat sat", "Cat sat.") == 1.0
+    assert token_f1("cat", "cat sat") == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+    assert token_f1("dog", "cat") == 0.0
+    assert token_f1("", "") == 1.0

@@ -1,4 +1,6 @@
-"""The synthesizer's text format (the reference release's, exactly) and its output parser.
+"""The vocabulary of instruction-response pairs that tuning, synthesis, corpora and evaluation share:
+the reference release's text format (exactly), its output parser, the multiple-choice and
+chain-of-thought helpers, the one identity rule for instructions, and the degenerate-text check.
 
 One example::
 
@@ -10,6 +12,10 @@ The context segment carries no loss; the pairs and the closing EOS do.
 
 from __future__ import annotations
 
+import re
+import string
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 
 CON_OPEN, CON_CLOSE = "<CON>", "</CON>"
@@ -80,16 +86,49 @@ def find_marker(s: str) -> str | None:
     return None
 
 
+_SPACE = re.compile(r"\s+")
+
+
+def normalize(s: str) -> str:
+    """Comparison form of a question or answer: NFKC, case-folded, punctuation dropped, spacing collapsed.
+
+    The quality gate accepts a multiple-choice answer under this form, so the templates map it to
+    its option's label under the same form.
+    """
+    s = unicodedata.normalize("NFKC", s).upper().casefold()
+    s = "".join(" " if unicodedata.category(c).startswith(("P", "S")) else c for c in s)
+    return _SPACE.sub(" ", s).strip()
+
+
 def instruction_key(instruction: str) -> str:
-    """Case-insensitive identity of an instruction: upper then casefold, so "ß"/"SS" and "ı"/"I" match."""
-    return instruction.upper().casefold()
+    """The identity of an instruction, the one rule everywhere: its :func:`normalize` form (upper then
+    casefold, so "ß"/"SS" and "ı"/"I" match; punctuation and spacing ignored)."""
+    return normalize(instruction)
+
+
+_WORD = re.compile(r"\S+")
+
+
+def is_degenerate(text: str, min_repeats: int = 4, max_unit: int = 12, min_words: int = 8) -> bool:
+    """Whether ``text`` ends in a loop: a unit of 1..``max_unit`` words repeated ``min_repeats``+
+    times back to back (untuned small models fall into "Q3: Q3: Q3: ...")."""
+    words = _WORD.findall(text)
+    for unit in range(1, max_unit + 1):
+        run = 0
+        for i in range(len(words) - 1, unit - 1, -1):
+            if words[i] != words[i - unit]:
+                break
+            run += 1
+        if run + unit >= max(min_words, unit * min_repeats):
+            return True
+    return False
 
 
 @dataclass
 class ParseResult:
     pairs: list[Pair] = field(default_factory=list)
     malformed: int = 0  # pieces that are not a well-formed pair
-    duplicates: int = 0  # pairs dropped because the instruction repeated (case-insensitive)
+    duplicates: int = 0  # pairs dropped because the instruction repeated (same instruction_key)
     truncated: bool = False  # the output did not end with </END>: its last piece was dropped
 
 
@@ -98,7 +137,7 @@ def parse_pairs(output: str) -> ParseResult:
 
     Split on ``</END>``; drop the last piece unless the output ended with ``</END>``; a piece must
     start with ``<QUE>``, contain exactly one ``<ANS>`` and a non-empty response; the first pair
-    with a given instruction (case-insensitive) wins.
+    with a given instruction (by :func:`instruction_key`) wins.
     """
     result = ParseResult()
     pieces = output.split(END)
@@ -122,3 +161,29 @@ def parse_pairs(output: str) -> ParseResult:
         seen.add(key)
         result.pairs.append(Pair(question, answer))
     return result
+
+
+# ---- response scoring: SQuAD's exact match and token F1 -------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (the usual SQuAD normalisation)."""
+    return " ".join(_ARTICLES.sub(" ", s.lower().translate(_PUNCT)).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)

@@ -1,11 +1,11 @@
-"""Launcher environment: Slurm node lists, torchrun-vs-Slurm precedence, ports."""
+"""megatron_ipt.dist_env: Slurm node lists, torchrun-vs-Slurm precedence, ports, array tasks, log ranks."""
 
 from __future__ import annotations
 
 import pytest
 
-from megatron_ipt import launch
-from megatron_ipt.launch import LaunchError, dist_env_from_environ, expand_hostlist, master_port_for_job
+from megatron_ipt import dist_env
+from megatron_ipt.dist_env import LaunchError, dist_env_from_environ, expand_hostlist, master_port_for_job
 
 
 @pytest.mark.parametrize(
@@ -49,9 +49,9 @@ def test_expand_hostlist_rejects(nodelist: str, why: str) -> None:
 def test_port_from_job_id() -> None:
     ports = {master_port_for_job(j) for j in range(1000, 1100)}
     assert len(ports) == 100  # neighbouring jobs never share a port
-    assert all(launch.PORT_BASE <= p < 32768 for p in ports)  # below the ephemeral range
+    assert all(dist_env.PORT_BASE <= p < 32768 for p in ports)  # below the ephemeral range
     assert master_port_for_job(123456) == master_port_for_job(123456)  # a requeue reuses it
-    assert all(launch.PORT_BASE <= master_port_for_job(j) < 32768 for j in (0, 19999, 20000, 2**31 - 1))
+    assert all(dist_env.PORT_BASE <= master_port_for_job(j) < 32768 for j in (0, 19999, 20000, 2**31 - 1))
 
 
 SLURM_STEP = {
@@ -72,7 +72,6 @@ def test_slurm_step() -> None:
     assert (env.rank, env.world_size, env.local_rank) == (3, 4, 1)
     assert env.master_addr == "127.0.0.1"  # first node of the list, resolved
     assert env.master_port == master_port_for_job(4242)
-    assert not env.is_main
 
 
 def test_step_nodelist_and_tasks_win_over_job_values() -> None:
@@ -141,7 +140,7 @@ def test_unresolvable_master(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     ],
 )
 def test_array_task_counts_from_the_minimum(env: dict, task: tuple) -> None:
-    got = launch.array_task(env)
+    got = dist_env.array_task(env)
     assert (got.index, got.count, got.source) == task
 
 
@@ -155,20 +154,20 @@ def test_array_task_counts_from_the_minimum(env: dict, task: tuple) -> None:
 )
 def test_array_task_rejects_uneven_arrays(env: dict) -> None:
     with pytest.raises(LaunchError, match=r"Slurm array task \d+ \(min \d+, step \d+, count \d+\) is not one of"):
-        launch.array_task(env)
+        dist_env.array_task(env)
     with pytest.raises(LaunchError, match="SLURM_ARRAY_TASK_ID='x' is not an integer"):
-        launch.array_task({"SLURM_ARRAY_TASK_ID": "x"})
+        dist_env.array_task({"SLURM_ARRAY_TASK_ID": "x"})
 
 
 def test_process_rank_follows_the_launcher_precedence() -> None:
-    assert launch.process_rank({}) == 0
-    assert launch.process_rank({"RANK": "3", "WORLD_SIZE": "4", "SLURM_PROCID": "1", "SLURM_STEP_ID": "0"}) == 3
-    assert launch.process_rank({"SLURM_PROCID": "5", "SLURM_STEP_ID": "0"}) == 5
-    assert launch.process_rank({"SLURM_PROCID": "5"}) == 0  # the batch shell: not a step, one process
-    assert launch.process_rank({"RANK": "x", "WORLD_SIZE": "2"}) == 0
+    assert dist_env.process_rank({}) == 0
+    assert dist_env.process_rank({"RANK": "3", "WORLD_SIZE": "4", "SLURM_PROCID": "1", "SLURM_STEP_ID": "0"}) == 3
+    assert dist_env.process_rank({"SLURM_PROCID": "5", "SLURM_STEP_ID": "0"}) == 5
+    assert dist_env.process_rank({"SLURM_PROCID": "5"}) == 0  # the batch shell: not a step, one process
+    assert dist_env.process_rank({"RANK": "x", "WORLD_SIZE": "2"}) == 0
 
 
-def test_log_prefix_takes_the_rank_from_launch() -> None:
+def test_log_prefix_takes_the_rank_from_the_job_environment() -> None:
     import subprocess
     import sys
 
@@ -176,15 +175,3 @@ def test_log_prefix_takes_the_rank_from_launch() -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), "SLURM_PROCID": "2", "SLURM_STEP_ID": "0"}
     err = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stderr
     assert "[rank2] WARNING megatron_ipt.x: hi" in err
-
-
-def test_launch_status_maps_a_preempted_job_to_75() -> None:
-    from megatron_ipt.launch import EXIT_REQUEUE, launch_status
-
-    assert launch_status(False, {}, 0) == 0
-    assert launch_status(True, {0: 75, 1: 75}, 1) == EXIT_REQUEUE
-    assert launch_status(True, {0: 75}, 1) == EXIT_REQUEUE  # rank 1 killed by the agent after rank 0 exited
-    assert launch_status(True, {0: 75, 1: 2}, 2) == 2
-    assert launch_status(True, {}, 143) == 143  # signalled before any rank recorded a status
-    assert launch_status(True, {0: 0, 1: 75}, 1) == 1
-
