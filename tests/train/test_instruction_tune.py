@@ -80,3 +80,17 @@ def test_build_tune_with_inloop_eval_export_and_score(tmp_path: Path, train_job,
     # The export holds the weights the last in-loop evaluation scored: the same scores.
     assert curve[4]["ipt_topic/acc"] == scored["acc"]
     assert curve[4]["ipt_topic/acc_norm"] == scored["acc_norm"]
+
+
+def test_recipe_configs_load_with_document_masked_packing() -> None:
+    from megatron_ipt.config import load_config
+    from megatron_ipt.model.attention import resolve_backend
+    from megatron_ipt.train.config import TrainConfig
+
+    for name in ("instruction_tune.yaml", "instruction_tune_tiny.yaml"):
+        cfg = load_config(TrainConfig, f"configs/{name}", ["--data.train=x", "--eval.downstream_interval=5",
+                                                          "--eval.downstream_tasks=[arc_easy]"])
+        cfg.validate()
+        assert cfg.model.attention == "auto" and resolve_backend("auto", "cpu").startswith("doc_")
+        assert cfg.optim.weight_decay == 0.0 and cfg.optim.min_lr < cfg.optim.lr
+        assert cfg.eval.downstream_interval == 5 and not cfg.eval.downstream_trust_task_code
