@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from megatron_ipt.config import ConfigError, run_cli
+from megatron_ipt.io import OutputRefused, check_output_file
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.tuning.collections import FORMATS, read_examples
 from megatron_ipt.tuning.example import ConvertError, ConvertStats, Example
@@ -72,6 +73,7 @@ def _examples(args: BuildSynthesizerDataArgs, stats: ConvertStats) -> Iterator[E
 
 def run(args: BuildSynthesizerDataArgs) -> int:
     setup_logging()
+    check_output_file(args.output_prefix)  # a folder there, or a file where a folder must be: said before any work
     opts = TuningDataOptions(
         max_length=args.max_length,
         held_out=args.held_out,
@@ -116,7 +118,7 @@ def run(args: BuildSynthesizerDataArgs) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(BuildSynthesizerDataArgs, argv, run, __doc__,
-                   errors=(ConvertError, ValueError, FileNotFoundError))
+                   errors=(ConvertError, OutputRefused, ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

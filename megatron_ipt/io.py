@@ -172,7 +172,7 @@ def check_output_file(path: str | Path) -> None:
     path = Path(os.path.abspath(path))
     _check_parents(path)
     if path.is_dir():
-        raise OutputRefused(f"{path}: a folder stands where the output file must be")
+        raise OutputRefused(f"{path}: a folder stands where the output must be")
 
 
 def check_replaceable_dir(path: str | Path) -> None:

@@ -91,7 +91,7 @@ def test_every_import_follows_the_flow() -> None:
         ("tuning", "from megatron_ipt.corpora import recipes"),
         ("model", "from megatron_ipt.train import loss"),
         ("train", "try:\n    from data_tools.synthesize import main\nexcept ImportError:\n    pass"),
-        ("eval", "from megatron_ipt.tuning.pubmed import mine_pubmed"),
+        ("eval", "from megatron_ipt.tuning.pubmed_mining import mine_pubmed"),
     ],
 )
 def test_the_check_catches_imports_against_the_flow(room: str, source: str) -> None:

@@ -34,10 +34,8 @@ def check_train_config(config: str, overrides: Sequence[str]) -> list[str]:
     except ConfigError as err:
         return [f"training config: {err}"]
     problems = []
-    for field_name in ("train", "valid"):
-        blend = Blend.optional(getattr(cfg.data, field_name), f"data.{field_name}")  # validated by load_config
-        if blend is not None:
-            problems += blend.missing(f"data.{field_name}")
+    for where, blend in cfg.data.blends().items():  # parsed by load_config
+        problems += blend.missing(where)
     if cfg.model.init_from and not Path(cfg.model.init_from).is_dir():
         problems.append(f"model.init_from: checkpoint directory {cfg.model.init_from!r} does not exist")
     if cfg.checkpoint.resume not in ("auto", "none") and not Path(cfg.checkpoint.resume).exists():
@@ -67,10 +65,8 @@ def _tokenizer_problems(cfg: object) -> list[str]:
     try:
         tokenizer = load_tokenizer(cfg.data.tokenizer)  # type: ignore[attr-defined]
         check_data_tokenizer(cfg.data, tokenizer)  # type: ignore[attr-defined]
-        for name in ("train", "valid"):  # empty datasets, token ids outside the vocabulary
-            spec = getattr(cfg.data, name)  # type: ignore[attr-defined]
-            if spec not in (None, "", []):
-                check_datasets(spec, f"data.{name}", tokenizer.vocab_size)
+        for where, blend in cfg.data.blends().items():  # type: ignore[attr-defined]
+            check_datasets(blend, where, tokenizer.vocab_size)  # empty datasets, ids outside the vocabulary
     except TokenizerError as err:
         return [f"data.tokenizer: {err}"]
     except (ConfigError, IndexedDatasetError) as err:

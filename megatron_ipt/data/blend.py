@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,19 @@ def _prefix(value: Any, where: str) -> str:
     if not isinstance(value, str | Path) or not str(value).strip():
         raise BlendError(f"{where}: blend prefix must be a path, got {value!r}")
     return str(value)
+
+
+def _check_distinct(entries: list[tuple[float, str]], where: str) -> None:
+    """Each dataset once: a prefix named twice (``A`` and ``x/../A`` too) would be sampled from two
+    independent shuffles, repeating its samples early, instead of by its summed weight."""
+    seen: dict[str, int] = {}
+    for i, (_, prefix) in enumerate(entries):
+        first = seen.setdefault(os.path.realpath(prefix), i)
+        if first != i:
+            earlier = entries[first][1]
+            raise BlendError(f"{where}: {prefix} names the same dataset as {earlier} (blend entries {first + 1} "
+                             f"and {i + 1}); give it once, with the weights summed "
+                             f"({entries[first][0]:g} + {entries[i][0]:g})")
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,7 @@ class Blend:
             else:
                 entries = [(_weight(items[i], items[i + 1], where), _prefix(items[i + 1], where))
                            for i in range(0, len(items), 2)]
+        _check_distinct(entries, where)
         return cls(tuple(entries))
 
     @classmethod

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_ipt.data.indexed import IndexedDataset, exists, lossmask_prefix
+from megatron_ipt.data.indexed import IndexedDataset, exists, lossmask_prefix, max_token_id
+from megatron_ipt.data.provenance import ProvenanceError, describe, mismatch, read_record
 
 
 def dataset_stats(prefix: str | Path) -> dict:
@@ -44,8 +45,19 @@ def dataset_stats(prefix: str | Path) -> dict:
 def decoded_samples(
     prefix: str | Path, tokenizer, k: int, seed: int | None = None, max_tokens: int = 512
 ) -> list[dict]:
-    """The first ``k`` documents (or ``k`` random ones with ``seed``), decoded; loss spans marked."""
+    """The first ``k`` documents (or ``k`` random ones with ``seed``), decoded; loss spans marked.
+
+    A dataset whose summary names another tokenizer than ``tokenizer``, or (without a summary) one
+    holding ids outside its vocabulary, is refused with a :class:`ProvenanceError`: its ids would
+    decode to other text, or not at all."""
     ds = IndexedDataset(prefix)
+    mine, recorded = tokenizer.fingerprint(), read_record(prefix)
+    if recorded is not None and mismatch(recorded, mine):
+        raise ProvenanceError(f"{prefix}: tokenized with {describe(recorded)}, but the tokenizer given is "
+                              f"{describe(mine)}; decode with the dataset's own tokenizer")
+    if recorded is None and (top := max_token_id(ds)) >= tokenizer.vocab_size:
+        raise ProvenanceError(f"{prefix}: holds token id {top}, outside the {tokenizer.vocab_size} ids of "
+                              f"{describe(mine)}; decode with the dataset's own tokenizer")
     n = min(k, len(ds))
     ids = np.random.default_rng(seed).choice(len(ds), n, replace=False) if seed is not None else np.arange(n)
     mask = IndexedDataset(lossmask_prefix(prefix)) if exists(lossmask_prefix(prefix)) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,18 @@ def merge_datasets(prefixes: list[str | Path], output_prefix: str | Path) -> dic
     """
     if not prefixes:
         raise ValueError("merge_datasets: no input prefix")
+    seen: dict[str, int] = {}
+    for i, p in enumerate(prefixes):  # the same dataset twice would write its documents twice
+        first = seen.setdefault(os.path.realpath(p), i)
+        if first != i:
+            raise ValueError(f"merge_datasets: {p} names the same dataset as {prefixes[first]} (inputs {first + 1} "
+                             f"and {i + 1}); give each input once")
     sources = [IndexedDataset(p) for p in prefixes]
     record = common_record([str(p) for p in prefixes], [s.dtype for s in sources])
     dtype = sources[0].dtype
     masks = [IndexedDataset(lossmask_prefix(p)) if exists(lossmask_prefix(p)) else None for p in prefixes]
     out = str(output_prefix)
-    if out in {str(p) for p in prefixes}:
+    if os.path.realpath(out) in seen:
         raise ValueError(f"merge_datasets: output {out} is also an input")
     with output_lock(out):  # a second merge into the same prefix is refused
         mask_writer = IndexedDatasetWriter(lossmask_prefix(out), np.uint8) if any(masks) else None

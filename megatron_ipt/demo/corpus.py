@@ -28,12 +28,10 @@ from megatron_ipt.tuning.pubmed import (
     PubmedRecord,
     is_held_out,
     load_pubmed_records,
-    mesh_term_pool,
-    mine_record,
     shipped_pubmed_files,
-    tuning_families,
     write_raw_corpus,
 )
+from megatron_ipt.tuning.pubmed_mining import mesh_term_pool, mine_record, tuning_families
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -32,7 +32,8 @@ PACKAGES = {
 }
 # The project's own parts the demo orchestrates: a missing one means an incomplete checkout.
 PARTS = {
-    "megatron_ipt.tuning.pubmed": "PubMed reader and miner",
+    "megatron_ipt.tuning.pubmed": "PubMed reader",
+    "megatron_ipt.tuning.pubmed_mining": "PubMed task miner",
     "megatron_ipt.data.preprocess": "data core (tokenization)",
     "megatron_ipt.train": "trainer",
     "megatron_ipt.synth.engines": "generation engines",

@@ -16,7 +16,7 @@ from megatron_ipt.demo.sizes import DemoSize
 from megatron_ipt.eval.bootstrap import Interval, diff_interval, mean_interval, perplexity_interval
 from megatron_ipt.eval.suite import TASK_PREFIX
 from megatron_ipt.io import atomic_write_text
-from megatron_ipt.tuning.pubmed import tuning_template_of
+from megatron_ipt.tuning.pubmed_mining import tuning_template_of
 
 MODEL_LABELS = {
     "start": "start model",

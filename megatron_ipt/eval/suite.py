@@ -258,7 +258,7 @@ def load_lm(model_dir: str | Path, *, device: str, batch_size: int, dtype: str) 
     an argument, never text pasted into a ``model_args`` string."""
     from lm_eval.models.huggingface import HFLM
 
-    from megatron_ipt.eval.heldout import check_model_dir
+    from megatron_ipt.eval.scoring import check_model_dir
 
     path = check_model_dir(model_dir)
     try:

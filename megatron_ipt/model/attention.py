@@ -12,9 +12,12 @@ them from ``position_ids`` itself (plain calls, tests), which costs a host sync 
   On CPU it runs forward only, eagerly (torch has no FlexAttention backward on CPU).
 - ``doc_varlen``: PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` over ``cu_seqlens``
   (CUDA, bf16/fp16, sm80+; no extra package).
-- ``doc_flash``: flash-attn's ``flash_attn_varlen_func`` over ``cu_seqlens`` (CUDA; imported lazily).
+  On torch builds whose ``varlen_attn`` has no ``enable_gqa`` keyword (2.11) the KV heads are repeated.
+- ``doc_fa_varlen``: flash-attn's ``flash_attn_varlen_func`` over ``cu_seqlens`` (CUDA; imported lazily).
+  No backend name contains "flash": transformers 5.x takes any such name for its own flash-attention
+  kernels and refuses to build the model.
 
-Select with ``model.attention: auto | doc_sdpa | doc_flex | doc_varlen | doc_flash | sdpa | eager``;
+Select with ``model.attention: auto | doc_sdpa | doc_flex | doc_varlen | doc_fa_varlen | sdpa | eager``;
 ``auto`` never picks an attention that lets packed documents see each other.
 """
 
@@ -30,13 +33,26 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-DOC_BACKENDS = ("doc_sdpa", "doc_flex", "doc_varlen", "doc_flash")
+DOC_BACKENDS = ("doc_sdpa", "doc_flex", "doc_varlen", "doc_fa_varlen")
 CHOICES = ("auto", *DOC_BACKENDS, "sdpa", "eager")
+# Spellings that transformers cannot build (any name containing "flash"), with the name to use instead.
+RENAMED = {"doc_flash": "doc_fa_varlen"}
 HALF = (torch.bfloat16, torch.float16)
 
 
 class AttentionBackendError(RuntimeError):
     """The requested attention backend cannot run here."""
+
+
+def check_choice(choice: str) -> None:
+    """Raise :class:`AttentionBackendError` naming the accepted values when ``choice`` is not one."""
+    if choice in RENAMED:
+        raise AttentionBackendError(
+            f"model.attention={choice!r} is spelled {RENAMED[choice]!r} (transformers takes any attention "
+            "name containing 'flash' for its own kernels and refuses to build the model)"
+        )
+    if choice not in CHOICES:
+        raise AttentionBackendError(f"model.attention={choice!r}: expected one of {', '.join(CHOICES)}")
 
 
 def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
@@ -103,7 +119,7 @@ def packed_documents(
                            int(max_seqlen), restarts)
     if (backend == "doc_sdpa" and restarts) or backend == "doc_flex":
         lengths = (cu_host[1:] - cu_host[:-1]).to(torch.int64)
-        doc = torch.repeat_interleave(torch.arange(lengths.numel()), lengths).reshape(b, s).to(device)
+        doc = torch.repeat_interleave(torch.arange(lengths.numel()), lengths).reshape(b, s).to(device, non_blocking=True)
         docs.mask = _mask_from_doc_ids(doc) if backend == "doc_sdpa" else _flex_block_mask(doc)
     return docs
 
@@ -157,15 +173,45 @@ def doc_sdpa_forward(
 _compiled_flex: Any = None
 
 
+FLEX_BLOCK = 128  # FlexAttention's sparse block size
+
+
 def _flex_block_mask(doc: torch.Tensor) -> Any:
-    """A BlockMask letting query q see key k when both lie in one document and k <= q."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    """A BlockMask letting query q see key k when both lie in one document and k <= q.
+
+    Built from the per-block first and last document ids (documents are contiguous along a row), so
+    its cost is B x (S/128)^2 rather than the B x S x S booleans ``create_block_mask`` evaluates
+    uncompiled; ``same_document_causal`` refines the partial blocks inside the kernel.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
 
     def same_document_causal(b, h, q, k):  # noqa: ANN001 (FlexAttention's mask_mod signature)
         return (doc[b, q] == doc[b, k]) & (q >= k)
 
     b, s = doc.shape
-    return create_block_mask(same_document_causal, b, None, s, s, device=doc.device)
+    n = -(-s // FLEX_BLOCK)
+    starts = torch.arange(n, device=doc.device) * FLEX_BLOCK
+    first = doc[:, starts]  # (B, n) document of each block's first token
+    last = doc[:, torch.clamp(starts + FLEX_BLOCK - 1, max=s - 1)]  # and of its last token
+    q_first, kv_last = first[:, :, None], last[:, None, :]
+    below = torch.ones(n, n, dtype=torch.bool, device=doc.device).tril()
+    # A key block reaches a query block when it is not later and its last document is not earlier.
+    touched = below & (kv_last >= q_first)
+    # Fully visible: strictly earlier, and both blocks lie whole inside a single document (a short last
+    # block stays partial: its padding is masked by the mask function).
+    single = (first == last) & (starts + FLEX_BLOCK <= s)
+    full = below.tril(-1) & single[:, :, None] & single[:, None, :] & (q_first == first[:, None, :])
+    partial = touched & ~full
+
+    def as_indices(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = blocks.sum(-1, dtype=torch.int32)[:, None]  # (B, 1, n)
+        order = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True).to(torch.int32)[:, None]
+        return count, order  # the listed blocks first, ascending
+
+    kv_num, kv_idx = as_indices(partial)
+    full_num, full_idx = as_indices(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK,
+                                    mask_mod=same_document_causal, seq_lengths=(s, s))
 
 
 def _flex() -> Any:
@@ -208,13 +254,21 @@ def flash_attn_available() -> bool:
 
 
 @functools.cache
-def torch_varlen_available() -> bool:
-    """torch ships ``torch.nn.attention.varlen.varlen_attn`` with causal windows and GQA (CUDA only)."""
-    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
-        return False
-    from torch.nn.attention.varlen import varlen_attn
+def _varlen_parameters() -> frozenset[str]:
+    """The keywords of this torch's ``varlen_attn`` (empty when torch has none)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return frozenset()
+    return frozenset(inspect.signature(varlen_attn).parameters)
 
-    return {"window_size", "enable_gqa"} <= set(inspect.signature(varlen_attn).parameters)
+
+def torch_varlen_available() -> bool:
+    """torch ships ``torch.nn.attention.varlen.varlen_attn`` with causal windows (CUDA only).
+
+    GQA needs no keyword: without ``enable_gqa`` (torch 2.11) the KV heads are repeated.
+    """
+    return "window_size" in _varlen_parameters()
 
 
 def _varlen_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
@@ -243,13 +297,20 @@ def doc_varlen_forward(
 
     b, h, s, d = query.shape
     docs = _documents(kwargs, query, "doc_varlen")
+    gqa: dict[str, bool] = {}
+    if key.shape[1] != h:
+        if "enable_gqa" in _varlen_parameters():
+            gqa["enable_gqa"] = True
+        else:  # this torch's varlen_attn takes one KV head per query head
+            key = key.repeat_interleave(h // key.shape[1], dim=1)
+            value = value.repeat_interleave(h // value.shape[1], dim=1)
     q, k, v = _varlen_inputs(query, key, value)
     out = varlen_attn(q, k, v, docs.cu_seqlens, docs.cu_seqlens, docs.max_seqlen, docs.max_seqlen,
-                      scale=scaling, window_size=(-1, 0), enable_gqa=k.shape[1] != h)
+                      scale=scaling, window_size=(-1, 0), **gqa)
     return out.reshape(b, s, h, d), None
 
 
-def doc_flash_forward(
+def doc_fa_varlen_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -264,11 +325,12 @@ def doc_flash_forward(
         from flash_attn import flash_attn_varlen_func
     except ImportError as err:
         raise AttentionBackendError(
-            "model.attention=doc_flash needs flash-attn on a CUDA machine (pip install flash-attn "
+            "model.attention=doc_fa_varlen needs flash-attn on a CUDA machine (pip install flash-attn "
             "--no-build-isolation); use doc_sdpa on CPU"
         ) from err
     b, h, s, d = query.shape
-    docs = _documents(kwargs, query, "doc_flash")
+    _no_cache(query, key, "doc_fa_varlen")
+    docs = _documents(kwargs, query, "doc_fa_varlen")
     q, k, v = _varlen_inputs(query, key, value)
     out = flash_attn_varlen_func(q, k, v, docs.cu_seqlens, docs.cu_seqlens, docs.max_seqlen, docs.max_seqlen,
                                  dropout_p=dropout, softmax_scale=scaling, causal=True)
@@ -282,7 +344,7 @@ def register_backends() -> None:
     AttentionInterface.register("doc_sdpa", doc_sdpa_forward)
     AttentionInterface.register("doc_flex", doc_flex_forward)
     AttentionInterface.register("doc_varlen", doc_varlen_forward)
-    AttentionInterface.register("doc_flash", doc_flash_forward)
+    AttentionInterface.register("doc_fa_varlen", doc_fa_varlen_forward)
 
 
 def _cuda_sm80() -> bool:
@@ -292,26 +354,39 @@ def _cuda_sm80() -> bool:
 def resolve_backend(choice: str, device_type: str, dtype: torch.dtype = torch.float32) -> str:
     """The attention to build for ``device_type`` computing in ``dtype``; checks explicit choices.
 
-    ``auto``: CPU -> doc_sdpa; CUDA -> doc_flash (flash-attn installed, half precision), else
+    ``auto``: CPU -> doc_sdpa; CUDA -> doc_fa_varlen (flash-attn installed, half precision), else
     doc_varlen (torch's varlen kernel, half precision, sm80+), else doc_flex. All are document-masked.
     """
-    if choice not in CHOICES:
-        raise AttentionBackendError(f"model.attention={choice!r}: expected one of {', '.join(CHOICES)}")
+    check_choice(choice)
     cuda, half = device_type == "cuda", dtype in HALF
     if choice == "auto":
         if not cuda:
             return "doc_sdpa"
         if half and flash_attn_available():
-            return "doc_flash"
+            return "doc_fa_varlen"
         if half and torch_varlen_available() and _cuda_sm80():
             return "doc_varlen"
         return "doc_flex"
-    if choice == "doc_flash" and not (cuda and flash_attn_available()):
+    if choice == "doc_fa_varlen" and not (cuda and flash_attn_available()):
         raise AttentionBackendError(
-            "model.attention=doc_flash needs CUDA and the flash-attn package; use doc_sdpa or auto"
+            "model.attention=doc_fa_varlen needs CUDA and the flash-attn package; use doc_sdpa or auto"
         )
-    if choice == "doc_varlen" and not (cuda and half and torch_varlen_available()):
-        raise AttentionBackendError(
-            "model.attention=doc_varlen needs CUDA, bf16/fp16 and torch.nn.attention.varlen; use auto"
-        )
+    if choice == "doc_varlen":
+        missing = varlen_missing(cuda, dtype)
+        if missing:
+            raise AttentionBackendError(f"model.attention=doc_varlen needs {missing}; use auto")
     return choice
+
+
+def varlen_missing(cuda: bool, dtype: torch.dtype) -> str:
+    """What ``doc_varlen`` lacks here, in words ("" when it can run)."""
+    if not torch_varlen_available():
+        return (f"torch.nn.attention.varlen.varlen_attn with window_size (torch {torch.__version__} has "
+                f"{'no such module' if not _varlen_parameters() else 'no window_size keyword'})")
+    if not cuda:
+        return "a CUDA device (this run has none)"
+    if dtype not in HALF:
+        return f"bf16 or fp16 compute (this run computes in {str(dtype).removeprefix('torch.')})"
+    if not _cuda_sm80():
+        return f"an sm80+ GPU (this one is sm{''.join(map(str, torch.cuda.get_device_capability()))})"
+    return ""

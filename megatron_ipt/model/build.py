@@ -7,6 +7,7 @@ rank holds only its partition from construction on and HF's weight init still ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,14 @@ def count_parameters(cfg: ModelConfig) -> int:
 
 
 def build_model(cfg: ModelConfig, device_type: str = "cpu", dtype: torch.dtype = torch.float32,
-                compute_dtype: torch.dtype | None = None) -> torch.nn.Module:
+                compute_dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.nn.Module:
     """A fresh (or ``init_from``-loaded) causal LM in training mode with the resolved attention.
 
-    ``dtype`` is the construction dtype; ``compute_dtype`` (default: ``dtype``) the one training runs
-    in (DeepSpeed casts to bf16 later), which decides the attention ``auto`` picks.
-    Call inside a live ``HfDeepSpeedConfig`` for ZeRO-3 partitioned construction.
+    ``dtype`` is the weights' dtype (also the dtype a checkpoint is loaded in); ``compute_dtype``
+    (default: ``dtype``) the one training runs in, which decides the attention ``auto`` picks.
+    ``device``: where a fresh model's weights are allocated and initialised (a loaded one is moved
+    there); None keeps them on the CPU. Call inside a live ``HfDeepSpeedConfig`` (and without
+    ``device``) for ZeRO-3 partitioned construction.
     """
     from transformers import AutoModelForCausalLM
 
@@ -84,9 +87,13 @@ def build_model(cfg: ModelConfig, device_type: str = "cpu", dtype: torch.dtype =
     hf = hf_config(cfg, attn)
     if cfg.init_from is not None:
         model = AutoModelForCausalLM.from_pretrained(cfg.init_from, config=hf, dtype=dtype)
+        if device is not None:
+            model = model.to(device)
         log.info("model: loaded %s (%s, attention %s)", cfg.init_from, hf.model_type, attn)
     else:
-        model = AutoModelForCausalLM.from_config(hf, dtype=dtype)
+        # Allocated and initialised where it trains; ZeRO-3 (device None) places its partitions itself.
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_config(hf, dtype=dtype)
     model.config.use_cache = False
     n = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     if cfg.expected_parameters is not None and n != cfg.expected_parameters:

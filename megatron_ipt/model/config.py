@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from megatron_ipt.config import ConfigError
-from megatron_ipt.model.attention import CHOICES
+from megatron_ipt.model.attention import AttentionBackendError, check_choice
 
 
 @dataclass
@@ -28,12 +28,14 @@ class ModelConfig:
     tie_word_embeddings: bool = False  # share the input embedding and the LM head
     # Parameter count the config claims; building a different count is an error (null: unchecked).
     expected_parameters: int | None = None
-    attention: str = "auto"  # auto | doc_sdpa | doc_flex | doc_varlen | doc_flash | sdpa | eager (auto: doc_sdpa on CPU; on CUDA doc_flash with flash-attn, else doc_varlen, else doc_flex)
+    attention: str = "auto"  # auto | doc_sdpa | doc_flex | doc_varlen | doc_fa_varlen | sdpa | eager (auto: doc_sdpa on CPU; on CUDA doc_fa_varlen with flash-attn, else doc_varlen, else doc_flex)
     activation_checkpointing: bool = False  # recompute layer activations in backward (saves memory)
 
     def validate(self) -> None:
-        if self.attention not in CHOICES:
-            raise ConfigError(f"model.attention={self.attention!r}: expected one of {', '.join(CHOICES)}")
+        try:
+            check_choice(self.attention)
+        except AttentionBackendError as err:
+            raise ConfigError(str(err)) from None
         if self.init_from is None:
             if self.num_heads % self.num_kv_heads:
                 raise ConfigError(

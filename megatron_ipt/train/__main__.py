@@ -26,6 +26,16 @@ Exit status 75 means "preempted: checkpoint saved, requeue me".
 """
 
 
+def report_crashes() -> None:
+    """On SIGBUS/SIGSEGV print the Python stack of every thread before the process dies. A dataset
+    ``.bin`` truncated in place under a run is read through a memory map, and the kernel answers
+    with SIGBUS, which no Python handler can turn into an error: the stack at least shows the read
+    (the data loader's frames); the rerun then names the file (its ``.idx`` no longer fits)."""
+    import faulthandler
+
+    faulthandler.enable(all_threads=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from megatron_ipt.train.checkpoint import CheckpointError
     from megatron_ipt.train.trainer import run
@@ -52,7 +62,8 @@ def _exit_now(status: int) -> None:
 
 
 def console() -> None:
-    """The ``ipt-train`` console command."""
+    """The ``ipt-train`` console command (and ``python -m megatron_ipt.train``): a process of its own."""
+    report_crashes()
     _exit_now(main())
 
 

@@ -16,10 +16,12 @@ pickle of every ``.pt`` file (without loading tensor data) and refuses any globa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import torch.distributed as dist
 
 from megatron_ipt.io import atomic_write_json
 from megatron_ipt.log import get_logger
+from megatron_ipt.train.distributed import wait_for_rank0
 
 log = get_logger(__name__)
 
@@ -48,6 +51,71 @@ REQUIRED_META = ("step", "global_batch_size", "world_size")
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete or does not fit this run."""
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "checkpoints"  # checkpoint directory (relative: under the cwd)
+    interval: int = 1000  # steps between saves (0: only at the end and on preemption)
+    keep_last: int = 3  # checkpoints kept; older ones are deleted
+    resume: str = "auto"  # auto | none | a checkpoint tag directory
+    allow_data_change: bool = False  # resume although data, tokenizer or sample count differ (changes logged)
+    save_at_end: bool = True  # save a checkpoint after the last step
+    # Steps between checks for a preemption signal (each check is a collective and a host sync); after a
+    # signal the checkpoint waits for the next check: keep interval x step time below the signal's lead.
+    signal_check_interval: int = 5
+
+    def build(self) -> Checkpointer:
+        return Checkpointer(self)
+
+
+@dataclass
+class CheckpointMeta:
+    """What ``meta.json`` records about a checkpoint: where the run stood and what it ran on."""
+
+    step: int
+    global_batch_size: int
+    world_size: int
+    consumed_samples: int = 0
+    zero_stage: int = 1
+    model_shape: dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: str | None = None
+    data_spec: dict[str, Any] | None = None
+    tokenizer: str = ""  # the tokenizer spec export writes beside the weights
+    tokenizer_fingerprint: dict[str, Any] | None = None
+    hf_config: dict[str, Any] = field(default_factory=dict)
+    tokens_per_dataset: dict[str, int] = field(default_factory=dict)
+    tag: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: Path) -> CheckpointMeta:
+        """The meta of a ``meta.json`` object; keys this version does not know are ignored."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{where}: a JSON {type(data).__name__}, expected an object")
+        missing = [k for k in REQUIRED_META if not isinstance(data.get(k), int)]
+        if missing:
+            raise CheckpointError(f"{where}: key {missing[0]!r} missing or not an integer")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def changes_from(self, run: CheckpointMeta) -> list[str]:
+        """What differs between this checkpoint's data stream and ``run``'s, one ``key: old -> new`` each."""
+        changes: list[str] = []
+        if self.data_fingerprint != run.data_fingerprint:
+            if isinstance(self.data_spec, dict) and run.data_spec is not None:
+                old, new = _flatten(self.data_spec), _flatten(run.data_spec)
+                changes += [f"{k}: {old.get(k, '(none)')} -> {new.get(k, '(none)')}"
+                            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            if not changes:
+                changes.append(f"data fingerprint: {self.data_fingerprint} -> {run.data_fingerprint}")
+        saved, now = self.tokenizer_fingerprint, run.tokenizer_fingerprint
+        if isinstance(saved, dict) and now is not None and saved.get("hash") != now.get("hash"):
+            changes.append(f"tokenizer: {saved.get('name')} (hash {saved.get('hash')}) -> "
+                           f"{now.get('name')} (hash {now.get('hash')})")
+        return changes
 
 
 def tag_for(step: int) -> str:
@@ -72,20 +140,15 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def read_meta(tag_dir: str | Path) -> dict[str, Any]:
+def read_meta(tag_dir: str | Path) -> CheckpointMeta:
     path = Path(tag_dir) / META
     if not path.is_file():
         raise CheckpointError(f"{tag_dir}: not a complete checkpoint (no {META})")
     try:
-        meta = json.loads(path.read_bytes())
+        data = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: empty, truncated or corrupt ({err})") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: a JSON {type(meta).__name__}, expected an object")
-    missing = [k for k in REQUIRED_META if not isinstance(meta.get(k), int)]
-    if missing:
-        raise CheckpointError(f"{path}: key {missing[0]!r} missing or not an integer")
-    return meta
+    return CheckpointMeta.from_json(data, path)
 
 
 def unsafe_globals(path: Path) -> list[str]:
@@ -105,17 +168,17 @@ def _one_line(err: BaseException) -> str:
     return text[0][:200] if text else type(err).__name__
 
 
-def check_checkpoint(tag_dir: Path, meta: dict[str, Any]) -> None:
+def check_checkpoint(tag_dir: Path, meta: CheckpointMeta) -> None:
     """Every shard and RNG file of the saved world size is present, intact and free of unknown
     pickled globals (checked before DeepSpeed's unguarded loader touches any of them)."""
-    world = int(meta["world_size"])
+    world = meta.world_size
     files = sorted(tag_dir.glob("*.pt"))
     names = {p.name for p in files}
     missing_rng = [f"rng_rank{r}.pt" for r in range(world) if f"rng_rank{r}.pt" not in names]
     if missing_rng:
         raise CheckpointError(f"{tag_dir}: per-rank RNG file {missing_rng[0]} is missing "
                               f"(saved on {world} ranks): the checkpoint is incomplete")
-    stage = int(meta.get("zero_stage", 1))
+    stage = meta.zero_stage
     if stage in (0, 1, 2) and "mp_rank_00_model_states.pt" not in names:
         raise CheckpointError(f"{tag_dir}: model shard mp_rank_00_model_states.pt is missing")
     kinds = ("model", "optim") if stage == 3 else ("optim",) if stage else ()
@@ -132,7 +195,7 @@ def check_checkpoint(tag_dir: Path, meta: dict[str, Any]) -> None:
                                   "(not a tensor or a known DeepSpeed class; load only trusted checkpoints)")
 
 
-def resumable_checkpoint(ckpt_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+def resumable_checkpoint(ckpt_dir: str | Path) -> tuple[Path, CheckpointMeta] | None:
     """The newest checkpoint that is complete and intact; corrupt newer ones are skipped with a warning.
 
     None when there is no checkpoint; an error when there are some but none of them loads.
@@ -196,16 +259,16 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save_checkpoint(engine: Any, ckpt_dir: str | Path, step: int, meta: dict[str, Any], keep_last: int) -> Path:
+def save_checkpoint(engine: Any, ckpt_dir: str | Path, meta: CheckpointMeta, keep_last: int) -> Path:
     """Collective save on every rank; meta.json last; then prune to the newest ``keep_last``."""
     root = Path(ckpt_dir)
-    tag = tag_for(step)
+    tag = tag_for(meta.step)
     rank = dist.get_rank() if dist.is_initialized() else 0
     engine.save_checkpoint(str(root), tag=tag, save_latest=False)
     torch.save(rng_state(), root / tag / f"rng_rank{rank}.pt")
     _barrier()  # every rank's shards are on disk before the checkpoint is declared complete
     if rank == 0:
-        atomic_write_json(root / tag / META, {**meta, "step": step, "tag": tag})
+        atomic_write_json(root / tag / META, dataclasses.replace(meta, tag=tag).to_json())
         if keep_last > 0:
             for _, old in list_checkpoints(root)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -220,7 +283,8 @@ def universal_dir(tag_dir: Path) -> Path:
 
 
 def convert_to_universal(tag_dir: Path) -> Path:
-    """DeepSpeed's universal checkpoint for ``tag_dir`` (rank 0 converts once; all ranks wait)."""
+    """DeepSpeed's universal checkpoint for ``tag_dir`` (rank 0 converts once; the others wait for
+    it beyond the collective timeout: 8B states take longer than that)."""
     out = universal_dir(tag_dir)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0 and not (out / ".complete").is_file():
@@ -233,7 +297,7 @@ def convert_to_universal(tag_dir: Path) -> Path:
             keep_temp_folder=False, strict=True, inject_missing_state=True,
         ))
         (out / ".complete").write_text("ok\n")
-    _barrier()
+    wait_for_rank0()
     return out
 
 
@@ -265,45 +329,51 @@ def _flatten(value: Any, path: str = "") -> dict[str, Any]:
     return {path: value}
 
 
-def data_changes(meta: dict[str, Any], fingerprint: str, spec: dict[str, Any] | None,
-                 tokenizer: dict[str, Any] | None) -> list[str]:
-    """What differs between the checkpoint's data stream and this run's, one ``key: old -> new`` each."""
-    changes: list[str] = []
-    saved_spec = meta.get("data_spec")
-    if meta.get("data_fingerprint") != fingerprint:
-        if isinstance(saved_spec, dict) and spec is not None:
-            old, new = _flatten(saved_spec), _flatten(spec)
-            changes += [f"{k}: {old.get(k, '(none)')} -> {new.get(k, '(none)')}"
-                        for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+class Checkpointer:
+    """A run's checkpoints: layout, listing, which one to resume, save, load and compatibility."""
+
+    def __init__(self, cfg: CheckpointConfig) -> None:
+        self.cfg = cfg
+        self.dir = Path(cfg.dir)
+
+    def latest(self) -> Path | None:
+        return latest_checkpoint(self.dir)
+
+    def resume_point(self) -> tuple[Path, CheckpointMeta] | None:
+        """The checkpoint ``resume`` names: the newest intact one (auto), none, or a given tag directory."""
+        if self.cfg.resume == "none":
+            return None
+        if self.cfg.resume == "auto":
+            return resumable_checkpoint(self.dir)  # skips corrupt newer ones, with a warning
+        tag_dir = Path(self.cfg.resume)
+        meta = read_meta(tag_dir)
+        check_checkpoint(tag_dir, meta)
+        return tag_dir, meta
+
+    def check_resumable(self, tag_dir: Path, saved: CheckpointMeta, run: CheckpointMeta) -> None:
+        """Errors before any compute when the checkpoint belongs to another batch size, model or data
+        stream (the blend, its weights, seed, seq_len and sample count, and the tokenizer); with
+        ``allow_data_change`` a changed stream is accepted and every change is logged."""
+        if saved.global_batch_size != run.global_batch_size:
+            raise CheckpointError(f"{tag_dir}: saved with global_batch_size={saved.global_batch_size}, "
+                                  f"this run uses {run.global_batch_size}")
+        diff = {k: (saved.model_shape.get(k), v) for k, v in run.model_shape.items() if saved.model_shape.get(k) != v}
+        if diff:
+            details = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
+            raise CheckpointError(f"{tag_dir}: checkpoint of another model shape ({details})")
+        changes = saved.changes_from(run)
         if not changes:
-            changes.append(f"data fingerprint: {meta.get('data_fingerprint')} -> {fingerprint}")
-    saved_tok = meta.get("tokenizer_fingerprint")
-    if isinstance(saved_tok, dict) and tokenizer is not None and saved_tok.get("hash") != tokenizer.get("hash"):
-        changes.append(f"tokenizer: {saved_tok.get('name')} (hash {saved_tok.get('hash')}) -> "
-                       f"{tokenizer.get('name')} (hash {tokenizer.get('hash')})")
-    return changes
+            return
+        if not self.cfg.allow_data_change:
+            raise CheckpointError(
+                f"{tag_dir}: data fingerprint {saved.data_fingerprint} differs from this run's {run.data_fingerprint} "
+                f"({'; '.join(changes)}); set checkpoint.allow_data_change=true to resume on different data"
+            )
+        log.warning("checkpoint: resuming %s on changed data (checkpoint.allow_data_change=true): %s", tag_dir,
+                    "; ".join(changes))
 
+    def save(self, engine: Any, meta: CheckpointMeta) -> Path:
+        return save_checkpoint(engine, self.dir, meta, self.cfg.keep_last)
 
-def check_compatible(meta: dict[str, Any], shape: dict[str, Any], fingerprint: str, allow_data_change: bool,
-                     tag_dir: Path, spec: dict[str, Any] | None = None,
-                     tokenizer: dict[str, Any] | None = None) -> None:
-    """Errors before any compute when the checkpoint belongs to another model or data stream.
-
-    The data stream is the blend (datasets, weights, seed, seq_len, sample count) and the tokenizer;
-    with ``allow_data_change`` a changed stream is accepted and every change is logged.
-    """
-    saved = meta.get("model_shape", {})
-    diff = {k: (saved.get(k), v) for k, v in shape.items() if saved.get(k) != v}
-    if diff:
-        details = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
-        raise CheckpointError(f"{tag_dir}: checkpoint of another model shape ({details})")
-    changes = data_changes(meta, fingerprint, spec, tokenizer)
-    if not changes:
-        return
-    if not allow_data_change:
-        raise CheckpointError(
-            f"{tag_dir}: data fingerprint {meta.get('data_fingerprint')} differs from this run's {fingerprint} "
-            f"({'; '.join(changes)}); set checkpoint.allow_data_change=true to resume on different data"
-        )
-    log.warning("checkpoint: resuming %s on changed data (checkpoint.allow_data_change=true): %s", tag_dir,
-                "; ".join(changes))
+    def load(self, engine: Any, tag_dir: Path, universal: bool) -> None:
+        load_checkpoint(engine, tag_dir, universal)

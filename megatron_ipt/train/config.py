@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 from megatron_ipt.config import ConfigError
-from megatron_ipt.data.blend import Blend
 from megatron_ipt.model.config import ModelConfig
+from megatron_ipt.train.checkpoint import CheckpointConfig
 from megatron_ipt.train.data import BatchPlan, DataConfig
+from megatron_ipt.train.distributed import DEFAULT_RANK0_WAIT_MINUTES, DEFAULT_TIMEOUT_MINUTES
 from megatron_ipt.train.downstream import EvalConfig
 
 # What the trainer writes in run_dir (metrics.py, trainer.py) and the Slurm scripts' per-job folders.
@@ -34,16 +35,6 @@ class OptimConfig:
 
 
 @dataclass
-class CheckpointConfig:
-    dir: str = "checkpoints"  # checkpoint directory (relative: under the cwd)
-    interval: int = 1000  # steps between saves (0: only at the end and on preemption)
-    keep_last: int = 3  # checkpoints kept; older ones are deleted
-    resume: str = "auto"  # auto | none | a checkpoint tag directory
-    allow_data_change: bool = False  # resume although data, tokenizer or sample count differ (changes logged)
-    save_at_end: bool = True  # save a checkpoint after the last step
-
-
-@dataclass
 class LoggingConfig:
     interval: int = 10  # steps between metric lines (metrics.jsonl, log, tensorboard)
     eval_interval: int = 500  # 0: no periodic evaluation
@@ -60,6 +51,14 @@ class ExportConfig:
 
 
 @dataclass
+class DistConfig:
+    # Collective timeout: a rank waiting longer in one collective (NCCL watchdog, gloo) aborts the job.
+    timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES
+    # How long the other ranks wait while rank 0 alone converts a checkpoint or exports the model.
+    rank0_wait_minutes: float = DEFAULT_RANK0_WAIT_MINUTES
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/default"  # metrics.jsonl, tensorboard/ and the resolved config
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -68,6 +67,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     steps: int = 1000  # optimizer steps
     micro_batch_size: int = 4  # samples per rank per forward
@@ -85,8 +85,10 @@ class TrainConfig:
         self.eval.validate()
         if self.data.train in (None, "", []):
             raise ConfigError("data.train is required: an indexed-dataset prefix or blend (--data.train=PREFIX)")
-        Blend.parse(self.data.train, "data.train")  # spelling and weights; files are checked where read
-        Blend.optional(self.data.valid, "data.valid")
+        self.data.blends()  # spelling and weights, parsed once here; files are checked before compute
+        for name in ("timeout_minutes", "rank0_wait_minutes"):
+            if not getattr(self.dist, name) > 0:
+                raise ConfigError(f"dist.{name} must be positive, got {getattr(self.dist, name)}")
         for name in ("steps", "micro_batch_size", "global_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -8,6 +8,7 @@ from the data core's ``TrainLoader`` (Megatron sharding over a global sample ord
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,20 @@ class DataConfig:
     cache_dir: str | None = None
     num_workers: int = 0  # DataLoader worker processes per rank
 
+    @functools.cached_property
+    def train_blend(self) -> Blend:
+        """``train`` parsed once per config: every reader of the run takes this one value."""
+        return Blend.parse(self.train, "data.train")
+
+    @functools.cached_property
+    def valid_blend(self) -> Blend | None:
+        return Blend.optional(self.valid, "data.valid")
+
+    def blends(self) -> dict[str, Blend]:
+        """The blends that are set, by config key."""
+        valid = self.valid_blend
+        return {"data.train": self.train_blend, **({"data.valid": valid} if valid is not None else {})}
+
     def build_train(self, batch: BatchPlan, rank: int, consumed_samples: int = 0) -> TrainStream:
         """This rank's stream of optimizer steps over ``train``, from ``consumed_samples`` on."""
         return TrainStream.from_config(self, batch, rank, consumed_samples)
@@ -63,17 +78,15 @@ def check_data_tokenizer(cfg: DataConfig, tokenizer: Any) -> None:
     from megatron_ipt.data.provenance import check_datasets
 
     override = None if cfg.allow_tokenizer_mismatch else "data.allow_tokenizer_mismatch"
-    for name in ("train", "valid"):
-        blend = Blend.optional(getattr(cfg, name), f"data.{name}")
-        if blend is not None:
-            blend.check_exists(f"data.{name}")
-            check_datasets(blend.prefixes, tokenizer, f"data.{name}", override, against="data.tokenizer")
+    for where, blend in cfg.blends().items():
+        blend.check_exists(where)  # the one check of the run's files
+        check_datasets(blend.prefixes, tokenizer, where, override, against="data.tokenizer")
 
 
-def check_datasets(spec: Any, where: str, vocab_size: int) -> None:
-    """Every dataset of the blend opens, holds documents, and has no token id outside the vocabulary
-    (an id >= vocab_size would fail mid-training, or train on the wrong rows)."""
-    blend = Blend.parse(spec, where).check_exists(where)
+def check_datasets(blend: Blend, where: str, vocab_size: int) -> None:
+    """Every dataset of the blend (its files checked by :func:`check_data_tokenizer`) opens, holds
+    documents, and has no token id outside the vocabulary (an id >= vocab_size would fail
+    mid-training, or train on the wrong rows)."""
     for prefix in dict.fromkeys(blend.prefixes):
         ds = IndexedDataset(prefix)
         if len(ds) == 0 or ds.n_tokens < 2:
@@ -100,11 +113,13 @@ class TrainStream:
 
     @classmethod
     def from_config(cls, cfg: DataConfig, batch: BatchPlan, rank: int, consumed_samples: int = 0) -> TrainStream:
-        blend = Blend.parse(cfg.train, "data.train").check_exists("data.train")
+        blend = cfg.train_blend
         loader = build_train_loader(
             blend, cfg.seq_len, batch.micro_batch, batch.total_samples, dp_rank=rank, dp_size=batch.world,
             seed=cfg.seed, consumed_samples=consumed_samples, cache_dir=cfg.cache_dir, num_workers=cfg.num_workers,
         )
+        if rank == 0:
+            loader.dataset.log_report()  # the samples and epochs each dataset supplies over the whole run
         return cls(blend, loader, batch.grad_accum)
 
     @property
@@ -126,7 +141,9 @@ class TrainStream:
 
 def eval_batches(cfg: DataConfig, batch: BatchPlan, n_micro: int, rank: int) -> list[dict[str, Any]]:
     """The fixed held-out micro-batches of this rank (the same at every evaluation)."""
-    blend = Blend.parse(cfg.valid, "data.valid").check_exists("data.valid")
+    blend = cfg.valid_blend
+    if blend is None:
+        raise ConfigError("data.valid is not set: no held-out batches to build")
     loader = build_eval_loader(blend, cfg.seq_len, batch.micro_batch, n_micro * batch.micro_batch * batch.world,
                                dp_rank=rank, dp_size=batch.world, cache_dir=cfg.cache_dir)
     return list(loader)

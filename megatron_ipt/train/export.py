@@ -82,12 +82,12 @@ def _export(ckpt: str | Path, out: Path, dtype: str) -> Path:
     meta = read_meta(tag_dir)
     # DeepSpeed's consolidation unpickles without a guard: scan every shard's pickle first.
     check_checkpoint(tag_dir, meta)
-    hf_cfg: dict[str, Any] = dict(meta["hf_config"])
+    hf_cfg: dict[str, Any] = dict(meta.hf_config)
     model_type = hf_cfg.pop("model_type")
     config = AutoConfig.for_model(model_type, **hf_cfg)
     config.use_cache = True  # inference default; training turns it off itself
     config._attn_implementation = "sdpa"
-    state = consolidated_state_dict(tag_dir, int(meta.get("zero_stage", 1)))
+    state = consolidated_state_dict(tag_dir, meta.zero_stage)
     torch_dtype = getattr(torch, dtype)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -98,8 +98,8 @@ def _export(ckpt: str | Path, out: Path, dtype: str) -> Path:
     model.config.dtype = torch_dtype
     with atomic_dir(out) as tmp:  # the previous export stays until this one is complete
         model.save_pretrained(str(tmp), safe_serialization=True)
-        save_tokenizer(meta["tokenizer"], tmp)
-    log.info("export: %s -> %s (%s, step %d)", tag_dir, out, dtype, meta["step"])
+        save_tokenizer(meta.tokenizer, tmp)
+    log.info("export: %s -> %s (%s, step %d)", tag_dir, out, dtype, meta.step)
     return out
 
 

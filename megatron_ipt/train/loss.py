@@ -32,9 +32,8 @@ def global_token_count(micro_batches: list[dict[str, torch.Tensor]], device: tor
     """Loss tokens of this optimizer step over all micro-batches and all ranks (all-reduced)."""
     import torch.distributed as dist
 
-    n = torch.zeros((), dtype=torch.float64, device=device)
-    for mb in micro_batches:
-        n += mb["loss_mask"].to(torch.float64).sum().to(device)
+    host = sum(mb["loss_mask"].to(torch.float64).sum() for mb in micro_batches)  # the masks are host tensors
+    n = torch.as_tensor(host, dtype=torch.float64).to(device, non_blocking=True)
     if dist.is_initialized():
         dist.all_reduce(n)
     return n

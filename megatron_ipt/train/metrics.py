@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +17,29 @@ from megatron_ipt.progress import format_eta
 
 log = get_logger(__name__)
 
-# Dense bf16 peak FLOP/s per device (vendor specs, no sparsity).
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10": 125e12, "L40": 181e12, "V100": 125e12}
+# Dense bf16 peak FLOP/s per device (vendor specs, no sparsity), the most specific name first: the PCIe
+# and NVL parts of H100/H200 run at lower clocks and power than the SXM ones.
+GPU_PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("H100", 989e12),
+                  ("H200", 989e12), ("A100", 312e12), ("A10", 125e12), ("L40S", 362e12), ("L40", 181e12),
+                  ("V100", 125e12))
 
 
-def flops_per_token(n_params: int, num_layers: int, attn_dim: int, seq_len: int, recompute: bool) -> float:
-    """Training FLOPs per token: 6N for the weights plus causal attention scores (fwd+bwd)."""
-    weights = (8 if recompute else 6) * n_params
-    attention = (8 if recompute else 6) * num_layers * attn_dim * seq_len  # causal halves 12·L·d·S
-    return float(weights + attention)
+def gpu_peak_flops(device_name: str) -> float | None:
+    """The dense bf16 peak of a device named like ``torch.cuda.get_device_name()``; None when unknown."""
+    return next((value for key, value in GPU_PEAK_FLOPS if key in device_name), None)
+
+
+def matmul_parameters(n_params: int, vocab_size: int, hidden_size: int, tied_embeddings: bool) -> int:
+    """Parameters that take part in matmuls: all but the input embedding, whose lookups are not
+    matmuls. With tied embeddings that matrix is counted once and is also the LM head, a matmul."""
+    return n_params if tied_embeddings else n_params - vocab_size * hidden_size
+
+
+def flops_per_token(n_params: int, num_layers: int, attn_dim: int, seq_len: int) -> float:
+    """Model FLOPs per trained token (the MFU numerator): 6N for the matmul weights plus causal
+    attention scores, fwd+bwd. Activation recomputation is not counted: it is overhead, not model work."""
+    attention = 6 * num_layers * attn_dim * seq_len  # causal halves 12·L·d·S
+    return float(6 * n_params + attention)
 
 
 def measure_cpu_matmul_flops(n: int = 1024, repeats: int = 8, dtype: torch.dtype = torch.float32) -> float:
@@ -42,11 +58,11 @@ def peak_flops(configured: float | None, device_type: str, dtype: torch.dtype) -
         return configured
     if device_type == "cuda":
         name = torch.cuda.get_device_name()
-        for key, value in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return value
-        log.warning("unknown GPU %r: MFU uses the A100 peak; set logging.peak_flops_per_device", name)
-        return GPU_PEAK_FLOPS["A100"]
+        peak = gpu_peak_flops(name)
+        if peak is None:
+            peak = gpu_peak_flops("A100")
+            log.warning("unknown GPU %r: MFU uses the A100 peak; set logging.peak_flops_per_device", name)
+        return peak
     return measure_cpu_matmul_flops(dtype=dtype)
 
 
@@ -57,6 +73,42 @@ def peak_memory_bytes(device: torch.device) -> int:
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+class StepWindow:
+    """The optimizer steps since the last metrics line: their per-step values as the steps left them
+    (device tensors: read with one host sync, at the line), and the training time they took, with
+    evaluation and checkpoint time (spent inside :meth:`paused`) left out."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps: list[dict[str, Any]] = []
+        self.start = time.perf_counter()
+        self.paused_s = 0.0
+
+    def add(self, values: dict[str, Any]) -> None:
+        self.steps.append(values)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_s += time.perf_counter() - t0
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start - self.paused_s
+
+    def read(self) -> list[dict[str, float | None]]:
+        """Every step's values as host floats (None stays None): one transfer for all tensors."""
+        tensors = [v for step in self.steps for v in step.values() if isinstance(v, torch.Tensor)]
+        device = tensors[0].device if tensors else None
+        host = iter(torch.stack([t.detach().to(device, torch.float64) for t in tensors]).tolist() if tensors else [])
+        return [{k: next(host) if isinstance(v, torch.Tensor) else (None if v is None else float(v))
+                 for k, v in step.items()} for step in self.steps]
 
 
 class MetricsWriter:

@@ -26,10 +26,17 @@ from megatron_ipt.model.build import build_model, hf_config, model_shape
 from megatron_ipt.train import checkpoint as ckpt
 from megatron_ipt.train.config import TrainConfig
 from megatron_ipt.train.data import TrainStream, check_data_tokenizer, check_datasets, dataset_ids
-from megatron_ipt.train.distributed import init_distributed
+from megatron_ipt.train.distributed import init_distributed, wait_for_rank0
 from megatron_ipt.train.ds_config import build_ds_config, zero_stage
 from megatron_ipt.train.loss import attach_chunked_loss, backward_scale, global_token_count
-from megatron_ipt.train.metrics import MetricsWriter, flops_per_token, peak_flops, peak_memory_bytes
+from megatron_ipt.train.metrics import (
+    MetricsWriter,
+    StepWindow,
+    flops_per_token,
+    matmul_parameters,
+    peak_flops,
+    peak_memory_bytes,
+)
 from megatron_ipt.train.optim import build_optimizer, build_scheduler
 from megatron_ipt.train.preemption import EXIT_REQUEUE, PreemptionFlag
 
@@ -45,8 +52,9 @@ class Plan:
     train: TrainStream
     valid: list[dict[str, Any]] | None
     tokenizer: Any
+    checkpointer: ckpt.Checkpointer
     resume_from: Path | None = None
-    resume_meta: dict[str, Any] = field(default_factory=dict)
+    resume_meta: ckpt.CheckpointMeta | None = None
     universal: bool = False
     callbacks: list[Any] = field(default_factory=list)  # called after every step (in-loop evaluation)
 
@@ -71,35 +79,24 @@ def plan_run(cfg: TrainConfig, dist_env: DistEnv) -> Plan:
     check_data_tokenizer(cfg.data, tokenizer)  # data tokenized with another tokenizer: refused first
     _check_model_fits(cfg, tokenizer)
     ds_config = build_ds_config(cfg, dist_env.world_size)
-    resume_from: Path | None = None
-    meta: dict[str, Any] = {}
-    if cfg.checkpoint.resume == "auto":
-        found = ckpt.resumable_checkpoint(cfg.checkpoint.dir)  # skips corrupt newer ones, with a warning
-        if found is not None:
-            resume_from, meta = found
-    elif cfg.checkpoint.resume != "none":
-        resume_from = Path(cfg.checkpoint.resume)
-        meta = ckpt.read_meta(resume_from)
-        ckpt.check_checkpoint(resume_from, meta)
-    if meta and meta["global_batch_size"] != cfg.global_batch_size:
-        raise ckpt.CheckpointError(
-            f"{resume_from}: saved with global_batch_size={meta['global_batch_size']}, "
-            f"this run uses {cfg.global_batch_size}"
-        )
+    checkpointer = cfg.checkpoint.build()
+    resume_from, meta = checkpointer.resume_point() or (None, None)
     batch = cfg.batch_plan(dist_env.world_size)
-    check_datasets(cfg.data.train, "data.train", tokenizer.vocab_size)
-    if cfg.data.valid not in (None, "", []):
-        check_datasets(cfg.data.valid, "data.valid", tokenizer.vocab_size)
-    train = cfg.data.build_train(batch, dist_env.rank, meta.get("consumed_samples", 0))
+    for where, blend in cfg.data.blends().items():
+        check_datasets(blend, where, tokenizer.vocab_size)
+    train = cfg.data.build_train(batch, dist_env.rank, meta.consumed_samples if meta else 0)
     valid = None
-    if cfg.data.valid not in (None, "", []) and cfg.logging.eval_interval:
+    if cfg.data.valid_blend is not None and cfg.logging.eval_interval:
         valid = cfg.data.build_valid(batch, cfg.logging.eval_iters, dist_env.rank)
-    if meta:
-        ckpt.check_compatible(meta, _shape_of_config(cfg), train.fingerprint, cfg.checkpoint.allow_data_change,
-                              resume_from, spec=train.loader.spec, tokenizer=tokenizer.fingerprint())
+    if meta is not None and resume_from is not None:
+        this_run = ckpt.CheckpointMeta(
+            step=0, global_batch_size=cfg.global_batch_size, world_size=dist_env.world_size,
+            model_shape=_shape_of_config(cfg), data_fingerprint=train.fingerprint, data_spec=train.loader.spec,
+            tokenizer=cfg.data.tokenizer, tokenizer_fingerprint=tokenizer.fingerprint())
+        checkpointer.check_resumable(resume_from, meta, this_run)
     downstream = cfg.eval.build(cfg.data.tokenizer, cfg.steps, lockstep=zero_stage(ds_config) == 3)
-    return Plan(dist_env, ds_config, train, valid, tokenizer, resume_from, meta,
-                bool(meta) and meta["world_size"] != dist_env.world_size,
+    return Plan(dist_env, ds_config, train, valid, tokenizer, checkpointer, resume_from, meta,
+                meta is not None and meta.world_size != dist_env.world_size,
                 [cb for cb in (downstream,) if cb is not None])
 
 
@@ -110,6 +107,12 @@ def _shape_of_config(cfg: TrainConfig) -> dict[str, Any]:
         return model_shape(AutoModelForCausalLM.from_config(hf_config(cfg.model)))
 
 
+def weights_dtype(precision: str) -> torch.dtype:
+    """The dtype the model is built (or a checkpoint loaded) in: bf16 where DeepSpeed trains bf16
+    weights; fp32 for fp32 and for autocast (fp32 weights, bf16 matmuls)."""
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, plan: Plan) -> None:
         import deepspeed
@@ -118,7 +121,8 @@ class Trainer:
         self.plan = plan
         self.rank = plan.dist.rank
         self.world = plan.dist.world_size
-        self.device = torch.device("cuda", plan.dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        # init_distributed chose the rank's device (local rank modulo the visible devices)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.dtype = torch.bfloat16 if cfg.precision in ("bfloat16", "bfloat16_autocast") else torch.float32
         # fp32 master weights and optimizer, matmuls in bf16: on CPU, DeepSpeed's bf16 mode trained at
         # half the speed of fp32, while autocast in a plain loop ran faster than both.
@@ -133,7 +137,10 @@ class Trainer:
 
             # Kept alive on self: while it exists, from_config/from_pretrained build partitioned.
             self._hf_ds_config = HfDeepSpeedConfig(ds_config)
-        model = build_model(cfg.model, self.device.type, compute_dtype=self.dtype)
+        # In the weights' dtype, on the device (below ZeRO-3; partitioned at construction there): no
+        # rank holds an fp32 copy of a bf16 model on the host.
+        model = build_model(cfg.model, self.device.type, dtype=weights_dtype(cfg.precision), compute_dtype=self.dtype,
+                            device=None if self._hf_ds_config is not None else self.device)
         self.attention = model.config._attn_implementation
         attach_chunked_loss(model)  # the engine's forward returns the loss sum; no full logits
         self.n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
@@ -146,10 +153,10 @@ class Trainer:
         self.grad_accum = plan.train.grad_accum
         self.step = 0
         self.tokens_per_dataset: dict[str, int] = {}
-        if plan.resume_from is not None:
-            ckpt.load_checkpoint(self.engine, plan.resume_from, plan.universal)
-            self.step = plan.resume_meta["step"]
-            self.tokens_per_dataset = dict(plan.resume_meta.get("tokens_per_dataset", {}))
+        if plan.resume_from is not None and plan.resume_meta is not None:
+            plan.checkpointer.load(self.engine, plan.resume_from, plan.universal)
+            self.step = plan.resume_meta.step
+            self.tokens_per_dataset = dict(plan.resume_meta.tokens_per_dataset)
         self.data = plan.train
         self.run_dir = Path(cfg.run_dir)
         self.metrics = MetricsWriter(self.run_dir, self.rank == 0, cfg.logging.tensorboard)
@@ -157,17 +164,16 @@ class Trainer:
         self.metrics.truncate_after(self.step)
         hf = model.config
         attn_dim = hf.num_attention_heads * (getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads)
-        # Input-embedding lookups are not matmuls: leave them out of the 6N term.
-        n_embed = hf.vocab_size * hf.hidden_size
-        self.flops_per_token = flops_per_token(self.n_params - n_embed, hf.num_hidden_layers, attn_dim, cfg.data.seq_len,
-                                               cfg.model.activation_checkpointing)
+        n_matmul = matmul_parameters(self.n_params, hf.vocab_size, hf.hidden_size, hf.tie_word_embeddings)
+        self.flops_per_token = flops_per_token(n_matmul, hf.num_hidden_layers, attn_dim, cfg.data.seq_len)
         self.peak = peak_flops(cfg.logging.peak_flops_per_device, self.device.type, self.dtype)
 
     # -- one optimizer step -------------------------------------------------------------------
     def _model_inputs(self, mb: dict[str, Any]) -> dict[str, Any]:
         """Model keywords of one micro-batch; document boundaries built here once, for every layer."""
-        inputs: dict[str, Any] = {"input_ids": mb["input_ids"].to(self.device),
-                                  "position_ids": mb["position_ids"].to(self.device)}
+        # non_blocking: a blocking host-to-device copy waits for all queued GPU work (a launch gap)
+        inputs: dict[str, Any] = {"input_ids": mb["input_ids"].to(self.device, non_blocking=True),
+                                  "position_ids": mb["position_ids"].to(self.device, non_blocking=True)}
         if self.attention in DOC_BACKENDS:  # from the loader's host-side cu_seqlens: no device sync
             inputs["packed_documents"] = packed_documents(self.attention, mb["position_ids"], mb.get("cu_seqlens"),
                                                           mb.get("max_seqlen"), self.device)
@@ -177,9 +183,11 @@ class Trainer:
         # Inside the engine's forward, so DeepSpeed's hooks see the loss as the module's output.
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.engine(**self._model_inputs(mb), attention_mask=None, use_cache=False,
-                               labels=mb["labels"].to(self.device), loss_mask=mb["loss_mask"].to(self.device))
+                               labels=mb["labels"].to(self.device, non_blocking=True),
+                               loss_mask=mb["loss_mask"].to(self.device, non_blocking=True))
 
-    def train_step(self) -> dict[str, float | None]:
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step; loss and grad norm stay on the device (read at logging steps only)."""
         micro = self.data.next_step()
         lr = float(self.engine.get_lr()[0])  # the LR this step's update uses
         n_tokens = global_token_count(micro, self.device)
@@ -198,8 +206,8 @@ class Trainer:
         self.step += 1
         grad_norm = self.engine.get_global_grad_norm()
         return {
-            "loss": float(loss_sum / n_tokens.clamp(min=1)),
-            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "loss": loss_sum / n_tokens.clamp(min=1),
+            "grad_norm": grad_norm.detach().clone() if isinstance(grad_norm, torch.Tensor) else grad_norm,
             "lr": lr,
             "tokens": float(sum(mb["input_ids"].numel() for mb in micro) * self.world),
         }
@@ -221,21 +229,13 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self) -> Path:
-        meta = {
-            "consumed_samples": self.data.consumed_samples,
-            "global_batch_size": self.cfg.global_batch_size,
-            "world_size": self.world,
-            "zero_stage": zero_stage(self.plan.ds_config),
-            "model_shape": self.shape,
-            "data_fingerprint": self.data.fingerprint,
-            "data_spec": self.data.loader.spec,
-            "tokenizer": self.cfg.data.tokenizer,
-            "tokenizer_fingerprint": self.plan.tokenizer.fingerprint(),
-            "hf_config": self.engine.module.config.to_dict(),
-            "tokens_per_dataset": self.tokens_per_dataset,
-        }
-        return ckpt.save_checkpoint(self.engine, self.cfg.checkpoint.dir, self.step, meta,
-                                    self.cfg.checkpoint.keep_last)
+        meta = ckpt.CheckpointMeta(
+            step=self.step, consumed_samples=self.data.consumed_samples, global_batch_size=self.cfg.global_batch_size,
+            world_size=self.world, zero_stage=zero_stage(self.plan.ds_config), model_shape=self.shape,
+            data_fingerprint=self.data.fingerprint, data_spec=self.data.loader.spec, tokenizer=self.cfg.data.tokenizer,
+            tokenizer_fingerprint=self.plan.tokenizer.fingerprint(), hf_config=self.engine.module.config.to_dict(),
+            tokens_per_dataset=dict(self.tokens_per_dataset))
+        return self.plan.checkpointer.save(self.engine, meta)
 
     def close(self) -> None:
         """Release the ZeRO-3 construction context so later model builds (export) are plain."""
@@ -249,30 +249,32 @@ class Trainer:
     def fit(self, preemption: PreemptionFlag) -> int:
         cfg = self.cfg
         log_every = max(1, cfg.logging.interval)
-        window: list[dict[str, float]] = []
-        t0 = t_run = time.perf_counter()
+        signal_every = max(1, cfg.checkpoint.signal_check_interval)
+        window = StepWindow()
+        t_run = time.perf_counter()
         steps_this_run = 0
         last_saved = self.step if self.plan.resume_from is not None else -1
         while self.step < cfg.steps:
-            if preemption.any_rank():
+            if steps_this_run % signal_every == 0 and preemption.any_rank():  # a collective and a host sync
                 if last_saved != self.step:
                     self.save()
                 log.warning("preempted at step %d: checkpoint saved, exiting %d", self.step, EXIT_REQUEUE)
                 return EXIT_REQUEUE
-            window.append(self.train_step())
+            window.add(self.train_step())
             steps_this_run += 1
             if self.step % log_every == 0 or self.step == cfg.steps:
-                elapsed = time.perf_counter() - t0
-                tokens = sum(w["tokens"] for w in window)
+                elapsed = window.seconds()
+                steps = window.read()  # the one host sync of these steps' losses and grad norms
+                tokens = sum(w["tokens"] for w in steps)
                 tok_s = tokens / max(elapsed, 1e-9)
                 tflops = tok_s * self.flops_per_token / self.world / 1e12
                 self.metrics.write(self.step, "train", {
-                    "loss": window[-1]["loss"],
-                    "loss_avg": sum(w["loss"] for w in window) / len(window),
-                    "lr": window[-1]["lr"],
+                    "loss": steps[-1]["loss"],
+                    "loss_avg": sum(w["loss"] for w in steps) / len(steps),
+                    "lr": steps[-1]["lr"],
                     # DeepSpeed computes no global norm under ZeRO-0 without clipping: leave it out there;
                     # a real nan norm (a diverged step) is still logged.
-                    **({"grad_norm": window[-1]["grad_norm"]} if window[-1]["grad_norm"] is not None else {}),
+                    **({"grad_norm": steps[-1]["grad_norm"]} if steps[-1]["grad_norm"] is not None else {}),
                     "tokens_per_s": tok_s,
                     "tflops_per_device": tflops,
                     "mfu": tflops * 1e12 / self.peak,
@@ -283,15 +285,18 @@ class Trainer:
                 for name, n in self.tokens_per_dataset.items():
                     if self.metrics.tb is not None:
                         self.metrics.tb.add_scalar(f"tokens/{Path(name).name}", n, self.step)
-                window, t0 = [], time.perf_counter()
+                window.reset()
             if self.plan.valid is not None and cfg.logging.eval_interval and (
                 self.step % cfg.logging.eval_interval == 0 or self.step == cfg.steps
             ):
-                self.metrics.write(self.step, "eval", self.evaluate())
-            for callback in self.plan.callbacks:
-                callback.post_step(self)
+                with window.paused():  # not training time: kept out of tokens/s
+                    self.metrics.write(self.step, "eval", self.evaluate())
+            with window.paused():  # in-loop downstream evaluation: not training time either
+                for callback in self.plan.callbacks:
+                    callback.post_step(self)
             if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
-                self.save()
+                with window.paused():
+                    self.save()
                 last_saved = self.step
             if cfg.stop_after and steps_this_run >= cfg.stop_after and self.step < cfg.steps:
                 log.info("stop_after=%d reached at step %d", cfg.stop_after, self.step)
@@ -326,7 +331,8 @@ def run(cfg: TrainConfig) -> int:
 def _run(cfg: TrainConfig, dist_env: DistEnv) -> int:
     preemption = PreemptionFlag()
     plan = plan_run(cfg, dist_env)  # every input check, before torch.distributed and DeepSpeed start
-    plan.dist = init_distributed()
+    plan.dist = init_distributed(timeout_minutes=cfg.dist.timeout_minutes,
+                                 rank0_wait_minutes=cfg.dist.rank0_wait_minutes)
     if dist_env.rank == 0:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(cfg.run_dir) / "config.yaml")
@@ -334,15 +340,14 @@ def _run(cfg: TrainConfig, dist_env: DistEnv) -> int:
     status = trainer.fit(preemption)
     trainer.close()
     if status == 0 and cfg.export.dir:
-        latest = ckpt.latest_checkpoint(cfg.checkpoint.dir)
+        latest = plan.checkpointer.latest()
         if latest is None:
             raise ckpt.CheckpointError("export.dir is set but no checkpoint was saved (checkpoint.save_at_end=false?)")
         if dist_env.rank == 0:  # reads files only; no collective inside
             from megatron_ipt.train.export import export_checkpoint
 
             export_checkpoint(latest, cfg.export.dir, dtype=cfg.export.dtype)
-        if dist.is_initialized():
-            dist.barrier()
+        wait_for_rank0()
     if dist.is_initialized():
         dist.destroy_process_group()
     return status

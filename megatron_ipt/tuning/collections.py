@@ -29,7 +29,8 @@ from typing import Any
 from megatron_ipt.data.readers import InputFile, scan_records
 from megatron_ipt.pairs import Pair
 from megatron_ipt.tuning.example import ConvertError, ConvertStats, Example
-from megatron_ipt.tuning.pubmed import iter_pubmed_records, mine_pubmed
+from megatron_ipt.tuning.pubmed import iter_pubmed_records
+from megatron_ipt.tuning.pubmed_mining import mine_pubmed
 
 FORMATS = ("auto", "collection", "squad", "jsonl", "pubmed")
 # Spellings of a QA_list item's question/answer keys (see the module docstring).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from megatron_ipt.cluster import preflight
@@ -58,7 +60,12 @@ def test_preflight_checks_the_training_config(monkeypatch, capsys, tiny_prefix, 
     config = str(repo_root / "configs" / "tiny.yaml")
     assert preflight.main(["--train-config", config, "--", f"--data.train={tiny_prefix}"]) == 0
     # Weights and a blend in Megatron's string form: only prefixes are checked.
-    assert preflight.main(["--train-config", config, "--", f"--data.train=0.3 {tiny_prefix} 0.7 {tiny_prefix}"]) == 0
+    other = tmp_path / "other_text_document"
+    for ext in (".bin", ".idx"):
+        shutil.copyfile(tiny_prefix + ext, f"{other}{ext}")
+    assert preflight.main(["--train-config", config, "--", f"--data.train=0.3 {tiny_prefix} 0.7 {other}"]) == 0
+    assert preflight.main(["--train-config", config, "--", f"--data.train=0.3 {tiny_prefix} 0.7 {tiny_prefix}"]) == 2
+    assert "names the same dataset" in capsys.readouterr().err
     capsys.readouterr()
 
     missing = tmp_path / "absent_text_document"
@@ -118,7 +125,10 @@ def test_preflight_checks_a_yaml_list_of_weight_prefix_entries(monkeypatch, caps
         run.write_text(yaml.safe_dump({"include": [str(repo_root / "configs" / "tiny.yaml")], "data": {"train": train}}))
         return str(run)
 
-    good = [{"weight": 0.25, "prefix": tiny_prefix}, {"weight": 0.75, "prefix": tiny_prefix}]
+    other = tmp_path / "other_text_document"
+    for ext in (".bin", ".idx"):
+        shutil.copyfile(tiny_prefix + ext, f"{other}{ext}")
+    good = [{"weight": 0.25, "prefix": tiny_prefix}, {"weight": 0.75, "prefix": str(other)}]
     assert preflight.main(["--train-config", write(good)]) == 0
     capsys.readouterr()
     rc = preflight.main(["--train-config", write([good[0], {"weight": 0.75, "prefix": missing}])])

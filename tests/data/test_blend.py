@@ -62,6 +62,10 @@ def test_blend_parse_every_spelling() -> None:
         ([[0.5, "a", "b"]], "data.train: blend pairs must be [weight, prefix], got [0.5, 'a', 'b']"),
         ([[0.5, 3]], "data.train: blend prefix must be a path, got 3"),
         ([[0.5, "a"], "b"], "data.train: a blend list mixes entry forms"),
+        ("0.5 a 0.5 a", "data.train: a names the same dataset as a (blend entries 1 and 2); give it once, "
+                        "with the weights summed (0.5 + 0.5)"),
+        ("0.2 a 0.3 b 0.5 x/../a", "data.train: x/../a names the same dataset as a (blend entries 1 and 3)"),
+        ([{"weight": 1, "prefix": "d/a"}, {"weight": 2, "prefix": "d//a"}], "d//a names the same dataset as d/a"),
     ],
 )
 def test_blend_parse_rejects(spec: object, message: str) -> None:

@@ -124,3 +124,17 @@ def test_cli_help(capsys) -> None:
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
     assert "--output-prefix" in text and "--held-out" in text and "pubmed" in text
+
+
+def test_cli_output_prefix_under_a_file_or_on_a_folder_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"context": "c", "pairs": [{"instruction": "i", "response": "r"}]}\n')
+    (tmp_path / "blocker").write_text("x")
+    (tmp_path / "folder").mkdir()
+    for prefix, says in ((tmp_path / "blocker" / "o", "blocker: a file stands where a folder must be"),
+                         (tmp_path / "folder", "folder: a folder stands where the output must be")):
+        assert main(["--input", str(good), "--output-prefix", str(prefix), "--tokenizer", "mistral"]) == 2
+        err = capsys.readouterr().err
+        assert [ln.startswith("error: ") for ln in err.splitlines()].count(True) == 1 and says in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "folder", "good.jsonl"]
+    assert list((tmp_path / "folder").iterdir()) == []

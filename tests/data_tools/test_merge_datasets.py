@@ -82,3 +82,14 @@ def test_merge_refuses_other_tokenizer_or_dtype(tmp_path: Path, capsys, mistral_
     write(tmp_path / "i32", [[70000]], np.int32)
     assert main(["--input", str(tmp_path / "u16"), str(tmp_path / "i32"), "--output-prefix", str(tmp_path / "x")]) == 2
     assert "different token dtypes" in capsys.readouterr().err and not (tmp_path / "x.bin").exists()
+
+
+def test_merge_refuses_one_dataset_given_twice(tmp_path: Path, capsys) -> None:
+    write(tmp_path / "a", [[1, 2]], np.uint16)
+    write(tmp_path / "b", [[3]], np.uint16)
+    (tmp_path / "x").mkdir()
+    for twice in ([tmp_path / "a", tmp_path / "b", tmp_path / "a"], [tmp_path / "a", tmp_path / "x" / ".." / "a"]):
+        assert main(["--input", *map(str, twice), "--output-prefix", str(tmp_path / "m")]) == 2
+        err = capsys.readouterr().err
+        assert [ln.startswith("error: ") for ln in err.splitlines()].count(True) == 1 and f"{twice[-1]} names the same dataset as {tmp_path / 'a'}" in err, err
+    assert not (tmp_path / "m.bin").exists()

@@ -19,7 +19,8 @@ from megatron_ipt.demo.evalsets import (
     split_sentences,
 )
 from megatron_ipt.demo.general_instructions import general_family_manifest, general_instructions
-from megatron_ipt.tuning.pubmed import iter_pubmed_records, shipped_pubmed_files, tuning_families
+from megatron_ipt.tuning.pubmed import iter_pubmed_records, shipped_pubmed_files
+from megatron_ipt.tuning.pubmed_mining import tuning_families
 
 
 @pytest.fixture(scope="module")

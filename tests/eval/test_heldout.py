@@ -10,19 +10,15 @@ import pytest
 import torch
 
 from megatron_ipt.data.readers import DataError
-from megatron_ipt.eval.heldout import (
+from megatron_ipt.eval.heldout import evaluate_model, heldout_perplexity, main, read_texts, scoring_bf16
+from megatron_ipt.eval.scoring import load_model
+from megatron_ipt.eval.tasks import (
     EvalTask,
     answer_losses,
     choose_option,
-    evaluate_model,
     extract_answer,
-    heldout_perplexity,
-    load_model,
-    main,
     read_tasks,
-    read_texts,
     score_tasks,
-    scoring_bf16,
     task_prompt,
 )
 from megatron_ipt.pairs import chain_of_thought, multiple_choice
@@ -184,7 +180,7 @@ def _damaged_copy(src, dst, damage: str):
     ("blank texts file", r"texts\.jsonl: no texts in it"),
     ("--limit_texts 0", r"--limit_texts must be at least 1"),
     ("--max_length 1", r"--max_length must be at least 16"),
-    ("output is a folder", r"out: a folder stands where the output file must be"),
+    ("output is a folder", r"out: a folder stands where the output must be"),
     ("output under a file", r"cannot write under .*blocker: a file stands where a folder must be"),
     ("truncated weights", r"model: cannot load the model"),
     ("config.json", r"model: not a Hugging Face model directory \(no config\.json\)"),
@@ -205,7 +201,7 @@ def test_bad_inputs_are_one_line_before_scoring(tiny_dir, tmp_path, capsys, case
     extra = {"--limit_texts 0": ["--limit_texts", "0"], "--max_length 1": ["--max_length", "1"]}.get(case, [])
     code = main(["--model", str(model), "--texts", str(texts), "--fp32", "--output", str(output), *extra])
     err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err, err
+    assert code == 2, err  # in process: an escaped exception would fail the test itself
     lines = [ln for ln in err.splitlines() if "error: " in ln]
     assert len(lines) == 1 and __import__("re").search(says, lines[0]), err
     assert not (tmp_path / "e.json").exists() and sorted(p.name for p in (tmp_path / "out").iterdir()) == []

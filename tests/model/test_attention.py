@@ -15,7 +15,7 @@ from megatron_ipt.model.attention import (
     PackedDocuments,
     block_causal_mask,
     cu_seqlens_from_position_ids,
-    doc_flash_forward,
+    doc_fa_varlen_forward,
     flash_attn_available,
     packed_documents,
     resolve_backend,
@@ -144,7 +144,7 @@ def test_auto_on_cuda_is_always_document_masked(monkeypatch: pytest.MonkeyPatch)
                 for dtype in (torch.bfloat16, torch.float16, torch.float32):
                     got = resolve_backend("auto", "cuda", dtype)
                     half = dtype != torch.float32
-                    want = ("doc_flash" if half and flash else "doc_varlen" if half and varlen and sm80
+                    want = ("doc_fa_varlen" if half and flash else "doc_varlen" if half and varlen and sm80
                             else "doc_flex")
                     assert got == want, (flash, varlen, sm80, dtype)
                     assert got in DOC_BACKENDS
@@ -161,16 +161,16 @@ def test_backend_selection_on_cpu() -> None:
         resolve_backend("doc_varlen", "cpu", torch.bfloat16)
     assert resolve_backend("sdpa", "cpu") == "sdpa"
     with pytest.raises(AttentionBackendError, match="flash-attn"):
-        resolve_backend("doc_flash", "cpu")
+        resolve_backend("doc_fa_varlen", "cpu")
     with pytest.raises(AttentionBackendError, match="expected one of"):
         resolve_backend("flash", "cpu")
 
 
 @pytest.mark.skipif(flash_attn_available(), reason="flash-attn is installed")
-def test_doc_flash_without_flash_attn_is_a_clear_error() -> None:
+def test_doc_fa_varlen_without_flash_attn_is_a_clear_error() -> None:
     q = torch.zeros(1, 2, 4, 8)
     with pytest.raises(AttentionBackendError, match="pip install flash-attn"):
-        doc_flash_forward(torch.nn.Module(), q, q, q, None, position_ids=torch.arange(4)[None])
+        doc_fa_varlen_forward(torch.nn.Module(), q, q, q, None, position_ids=torch.arange(4)[None])
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -178,3 +178,36 @@ def test_doc_flex_training_on_cpu_is_a_clear_error() -> None:
     model = _tiny("mistral", "doc_flex").train()
     with pytest.raises(AttentionBackendError, match="no backward on CPU"):
         model(input_ids=torch.randint(3, 500, (1, 8)), use_cache=False)
+
+
+def _same_document_causal(doc: torch.Tensor):  # noqa: ANN202
+    return lambda b, h, q, k: (doc[b, q] == doc[b, k]) & (q >= k)
+
+
+@pytest.mark.parametrize("seq", [128, 300, 1000])
+def test_flex_block_mask_from_document_blocks_equals_torchs(seq: int) -> None:
+    """The block mask built from per-block document ids (no S x S mask) lists exactly the partial and
+    full blocks ``create_block_mask`` finds by evaluating every (q, k) pair, and masks the same pairs."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    gen = torch.Generator().manual_seed(seq)
+    for _ in range(3):
+        rows = []
+        for _ in range(2):
+            lengths: list[int] = []
+            while sum(lengths) < seq:
+                lengths.append(int(torch.randint(1, 400, (1,), generator=gen)))
+            lengths[-1] -= sum(lengths) - seq
+            rows.append(torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)))
+        doc = torch.stack(rows)
+        ours = attention._flex_block_mask(doc)
+        theirs = create_block_mask(_same_document_causal(doc), 2, None, seq, seq, device="cpu")
+        assert torch.equal(ours.to_dense(), theirs.to_dense())
+        for mine, ref in ((ours.kv_num_blocks, theirs.kv_num_blocks), (ours.full_kv_num_blocks, theirs.full_kv_num_blocks)):
+            assert torch.equal(mine, ref)
+        for idx, num, ref_idx in ((ours.kv_indices, ours.kv_num_blocks, theirs.kv_indices),
+                                  (ours.full_kv_indices, ours.full_kv_num_blocks, theirs.full_kv_indices)):
+            for b in range(2):
+                for i in range(num.shape[-1]):
+                    n = int(num[b, 0, i])
+                    assert idx[b, 0, i, :n].tolist() == sorted(ref_idx[b, 0, i, :n].tolist())

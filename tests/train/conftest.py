@@ -73,9 +73,11 @@ def _free_port() -> int:
 
 
 class Ranks:
-    """One training job: ``world`` processes of ``python -m megatron_ipt.train`` on a free port."""
+    """One training job: ``world`` processes of ``python -m megatron_ipt.train`` (or of ``entry``, a
+    script standing in for it) on a free port."""
 
-    def __init__(self, world: int, args: list[str], log_dir: Path) -> None:
+    def __init__(self, world: int, args: list[str], log_dir: Path, entry: list[str] | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         import os
         import subprocess
         import sys
@@ -87,10 +89,10 @@ class Ranks:
         for rank in range(world):
             env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                       PYTHONWARNINGS="ignore")
+                       PYTHONWARNINGS="ignore", **(extra_env or {}))
             with open(self.logs[rank], "w") as fh:
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "megatron_ipt.train", *args], env=env, stdout=fh,
+                    [sys.executable, *(entry or ["-m", "megatron_ipt.train"]), *args], env=env, stdout=fh,
                     stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2]))
 
     def wait(self, timeout: float = 240) -> list[int]:
@@ -146,3 +148,11 @@ def metrics():
 def start_job(tmp_path):
     """``start_job(world, [args...]) -> Ranks`` (not waited: for signal tests)."""
     return lambda world, args: Ranks(world, args, tmp_path / "signalled")
+
+
+@pytest.fixture
+def spawn_job(tmp_path):
+    """``spawn_job(world, [args...], entry=None, extra_env=None) -> Ranks`` (not waited), each job
+    logging under its own folder."""
+    counter = iter(range(100))
+    return lambda world, args, **kw: Ranks(world, args, tmp_path / f"spawned{next(counter)}", **kw)

@@ -80,7 +80,7 @@ def test_checkpoint_of_another_shape_or_data(tmp_path, pubmed_prefixes) -> None:
     other = f"--data.train={pubmed_prefixes['other']}"
     with pytest.raises(CheckpointError, match="data fingerprint"):
         plan_run(_cfg(other, ckpt), SINGLE)
-    assert plan_run(_cfg(other, ckpt, "--checkpoint.allow_data_change=true"), SINGLE).resume_meta["step"] == 4
+    assert plan_run(_cfg(other, ckpt, "--checkpoint.allow_data_change=true"), SINGLE).resume_meta.step == 4
     with pytest.raises(CheckpointError, match="global_batch_size=8"):
         plan_run(_cfg(train, ckpt, "--global_batch_size=16"), SINGLE)
 
@@ -129,7 +129,7 @@ def test_resume_refuses_changed_data_and_says_what_changed(tmp_path, pubmed_pref
     meta = json.loads((tag / "meta.json").read_text())
     meta |= {"data_spec": plan.train.loader.spec, "tokenizer_fingerprint": plan.tokenizer.fingerprint()}
     (tag / "meta.json").write_text(json.dumps(meta))
-    assert plan_run(_cfg(*args), SINGLE).resume_meta["step"] == 4  # the same stream resumes
+    assert plan_run(_cfg(*args), SINGLE).resume_meta.step == 4  # the same stream resumes
     samples = 20 * cfg.global_batch_size
     with pytest.raises(CheckpointError, match=rf"num_samples: {samples} -> {2 * samples}\)"):
         plan_run(_cfg(*args, "--steps=40"), SINGLE)
@@ -185,3 +185,37 @@ def test_export_dir_holding_other_files_is_refused_before_step_1(tmp_path) -> No
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"error: export.dir: {notes}: the folder holds files this tool did not write" in proc.stderr
     assert sorted(p.name for p in notes.iterdir()) == ["a.txt"] and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+CUT_UNDER_A_READER = """
+import os, sys
+import numpy as np
+from megatron_ipt.data.indexed import IndexedDataset, IndexedDatasetWriter
+from megatron_ipt.train.__main__ import report_crashes
+report_crashes()
+prefix = sys.argv[1]
+with IndexedDatasetWriter(prefix, np.int32) as w:
+    for d in range(64):
+        w.add_document(list(range(d * 1000, d * 1000 + 1000)))
+ds = IndexedDataset(prefix)
+os.truncate(prefix + ".bin", 4096)  # in place, as a rewrite of the dataset under a running job does
+def read_last_document():
+    return int(ds.get(63).sum())
+read_last_document()
+"""
+
+
+def test_a_bin_truncated_under_a_run_dies_with_the_read_named_and_the_rerun_names_the_file(tmp_path) -> None:
+    """SIGBUS cannot become a Python error; the trainer's crash report shows the Python frames of the
+    read, and the next start refuses the file in one line (the README's Known limits)."""
+    import signal
+
+    prefix = str(tmp_path / "cut")
+    proc = subprocess.run([sys.executable, "-c", CUT_UNDER_A_READER, prefix], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -signal.SIGBUS, (proc.returncode, proc.stderr[-2000:])
+    assert "Fatal Python error: Bus error" in proc.stderr and "in read_last_document" in proc.stderr, proc.stderr
+    from megatron_ipt.data.indexed import IndexedDatasetError
+
+    with pytest.raises(IndexedDatasetError, match=r"cut\.bin: 4096 bytes but .*cut\.idx describes .*inconsistent"):
+        plan_run(_cfg(f"--data.train={prefix}"), SINGLE)

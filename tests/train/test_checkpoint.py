@@ -151,7 +151,7 @@ def test_corrupt_checkpoint_is_named(kind, tmp_path, saved_run) -> None:
         ckpt.check_checkpoint(tag, ckpt.read_meta(tag))
     # resume=auto skips it with a warning and falls back to step 2
     found = ckpt.resumable_checkpoint(run / "ckpt")
-    assert found is not None and found[0].name == "step_00000002" and found[1]["step"] == 2
+    assert found is not None and found[0].name == "step_00000002" and found[1].step == 2
 
 
 def test_resume_falls_back_past_a_corrupt_latest_checkpoint(tmp_path, saved_run, pubmed_prefixes, metrics) -> None:
@@ -204,3 +204,13 @@ def test_second_job_into_one_checkpoint_dir_is_refused(tmp_path, pubmed_prefixes
     line = _one_error_line(proc)
     assert "checkpoint.dir:" in line and f"another run (pid {os.getpid()}) is writing this output now" in line
     assert not (run / "metrics.jsonl").exists()
+
+
+def test_checkpoint_meta_round_trips_through_json(tmp_path) -> None:
+    meta = ckpt.CheckpointMeta(step=4, global_batch_size=8, world_size=2, consumed_samples=32, zero_stage=3,
+                               model_shape={"hidden_size": 32}, tokens_per_dataset={"a": 10}, tag="step_00000004")
+    assert ckpt.CheckpointMeta.from_json(json.loads(json.dumps(meta.to_json())), tmp_path) == meta
+    newer = {**meta.to_json(), "written_by_a_later_version": 1}
+    assert ckpt.CheckpointMeta.from_json(newer, tmp_path) == meta
+    with pytest.raises(CheckpointError, match="key 'world_size' missing or not an integer"):
+        ckpt.CheckpointMeta.from_json({"step": 1, "global_batch_size": 2}, tmp_path / "meta.json")

@@ -45,7 +45,7 @@ def test_zero1_sigterm_saves_and_exits_75(tmp_path, pubmed_prefixes, start_job, 
     meta = read_meta(tag)
     kept = sorted(p.name for p in (run / "ckpt").glob("step_*"))
     assert len(kept) == 2 and kept[-1] == tag.name, kept  # keep_last=2 pruned the older saves
-    assert meta["step"] == last and meta["consumed_samples"] == last * 4 and meta["zero_stage"] == 1
+    assert meta.step == last and meta.consumed_samples == last * 4 and meta.zero_stage == 1
     out = export_checkpoint(run / "ckpt", tmp_path / "hf", dtype="float32")  # loads every shard
     from transformers import AutoModelForCausalLM
 
@@ -121,7 +121,7 @@ def test_torchrun_launcher_exits_75_after_sigterm(tmp_path, pubmed_prefixes) -> 
     tag = latest_checkpoint(run / "ckpt")
     assert tag is not None, out[-4000:]
     logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
-    assert read_meta(tag)["step"] == max(logged) < 500
+    assert read_meta(tag).step == max(logged) < 500
 
 def test_zero0_one_rank_bf16_autocast_trains(tmp_path, pubmed_prefixes, train_job, metrics):
     """The demo's CPU set-up: one process, ZeRO-0, fp32 weights with bf16 autocast matmuls."""

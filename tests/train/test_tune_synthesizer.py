@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 def _tuning_data(root: Path, tokenizer) -> dict:
-    from megatron_ipt.tuning.pubmed import iter_pubmed_records, mine_pubmed, shipped_pubmed_files
+    from megatron_ipt.tuning.pubmed import iter_pubmed_records, shipped_pubmed_files
+    from megatron_ipt.tuning.pubmed_mining import mine_pubmed
     from megatron_ipt.tuning.tuning_data import TuningDataOptions, build_tuning_data
 
     records = list(iter_pubmed_records([shipped_pubmed_files()[1]], limit=160))
@@ -58,7 +59,7 @@ def test_zero3_tuning_lowers_heldout_pair_loss(tmp_path, mistral_tokenizer, trai
     )
     from megatron_ipt.train.checkpoint import latest_checkpoint, read_meta
 
-    assert read_meta(latest_checkpoint(run / "ckpt"))["zero_stage"] == 3
+    assert read_meta(latest_checkpoint(run / "ckpt")).zero_stage == 3
     evals = metrics(run, "eval")
     assert sorted(evals) == [4, 8] and evals[8]["loss"] < evals[4]["loss"]
     # the trainer's eval counts pair tokens only: far fewer than the 2 iters x 2 x 512 tokens it reads
