@@ -40,5 +40,5 @@ set -uo pipefail
 # shellcheck source=slurm/common.sh
 source "$IPT_ROOT/slurm/common.sh"
 
-export EXPORT_DIR=${EXPORT_DIR:-${RUNS_DIR:-$IPT_ROOT/runs}/${RUN_NAME:-instruction_tune}/hf}  # exported: read by megatron_ipt.slurm
+export EXPORT_DIR=${EXPORT_DIR:-${RUNS_DIR:-$IPT_ROOT/runs}/${RUN_NAME:-instruction_tune}/hf}  # exported: the stage policy reads it from the environment
 ipt_train instruction_tune "${CONFIG:-configs/instruction_tune.yaml}" "$@"
