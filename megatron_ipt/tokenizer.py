@@ -102,6 +102,12 @@ class Tokenizer:
         raise NotImplementedError
 
     @cached_property
+    def special_pieces(self) -> dict[str, int]:
+        """Control pieces by text (``<s>``, ``<|im_start|>``): the ids a ``segments`` record may name."""
+        pieces = self.vocabulary()
+        return {pieces[i]: i for i in sorted(self.special_ids) if 0 <= i < len(pieces) and pieces[i]}
+
+    @cached_property
     def vocab_hash(self) -> str:
         """Hash of the pieces in id order and of the special ids: equal means the same ids for the same pieces."""
         h = hashlib.sha256()

@@ -36,6 +36,7 @@ TIMEOUT_S = 120
 TOOLS = {
     "preprocess": "data_tools.preprocess_data",
     "build_corpora": "data_tools.build_corpora",
+    "build_instruction_data": "data_tools.build_instruction_data",
     "synthesize": "data_tools.synthesize",
     "merge": "data_tools.merge_datasets",
     "inspect": "data_tools.inspect_data",
@@ -222,6 +223,15 @@ def _cut(path: Path, keep: float = 0.5) -> None:
 SYNTH_OK = {"id": "a", "text": "Metformin lowers glucose.", "round": 0, "linked": False, "slot": 0,
             "pairs": [{"instruction": "What lowers glucose?", "response": "Metformin."}]}
 INSTRUCTIONS = [{"question": "Name a biguanide.", "response": "Metformin."}]
+
+
+def _instr(env: Env, records: list, *extra: str) -> list[str]:
+    return ["--input", env.jsonl("i.jsonl", records), "--tokenizer=mistral", f"--output-prefix={env.tmp / 'ins'}",
+            "--workers=0", "--no-progress", *extra]
+
+
+def _instr_summary(env: Env) -> dict:
+    return json.loads((env.tmp / "ins_text_document.summary.json").read_text())
 
 
 def _corpora(env: Env, synthesized: list, *extra: str, instructions: list | None = None) -> list[str]:
@@ -415,6 +425,14 @@ CASES: list[Case] = [
     Case("GPT2BPETokenizer without its files", "preprocess",
          lambda e: _pre(e, e.jsonl("a.jsonl", TEXTS), "--tokenizer-type", "GPT2BPETokenizer"),
          r"GPT2BPETokenizer needs --vocab-file"),
+    Case("segment naming a special token the tokenizer lacks, skipped and counted", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", [TEXTS[0], {"segments": [{"special": "<|im_start|>", "loss": False},
+                                                                       {"text": "hi", "loss": True}]}]), "--skip-bad"),
+         check=_written(1, bad_segments=1)),
+    Case("segment naming a special token the tokenizer lacks", "preprocess",
+         lambda e: _pre(e, e.jsonl("a.jsonl", [{"segments": [{"special": "<|im_start|>", "loss": False},
+                                                            {"text": "hi", "loss": True}]}])),
+         r"a\.jsonl:1: .*segments\[0\].*'<\|im_start\|>' is not a special token of tokenizer mistral"),
     # -- preprocess: files ---------------------------------------------------------------------
     Case("gzip cut short", "preprocess", lambda e: _pre(e, _gzip_cut(e)), r"cut\.jsonl\.gz:\d+: .*gzip"),
     Case("gzip cut short, skipped and counted", "preprocess", lambda e: _pre(e, _gzip_cut(e), "--skip-bad"),
@@ -481,6 +499,14 @@ CASES: list[Case] = [
          r"model\.attention='doc_flash' is spelled 'doc_fa_varlen'"),
     Case("non-positive collective timeout", "train", lambda e: _train(e, "--dist.timeout_minutes=0"),
          r"dist\.timeout_minutes must be positive"),
+    Case("train: in-loop evaluation task folder missing", "train",
+         lambda e: _train(e, "--eval.downstream_interval=1", f"--eval.downstream_tasks=[{e.tmp}/no_suite]"),
+         r"eval\.downstream_tasks: .*no_suite: no such folder"),
+    Case("train: in-loop evaluation of an untrusted task folder", "train",
+         lambda e: _train(e, "--eval.downstream_interval=1", f"--eval.downstream_tasks=[{e.file('suite/t.yaml', 'task: t')[:-7]}]"),
+         r"eval\.downstream_tasks: .*suite: .*downstream_trust_task_code=true"),
+    Case("train: in-loop evaluation without tasks", "train", lambda e: _train(e, "--eval.downstream_interval=1"),
+         r"eval\.downstream_tasks is empty"),
     Case("seq_len above the model's positions", "train", lambda e: _train(e, "--data.seq_len=4096"),
          r"data\.seq_len=4096 exceeds"),
     Case("vocab mismatch", "train", lambda e: _train(e, "--model.vocab_size=32768", "--model.expected_parameters=null"),
@@ -558,6 +584,21 @@ CASES: list[Case] = [
     Case("corpora: output dir under a file", "build_corpora",
          lambda e: [*_corpora(e, [SYNTH_OK]), f"--output-dir={e.file('blocker', 'x')}/corpora"],
          r"output_dir: cannot write .*blocker: a file stands where a folder must be"),
+    # -- build_instruction_data ---------------------------------------------------------------------
+    Case("instruction record without a response", "build_instruction_data",
+         lambda e: _instr(e, [*INSTRUCTIONS, {"instruction": "Name a statin."}]), r"i\.jsonl:2: field 'response'"),
+    Case("instruction record without a response, skipped and counted", "build_instruction_data",
+         lambda e: _instr(e, [*INSTRUCTIONS, {"instruction": "Name a statin."}], "--skip-bad-records"),
+         check=lambda e, out: _instr_summary(e)["instructions"]["skipped"] == {"bad_records": 1}
+         or pytest.fail("not counted")),
+    Case("conversation that is not a list of turns", "build_instruction_data",
+         lambda e: _instr(e, [{"messages": "hi"}]), r"i\.jsonl:1: field 'messages'"),
+    Case("malformed instruction JSONL", "build_instruction_data", lambda e: _instr(e, [*INSTRUCTIONS, "{oops"]),
+         r"i\.jsonl:2: "),
+    Case("chat template with a tokenizer that has none", "build_instruction_data",
+         lambda e: _instr(e, INSTRUCTIONS, "--template.kind=chat"), r"template\.kind=chat needs"),
+    Case("template without {content}", "build_instruction_data",
+         lambda e: _instr(e, INSTRUCTIONS, "--template.user=Question:"), r"template\.user must hold \{content\}"),
     # -- synthesize ---------------------------------------------------------------------------------
     Case("synthesize: lone surrogate, skipped and counted", "synthesize",
          lambda e: _synth(e, [{"id": "a", "text": "Metformin lowers glucose."}, '{"id": "b", "text": "x \\ud800"}'],

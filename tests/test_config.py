@@ -199,6 +199,7 @@ TOOLS = {  # module -> its settings class: every command line of the project, in
     "data_tools.evaluate_synthesizer": "EvaluateSynthesizerArgs",
     "data_tools.synthesize": "SynthesizeConfig",
     "data_tools.build_corpora": "CorporaConfig",
+    "data_tools.build_instruction_data": "InstructionDataConfig",
     "megatron_ipt.eval.heldout": "EvaluateArgs",
     "megatron_ipt.eval.suite": "SuiteArgs",
     "megatron_ipt.train.export": "ExportArgs",

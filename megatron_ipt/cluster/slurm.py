@@ -36,6 +36,8 @@ TRAIN_ENV: dict[str, str] = {
     "INIT_FROM": "model.init_from",
     "EXPORT_DIR": "export.dir",
     "RESUME": "checkpoint.resume",
+    "TASKS": "eval.downstream_tasks",
+    "DOWNSTREAM_INTERVAL": "eval.downstream_interval",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_ipt.corpora.templates import render_chain, render_instruction
@@ -198,7 +199,8 @@ def tuning_documents(inputs: Iterable[str | Path], seed: int, stats: Counter) ->
 QUESTION_KEYS = ("question", "instruction", "prompt")
 INPUT_KEYS = ("input", "context")
 RESPONSE_KEYS = ("response", "output", "answer", "completion")
-# Dropped on purpose and counted: the method writes general instructions without system prompts.
+# Dropped on purpose and counted in pre-training (the method writes general instructions without
+# system prompts); instruction tuning may keep them (``keep_system``).
 SYSTEM_KEYS = ("system_prompt", "system")
 # Labels, not text: never part of a document, never counted as lost.
 METADATA_KEYS = ("id", "category", "source", "dataset", "task", "lang", "language", "url", "split", "type")
@@ -221,9 +223,9 @@ def _text(rec: dict, key: str) -> str | None:
     return v if isinstance(v, str) and v.strip() else None
 
 
-def _turn_pairs(turns: object, stats: Counter, key: str) -> list[tuple[str, str]]:
-    """(question, response) pairs of a conversation: consecutive turns of one side are joined,
-    system turns dropped; each dropped turn is counted by why."""
+def _turn_pairs(turns: object, stats: Counter, key: str, systems: list[str] | None = None) -> list[tuple[str, str]]:
+    """(question, response) pairs of a conversation: consecutive turns of one side are joined, system
+    turns collected into ``systems`` (None: dropped); each dropped turn is counted by why."""
     if not isinstance(turns, list):
         raise InstructionError(f"{key!r} must be a list of turns", key)
     sides: list[tuple[str, str]] = []  # ("user" | "assistant", text), same-side runs joined
@@ -232,7 +234,11 @@ def _turn_pairs(turns: object, stats: Counter, key: str) -> list[tuple[str, str]
         text = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
         role = str(role).lower() if role is not None else None
         if role == "system":
-            stats["dropped_system_turns"] += 1
+            if systems is not None and isinstance(text, str) and text.strip():
+                systems.append(text.strip())
+                stats["kept_system_turns"] += 1
+            else:
+                stats["dropped_system_turns"] += 1
             continue
         side = "user" if role in USER_ROLES else "assistant" if role in ASSISTANT_ROLES else None
         if side is None:
@@ -261,14 +267,30 @@ def _turn_pairs(turns: object, stats: Counter, key: str) -> list[tuple[str, str]
     return pairs
 
 
+@dataclass(frozen=True)
+class Conversation:
+    """One instruction record read: its system prompt (None: none, or dropped) and its turns."""
+
+    system: str | None
+    pairs: list[tuple[str, str]]
+
+
 def instruction_pairs(rec: dict, stats: Counter) -> list[tuple[str, str]]:
-    """The (question, response) pairs of one general-instruction record, using every text field of the
-    documented formats; what is dropped on purpose (system prompts) and any other text field left
-    unused are counted in ``stats``. Raises :class:`InstructionError` when nothing usable is there."""
+    """The (question, response) pairs of one general-instruction record, system prompts dropped and
+    counted (see :func:`instruction_conversation`)."""
+    return instruction_conversation(rec, stats).pairs
+
+
+def instruction_conversation(rec: dict, stats: Counter, keep_system: bool = False) -> Conversation:
+    """One instruction record (OpenOrca, Alpaca, Dolly, ShareGPT ``conversations``, chat ``messages``)
+    read with every text field of the documented formats. System prompts are kept (``keep_system``)
+    or dropped; kept, dropped and any other text field left unused are counted in ``stats``. Raises
+    :class:`InstructionError` when nothing usable is there."""
     used: set[str] = set()
+    systems: list[str] | None = [] if keep_system else None
     turn_key = next((k for k in TURN_KEYS if k in rec), None)
     if turn_key is not None:
-        pairs = _turn_pairs(rec[turn_key], stats, turn_key)
+        pairs = _turn_pairs(rec[turn_key], stats, turn_key, systems)
         if not pairs:
             raise InstructionError(f"{turn_key!r} holds no question followed by an answer", turn_key)
         used.add(turn_key)
@@ -289,12 +311,16 @@ def instruction_pairs(rec: dict, stats: Counter) -> list[tuple[str, str]]:
         used.update([questions[0], *inputs, responses[0]])
     for k in SYSTEM_KEYS:
         if _text(rec, k):
-            stats[f"dropped_{k}"] += 1
+            if systems is not None:
+                systems.insert(0, rec[k].strip())
+                stats[f"kept_{k}"] += 1
+            else:
+                stats[f"dropped_{k}"] += 1
             used.add(k)
     for k, v in rec.items():  # any other text: counted, so a new format's field is never lost unseen
         if k not in used and k not in METADATA_KEYS and isinstance(v, str) and v.strip():
             stats[f"unused_field:{k}"] += 1
-    return pairs
+    return Conversation("\n\n".join(systems) if systems else None, pairs)
 
 
 def instruction_documents(inputs: Iterable[str | Path], stats: Counter, skip_bad_records: bool = False) -> Iterator[dict]:

@@ -54,6 +54,8 @@ def encode_batch(batch: list[tuple[int, Any]], tok: Tokenizer, opt: EncodeOption
     for rec_no, payload in batch:
         try:
             rec = parse_record(payload, opt.key)
+            if not isinstance(rec, str):
+                _check_specials(rec["segments"], tok)
         except BadRecord as err:
             bad.append((err.reason, rec_no, str(err)))
             continue
@@ -84,7 +86,8 @@ def encode_batch(batch: list[tuple[int, Any]], tok: Tokenizer, opt: EncodeOption
     if has_segments:
         ends = np.cumsum(counts).tolist()
         encoded = [ids[e - n : e].tolist() for e, n in zip(ends, counts.tolist(), strict=True)]
-        flat, seg_lengths, mask = _assemble_segments(parsed, encoded, specials, opt, tok.name)
+        flat, seg_lengths, mask = _assemble_segments(parsed, encoded, specials, opt, tok.name,
+                                                      tok.special_pieces)
         lengths: Any = seg_lengths
         doc_ids: np.ndarray = np.asarray(flat, dtype=np.int64)
     else:
@@ -102,6 +105,15 @@ def encode_batch(batch: list[tuple[int, Any]], tok: Tokenizer, opt: EncodeOption
             bad.append(("empty_tokens", good[k], "text tokenized to zero tokens"))
         length_arr = length_arr[length_arr > 0]
     return EncodedBatch(tokens, length_arr, mask, len(batch), last, bad)
+
+
+def _check_specials(segments: list[dict], tok: Tokenizer) -> None:
+    """Every ``special`` segment names bos, eos or one of the tokenizer's special pieces."""
+    for i, seg in enumerate(segments):
+        name = seg.get("special")
+        if name is not None and name not in ("bos", "eos") and name not in tok.special_pieces:
+            raise BadRecord("bad_segments", f"field 'segments[{i}]'.special: {name!r} is not a special token of "
+                                            f"tokenizer {tok.name}")
 
 
 def _texts_of(rec: dict | str) -> list[str]:
@@ -140,7 +152,8 @@ def _as_dtype(ids: np.ndarray, dtype: str, tok_name: str) -> np.ndarray:
 
 
 def _assemble_segments(
-    parsed: list[dict | str], encoded: list[list[int]], specials: dict, opt: EncodeOptions, tok_name: str
+    parsed: list[dict | str], encoded: list[list[int]], specials: dict, opt: EncodeOptions, tok_name: str,
+    tok_specials: dict[str, int],
 ) -> tuple[list[int], list[int], np.ndarray]:
     """Records with segments (and any plain ones in the same batch): tokens, lengths, loss mask."""
     flat: list[int] = []
@@ -162,7 +175,7 @@ def _assemble_segments(
                 parts.append(([specials["bos"]], False))
             for s in segs:
                 if "special" in s:
-                    sid = specials[s["special"]]
+                    sid = specials.get(s["special"], tok_specials.get(s["special"]))
                     if sid is None:
                         raise ValueError(f"tokenizer {tok_name} has no {s['special']} token")
                     parts.append(([sid], s["loss"]))

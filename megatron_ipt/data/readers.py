@@ -506,9 +506,9 @@ def check_segments(segments: Any) -> list[dict]:
             raise BadRecord("bad_segments", f"{where} is not an object")
         if not isinstance(seg.get("loss"), bool):
             raise BadRecord("bad_segments", f"{where}.loss must be true or false")
-        if "special" in seg:
-            if seg["special"] not in ("bos", "eos"):
-                raise BadRecord("bad_segments", f"{where}.special must be 'bos' or 'eos'")
+        if "special" in seg:  # bos, eos or a special piece of the tokenizer (checked where encoded)
+            if not isinstance(seg["special"], str) or not seg["special"]:
+                raise BadRecord("bad_segments", f"{where}.special must be 'bos', 'eos' or a special token")
         elif not isinstance(seg.get("text"), str):
             raise BadRecord("bad_segments", f"{where}.text must be a string")
         elif lone_surrogate(seg["text"]) is not None:

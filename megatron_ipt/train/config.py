@@ -16,6 +16,7 @@ from megatron_ipt.model.build import ModelConfig
 from megatron_ipt.train.checkpoint import CheckpointConfig
 from megatron_ipt.train.data import BatchPlan, DataConfig
 from megatron_ipt.train.distributed import DEFAULT_RANK0_WAIT_MINUTES, DEFAULT_TIMEOUT_MINUTES
+from megatron_ipt.train.downstream import EvalConfig
 from megatron_ipt.train.optim import OptimConfig
 
 # What the trainer writes in run_dir (metrics.py, trainer.py) and the Slurm scripts' per-job folders.
@@ -56,6 +57,7 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     steps: int = 1000  # optimizer steps
     micro_batch_size: int = 4  # samples per rank per forward
     global_batch_size: int = 256  # samples per optimizer step over all ranks
@@ -69,6 +71,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         self.model.validate()
+        self.eval.validate()
         if self.data.train in (None, "", []):
             raise ConfigError("data.train is required: an indexed-dataset prefix or blend (--data.train=PREFIX)")
         self.data.blends()  # spelling and weights, parsed once here; files are checked before compute

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class Plan:
     resume_from: Path | None = None
     resume_meta: ckpt.CheckpointMeta | None = None
     universal: bool = False
+    callbacks: list[Any] = field(default_factory=list)  # called after every step (in-loop evaluation)
 
 
 def _check_model_fits(cfg: TrainConfig, tokenizer: Any) -> None:
@@ -93,8 +94,10 @@ def plan_run(cfg: TrainConfig, dist_env: DistEnv) -> Plan:
             model_shape=_shape_of_config(cfg), data_fingerprint=train.fingerprint, data_spec=train.loader.spec,
             tokenizer=cfg.data.tokenizer, tokenizer_fingerprint=tokenizer.fingerprint())
         checkpointer.check_resumable(resume_from, meta, this_run)
+    downstream = cfg.eval.build(cfg.data.tokenizer, cfg.steps, lockstep=zero_stage(ds_config) == 3)
     return Plan(dist_env, ds_config, train, valid, tokenizer, checkpointer, resume_from, meta,
-                meta is not None and meta.world_size != dist_env.world_size)
+                meta is not None and meta.world_size != dist_env.world_size,
+                [cb for cb in (downstream,) if cb is not None])
 
 
 def _shape_of_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -288,6 +291,9 @@ class Trainer:
             ):
                 with window.paused():  # not training time: kept out of tokens/s
                     self.metrics.write(self.step, "eval", self.evaluate())
+            with window.paused():  # in-loop downstream evaluation: not training time either
+                for callback in self.plan.callbacks:
+                    callback.post_step(self)
             if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
                 with window.paused():
                     self.save()

@@ -38,6 +38,11 @@ def cases(root: Path, prefix: str) -> dict[str, tuple[str, dict[str, str], list[
             "tune_synthesizer.sh", {**tiny, "CONFIG": "configs/no_such.yaml", "DATA": prefix}, [],
             "training config 'configs/no_such.yaml' not found",
         ),
+        "instruction_tune_missing_model": (
+            "instruction_tune.sh", {**tiny, "CONFIG": "configs/instruction_tune_tiny.yaml", "DATA": prefix,
+                                    "INIT_FROM": f"{missing}/cpt_hf"}, [],
+            f"model.init_from: checkpoint directory '{missing}/cpt_hf' does not exist",
+        ),
         "unparsable_node_list": (
             # Slurm sets no SLURM_STEP_NODELIST in the batch shell; one passed in wins over the job's.
             "preprocess.sh", {"INPUT": prefix + ".bin", "OUTPUT_PREFIX": str(root / "x"),
