@@ -163,11 +163,10 @@ def test_packed_examples_do_not_attend_to_each_other(tmp_path: Path) -> None:
     """Instruction examples packed by the training loader: each example's logits in the packed row equal
     its logits alone, and no loss falls on a prediction across an example boundary."""
     import torch
-    from megatron_ipt.model.build import ModelConfig
 
     from megatron_ipt.data.loader import build_train_loader
     from megatron_ipt.model.attention import packed_documents
-    from megatron_ipt.model.build import build_model
+    from megatron_ipt.model.build import ModelConfig, build_model
 
     summary, _, _ = _build(tmp_path, [f[0] for f in FORMATS.values()] * 3, "mistral")
     batch = next(iter(build_train_loader(summary["prefix"], seq_len=96, micro_batch_size=2, num_samples=4,
