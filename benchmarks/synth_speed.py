@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.synth_schedule import make_texts, train_pair_writer
-from megatron_ipt.synth.engine_hf import HFEngine
-from megatron_ipt.synth.engines import EngineConfig
-from megatron_ipt.synth.rounds import RoundsConfig, run_rounds
-from megatron_ipt.tokenizer import load_tokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
+
+from benchmarks.synth_schedule import make_texts, train_pair_writer  # noqa: E402
+from megatron_ipt.synth.engine_hf import HFEngine  # noqa: E402
+from megatron_ipt.synth.engines import EngineConfig  # noqa: E402
+from megatron_ipt.synth.rounds import RoundsConfig, run_rounds  # noqa: E402
+from megatron_ipt.tokenizer import load_tokenizer  # noqa: E402
 
 
 def pubmed_texts(n: int) -> list[tuple[str, str]]:
