@@ -23,19 +23,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from a checkout
 
-
-def start_model(work: Path, tiny: bool) -> Path:
-    from megatron_ipt.model.hf_import import smollm2_hf_dir
-
-    if not tiny:
-        return smollm2_hf_dir()
-    from megatron_ipt.demo.start_model import build_tiny_model
-
-    out = work / "tiny_model"
-    if not (out / "config.json").is_file():
-        build_tiny_model(out)
-    return out
+from benchmarks.demo_train_speed import start_model  # noqa: E402
 
 
 def material(work: Path, model: Path, docs: int, items: int) -> tuple[str, Path]:

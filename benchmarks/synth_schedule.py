@@ -116,6 +116,23 @@ def run_schedule(engine: HFEngine, texts, cfg: RoundsConfig, batch_texts: int, s
             "linked": sum(e.linked for e in entries), "records": [e.record() for e in entries]}
 
 
+def synthesizer_dir(model: str | None, base: str | None, tokenizer: str, work: Path,
+                    steps: int) -> tuple[str, str | None]:
+    """(the synthesizer's HF directory, the base it was taught from): ``model`` as given, or ``base``
+    (a directory, 'smollm2' or None for a fresh tiny Llama) taught the pair format for ``steps`` steps."""
+    if model is not None:
+        return model, base
+    if base == "smollm2":
+        from megatron_ipt.model.hf_import import smollm2_hf_dir
+
+        base = str(smollm2_hf_dir())
+    tok = load_tokenizer(tokenizer or (base if base else "mistral"))
+    t0 = time.perf_counter()
+    out = str(train_pair_writer(work / "pair_writer", tok, base=base, steps=steps))
+    print(f"taught the pair format in {steps} steps ({time.perf_counter() - t0:.1f}s)")
+    return out, base
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="a tiny fresh model and few texts (a quick check)")
@@ -142,16 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     max_new, repeat = pick(32, 96, a.max_new_tokens), pick(1, 3, a.repeat)
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, base = a.model, a.base
-        if model_dir is None:
-            if base == "smollm2":
-                from megatron_ipt.model.hf_import import smollm2_hf_dir
-
-                base = str(smollm2_hf_dir())
-            tok = load_tokenizer(a.tokenizer or (base if base else "mistral"))
-            t0 = time.perf_counter()
-            model_dir = str(train_pair_writer(Path(tmp) / "pair_writer", tok, base=base, steps=steps))
-            print(f"taught the pair format in {steps} steps ({time.perf_counter() - t0:.1f}s)")
+        model_dir, base = synthesizer_dir(a.model, a.base, a.tokenizer, Path(tmp), steps)
         # The taught model is saved without tokenizer files: name its tokenizer.
         tokenizer = a.tokenizer or ("" if a.model else base or "mistral")
         cache_tokens = 4 * batch_texts * (2048 if tiny else 4096)

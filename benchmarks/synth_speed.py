@@ -24,11 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
-from benchmarks.synth_schedule import make_texts, train_pair_writer  # noqa: E402
+from benchmarks.synth_schedule import make_texts, synthesizer_dir  # noqa: E402
 from megatron_ipt.synth.engine_hf import HFEngine  # noqa: E402
 from megatron_ipt.synth.engines import EngineConfig  # noqa: E402
 from megatron_ipt.synth.rounds import RoundsConfig, run_rounds  # noqa: E402
-from megatron_ipt.tokenizer import load_tokenizer  # noqa: E402
 
 
 def pubmed_texts(n: int) -> list[tuple[str, str]]:
@@ -84,16 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     max_new, repeat = pick(24, 160, a.max_new_tokens), pick(1, 2, a.repeat)
     penalty = a.repetition_penalty if a.repetition_penalty is not None else (1.0 if a.tiny else 1.2)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, base = a.model, a.base
-        if model_dir is None:
-            if base == "smollm2":
-                from megatron_ipt.model.hf_import import smollm2_hf_dir
-
-                base = str(smollm2_hf_dir())
-            tok = load_tokenizer(a.tokenizer or (base if base else "mistral"))
-            t0 = time.perf_counter()
-            model_dir = str(train_pair_writer(Path(tmp) / "pair_writer", tok, base=base, steps=60 if a.tiny else 40))
-            print(f"taught the pair format ({time.perf_counter() - t0:.1f}s)")
+        model_dir, base = synthesizer_dir(a.model, a.base, a.tokenizer, Path(tmp), 60 if a.tiny else 40)
         tokenizer = a.tokenizer or ("" if a.model else base or "mistral")
         common = dict(kind="hf", model=model_dir, tokenizer=tokenizer, batch_size=batch_size, device=a.device,
                       dtype=a.dtype, max_model_len=2048, speculative_tokens=a.speculative_tokens,
