@@ -1,4 +1,4 @@
-"""The sharded, resumable runner on a tiny random model with Mistral's real tokenizer."""
+"""The resumable runner over work units on a tiny random model with Mistral's real tokenizer."""
 
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ import pytest
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.data.readers import DataError
+from megatron_ipt.synth.config import SynthesizeConfig
 from megatron_ipt.synth.engine_hf import HFEngine
 from megatron_ipt.synth.engines import EngineConfig
-from megatron_ipt.synth.synthesize import (
-    SynthesizeConfig,
-    read_texts,
-    selected,
-    synthesize,
-)
+from megatron_ipt.synth.synthesize import synthesize
+from megatron_ipt.synth.units import read_texts, selected
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +49,8 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     from megatron_ipt.synth.engine_hf import HFEngine
     from megatron_ipt.synth.engines import EngineConfig
-    from megatron_ipt.synth.synthesize import SynthesizeConfig, synthesize
+    from megatron_ipt.synth.config import SynthesizeConfig
+    from megatron_ipt.synth.synthesize import synthesize
     cfg = SynthesizeConfig(**{k: v for k, v in %(cfg)r.items() if k != "engine"})
     cfg.engine = EngineConfig(**%(cfg)r["engine"])
     real = HFEngine(EngineConfig(model=cfg.engine.model, tokenizer="mistral", batch_size=4))
@@ -305,7 +303,7 @@ def test_work_units_one_task_or_three_give_the_same_outputs(tmp_path, tiny_dir, 
     import gzip
 
     from megatron_ipt.corpora.chains import synthesis_files
-    from megatron_ipt.synth.synthesize import PLAN_NAME
+    from megatron_ipt.synth.units import PLAN_NAME
 
     (tmp_path / "in").mkdir()
     write_corpus(tmp_path / "in" / "a.jsonl", 7)
@@ -362,7 +360,7 @@ def test_kill_mid_unit_resumes_byte_identical(tmp_path, tiny_dir, engine):
 
 def test_dry_run_plans_units_hours_and_the_sbatch_line(tmp_path, tiny_dir, engine, mistral_tokenizer):
     from megatron_ipt.pairs import context_text
-    from megatron_ipt.synth.synthesize import plan_text
+    from megatron_ipt.synth.plan import plan_text
 
     (tmp_path / "in").mkdir()
     write_corpus(tmp_path / "in" / "a.jsonl", 9)
@@ -406,7 +404,7 @@ def test_parquet_rows_and_unterminated_lines_make_units(tmp_path):
     import pyarrow.parquet as pq
 
     from megatron_ipt.data.readers import count_lines, expand_inputs
-    from megatron_ipt.synth.synthesize import plan_units
+    from megatron_ipt.synth.units import plan_units
 
     pq.write_table(pa.table({"id": [f"p{i}" for i in range(7)], "text": [f"text {i}" for i in range(7)]}),
                    tmp_path / "p.parquet", row_group_size=3)
@@ -439,12 +437,12 @@ def test_a_crafted_plan_cannot_point_outside_the_output_folder(tmp_path, tiny_di
     """units.plan names are file names in the output folder and its files this run's inputs: a plan that
     says otherwise is refused by synthesize and by the readers of its outputs, and nothing is written."""
     from megatron_ipt.data.readers import expand_inputs
-    from megatron_ipt.synth.synthesize import _file_signature, synthesis_outputs
+    from megatron_ipt.synth.units import file_signature, synthesis_outputs
 
     (tmp_path / "in").mkdir()
     write_corpus(tmp_path / "in" / "s0.jsonl", 2)
     cfg = _quick(tmp_path, tiny_dir, tmp_path / "out")
-    files = [_file_signature(f) for f in expand_inputs([tmp_path / "in"])]
+    files = [file_signature(f) for f in expand_inputs([tmp_path / "in"])]
     spec = {"unit_texts": cfg.unit_texts, "limit": 0}
     good = {"file": str(tmp_path / "in" / "s0.jsonl"), "start": 0, "stop": 2, "name": "s0"}
     # (The readers of a plan folder read only its outputs: a unit's input file is synthesize's concern.)
@@ -598,7 +596,7 @@ def test_the_dry_runs_sbatch_line_runs_exactly_the_planned_settings(tmp_path, ti
     from pathlib import Path
 
     from megatron_ipt.config import config_from_argv
-    from megatron_ipt.synth.synthesize import SBATCH_NOT_PASSED
+    from megatron_ipt.synth.plan import SBATCH_NOT_PASSED
 
     repo = Path(__file__).resolve().parents[2]
     (tmp_path / "in").mkdir()
