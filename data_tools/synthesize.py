@@ -32,11 +32,12 @@ import sys
 from megatron_ipt.config import run_cli
 from megatron_ipt.data.readers import DataError
 from megatron_ipt.log import setup_logging
-from megatron_ipt.synth.synthesize import SynthesizeConfig
+from megatron_ipt.synth.config import SynthesizeConfig
 
 
 def run(cfg: SynthesizeConfig) -> int:
-    from megatron_ipt.synth.synthesize import plan_text, synthesize
+    from megatron_ipt.synth.plan import plan_text
+    from megatron_ipt.synth.synthesize import synthesize
 
     setup_logging()
     results = synthesize(cfg)

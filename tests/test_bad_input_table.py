@@ -292,11 +292,11 @@ def _synth_whole(env: Env, stdout: str) -> None:
 def _synth_plan(env: Env, name: str) -> list[str]:
     """A synthesis whose units.plan (same inputs, same settings) names a unit ``name``."""
     from megatron_ipt.data.readers import expand_inputs
-    from megatron_ipt.synth.synthesize import _file_signature
+    from megatron_ipt.synth.units import file_signature
 
     argv = _synth(env, TEXTS)
     inp = env.tmp / "raw" / "r.jsonl"
-    plan = {"spec": {"unit_texts": 10000, "limit": 0}, "files": [_file_signature(f) for f in expand_inputs([inp])],
+    plan = {"spec": {"unit_texts": 10000, "limit": 0}, "files": [file_signature(f) for f in expand_inputs([inp])],
             "units": [{"file": str(inp), "start": 0, "stop": 5, "name": name}]}
     env.file("synth_out/units.plan", json.dumps(plan))
     return argv

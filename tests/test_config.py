@@ -107,7 +107,7 @@ def test_config_help_lists_every_key_with_type_default_and_description():
 
 def test_stage_configs_describe_every_key():
     from megatron_ipt.corpora.recipes import CorporaConfig
-    from megatron_ipt.synth.synthesize import SynthesizeConfig
+    from megatron_ipt.synth.config import SynthesizeConfig
     from megatron_ipt.train.config import TrainConfig
 
     for cls in (TrainConfig, SynthesizeConfig, CorporaConfig):

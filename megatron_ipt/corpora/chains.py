@@ -17,7 +17,7 @@ from megatron_ipt.corpora.templates import render_chain, render_instruction
 from megatron_ipt.data.readers import DataError, expand_inputs, iter_records, lone_surrogate
 from megatron_ipt.log import get_logger
 from megatron_ipt.pairs import Pair
-from megatron_ipt.synth.synthesize import iter_texts, synthesis_outputs
+from megatron_ipt.synth.units import iter_texts, synthesis_outputs
 
 log = get_logger(__name__)
 

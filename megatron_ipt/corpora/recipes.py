@@ -35,7 +35,7 @@ from megatron_ipt.data.blend import Blend
 from megatron_ipt.data.readers import DataError, input_stem, iter_records
 from megatron_ipt.io import OutputLocked, atomic_path, atomic_write_json, atomic_write_text, output_lock
 from megatron_ipt.log import get_logger
-from megatron_ipt.synth.synthesize import synthesis_outputs
+from megatron_ipt.synth.units import synthesis_outputs
 
 log = get_logger(__name__)
 

@@ -1,4 +1,4 @@
-"""Which synthesizer wrote a shard: a fingerprint of the model directory, stored in every shard's stats.
+"""Which synthesizer wrote a unit: a fingerprint of the model directory, stored in every unit's stats.
 
 Hashing a 7B model's weights would read gigabytes per run, so the fingerprint hashes what tells
 models apart cheaply: ``config.json``, ``generation_config.json``, the name and size of every

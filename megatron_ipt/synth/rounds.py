@@ -146,7 +146,7 @@ class RoundsConfig:
 
 
 def text_seed(seed: int, text_id: str) -> int:
-    """A stable per-text seed: the same text samples the same way in any shard, batch or rerun."""
+    """A stable per-text seed: the same text samples the same way in any unit, batch or rerun."""
     digest = hashlib.blake2b(f"{seed}:{text_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % (2**31 - 1)
 

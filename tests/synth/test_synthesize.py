@@ -1,4 +1,4 @@
-"""The sharded, resumable runner on a tiny random model with Mistral's real tokenizer."""
+"""The resumable runner over work units on a tiny random model with Mistral's real tokenizer."""
 
 from __future__ import annotations
 
@@ -13,14 +13,10 @@ import pytest
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.data.readers import DataError
+from megatron_ipt.synth.config import SynthesizeConfig
 from megatron_ipt.synth.engine_hf import HFEngine
 from megatron_ipt.synth.engines import EngineConfig
-from megatron_ipt.synth.synthesize import (
-    SynthesizeConfig,
-    read_texts,
-    selected,
-    synthesize,
-)
+from megatron_ipt.synth.synthesize import synthesize
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +48,8 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     from megatron_ipt.synth.engine_hf import HFEngine
     from megatron_ipt.synth.engines import EngineConfig
-    from megatron_ipt.synth.synthesize import SynthesizeConfig, synthesize
+    from megatron_ipt.synth.config import SynthesizeConfig
+    from megatron_ipt.synth.synthesize import synthesize
     cfg = SynthesizeConfig(**{k: v for k, v in %(cfg)r.items() if k != "engine"})
     cfg.engine = EngineConfig(**%(cfg)r["engine"])
     real = HFEngine(EngineConfig(model=cfg.engine.model, tokenizer="mistral", batch_size=4))
@@ -119,7 +116,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_dir, engi
     assert stats["cost"]["texts"] == 5  # the resumed run measures only what it generated
 
 
-def test_finished_shards_are_skipped_and_slurm_array_split(tmp_path, tiny_dir, engine, monkeypatch):
+def test_finished_units_are_skipped_and_slurm_array_split(tmp_path, tiny_dir, engine, monkeypatch):
     (tmp_path / "in").mkdir()
     for k in range(3):
         write_corpus(tmp_path / "in" / f"s{k}.jsonl", 2, start=10 * k)
@@ -137,8 +134,8 @@ def test_finished_shards_are_skipped_and_slurm_array_split(tmp_path, tiny_dir, e
     assert sorted(synthesize(cfg, engine)) == ["s0", "s2"]
 
 
-def test_each_shard_records_its_synthesizer(tmp_path, tiny_dir, engine, mistral_tokenizer):
-    """The stats of a shard name the model (by a sampled-bytes hash), its tokenizer and the settings."""
+def test_each_unit_records_its_synthesizer(tmp_path, tiny_dir, engine, mistral_tokenizer):
+    """The stats of a unit name the model (by a sampled-bytes hash), its tokenizer and the settings."""
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -164,38 +161,6 @@ def test_each_shard_records_its_synthesizer(tmp_path, tiny_dir, engine, mistral_
     weights[name] = weights[name] + 1
     save_file(weights, copy / "model.safetensors", metadata={"format": "pt"})
     assert model_fingerprint(copy)["hash"] != prov["synthesizer"]["hash"]
-
-
-def test_bad_input_is_counted_or_named(tmp_path):
-    path = tmp_path / "bad.jsonl.gz"
-    with gzip.open(path, "wb") as fh:
-        fh.write(b'{"id": "a", "text": "fine"}\n{"id": "b", "text": "   "}\n{"id": "a", "text": "again"}\n')
-        fh.write(b'{"id": "c", "text": "caf\xe9 latin-1"}\n\n{"text": "no id"}\n{"id": "d", "txt": "x"}\n')
-        fh.write(b'{"id": "e", "text": "trunc\n')
-    cfg = SynthesizeConfig(input=[str(path)], output_dir="x")
-    from collections import Counter
-
-    with pytest.raises(DataError, match=r"bad\.jsonl\.gz:7: field 'text': missing"):
-        read_texts(path, cfg, Counter())
-    cfg.skip_bad_records = True
-    stats: Counter = Counter()
-    assert read_texts(path, cfg, stats) == [("a", "fine"), ("bad:6", "no id")]
-    assert stats == Counter(bad_utf8=1, bad_records=2, empty_texts=1, duplicate_ids=1)
-
-
-def test_parquet_input_and_fraction(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    ids = [f"p{i}" for i in range(200)]
-    pq.write_table(pa.table({"id": ids, "text": [f"text {i}" for i in range(200)]}), tmp_path / "p.parquet")
-    cfg = SynthesizeConfig(input=[str(tmp_path)], output_dir="x", fraction=0.2)
-    from collections import Counter
-
-    stats: Counter = Counter()
-    kept = read_texts(tmp_path / "p.parquet", cfg, stats)
-    assert 25 <= len(kept) <= 55 and stats["not_selected"] == 200 - len(kept)
-    assert [i for i, _ in kept] == [i for i in ids if selected(i, 0.2)]
 
 
 class OverstatedWindow:
@@ -252,9 +217,9 @@ def test_runner_keeps_the_batch_of_a_failed_prompt(tmp_path, tiny_dir, engine):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_commit_points_then_identical_shards(tmp_path, tiny_dir, engine, fault_injector):
-    """data_tools.synthesize killed at seeded random commit points (a batch's fsync, a shard's or its
-    stats' rename) three times; the rerun's shards are byte-identical to an uninterrupted run's."""
+def test_sigkill_at_random_commit_points_then_identical_units(tmp_path, tiny_dir, engine, fault_injector):
+    """data_tools.synthesize killed at seeded random commit points (a batch's fsync, a unit's output or its
+    stats' rename) three times; the rerun's units are byte-identical to an uninterrupted run's."""
     import random
 
     (tmp_path / "in").mkdir()
@@ -270,7 +235,7 @@ def test_sigkill_at_random_commit_points_then_identical_shards(tmp_path, tiny_di
     clean = make_cfg(tmp_path, tiny_dir, tmp_path / "clean", max_new_tokens=6, batch_texts=2)
     clean.engine.batch_size = 4
     points = faults.count_points(synthesize, clean, engine)  # the same settings as args(), in this process
-    assert points >= 12  # one fsync per finished batch, and each shard's and stats' commit
+    assert points >= 12  # one fsync per finished batch, and each unit's output and stats' commit
     pick = random.Random(3)
     for _ in range(3):
         assert faults.run("data_tools.synthesize", args(tmp_path / "killed"), at=pick.randint(1, points // 3))[0] == -9
@@ -302,10 +267,9 @@ def _outputs(out_dir):
 def test_work_units_one_task_or_three_give_the_same_outputs(tmp_path, tiny_dir, engine):
     """Uneven files (7, 2 and 12 lines, a blank line, one gzipped) cut into units of 5 lines: one task
     or an array of three write the same units, byte for byte, and readers take them in plan order."""
-    import gzip
 
     from megatron_ipt.corpora.chains import synthesis_files
-    from megatron_ipt.synth.synthesize import PLAN_NAME
+    from megatron_ipt.synth.units import PLAN_NAME
 
     (tmp_path / "in").mkdir()
     write_corpus(tmp_path / "in" / "a.jsonl", 7)
@@ -362,7 +326,7 @@ def test_kill_mid_unit_resumes_byte_identical(tmp_path, tiny_dir, engine):
 
 def test_dry_run_plans_units_hours_and_the_sbatch_line(tmp_path, tiny_dir, engine, mistral_tokenizer):
     from megatron_ipt.pairs import context_text
-    from megatron_ipt.synth.synthesize import plan_text
+    from megatron_ipt.synth.plan import plan_text
 
     (tmp_path / "in").mkdir()
     write_corpus(tmp_path / "in" / "a.jsonl", 9)
@@ -396,35 +360,6 @@ def test_dry_run_plans_units_hours_and_the_sbatch_line(tmp_path, tiny_dir, engin
     assert "device-hours per 1B raw input tokens (the paper: about 24, one A100-day)" in text
 
 
-def test_parquet_rows_and_unterminated_lines_make_units(tmp_path):
-    """Units over parquet rows (counted from metadata) and a JSON-lines file whose last line has no
-    newline: every row/line lands in exactly one unit, ids by absolute line number."""
-    from collections import Counter
-    from pathlib import Path
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from megatron_ipt.data.readers import count_lines, expand_inputs
-    from megatron_ipt.synth.synthesize import plan_units
-
-    pq.write_table(pa.table({"id": [f"p{i}" for i in range(7)], "text": [f"text {i}" for i in range(7)]}),
-                   tmp_path / "p.parquet", row_group_size=3)
-    (tmp_path / "q.jsonl").write_text('{"text": "a"}\n\n{"text": "b"}\n{"text": "c"}')
-    files = expand_inputs([tmp_path / "p.parquet", tmp_path / "q.jsonl"])
-    assert [count_lines(f) for f in files] == [7, 4]
-    units = plan_units(files, unit_texts=3)
-    assert [(u.name, u.start, u.stop) for u in units] == [("p.00000", 0, 3), ("p.00001", 3, 6), ("p.00002", 6, 7),
-                                                          ("q.00000", 0, 3), ("q.00001", 3, 4)]
-    cfg = SynthesizeConfig(input=[str(tmp_path)], output_dir="x")
-    got = [read_texts(Path(u.file), cfg, Counter(), u.start, u.stop) for u in units]
-    assert got == [[("p0", "text 0"), ("p1", "text 1"), ("p2", "text 2")],
-                   [("p3", "text 3"), ("p4", "text 4"), ("p5", "text 5")], [("p6", "text 6")],
-                   [("q:1", "a"), ("q:3", "b")], [("q:4", "c")]]
-    limited = plan_units(files, unit_texts=3, limit=2)  # the first two lines (rows) of each file
-    assert [(u.name, u.start, u.stop) for u in limited] == [("p", 0, 2), ("q", 0, 2)]
-
-
 def _quick(tmp_path, tiny_dir, out, **kw):
     """A one-round greedy run of 4 new tokens: the fastest real synthesis."""
     return make_cfg(tmp_path, tiny_dir, out, **{"rounds": 1, "n": 1, "temperature": 0.0, "max_new_tokens": 4, **kw})
@@ -439,12 +374,12 @@ def test_a_crafted_plan_cannot_point_outside_the_output_folder(tmp_path, tiny_di
     """units.plan names are file names in the output folder and its files this run's inputs: a plan that
     says otherwise is refused by synthesize and by the readers of its outputs, and nothing is written."""
     from megatron_ipt.data.readers import expand_inputs
-    from megatron_ipt.synth.synthesize import _file_signature, synthesis_outputs
+    from megatron_ipt.synth.units import file_signature, synthesis_outputs
 
     (tmp_path / "in").mkdir()
     write_corpus(tmp_path / "in" / "s0.jsonl", 2)
     cfg = _quick(tmp_path, tiny_dir, tmp_path / "out")
-    files = [_file_signature(f) for f in expand_inputs([tmp_path / "in"])]
+    files = [file_signature(f) for f in expand_inputs([tmp_path / "in"])]
     spec = {"unit_texts": cfg.unit_texts, "limit": 0}
     good = {"file": str(tmp_path / "in" / "s0.jsonl"), "start": 0, "stop": 2, "name": "s0"}
     # (The readers of a plan folder read only its outputs: a unit's input file is synthesize's concern.)
@@ -598,7 +533,7 @@ def test_the_dry_runs_sbatch_line_runs_exactly_the_planned_settings(tmp_path, ti
     from pathlib import Path
 
     from megatron_ipt.config import config_from_argv
-    from megatron_ipt.synth.synthesize import SBATCH_NOT_PASSED
+    from megatron_ipt.synth.plan import SBATCH_NOT_PASSED
 
     repo = Path(__file__).resolve().parents[2]
     (tmp_path / "in").mkdir()
