@@ -262,18 +262,18 @@ def _iter_lines(path: Path, start: int = 0, stop: int | None = None) -> Iterator
         raise FileFault("unreadable_file", f"{path}:{line_no + 1}: cannot read ({err})") from err
 
 
-def _decode_line(raw: bytes, where: str) -> tuple[dict | None, DataError | None]:
+def decode_json_line(raw: bytes | bytearray) -> dict:
+    """One JSON line as its object; raises :class:`BadRecord` (invalid_utf8, malformed_json,
+    not_an_object) without file and line, which the caller adds."""
     try:
         obj = json.loads(raw)  # bytes: decoded as UTF-8 (strict) inside json
     except UnicodeDecodeError as err:
-        return None, DataError(f"invalid UTF-8 at byte {err.start}", where=where, reason="invalid_utf8")
+        raise BadRecord("invalid_utf8", f"invalid UTF-8 at byte {err.start}") from None
     except json.JSONDecodeError as err:
-        return None, DataError(f"malformed JSON ({err.msg} at column {err.colno})", where=where,
-                               reason="malformed_json")
+        raise BadRecord("malformed_json", f"malformed JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(obj, dict):
-        return None, DataError(f"a JSON {type(obj).__name__}, expected an object", where=where,
-                               reason="not_an_object")
-    return obj, None
+        raise BadRecord("not_an_object", f"a JSON {type(obj).__name__}, expected an object")
+    return obj
 
 
 def scan_records(
@@ -288,8 +288,10 @@ def scan_records(
     if f.kind == "jsonl":
         for line_no, raw in _iter_lines(f.path, start, stop):
             where = f"{f.path}:{line_no}"
-            obj, err = _decode_line(raw, where)
-            yield where, obj, err
+            try:
+                yield where, decode_json_line(raw), None
+            except BadRecord as err:
+                yield where, None, DataError(err.detail, where=where, reason=err.reason)
         return
     reader = _read_parquet if f.kind == "parquet" else _read_hf
     for batch in reader(f.path, columns, start, 1000):
@@ -469,21 +471,14 @@ def _fast_text(payload: bytes | bytearray, key: str) -> str | None:
 def parse_record(payload: Any, key: str) -> dict | str:
     """Decode one raw record into its text (``str``) or its segments (``{"segments": [...]}``).
 
-    Raises :class:`BadRecord` with a skip reason: invalid_utf8, malformed_json, missing_key,
-    non_string_text, empty_text, bad_segments.
+    Raises :class:`BadRecord` with a skip reason: invalid_utf8, malformed_json, not_an_object,
+    missing_key, non_string_text, empty_text, bad_segments.
     """
     if isinstance(payload, bytes | bytearray):
         fast = _fast_text(payload, key)
         if fast is not None:
             return fast
-        try:
-            obj = json.loads(payload)  # bytes: decoded as UTF-8 (strict) inside json
-        except UnicodeDecodeError as err:
-            raise BadRecord("invalid_utf8", f"invalid UTF-8 at byte {err.start}") from None
-        except json.JSONDecodeError as err:
-            raise BadRecord("malformed_json", f"malformed JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(obj, dict):
-            raise BadRecord("malformed_json", f"a JSON {type(obj).__name__}, expected an object")
+        obj = decode_json_line(payload)
     else:
         obj = payload
     if key not in obj and obj.get("segments") is not None:
