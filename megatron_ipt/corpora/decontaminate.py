@@ -29,7 +29,8 @@ import numpy as np
 import yaml
 
 from megatron_ipt.config import ConfigError
-from megatron_ipt.data.readers import DataError, expand_inputs, input_stem, iter_records, kind_of
+from megatron_ipt.data.inputs import DataError, expand_inputs, input_stem, kind_of
+from megatron_ipt.data.readers import iter_records
 from megatron_ipt.log import get_logger
 from megatron_ipt.pairs import Pair
 

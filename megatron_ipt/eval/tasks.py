@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_ipt.data.readers import DataError, iter_records
+from megatron_ipt.data.inputs import DataError
+from megatron_ipt.data.readers import iter_records
 from megatron_ipt.eval.scoring import sequence_losses
 from megatron_ipt.pairs import (
     COT_ANSWER,

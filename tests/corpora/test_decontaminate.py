@@ -18,7 +18,7 @@ from megatron_ipt.corpora.decontaminate import (
     eval_sources,
 )
 from megatron_ipt.corpora.recipes import CorporaConfig, build_corpora
-from megatron_ipt.data.readers import DataError
+from megatron_ipt.data.inputs import DataError
 from megatron_ipt.pairs import Pair
 
 # 20 words; any 13 consecutive ones are a contaminating span.

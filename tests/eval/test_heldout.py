@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from megatron_ipt.data.readers import DataError
+from megatron_ipt.data.inputs import DataError
 from megatron_ipt.eval.heldout import evaluate_model, heldout_perplexity, main, read_texts, scoring_bf16
 from megatron_ipt.eval.scoring import load_model
 from megatron_ipt.eval.tasks import (
