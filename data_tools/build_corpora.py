@@ -45,7 +45,7 @@ def run(cfg: CorporaConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megatron_ipt.data.readers import DataError
+    from megatron_ipt.data.inputs import DataError
 
     return run_cli(CorporaConfig, argv, run, __doc__, errors=(DataError, FileNotFoundError))
 

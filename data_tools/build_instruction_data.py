@@ -45,7 +45,7 @@ def run(cfg: InstructionDataConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megatron_ipt.data.readers import DataError
+    from megatron_ipt.data.inputs import DataError
     from megatron_ipt.tokenizer import TokenizerError
 
     return run_cli(InstructionDataConfig, argv, run, __doc__, errors=(DataError, TokenizerError, FileNotFoundError))

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from megatron_ipt.config import ConfigError, run_cli
-from megatron_ipt.data.readers import DataError, read_jsonl_lines
+from megatron_ipt.data.inputs import DataError
+from megatron_ipt.data.readers import read_jsonl_lines
 from megatron_ipt.io import atomic_write_json
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.synth.engines import EngineConfig

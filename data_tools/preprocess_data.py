@@ -32,7 +32,7 @@ from typing import ClassVar
 
 from megatron_ipt.config import ConfigError, run_cli
 from megatron_ipt.data.indexed import IndexedDatasetError
-from megatron_ipt.data.readers import DataError
+from megatron_ipt.data.inputs import DataError
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.tokenizer import ENGINES, MEGATRON_TOKENIZER_TYPES, TokenizerError
 

@@ -30,7 +30,7 @@ import json
 import sys
 
 from megatron_ipt.config import run_cli
-from megatron_ipt.data.readers import DataError
+from megatron_ipt.data.inputs import DataError
 from megatron_ipt.log import setup_logging
 from megatron_ipt.synth.config import SynthesizeConfig
 

@@ -9,6 +9,22 @@ import sys
 _CONFIGURED = False
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted: a tool run in-process after its
+    stderr was swapped (and the old stream closed) still logs, instead of printing a logging error."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def setup_logging(rank: int | None = None, level: int | str | None = None) -> None:
     """Configure the root ``megatron_ipt`` logger once per process."""
     global _CONFIGURED
@@ -21,7 +37,7 @@ def setup_logging(rank: int | None = None, level: int | str | None = None) -> No
     logger = logging.getLogger("megatron_ipt")
     logger.setLevel(level)
     if not _CONFIGURED:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(
             logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
         )

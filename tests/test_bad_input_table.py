@@ -291,7 +291,7 @@ def _synth_whole(env: Env, stdout: str) -> None:
 
 def _synth_plan(env: Env, name: str) -> list[str]:
     """A synthesis whose units.plan (same inputs, same settings) names a unit ``name``."""
-    from megatron_ipt.data.readers import expand_inputs
+    from megatron_ipt.data.inputs import expand_inputs
     from megatron_ipt.synth.units import file_signature
 
     argv = _synth(env, TEXTS)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_ipt.corpora.templates import render_chain, render_instruction
-from megatron_ipt.data.readers import DataError, expand_inputs, iter_records, lone_surrogate
+from megatron_ipt.data.inputs import DataError, expand_inputs
+from megatron_ipt.data.readers import iter_records, lone_surrogate
 from megatron_ipt.log import get_logger
 from megatron_ipt.pairs import Pair
 from megatron_ipt.synth.units import iter_texts, synthesis_outputs

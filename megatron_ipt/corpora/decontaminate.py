@@ -29,14 +29,14 @@ import numpy as np
 import yaml
 
 from megatron_ipt.config import ConfigError
-from megatron_ipt.data.readers import DataError, expand_inputs, input_stem, iter_records, kind_of
+from megatron_ipt.data.inputs import DataError, expand_inputs, input_stem, kind_of
+from megatron_ipt.data.readers import iter_records
 from megatron_ipt.log import get_logger
 from megatron_ipt.pairs import Pair
 
 log = get_logger(__name__)
 
 TASK_SUFFIXES = (".yaml", ".yml")
-_NORMALIZE = str.maketrans(string.ascii_uppercase, string.ascii_lowercase, string.punctuation)
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the rolling n-gram hash
 
 
@@ -53,8 +53,8 @@ class ContaminationConfig:
             raise ConfigError(f"contamination.ngram must be >= 1, got {self.ngram}")
 
 
-# The same normalization on UTF-8 bytes (bytes.translate is a table lookup in C; str.translate
-# with a mapping looks up every character in a dict): ASCII letters lower-cased,
+# lm-evaluation-harness's decontamination normalization, applied to UTF-8 bytes (bytes.translate is
+# a table lookup in C; str.translate with a mapping looks up every character in a dict): ASCII letters lower-cased,
 # ASCII punctuation deleted, the ASCII separators str.split knows (0x1c-0x1f) turned into spaces.
 _BYTE_TABLE = bytes.maketrans(string.ascii_uppercase.encode() + bytes(range(0x1C, 0x20)),
                               string.ascii_lowercase.encode() + b" " * 4)
@@ -63,13 +63,9 @@ _SPACE_BYTES = np.zeros(256, dtype=bool)
 _SPACE_BYTES[[9, 10, 11, 12, 13, 32]] = True
 
 
-def normalized_words(text: str) -> list[str]:
-    """lm-evaluation-harness's decontamination normalization: ASCII lower-case, no punctuation, split."""
-    return text.translate(_NORMALIZE).split()
-
-
 def _normalized_bytes(text: str) -> bytes:
-    """``normalized_words`` as UTF-8 bytes whose words are separated by ASCII whitespace."""
+    """lm-evaluation-harness's decontamination normalization (ASCII lower-case, no punctuation) as
+    UTF-8 bytes whose words are separated by ASCII whitespace."""
     if not text.isascii():
         text = " ".join(text.split())  # Unicode whitespace separates words, as in str.split
     return text.encode("utf-8", "surrogatepass").translate(_BYTE_TABLE, _BYTE_DELETE)
@@ -365,10 +361,6 @@ class ContaminationGate:
         self.checked[kind] += len(texts)
         self.dropped[kind] += int(hit_any.sum())
         return hit_any.tolist()
-
-    def filter_pairs(self, pairs: Sequence[Pair]) -> list[Pair]:
-        """The pairs (instruction and response together) that share no n-gram with an evaluation item."""
-        return self.filter_texts([pairs])[0]
 
     def filter_texts(self, texts: Sequence[Sequence[Pair]]) -> list[list[Pair]]:
         """A pair filter for ``chains.synthesized_documents``: many texts' pairs in one vectorized pass."""

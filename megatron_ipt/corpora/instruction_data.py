@@ -27,8 +27,9 @@ from typing import Any, Literal
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.corpora.chains import Conversation, InstructionError, instruction_conversation
+from megatron_ipt.data.inputs import DataError, expand_inputs
 from megatron_ipt.data.preprocess import dataset_prefix, preprocess, summary_path
-from megatron_ipt.data.readers import DataError, expand_inputs, iter_records
+from megatron_ipt.data.readers import iter_records
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress

@@ -32,7 +32,8 @@ from megatron_ipt.corpora.chains import (
 from megatron_ipt.corpora.decontaminate import ContaminationConfig, ContaminationGate
 from megatron_ipt.corpora.quality import QualityConfig, QualityGate
 from megatron_ipt.data.blend import Blend
-from megatron_ipt.data.readers import DataError, input_stem, iter_records
+from megatron_ipt.data.inputs import DataError, input_stem
+from megatron_ipt.data.readers import iter_records
 from megatron_ipt.io import OutputLocked, atomic_path, atomic_write_json, atomic_write_text, output_lock
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.units import synthesis_outputs

@@ -39,16 +39,9 @@ from megatron_ipt.data.indexed import (
     lossmask_prefix,
     summary_path,
 )
+from megatron_ipt.data.inputs import DataError, FileFault, InputFile, expand_inputs
 from megatron_ipt.data.provenance import tokenizer_record
-from megatron_ipt.data.readers import (
-    BadRecord,
-    DataError,
-    FileFault,
-    InputFile,
-    expand_inputs,
-    parse_record,
-    read_records,
-)
+from megatron_ipt.data.readers import BadRecord, parse_record, read_records
 from megatron_ipt.io import OutputLocked, atomic_write_json, output_lock
 from megatron_ipt.log import get_logger
 from megatron_ipt.park import park_point

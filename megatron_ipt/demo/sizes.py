@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields, replace
 # 141.0 for a plain PyTorch fp32 loop in the same run. Change it here (one place): every step count follows.
 TRAIN_TOKENS_PER_S = 135.0
 # Scoring, measured in the medium demo of 2026-12-03 (2 cores, alone): held-out perplexity in fp32 at
-# 350-480 tokens/s (eval.heldout's default on CPU since then; bf16 autocast ran at 68); the held-out
+# 350-480 tokens/s (bf16 autocast ran at 68, hence fp32 as eval.heldout's default on CPU); the held-out
 # unstructured abstracts average 225 SmolLM2 tokens (45,050 / 200). lm-eval's hf model is compute-bound
 # here: it scored the suite's 135,000 forward tokens per model (rct_sentence_role's five one-token
 # choices share one forward; each next-sentence choice repeats its context) in 307-394 s, ~380/s, the

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from megatron_ipt.config import ConfigError, DType, resolve_dtype, run_cli
-from megatron_ipt.data.readers import DataError, iter_records
+from megatron_ipt.data.inputs import DataError
+from megatron_ipt.data.readers import iter_records
 from megatron_ipt.eval.scoring import load_tokenizer_and_model, sequence_losses
 from megatron_ipt.eval.tasks import (
     EvalTask,

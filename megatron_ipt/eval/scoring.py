@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from megatron_ipt.data.readers import DataError
+from megatron_ipt.data.inputs import DataError
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress
 

@@ -35,7 +35,8 @@ import yaml
 
 import megatron_ipt
 from megatron_ipt.config import ConfigError, run_cli
-from megatron_ipt.data.readers import DataError, iter_records
+from megatron_ipt.data.inputs import DataError
+from megatron_ipt.data.readers import iter_records
 from megatron_ipt.io import (
     OutputRefused,
     atomic_path,

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_ipt.data.readers import DataError, iter_records
+from megatron_ipt.data.inputs import DataError
+from megatron_ipt.data.readers import iter_records
 from megatron_ipt.eval.scoring import sequence_losses
 from megatron_ipt.pairs import (
     COT_ANSWER,
@@ -48,9 +49,9 @@ class EvalTask:
         return self.instruction.endswith(COT_TRIGGER.strip())
 
 
-def task_prompt(task: EvalTask) -> str:
-    """The plain prompt every model is scored with (no chat template)."""
-    return f"{task.context}\n\nQuestion: {task.instruction}\nAnswer:"
+def question_prompt(instruction: str) -> str:
+    """The part of the plain prompt (no chat template) that follows the context."""
+    return f"\n\nQuestion: {instruction}\nAnswer:"
 
 
 def read_tasks(path: str | Path, limit: int | None = None) -> list[EvalTask]:
@@ -114,7 +115,7 @@ class TaskScores:
 def _prompt_ids(tokenizer, task: EvalTask, room: int) -> list[int]:
     """BOS + prompt tokens, the context cut from its end when the prompt exceeds ``room`` tokens."""
     prefix = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
-    tail = tokenizer.encode(f"\n\nQuestion: {task.instruction}\nAnswer:")
+    tail = tokenizer.encode(question_prompt(task.instruction))
     context = tokenizer.encode(task.context)
     keep = max(room - len(prefix) - len(tail), 0)
     return prefix + context[:keep] + tail

@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from megatron_ipt.config import ConfigError
-from megatron_ipt.data.readers import DataError, InputFile, expand_inputs
+from megatron_ipt.data.inputs import DataError, InputFile, expand_inputs
 from megatron_ipt.dist_env import LaunchError, array_task
 from megatron_ipt.io import OutputLocked, atomic_path, atomic_write_json, output_lock
 from megatron_ipt.log import get_logger

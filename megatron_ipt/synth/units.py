@@ -18,16 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_ipt.config import ConfigError
-from megatron_ipt.data.readers import (
+from megatron_ipt.data.inputs import (
     DataError,
     InputFile,
     as_input_file,
     count_lines,
     expand_inputs,
     input_stem,
-    lone_surrogate,
-    scan_records,
 )
+from megatron_ipt.data.readers import lone_surrogate, scan_records
 from megatron_ipt.log import get_logger
 from megatron_ipt.pairs import escape_markers, find_marker
 from megatron_ipt.synth.config import SynthesizeConfig

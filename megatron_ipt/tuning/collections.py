@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from megatron_ipt.data.readers import InputFile, scan_records
+from megatron_ipt.data.inputs import InputFile
+from megatron_ipt.data.readers import scan_records
 from megatron_ipt.pairs import Pair
 from megatron_ipt.tuning.example import ConvertError, ConvertStats, Example
 from megatron_ipt.tuning.pubmed import iter_pubmed_records

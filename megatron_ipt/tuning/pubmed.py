@@ -16,7 +16,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from megatron_ipt.data.readers import InputFile, iter_records, open_binary
+from megatron_ipt.data.inputs import InputFile, open_binary
+from megatron_ipt.data.readers import iter_records
 from megatron_ipt.io import atomic_path, atomic_write_json
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress as progress_of

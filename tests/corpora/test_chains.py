@@ -15,7 +15,7 @@ from megatron_ipt.corpora.chains import (
     synthesized_documents,
     tuning_documents,
 )
-from megatron_ipt.data.readers import DataError
+from megatron_ipt.data.inputs import DataError
 
 
 def rec(i, rnd, slot, linked, n_pairs=1):

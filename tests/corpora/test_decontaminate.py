@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import string
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,11 @@ from megatron_ipt.corpora.decontaminate import (
     ContaminationConfig,
     ContaminationGate,
     NgramHasher,
+    _normalized_bytes,
     eval_sources,
-    normalized_words,
 )
 from megatron_ipt.corpora.recipes import CorporaConfig, build_corpora
-from megatron_ipt.data.readers import DataError
+from megatron_ipt.data.inputs import DataError
 from megatron_ipt.pairs import Pair
 
 # 20 words; any 13 consecutive ones are a contaminating span.
@@ -31,9 +32,16 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def lm_eval_words(text: str) -> list[str]:
+    """lm-evaluation-harness's decontamination normalization, written on str as the reference."""
+    return text.translate(str.maketrans(string.ascii_uppercase, string.ascii_lowercase, string.punctuation)).split()
+
+
 def test_normalization_follows_lm_eval():
-    assert normalized_words("It's  a Well-Known\tFACT, isn't it?") == ["its", "a", "wellknown", "fact", "isnt", "it"]
-    assert normalized_words("ÉCOLE café") == ["École", "café"]  # only ASCII letters are lower-cased
+    text = "It's  a Well-Known\tFACT, isn't it?"
+    assert lm_eval_words(text) == ["its", "a", "wellknown", "fact", "isnt", "it"]
+    assert _normalized_bytes(text).split() == [w.encode() for w in lm_eval_words(text)]
+    assert _normalized_bytes("ÉCOLE café").split() == ["École".encode(), "café".encode()]  # only ASCII letters are lower-cased
 
 
 def test_ngram_hashes_match_exact_ngrams():
@@ -65,7 +73,7 @@ def test_gate_on_pairs_counts_per_set(tmp_path):
     planted = Pair("Answer this: " + " ".join(words[3:16]).upper().replace(",", ";"), "Amylase.")
     near = Pair(" ".join(words[3:15]), "twelve words only")  # 12 words: no 13-gram in common
     across = Pair(" ".join(words[:7]), " ".join(words[7:16]))  # the span runs from instruction into response
-    assert gate.filter_pairs([near, planted, across]) == [near]
+    assert gate.filter_texts([[near, planted, across]]) == [[near]]
     rep = gate.report()
     assert rep["removed"] == {"synthesized_pairs": 2} and rep["checked"] == {"synthesized_pairs": 3}
     assert rep["sets"]["enzymes"]["removed"] == {"synthesized_pairs": 2}
@@ -135,9 +143,9 @@ def test_parquet_eval_set_and_selected_fields(tmp_path):
 
     pq.write_table(pa.table({"question": [BENCH], "note": ["unrelated words " * 10]}), tmp_path / "bench.parquet")
     planted = [Pair(BENCH, "Amylase.")]
-    assert ContaminationGate(ContaminationConfig(eval_sets=[str(tmp_path / "bench.parquet")])).filter_pairs(planted) == []
+    assert ContaminationGate(ContaminationConfig(eval_sets=[str(tmp_path / "bench.parquet")])).filter_texts([planted]) == [[]]
     only_note = ContaminationGate(ContaminationConfig(eval_sets=[str(tmp_path / "bench.parquet")], fields=["note"]))
-    assert only_note.filter_pairs(planted) == planted and only_note.sets[0].name == "bench"
+    assert only_note.filter_texts([planted]) == [planted] and only_note.sets[0].name == "bench"
 
 
 def test_general_recipe_drops_contaminated_tuning_examples(tmp_path):
@@ -165,7 +173,7 @@ def test_reads_the_projects_own_evaluation_suite_folder(tmp_path):
                  "colors": [{"id": "c0", "query": "Sky?", "choices": ["blue", "red"], "gold": 0}]}, tmp_path / "suite")
     gate = ContaminationGate(ContaminationConfig(eval_sets=[str(tmp_path / "suite")]))
     assert [s.name for s in gate.sets] == ["ipt_colors", "ipt_enzymes"]  # one set per task, data files not twice
-    assert gate.filter_pairs([Pair(BENCH, "Amylase")]) == []
+    assert gate.filter_texts([[Pair(BENCH, "Amylase")]]) == [[]]
     assert gate.report()["sets"]["ipt_enzymes"]["removed"] == {"synthesized_pairs": 1}
 
 
@@ -173,8 +181,8 @@ def test_fast_path_splits_words_like_lm_eval():
     texts = ["Tab\tand\x1cfile-sep, ok", "Ünïcode\u00a0space\u2003here!", "", "  ", "just.one", "x\ud800y z"]
     hasher = NgramHasher(1)
     words, lengths = hasher.word_hashes(texts)
-    assert lengths.tolist() == [len(normalized_words(t)) for t in texts]
-    by_word = dict(zip([w for t in texts for w in normalized_words(t)], words.tolist(), strict=True))
+    assert lengths.tolist() == [len(lm_eval_words(t)) for t in texts]
+    by_word = dict(zip([w for t in texts for w in lm_eval_words(t)], words.tolist(), strict=True))
     assert len(set(by_word.values())) == len(by_word)
     assert hasher.word_hashes(["tab"])[0].tolist() == [by_word["tab"]]  # same word, same hash, any position
 

@@ -18,7 +18,7 @@ from megatron_ipt.corpora.instruction_data import (
     build_instruction_data,
 )
 from megatron_ipt.data.indexed import IndexedDataset
-from megatron_ipt.data.readers import DataError
+from megatron_ipt.data.inputs import DataError
 from megatron_ipt.tokenizer import load_tokenizer
 
 # (record, system prompt, [(question, response), ...]) per format the domain recipe reads.

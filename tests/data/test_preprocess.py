@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from megatron_ipt.data.indexed import IndexedDataset
+from megatron_ipt.data.inputs import DataError
 from megatron_ipt.data.preprocess import preprocess
-from megatron_ipt.data.readers import DataError
 from megatron_ipt.tokenizer import load_tokenizer
 
 TEXTS = [

@@ -11,17 +11,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from megatron_ipt.data.readers import (
-    DataError,
-    FileFault,
-    InputFile,
-    expand_inputs,
-    input_stem,
-    iter_records,
-    read_jsonl_lines,
-    read_records,
-    scan_records,
-)
+from megatron_ipt.data.inputs import DataError, FileFault, InputFile, expand_inputs, input_stem
+from megatron_ipt.data.readers import iter_records, read_jsonl_lines, read_records, scan_records
 
 RECORDS = [{"id": f"r{i}", "text": f"text {i}"} for i in range(7)]
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from megatron_ipt.data.readers import DataError
+from megatron_ipt.data.inputs import DataError
 from megatron_ipt.eval.heldout import evaluate_model, heldout_perplexity, main, read_texts, scoring_bf16
 from megatron_ipt.eval.scoring import load_model
 from megatron_ipt.eval.tasks import (
@@ -17,9 +17,9 @@ from megatron_ipt.eval.tasks import (
     answer_losses,
     choose_option,
     extract_answer,
+    question_prompt,
     read_tasks,
     score_tasks,
-    task_prompt,
 )
 from megatron_ipt.pairs import chain_of_thought, multiple_choice
 
@@ -50,8 +50,8 @@ def test_task_parsing_of_multiple_choice_and_chain_of_thought():
     q, r = chain_of_thought(multiple_choice("Which term?", ["Male", "Aspirin"]), "It says aspirin.", "Aspirin")
     cot = EvalTask.from_pair("ctx", q, r)
     assert cot.chain_of_thought and cot.answer == "Aspirin" and cot.options == ("Male", "Aspirin")
-    assert task_prompt(mc).startswith("ctx\n\nQuestion: Which term?\nOptions:\n- Male")
-    assert task_prompt(mc).endswith("\nAnswer:")
+    assert question_prompt(mc.instruction).startswith("\n\nQuestion: Which term?\nOptions:\n- Male")
+    assert question_prompt(mc.instruction).endswith("\nAnswer:")
 
 
 def test_answer_extraction_and_option_choice():
@@ -129,7 +129,7 @@ def test_answer_loss_matches_unbatched_reference(tiny):
     got, n_tokens = answer_losses(model, tok, tasks, batch_size=2, bf16=False)
     total = count = 0
     for t in tasks:
-        prompt = [tok.bos_id, *tok.encode(task_prompt(t))]
+        prompt = [tok.bos_id, *tok.encode(t.context + question_prompt(t.instruction))]
         loss, n = _reference_nll(model, prompt + tok.encode(" " + t.response), len(prompt))
         total, count = total + loss, count + n
     assert n_tokens == count

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from megatron_ipt.config import ConfigError
-from megatron_ipt.data.readers import DataError
+from megatron_ipt.data.inputs import DataError
 from megatron_ipt.synth.config import SynthesizeConfig
 from megatron_ipt.synth.engine_hf import HFEngine
 from megatron_ipt.synth.engines import EngineConfig
@@ -373,7 +373,7 @@ def _write_plan(out, units, files, spec):
 def test_a_crafted_plan_cannot_point_outside_the_output_folder(tmp_path, tiny_dir):
     """units.plan names are file names in the output folder and its files this run's inputs: a plan that
     says otherwise is refused by synthesize and by the readers of its outputs, and nothing is written."""
-    from megatron_ipt.data.readers import expand_inputs
+    from megatron_ipt.data.inputs import expand_inputs
     from megatron_ipt.synth.units import file_signature, synthesis_outputs
 
     (tmp_path / "in").mkdir()

@@ -7,7 +7,7 @@ import gzip
 
 import pytest
 
-from megatron_ipt.data.readers import DataError
+from megatron_ipt.data.inputs import DataError
 from megatron_ipt.synth.config import SynthesizeConfig
 from megatron_ipt.synth.units import read_texts, selected
 
@@ -53,7 +53,7 @@ def test_parquet_rows_and_unterminated_lines_make_units(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from megatron_ipt.data.readers import count_lines, expand_inputs
+    from megatron_ipt.data.inputs import count_lines, expand_inputs
     from megatron_ipt.synth.units import plan_units
 
     pq.write_table(pa.table({"id": [f"p{i}" for i in range(7)], "text": [f"text {i}" for i in range(7)]}),
