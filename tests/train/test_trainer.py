@@ -69,7 +69,7 @@ class _LoopOnly(Trainer):
         self.cfg = TrainConfig(steps=steps)
         self.cfg.logging.interval, self.cfg.logging.eval_interval = log_every, 0
         self.cfg.checkpoint.interval, self.cfg.checkpoint.save_at_end = 0, False
-        self.plan = SimpleNamespace(resume_from=None, valid=None)
+        self.plan = SimpleNamespace(resume_from=None, valid=None, callbacks=[])
         self.engine, self.device, self.attention, self.autocast = _Engine(), torch.device("cpu"), "sdpa", False
         self.grad_accum, self.world, self.step, self.tokens_per_dataset = 2, 1, 0, {}
         self.data = SimpleNamespace(next_step=lambda: [_micro_batch(), _micro_batch()], dataset_names=["a"],
