@@ -57,7 +57,9 @@ def save_tokenizer(spec: str, out: Path) -> None:
     # to the environment (HF_HUB_OFFLINE) would make two exports of one checkpoint differ.
     if spec == "mistral" or src.suffix == ".model":
         shutil.copyfile(mistral_model_path() if spec == "mistral" else src, out / "tokenizer.model")
-        tok = LlamaTokenizer.from_pretrained(str(out), local_files_only=True)
+        # Mistral's own HF tokenizer starts every text with BOS; lm-eval and generation rely on it.
+        tok = LlamaTokenizer.from_pretrained(str(out), local_files_only=True, add_bos_token=True,
+                                             add_eos_token=False)
     elif src.suffix == ".gguf":
         tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name, local_files_only=True)
     else:

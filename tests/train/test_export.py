@@ -35,6 +35,9 @@ def test_mistral_tokenizer_exported_in_hf_form(tmp_path, mistral_tokenizer) -> N
     for text in ["Patients with type 2 diabetes were randomized.", "IL-6 levels (p < 0.05) rose."]:
         assert hf(text, add_special_tokens=False)["input_ids"] == mistral_tokenizer.encode(text)
     assert hf.bos_token_id == mistral_tokenizer.bos_id and hf.eos_token_id == mistral_tokenizer.eos_id
+    # As Mistral's own HF tokenizer: BOS first by default (lm-eval and generation encode this way), no EOS.
+    text = "Patients with type 2 diabetes were randomized."
+    assert hf(text)["input_ids"] == [mistral_tokenizer.bos_id, *mistral_tokenizer.encode(text)]
 
 
 def test_cli_help_and_bad_path(tmp_path, capsys) -> None:
