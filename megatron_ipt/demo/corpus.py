@@ -1,13 +1,14 @@
-"""Stage 2: the biomedical raw corpus, its held-out split, and the three disjoint task-family sets.
+"""Stage 2: the biomedical raw corpus, its held-out split, and the task-family sets.
 
 Records are split by a hash of their PMID (``pubmed.is_held_out``), so nothing held out is ever
 trained on. On the training side, unstructured abstracts form the domain corpus (the synthesizer
 converts them; the vanilla run trains on them raw) and structured ones are mined into
 context-based tasks: (a) the synthesizer's tuning families. (b) The domain recipe's general
-instructions come from a non-biomedical source (``demo/general_instructions.py``). On the held-out
+instructions come from a non-biomedical source (``demo/general_instructions.py``). (d) Instruction
+tuning after pre-training (stage 7) takes further mined examples, records (a) does not use. On the held-out
 side, unstructured abstracts measure perplexity (the distribution both arms train on) and (c) the
-evaluation families (``demo/evalsets.py``) become an lm-evaluation-harness suite, every item
-checked for 13-gram overlap with the training inputs.
+evaluation families (``demo/evalsets.py``), disjoint from (a), (b) and (d), become an
+lm-evaluation-harness suite, every item checked for 13-gram overlap with the training inputs.
 """
 
 from __future__ import annotations
@@ -46,16 +47,33 @@ def example_record(ex: Example) -> dict:
             "source": ex.source}
 
 
+def chat_record(ex: Example) -> dict:
+    """An example as a chat: the context with the first question, then every pair as a turn (the
+    loss falls on every answer)."""
+    turns = []
+    for k, p in enumerate(ex.pairs):
+        turns += [{"role": "user", "content": f"{ex.context}\n\n{p.instruction}" if k == 0 else p.instruction},
+                  {"role": "assistant", "content": p.response}]
+    return {"id": ex.source, "messages": turns}
+
+
+def instruction_families() -> dict[str, dict]:
+    """Set (d): the families of (a), mined from records (a) does not use, rendered as chats."""
+    return {name: {**f, "source": "structured training-side PubMed records not in (a); chat turns, loss on answers"}
+            for name, f in tuning_families().items()}
+
+
 def training_texts(paths: DemoPaths) -> list[str]:
-    """Every text the corpus stage hands to training (either arm, or the synthesizer)."""
+    """Every text the corpus stage hands to training (either arm, the synthesizer or instruction tuning)."""
     texts: list[str] = []
-    for path in (paths.raw, paths.mined, paths.general_instructions):
+    for path in (paths.raw, paths.mined, paths.general_instructions, paths.instruction_records):
         for line in path.read_text(encoding="utf-8").splitlines():
             if not line.strip():
                 continue
             row = json.loads(line)
             texts += [row[k] for k in ("text", "context", "question", "response") if k in row]
             texts += [f"{p['instruction']} {p['response']}" for p in row.get("pairs", [])]
+            texts += [m["content"] for m in row.get("messages", [])]
     return texts
 
 
@@ -86,8 +104,11 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
     pool = mesh_term_pool(records)
     mined = [ex for ex in (mine_record(r, pool, seed=0, diverse=True) for r in structured)
              if ex is not None]
+    # (d) instruction tuning after pre-training (stage 7): the mined examples after those of (a).
+    instruction = mined[size.tune_examples: size.tune_examples + size.instruction_examples]
     mined = mined[: size.tune_examples]
     _write_jsonl(paths.mined, [example_record(ex) for ex in mined])
+    _write_jsonl(paths.instruction_records, [chat_record(ex) for ex in instruction])
     # (b) general instructions for the domain recipe: not biomedical (Python's standard library).
     general = list(general_instructions(size.general_instructions))
     # The family is in the id (``family:k``); the recipe reads only id, question and response.
@@ -104,8 +125,10 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
     write_suite(suite, paths.eval_suite)
 
     short = {f: len(v) for f, v in suite.items() if len(v) < size.eval_items}
-    if len(raw_records) < size.synth_texts or len(mined) < size.tune_examples or short:
+    if len(raw_records) < size.synth_texts or len(mined) < size.tune_examples or short \
+            or len(instruction) < size.instruction_examples:
         print(f"note: fewer records than asked: {len(raw_records)} raw texts, {len(mined)} mined examples, "
+              f"{len(instruction)} instruction-tuning examples, "
               f"evaluation items {short or 'as asked'} (read more with a larger size)")
     return {
         "records": len(records),
@@ -118,10 +141,12 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
         "heldout_texts": min(len(held_unstructured), size.eval_texts),
         "mined_examples": len(mined),
         "mined_pairs": sum(len(ex.pairs) for ex in mined),
+        "instruction_examples": len(instruction),
+        "instruction_pairs": sum(len(ex.pairs) for ex in instruction),
         "general_instructions": len(general),
         "general_families": dict(Counter(r["family"] for r in general)),
         "eval_items": {f: len(v) for f, v in suite.items()},
         "eval_dropped_13gram": dropped,
-        "manifest": family_manifest(tuning_families(), general_family_manifest()),
+        "manifest": family_manifest(tuning_families(), general_family_manifest(), instruction_families()),
         "files": [str(f) for f in files],
     }

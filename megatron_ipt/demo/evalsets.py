@@ -124,9 +124,11 @@ def drop_contaminated(items: Sequence[dict], training: set[int]) -> tuple[list[d
 # ----------------------------------------------------------------------------------- manifest
 
 
-def family_manifest(tuning_families: dict[str, dict], general_families: dict[str, dict]) -> dict[str, dict]:
-    """The three disjoint family sets the demo's design rests on: (a) synthesizer tuning,
-    (b) general instructions of the domain recipe, (c) evaluation."""
+def family_manifest(tuning_families: dict[str, dict], general_families: dict[str, dict],
+                    instruction_families: dict[str, dict]) -> dict[str, dict]:
+    """The family sets the demo's design rests on: (a) synthesizer tuning, (b) general instructions of
+    the domain recipe, (c) evaluation, disjoint from both and from (d) instruction tuning after
+    pre-training (the families of (a) on other records)."""
     evaluation = {
         "rct_sentence_role": {"wordings": [RCT_QUERY.split("{")[0], "Role:"],
                               "answer_format": "one of five role words, log-likelihood multiple choice",
@@ -135,4 +137,5 @@ def family_manifest(tuning_families: dict[str, dict], general_families: dict[str
                                    "answer_format": "continuation sentence, log-likelihood multiple choice of 4",
                                    "source": "held-out unstructured PubMed abstracts"},
     }
-    return {"a_tuning": tuning_families, "b_general": general_families, "c_evaluation": evaluation}
+    return {"a_tuning": tuning_families, "b_general": general_families, "c_evaluation": evaluation,
+            "d_instruction_tuning": instruction_families}

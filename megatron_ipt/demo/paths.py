@@ -37,6 +37,12 @@ class DemoPaths:
         return self.corpus / "general_instructions.jsonl"
 
     @property
+    def instruction_records(self) -> Path:
+        """Chat ``messages`` records of instruction tuning (stage 7): mined training-side examples not
+        used for the synthesizer's tuning."""
+        return self.corpus / "instruction_tuning.jsonl"
+
+    @property
     def eval_items(self) -> Path:
         """Every evaluation item ``{family, id, query, choices, gold, text}`` (held-out PMIDs only)."""
         return self.corpus / "eval_items.jsonl"
@@ -80,10 +86,20 @@ class DemoPaths:
     def model(self, arm: str) -> Path:
         return self.out / "models" / arm
 
-    # stage 6/7
+    # stage 6: evaluation
     @property
     def eval(self) -> Path:
         return self.out / "eval"
+
+    # stage 7: instruction tuning
+    @property
+    def instruction_data(self) -> Path:
+        """build_instruction_data's output prefix."""
+        return self.out / "instruction_tuning" / "data" / "chats"
+
+    def tuning_run_dir(self, name: str) -> Path:
+        """The instruction-tuning run of continual pre-training run ``name``."""
+        return self.out / "instruction_tuning" / "runs" / name
 
     @property
     def logs(self) -> Path:

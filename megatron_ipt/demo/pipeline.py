@@ -1,11 +1,13 @@
-"""The demo's stages 3-6, each a call of the project's public command-line tools.
+"""The demo's stages 3-7, each a call of the project's public command-line tools.
 
 Nothing here re-implements a part: tuning data comes from ``data_tools.build_synthesizer_data``,
 training from ``megatron_ipt.train`` (under torchrun: one process with ZeRO-0, fp32 on CPU, or
 ZeRO-3 over two), synthesis from ``data_tools.synthesize``, corpora from
-``data_tools.build_corpora`` and ``data_tools.preprocess_data``, scores from
+``data_tools.build_corpora`` and ``data_tools.preprocess_data``, instruction data from
+``data_tools.build_instruction_data``, scores from
 ``data_tools.evaluate_synthesizer``, ``megatron_ipt.eval`` (perplexity) and ``megatron_ipt.eval.suite``
-(lm-evaluation-harness). Training runs in its own process and resumes on its own after a kill.
+(lm-evaluation-harness), in-loop during instruction tuning too. Training runs in its own process and
+resumes on its own after a kill.
 """
 
 from __future__ import annotations
@@ -31,14 +33,17 @@ def _overrides(values: dict[str, Any]) -> list[str]:
     return [f"--{k}={v}" for k, v in values.items()]
 
 
-def _train(paths: DemoPaths, size: DemoSize, name: str, config: Path, values: dict[str, Any], export: Path) -> float:
+def _train(paths: DemoPaths, size: DemoSize, name: str, config: Path, values: dict[str, Any],
+           export: Path | None) -> float:
     """One training run under torchrun (one process with ZeRO-0, or two with ZeRO-3; resumes from its
-    checkpoints when rerun), then its export to an HF directory."""
+    checkpoints when rerun), then its export to an HF directory (None: no export)."""
     values = {"ds_config": "ds_configs/zero0.json" if size.nproc == 1 else "ds_configs/zero3.json", **values}
     threads = max(1, (os.cpu_count() or 2) // size.nproc)
     seconds = run_command(torchrun_module("megatron_ipt.train", size.nproc, "--config", str(config),
                                           *_overrides(values)),
                           paths.logs / f"train_{name}.log", threads=threads, what=f"training run '{name}'")
+    if export is None:
+        return seconds
     seconds += run_main("megatron_ipt.train.export", [values["checkpoint.dir"], export, "--dtype",
                                                 "float32" if size.tiny_model else "bfloat16"], f"exporting '{name}'")
     return seconds
@@ -199,3 +204,52 @@ def evaluate_models(size: DemoSize, paths: DemoPaths, models: dict[str, str]) ->
                      f"lm-eval suite on the {name} model")
         results[name] = {"perplexity": _read_json(ppl), "suite": _read_json(suite)}
     return {"results": results}
+
+
+# ------------------------------------------------------------------ stage 7: instruction tuning
+
+
+def instruction_tune(size: DemoSize, paths: DemoPaths, start: str, runs: dict[str, dict]) -> dict:
+    """Every continually pre-trained model tuned on the same chats (set (d)) for the same steps, the
+    suite scored in the loop at the start, every ``instruction_interval`` steps and at the end."""
+    prefix = paths.instruction_data
+    data = f"{prefix}{RAW_DOCUMENT}"
+    if not summary_path(data).exists():
+        run_main("data_tools.build_instruction_data", [
+            "--input", paths.instruction_records, "--tokenizer", start, "--output-prefix", prefix,
+            "--max-tokens", size.instruction_seq_len, "--skip-bad-records", "--workers", "0"],
+            "building the instruction-tuning data")
+    tuned = {}
+    for name, run in runs.items():
+        run_dir = paths.tuning_run_dir(name)
+        seconds = 0.0
+        if not _curve_finished(run_dir / "metrics.jsonl", size.instruction_steps):
+            seconds = _train(paths, size, f"{name}_tuning", CONFIGS / "instruction_tune.yaml", {
+                "model.init_from": run["model"], "data.tokenizer": start, "data.train": data,
+                "data.seq_len": size.instruction_seq_len, "steps": size.instruction_steps,
+                "micro_batch_size": size.instruction_batch // size.nproc, "global_batch_size": size.instruction_batch,
+                "optim.lr": size.instruction_lr, "precision": auto_dtype().value,
+                "eval.downstream_interval": size.instruction_interval,
+                "eval.downstream_tasks": f"[{paths.eval_suite}]", "eval.downstream_limit": size.instruction_eval_items,
+                "run_dir": run_dir, "checkpoint.dir": run_dir / "checkpoints",
+            }, export=None)
+        tuned[name] = {"arm": run["arm"], "seed": run["seed"], "init_from": run["model"],
+                       "metrics": str(run_dir / "metrics.jsonl"), "tensorboard": str(run_dir / "tensorboard"),
+                       "train_seconds": seconds}
+    return {"steps": size.instruction_steps, "interval": size.instruction_interval,
+            "items_per_family": size.instruction_eval_items, "data_summary": _read_json(summary_path(data)),
+            "runs": tuned}
+
+
+def _curve_finished(metrics: Path, steps: int) -> bool:
+    """A tuning run is done when its last step's in-loop evaluation is logged."""
+    if not metrics.is_file():
+        return False
+    for line in metrics.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill: the rerun's trainer drops it
+            continue
+        if row.get("kind") == "downstream" and row.get("step") == steps:
+            return True
+    return False

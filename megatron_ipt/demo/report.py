@@ -1,10 +1,11 @@
-"""Stage 7: ``REPORT.md`` — intervals per metric and the arm difference, the family manifest, the
-synthesizer's diversity, tokens per source, two PNG plots, TensorBoard paths, stage times."""
+"""Stage 8: ``REPORT.md`` — intervals per metric and the arm difference, the family manifest, the
+synthesizer's diversity, tokens per source, the tuning curve, PNG plots, TensorBoard paths, stage times."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from collections import Counter
@@ -13,6 +14,7 @@ from typing import Any
 
 from megatron_ipt.demo.paths import ARMS, DemoPaths
 from megatron_ipt.demo.sizes import DemoSize
+from megatron_ipt.demo.tuning_curve import tuning_section
 from megatron_ipt.eval.bootstrap import Interval, diff_interval, mean_interval, perplexity_interval
 from megatron_ipt.eval.suite import TASK_PREFIX
 from megatron_ipt.io import atomic_write_text
@@ -188,7 +190,8 @@ def synthesis_diversity(synthesis_output: Path) -> dict[str, Any]:
 
 def manifest_lines(manifest: dict[str, dict]) -> list[str]:
     titles = {"a_tuning": "(a) synthesizer tuning", "b_general": "(b) general instructions (domain recipe)",
-              "c_evaluation": "(c) evaluation (no training input of either arm)"}
+              "c_evaluation": "(c) evaluation (no training input of either arm)",
+              "d_instruction_tuning": "(d) instruction tuning after pre-training"}
     lines = ["| set | family | answer format | example wording | source |", "|---|---|---|---|---|"]
     for key, fams in manifest.items():
         for name, f in fams.items():
@@ -220,33 +223,13 @@ def tokens_per_source(per_source: dict[str, dict[str, int]]) -> list[str]:
     return lines
 
 
-def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_seconds: float) -> Path:
-    by_key = {s["stage"]: s for s in stages}
-    corpus, tune = by_key.get("corpus", {}), by_key.get("synthesizer", {})
-    synth, train, ev = by_key.get("synthesis", {}), by_key.get("pretrain", {}), by_key.get("evaluate", {})
-    evals = ev.get("results", {})
-    runs = train.get("runs", {})
-    loss_png = plot_losses({name: Path(r["metrics"]) for name, r in runs.items()}, paths.plots / "training_loss.png")
-    counts = pairs_per_text(Path(synth.get("synthesis_output", "")))
-    hist_png = plot_pairs_histogram(counts, paths.plots / "pairs_per_text.png")
-    before = tune.get("pair_loss_before", {}).get("loss", {}).get("pair_loss")
-    after = tune.get("pair_loss_after", {}).get("loss", {}).get("pair_loss")
-    table, diffs = score_table(evals) if evals else ([], {})
-    powered = size.seeds >= 3 and size.eval_items >= 300 and size.eval_texts >= 200
-    div = synthesis_diversity(Path(synth.get("synthesis_output", "")))
-    goal_parts = {">= 2 pairs per text": div["pairs_per_text"] >= 2,
-                  "no template above 30%": div["top_template_share"] <= 0.30}
-    goal_met = all(goal_parts.values())
-    goal = ", ".join(goal_parts)
-    goal_missed = ", ".join(name for name, ok in goal_parts.items() if not ok)
+def _header(size: DemoSize, total_seconds: float, powered: bool) -> list[str]:
     estimate = size.estimate_seconds()
-    mixture = synth.get("mixture", {})
-    tokens = train.get("tokens_per_arm", {})
-    out: list[str] = [
+    return [
         f"# Instruction Pre-Training in miniature — demo report (size `{size.name}`)",
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
-        f"({platform.machine()}, {__import__('os').cpu_count()} CPU cores). Total wall time of the stages: "
+        f"({platform.machine()}, {os.cpu_count()} CPU cores). Total wall time of the stages: "
         f"**{total_seconds / 60:.1f} min** (estimate for this size on 2 CPU cores: {sum(estimate.values()) / 60:.0f} min)."
         + (" The start model is a tiny random Llama (smoke-test size): the numbers only show the pipeline runs."
            if size.tiny_model else ""),
@@ -256,6 +239,12 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         + ("**Powered**: 3+ seeds, 300+ items per family." if powered else
            "**This size is not powered** (too few seeds and items for a small effect); it shows the design."),
         "",
+    ]
+
+
+def _results(evals: dict[str, dict], powered: bool) -> list[str]:
+    table, diffs = score_table(evals) if evals else ([], {})
+    return [
         "## Results",
         "",
         *table,
@@ -268,7 +257,12 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         "",
         *reading(diffs, powered),
         "",
-        "## Task families (three disjoint sets)",
+    ]
+
+
+def _families(paths: DemoPaths, corpus: dict[str, Any]) -> list[str]:
+    return [
+        "## Task families (disjoint sets)",
         "",
         *manifest_lines(corpus.get("manifest", {})),
         "",
@@ -276,6 +270,13 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         f"input: {corpus.get('eval_dropped_13gram', {})}. Suite: `{paths.eval_suite}` (score any exported model "
         f"with `python -m megatron_ipt.eval.suite --model DIR --suite {paths.eval_suite}`).",
         "",
+    ]
+
+
+def _synthesizer(size: DemoSize, corpus: dict[str, Any], tune: dict[str, Any]) -> list[str]:
+    before = tune.get("pair_loss_before", {}).get("loss", {}).get("pair_loss")
+    after = tune.get("pair_loss_after", {}).get("loss", {}).get("pair_loss")
+    return [
         "## Synthesizer (stage 3)",
         "",
         f"Tuned from `{tune.get('start_model', 'n/a')}` on {corpus.get('mined_examples', 'n/a')} context-based "
@@ -288,13 +289,26 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         f"| before tuning | {_num(before)} |",
         f"| after tuning | {_num(after)} |",
         "",
+    ]
+
+
+def _synthesis(size: DemoSize, paths: DemoPaths, corpus: dict[str, Any], synth: dict[str, Any]) -> list[str]:
+    counts = pairs_per_text(Path(synth.get("synthesis_output", "")))
+    hist_png = plot_pairs_histogram(counts, paths.plots / "pairs_per_text.png")
+    div = synthesis_diversity(Path(synth.get("synthesis_output", "")))
+    goal_parts = {">= 2 pairs per text": div["pairs_per_text"] >= 2,
+                  "no template above 30%": div["top_template_share"] <= 0.30}
+    goal = ", ".join(goal_parts)
+    goal_missed = ", ".join(name for name, ok in goal_parts.items() if not ok)
+    mixture = synth.get("mixture", {})
+    return [
         "## Synthesis (stage 4)",
         "",
         f"{div['texts']} unstructured abstracts the synthesizer never saw, {size.rounds} rounds (M-shot): "
         f"**{div['pairs_per_text']:.2f} pairs per text**, {div['distinct_families']} distinct instruction families, "
         f"**{div['copied_share']:.0%} of pairs copy a tuning template verbatim**, the most used template "
         f"({div['top_template'] or 'none'!r}) is {div['top_template_share']:.0%} of pairs. "
-        + (f"Goal ({goal}) met." if goal_met else
+        + (f"Goal ({goal}) met." if all(goal_parts.values()) else
            f"**Goal ({goal}) not met** (missed: {goal_missed}) by the 135M "
            "synthesizer within this size's tuning budget; the numbers above are what it produced."),
         "",
@@ -316,11 +330,18 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
                        for k, c in mixture.get("components", {}).items()}) or "none") + ".",
         "",
         *question_concentration(mixture.get("components", {}).get("instruct", {}).get("quality", {})),
+    ]
+
+
+def _pretrain(size: DemoSize, paths: DemoPaths, tune: dict[str, Any], train: dict[str, Any]) -> list[str]:
+    runs = train.get("runs", {})
+    loss_png = plot_losses({name: Path(r["metrics"]) for name, r in runs.items()}, paths.plots / "training_loss.png")
+    return [
         "## Continual pre-training (stage 5)",
         "",
         f"Every run starts from the same model with the same budget: {train.get('steps', 'n/a')} steps x "
         f"{size.global_batch} sequences x {size.seq_len} tokens = {train.get('tokens_per_run', 'n/a')} "
-        f"tokens; tokens per arm (all seeds, asserted equal): {tokens}.",
+        f"tokens; tokens per arm (all seeds, asserted equal): {train.get('tokens_per_arm', {})}.",
         "",
         *tokens_per_source(train.get("tokens_per_source", {})),
         "",
@@ -332,8 +353,17 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         "",
         "The arms' losses are over different data (instruction-augmented vs raw text) and are not directly comparable.",
         "",
-        "TensorBoard logs: " + ", ".join(f"`{r['tensorboard']}`" for r in runs.values())
-        + (f", `{tune['run_dir']}/tensorboard`" if tune.get("run_dir") else "")
+    ]
+
+
+def _logs_and_times(paths: DemoPaths, stages: list[dict], tune: dict[str, Any], train: dict[str, Any],
+                    tuning: dict[str, Any]) -> list[str]:
+    boards = [r["tensorboard"] for r in train.get("runs", {}).values()]
+    boards += [r["tensorboard"] for r in tuning.get("runs", {}).values()]
+    if tune.get("run_dir"):
+        boards.append(f"{tune['run_dir']}/tensorboard")
+    return [
+        "TensorBoard logs: " + ", ".join(f"`{b}`" for b in boards)
         + f" — view with `.venv/bin/tensorboard --logdir {paths.out}`.",
         "",
         "## Stage wall times",
@@ -344,6 +374,24 @@ def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_sec
         "",
         "Times were measured on a shared machine; other processes on it slow every stage.",
         "",
+    ]
+
+
+def write_report(size: DemoSize, paths: DemoPaths, stages: list[dict], total_seconds: float) -> Path:
+    by_key = {s["stage"]: s for s in stages}
+    corpus, tune = by_key.get("corpus", {}), by_key.get("synthesizer", {})
+    synth, train = by_key.get("synthesis", {}), by_key.get("pretrain", {})
+    tuning = by_key.get("instruction_tune", {})
+    powered = size.seeds >= 3 and size.eval_items >= 300 and size.eval_texts >= 200
+    out = [
+        *_header(size, total_seconds, powered),
+        *_results(by_key.get("evaluate", {}).get("results", {}), powered),
+        *_families(paths, corpus),
+        *_synthesizer(size, corpus, tune),
+        *_synthesis(size, paths, corpus, synth),
+        *_pretrain(size, paths, tune, train),
+        *tuning_section(size, paths, tuning, corpus, powered),
+        *_logs_and_times(paths, stages, tune, train, tuning),
     ]
     atomic_write_text(paths.report, "\n".join(out))
     return paths.report

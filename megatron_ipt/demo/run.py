@@ -1,4 +1,4 @@
-"""The demo's seven stages in order; each is skipped when an earlier run finished it."""
+"""The demo's eight stages in order; each is skipped when an earlier run finished it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from megatron_ipt.demo.sizes import DemoSize
 from megatron_ipt.demo.stages import DemoError, StageRunner
 from megatron_ipt.io import atomic_write_json, clean_stale_tmp
 
-N_STAGES = 7
+N_STAGES = 8
 
 
 def check_out_dir(size: DemoSize, out: Path) -> None:
@@ -50,8 +50,10 @@ def run_demo(size: DemoSize, out: Path, min_free_gb: float | None = None) -> Pat
     models = {"start": start, **{name: r["model"] for name, r in train["runs"].items()}}
     runner.run(6, "evaluate", "evaluate start vs vanilla vs instruct",
                lambda: pipeline.evaluate_models(size, paths, models))
+    runner.run(7, "instruction_tune", "instruction-tune every continually pre-trained model (tuning curves)",
+               lambda: pipeline.instruction_tune(size, paths, start, train["runs"]))
     stages = runner.results()
     total = sum(s["seconds"] for s in stages)
-    runner.run(7, "report", "write REPORT.md",
+    runner.run(8, "report", "write REPORT.md",
                lambda: {"report": str(report.write_report(size, paths, stages, total))})
     return paths.report

@@ -29,6 +29,9 @@ LMEVAL_TOKENS_PER_ITEM = (41 + 273) / 2  # the suite's two families, per item
 # 1,460 s for 6 x 240 s of budgeted training at 135 tokens/s (trained at 134-141).
 TRAIN_RUN_OVERHEAD_S = 25.0
 EVAL_MODEL_OVERHEAD_S = 15.0
+# An instruction-tuning run saves no checkpoint and exports nothing (its curve is what the demo keeps).
+TUNING_RUN_OVERHEAD_S = 20.0
+INSTRUCTION_DATA_S = 10.0  # building the instruction-tuning data (a few hundred chats, one tokenizer load)
 # Synthesis: the medium demo of 2026-12-03 wrote for 64 texts x 160 new tokens (3 rounds, chain-major
 # with prefix reuse) in 216 s greedy (5,296 tokens written) and in 312 s with repetition penalty 1.2 in
 # the run measured after it (6,488 tokens: fewer outputs end early).
@@ -63,6 +66,14 @@ class DemoSize:
     nproc: int = 1
     tune_batch: int = 2  # synthesizer tuning sequences per optimizer step (all ranks)
     min_steps: int = 2  # floor on steps (tiny: a few steps so the loss curves have points)
+    # Stage 7, instruction tuning of every continually pre-trained model (the paper's tuning curve):
+    instruction_examples: int = 160  # mined training-side examples not used for the synthesizer, as chats
+    instruction_seconds: float = 24.0  # time budget of EACH tuning run (training only; same steps for all)
+    instruction_seq_len: int = 512
+    instruction_batch: int = 2  # sequences per optimizer step (all ranks)
+    instruction_lr: float = 1e-4
+    instruction_points: int = 2  # in-loop evaluations after the start (the curve has this many + 1 points)
+    instruction_eval_items: int = 8  # suite items per family scored at each point (the first N of each)
 
     def steps_for(self, seconds: float, seq_len: int, global_batch: int) -> int:
         """Optimizer steps that fit ``seconds`` at the calibrated throughput (at least ``min_steps``)."""
@@ -86,23 +97,39 @@ class DemoSize:
     def pretrain_tokens(self) -> int:
         return self.pretrain_steps * self.seq_len * self.global_batch
 
+    @property
+    def instruction_steps(self) -> int:
+        return self.steps_for(self.instruction_seconds, self.instruction_seq_len, self.instruction_batch)
+
+    @property
+    def instruction_interval(self) -> int:
+        """Steps between in-loop evaluations: ``instruction_points`` of them, the last at the end."""
+        return max(1, math.ceil(self.instruction_steps / self.instruction_points))
+
     def estimate_seconds(self) -> dict[str, float]:
         """Wall time of each stage on this machine, from the calibrated throughputs (tiny: not meaningful)."""
         models = 1 + 2 * self.seeds
         per_model = (self.eval_texts * TOKENS_PER_ABSTRACT / EVAL_TOKENS_PER_S
                      + 2 * self.eval_items * LMEVAL_TOKENS_PER_ITEM / LMEVAL_TOKENS_PER_S + EVAL_MODEL_OVERHEAD_S)
+        per_point = 2 * self.instruction_eval_items * LMEVAL_TOKENS_PER_ITEM / LMEVAL_TOKENS_PER_S
+        # Training time from the steps a budget rounds down to, not from the budget itself.
+        tune = self.tune_steps * self.tune_seq_len * self.tune_batch / self.train_tokens_per_s
+        pretrain = self.pretrain_tokens / self.train_tokens_per_s
+        instruction = self.instruction_steps * self.instruction_seq_len * self.instruction_batch / self.train_tokens_per_s
         return {
             "corpus": 15.0 + 0.006 * self.records,  # parsing, mining, 13-gram checks
-            "synthesizer": self.tune_seconds + 60.0,
+            "synthesizer": tune + 60.0,
             "synthesis": self.synth_texts * self.synth_max_new_tokens * SYNTH_SECONDS_PER_TEXT_TOKEN,
-            "pretrain": 2 * self.seeds * (self.pretrain_seconds + TRAIN_RUN_OVERHEAD_S),
+            "pretrain": 2 * self.seeds * (pretrain + TRAIN_RUN_OVERHEAD_S),
             "evaluate": models * per_model,
+            "instruction_tune": INSTRUCTION_DATA_S + 2 * self.seeds * (
+                TUNING_RUN_OVERHEAD_S + instruction + (self.instruction_points + 1) * per_point),
         }
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(tune_steps=self.tune_steps, pretrain_steps=self.pretrain_steps,
-                 pretrain_tokens=self.pretrain_tokens)
+                 pretrain_tokens=self.pretrain_tokens, instruction_steps=self.instruction_steps)
         return d
 
 
@@ -114,25 +141,30 @@ SIZES: dict[str, DemoSize] = {
         general_instructions=200, tune_examples=60, tune_seconds=0, tune_seq_len=512, tune_lr=1e-3,
         synth_texts=4, rounds=2, synth_max_new_tokens=16, synth_max_model_len=512,
         pretrain_seconds=0, seq_len=128, micro_batch=2, pretrain_lr=1e-3, min_steps=6, nproc=2,
+        instruction_examples=16, instruction_seconds=0, instruction_seq_len=512, instruction_lr=1e-3,
+        instruction_points=2, instruction_eval_items=4,
     ),
-    # The default, <= 20 minutes on 2 CPU cores by estimate_seconds(): tuning 285 s = 17 steps of
+    # The default, <= 20 minutes on 2 CPU cores by estimate_seconds(): tuning 285 s = 18 steps of
     # 2 x 1,024 tokens at lr 3e-4 (fewer steps or lr 1e-4 left SmolLM2 unable to write the <QUE>/<ANS>
-    # format); synthesis of 12 texts; 2 seeds per arm of 60 s each; 40 items per family and 30
-    # abstracts for 5 models. Same design as medium, NOT powered: the report says so.
+    # format); synthesis of 12 texts; 2 seeds per arm of 3 steps each; 30 items per family and 20
+    # abstracts for 5 models; instruction tuning of the 4 models for 2 steps each, its curve scored on
+    # 6 items per family at 3 points. Same design as medium, NOT powered: the report says so.
     "small": DemoSize(
-        name="small", tiny_model=False, records=3000, heldout_fraction=0.15, eval_texts=30, eval_items=40, seeds=2,
+        name="small", tiny_model=False, records=3000, heldout_fraction=0.15, eval_texts=20, eval_items=30, seeds=2,
         general_instructions=3000, tune_examples=240, tune_seconds=285, tune_seq_len=1024, tune_lr=3e-4,
         synth_texts=12, rounds=2, synth_max_new_tokens=128, synth_max_model_len=2048,
         pretrain_seconds=60, seq_len=512, micro_batch=4, pretrain_lr=1e-4,
+        instruction_examples=160, instruction_seconds=16, instruction_points=2, instruction_eval_items=6,
     ),
     # The powered size (minutes on a GPU): 3 seeds per arm,
-    # 300 items per family, 200 held-out abstracts. 14,000 records with a 20% held-out share give
+    # 300 items per family, 200 held-out abstracts; tuning curves of 4 points on 50 items per family. 14,000 records with a 20% held-out share give
     # ~420 held-out structured abstracts (sentence-role items); 12,000 at 15% gave only 283.
     "medium": DemoSize(
         name="medium", tiny_model=False, records=14000, heldout_fraction=0.2, eval_texts=200, eval_items=300,
         seeds=3, general_instructions=6000, tune_examples=1000, tune_seconds=600, tune_seq_len=1024, tune_lr=3e-4,
         synth_texts=64, rounds=3, synth_max_new_tokens=160, synth_max_model_len=2048,
         pretrain_seconds=240, seq_len=512, micro_batch=4, pretrain_lr=1e-4,
+        instruction_examples=600, instruction_seconds=90, instruction_points=3, instruction_eval_items=50,
     ),
 }
 

@@ -48,6 +48,9 @@ METRICS = ("acc", "acc_norm", "gold_loglik")
 class EvalConfig:
     # Steps between in-loop downstream evaluations (0: none); the last step is always scored.
     downstream_interval: int = 0
+    # Also score the weights the run starts from, as step 0 (the first point of a tuning curve); a
+    # resumed run keeps the step-0 record it logged.
+    downstream_at_start: bool = False
     # lm-eval tasks scored on the model being trained: task folders (e.g. the demo's suite) or task names
     # available offline. Each score is a curve in metrics.jsonl and TensorBoard ("downstream" records).
     downstream_tasks: list[str] = field(default_factory=list)
@@ -72,9 +75,13 @@ class EvalConfig:
 
 
 class Callback:
-    """A trainer hook: ``post_step(trainer)`` runs after every optimizer step on every rank. The trainer
-    is passed as it is (this module may not import it): ``step``, ``engine``, ``plan``, ``rank``,
+    """A trainer hook: ``pre_train(trainer)`` runs once before the first step of a run (fresh or
+    resumed), ``post_step(trainer)`` after every optimizer step, both on every rank. The trainer is
+    passed as it is (this module may not import it): ``step``, ``engine``, ``plan``, ``rank``,
     ``world`` and ``metrics`` are what a callback reads."""
+
+    def pre_train(self, trainer: Any) -> None:
+        """Nothing by default."""
 
     def post_step(self, trainer: Any) -> None:  # pragma: no cover - the interface
         raise NotImplementedError
@@ -145,16 +152,24 @@ class DownstreamEvaluator(Callback):
     def due(self, step: int) -> bool:
         return step % self.cfg.downstream_interval == 0 or step == self.total_steps
 
+    def pre_train(self, trainer: Any) -> None:
+        if self.cfg.downstream_at_start and trainer.step == 0:
+            self._log_scores(trainer)
+
     def post_step(self, trainer: Any) -> None:
-        if not self.due(trainer.step):
-            return
+        if self.due(trainer.step):
+            self._log_scores(trainer)
+
+    def _log_scores(self, trainer: Any) -> None:
         t0 = time.perf_counter()
         scores = self.score(trainer.engine.module, self.lockstep, trainer.rank, trainer.world)
         self.seconds += time.perf_counter() - t0
         trainer.metrics.write(trainer.step, "downstream", {**scores, "seconds": time.perf_counter() - t0})
 
-    def score(self, module: torch.nn.Module, lockstep: bool, rank: int, world: int) -> dict[str, float]:
-        """``{TASK/METRIC: value, mean/METRIC: value}`` over every task; the same on every rank."""
+    def score(self, module: torch.nn.Module, lockstep: bool, rank: int, world: int) -> dict[str, Any]:
+        """``{TASK/METRIC: value, mean/METRIC: value, "items": {TASK: {METRIC: [per item]}}}`` over
+        every task; the same on every rank. The per-item scores let a report put intervals over items
+        and seeds on a curve (metrics.jsonl keeps them; TensorBoard takes the scalars only)."""
         mine = self.tasks if lockstep or world == 1 else self.tasks[rank::world]
         was_training = module.training
         module.eval()
@@ -167,7 +182,7 @@ class DownstreamEvaluator(Callback):
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, results)
             results = {k: v for part in gathered for k, v in part.items()}
-        out: dict[str, float] = {}
+        out: dict[str, Any] = {}
         for task in self.tasks:
             for metric in METRICS:
                 if metric in results.get(task, {}):
@@ -176,9 +191,10 @@ class DownstreamEvaluator(Callback):
             values = [results[t][metric] for t in self.tasks if metric in results.get(t, {})]
             if values:
                 out[f"mean/{metric}"] = float(np.mean(values))
+        out["items"] = {t: results[t]["items"] for t in self.tasks if "items" in results.get(t, {})}
         return out
 
-    def _simple_evaluate(self, module: torch.nn.Module, tasks: list[str]) -> dict[str, dict[str, float]]:
+    def _simple_evaluate(self, module: torch.nn.Module, tasks: list[str]) -> dict[str, dict[str, Any]]:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
 
@@ -201,12 +217,18 @@ class DownstreamEvaluator(Callback):
                 os.environ.pop("LOCAL_RANK", None)
             else:
                 os.environ["LOCAL_RANK"] = local_rank
-        out = {t: {m: float(res["results"][t][f"{m},none"]) for m in METRICS if f"{m},none" in res["results"][t]}
-               for t in tasks}
+        out: dict[str, dict[str, Any]] = {
+            t: {m: float(res["results"][t][f"{m},none"]) for m in METRICS if f"{m},none" in res["results"][t]}
+            for t in tasks}
         for t in tasks:
-            gold = [_gold_loglik(s) for s in res["samples"].get(t, [])]
+            samples = sorted(res["samples"].get(t, []), key=lambda s: s.get("doc_id", 0))
+            items = {m: [float(s[m]) for s in samples] for m in ("acc", "acc_norm") if all(m in s for s in samples)}
+            gold = [_gold_loglik(s) for s in samples]
             if gold and None not in gold:
                 out[t]["gold_loglik"] = float(np.mean(gold))
+                items["gold_loglik"] = [float(g) for g in gold]  # type: ignore[misc]
+            if samples:
+                out[t]["items"] = items
         return out
 
 

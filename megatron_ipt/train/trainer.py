@@ -159,8 +159,9 @@ class Trainer:
         self.data = plan.train
         self.run_dir = Path(cfg.run_dir)
         self.metrics = MetricsWriter(self.run_dir, self.rank == 0, cfg.logging.tensorboard)
-        # Steps after the checkpoint are redone: drop their records so no step is logged twice.
-        self.metrics.truncate_after(self.step)
+        # Steps after the checkpoint are redone: drop their records so no step is logged twice (a run
+        # without a checkpoint redoes every step, step 0's in-loop evaluation included).
+        self.metrics.truncate_after(self.step if plan.resume_from is not None else -1)
         hf = model.config
         attn_dim = hf.num_attention_heads * (getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads)
         n_matmul = matmul_parameters(self.n_params, hf.vocab_size, hf.hidden_size, hf.tie_word_embeddings)
@@ -253,6 +254,8 @@ class Trainer:
         t_run = time.perf_counter()
         steps_this_run = 0
         last_saved = self.step if self.plan.resume_from is not None else -1
+        for callback in self.plan.callbacks:
+            callback.pre_train(self)
         while self.step < cfg.steps:
             if steps_this_run % signal_every == 0 and preemption.any_rank():  # a collective and a host sync
                 if last_saved != self.step:

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from megatron_ipt.demo.corpus import instruction_families
 from megatron_ipt.demo.evalsets import (
     CONTEXT_SENTENCES,
     ROLES,
@@ -86,11 +87,12 @@ def test_drop_contaminated_finds_a_shared_13_gram():
 
 
 def test_family_sets_are_disjoint_by_design():
-    manifest = family_manifest(tuning_families(), general_family_manifest())
+    manifest = family_manifest(tuning_families(), general_family_manifest(), instruction_families())
     a, b, c = manifest["a_tuning"], manifest["b_general"], manifest["c_evaluation"]
-    assert len(a) >= 10 and len(b) >= 5 and len(c) == 2
-    assert not set(c) & (set(a) | set(b)) and not set(a) & set(b)
-    train_wordings = [w for fams in (a, b) for f in fams.values() for w in f["wordings"]]
+    d = manifest["d_instruction_tuning"]
+    assert len(a) >= 10 and len(b) >= 5 and len(c) == 2 and len(d) >= 10
+    assert not set(c) & (set(a) | set(b) | set(d)) and not set(a) & set(b) and not set(d) & set(b)
+    train_wordings = [w for fams in (a, b, d) for f in fams.values() for w in f["wordings"]]
     for fam in c.values():
         for w in fam["wordings"]:
             assert not any(w.strip().lower() in t.lower() for t in train_wordings), w

@@ -11,7 +11,8 @@ def test_small_fits_its_budget():
 
 
 def test_medium_fits_its_budget():
-    assert sum(SIZES["medium"].estimate_seconds().values()) <= 90 * 60
+    # Two hours: the powered design plus six instruction-tuning curves fit one working session.
+    assert sum(SIZES["medium"].estimate_seconds().values()) <= 120 * 60
 
 
 def test_medium_is_powered_and_small_keeps_the_design():

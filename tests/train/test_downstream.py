@@ -99,17 +99,23 @@ def _losses(metrics, run: Path) -> dict[int, float]:
 def test_zero3_curve_at_its_interval_and_the_same_after_resume(tmp_path: Path, suite: Path, pubmed_prefixes,
                                                               train_job, metrics) -> None:
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    train_job(2, _args(pubmed_prefixes["train"], whole, suite, 3))
+    at_start = "--eval.downstream_at_start=true"
+    train_job(2, _args(pubmed_prefixes["train"], whole, suite, 3, at_start))
     curve = _curve(metrics, whole)
-    assert sorted(curve) == [2, 4]
+    assert sorted(curve) == [0, 2, 4]
     for rec in curve.values():
         assert {"ipt_glucose/acc", "ipt_lipids/acc_norm", "ipt_glucose/gold_loglik", "mean/acc"} <= set(rec)
-    assert curve[2]["mean/gold_loglik"] != curve[4]["mean/gold_loglik"]  # the curve follows the weights
+        # Per-item scores (for intervals over items and seeds) agree with the task's mean.
+        items = rec["items"]["ipt_glucose"]
+        assert len(items["acc"]) == len(items["gold_loglik"]) > 1 and set(items["acc"]) <= {0.0, 1.0}
+        assert sum(items["acc"]) / len(items["acc"]) == pytest.approx(rec["ipt_glucose/acc"])
+        assert sum(items["gold_loglik"]) / len(items["gold_loglik"]) == pytest.approx(rec["ipt_glucose/gold_loglik"])
+    assert curve[0]["mean/gold_loglik"] != curve[2]["mean/gold_loglik"] != curve[4]["mean/gold_loglik"]
 
-    train_job(2, _args(pubmed_prefixes["train"], resumed, suite, 3, "--stop_after=2"))
-    assert sorted(_curve(metrics, resumed)) == [2]
+    train_job(2, _args(pubmed_prefixes["train"], resumed, suite, 3, at_start, "--stop_after=2"))
+    assert sorted(_curve(metrics, resumed)) == [0, 2]
     assert (resumed / "ckpt").is_dir()
-    train_job(2, _args(pubmed_prefixes["train"], resumed, suite, 3))
+    train_job(2, _args(pubmed_prefixes["train"], resumed, suite, 3, at_start))
     assert _curve(metrics, resumed) == curve
     assert _losses(metrics, resumed) == _losses(metrics, whole)
 
