@@ -6,7 +6,8 @@ Arms (each reports median tokens/s over its timed steps; the first ``--warmup`` 
   HF model loaded from the start-model directory, ``torch.set_num_threads(THREADS)``, one process;
 - ``trainer zero0 x1``: ``megatron_ipt.train`` under torchrun, 1 process x THREADS threads, ZeRO-0
   (``ds_configs/zero0.json``) — the demo's set-up;
-- ``trainer zero3 x2``: 2 processes x THREADS/2 threads, ZeRO-3 (ds_configs/zero3.json) — the old one;
+- ``trainer zero3 x2``: 2 processes x THREADS/2 threads, ZeRO-3 (ds_configs/zero3.json) — the
+  multi-process alternative;
 
 each trainer arm in fp32 and DeepSpeed bf16, and ZeRO-0 also in ``bfloat16_autocast`` (fp32 weights and
 optimizer, bf16 autocast forward: the plain loop's fastest mode). The ratio printed last is best trainer arm / best plain
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = statistics.median(trainer_run(
                 model, prefix, args.seq_len, rows, 1, args.threads, args.steps, args.warmup, precision, str(zero0),
                 work))
-        name = f"trainer zero3 x2 {precision}"  # the old set-up, as the demo ran it before
+        name = f"trainer zero3 x2 {precision}"  # the multi-process alternative the ZeRO-0 set-up is measured against
         if _slug(name) in wanted:
             results[name] = statistics.median(trainer_run(
                 model, prefix, args.seq_len, args.micro_batch, 2, max(args.threads // 2, 1), args.steps,

@@ -1,6 +1,6 @@
 """The one-way import flow of the package, checked on every module (imports inside functions too).
 
-    base (config, io, log, dist_env, tokenizer, resources, pairs) <- data <- synth <- tuning, corpora
+    base (config, io, log, dist_env, tokenizer, progress, resources, pairs, park) <- data <- synth <- tuning, corpora
     base <- model <- train <- cluster (launch, slurm, preflight);  eval reads models and synthesis
     the demo is the one application over everything, data_tools included.
 

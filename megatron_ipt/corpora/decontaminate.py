@@ -198,7 +198,7 @@ class EvalSet:
 
 
 def _sorted_unique(a: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (numpy's hash-based ``unique`` was several times slower on uint64 here)."""
+    """Sorted distinct values (numpy's hash-based ``unique`` is several times slower on uint64 here)."""
     a = np.sort(a)
     return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) else a
 

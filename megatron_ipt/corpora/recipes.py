@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -37,6 +38,9 @@ from megatron_ipt.data.readers import iter_records
 from megatron_ipt.io import OutputLocked, atomic_path, atomic_write_json, atomic_write_text, output_lock
 from megatron_ipt.log import get_logger
 from megatron_ipt.synth.units import synthesis_outputs
+
+if TYPE_CHECKING:
+    from megatron_ipt.tokenizer import Tokenizer
 
 log = get_logger(__name__)
 
@@ -232,16 +236,13 @@ def build_corpora(cfg: CorporaConfig) -> dict:
         raise ConfigError(f"output_dir: cannot write {err.filename or out}: {err.strerror or err}") from None
 
 
-def _build_corpora(cfg: CorporaConfig, out: Path) -> dict:
+def _tokenize_components(cfg: CorporaConfig, out: Path, tok: Tokenizer, stats: dict[str, Counter], quality: QualityGate,
+                         contamination: ContaminationGate | None) -> tuple[dict[str, dict], dict | None]:
+    """Write each component's documents and tokenize them; (counts per component, the tokenizer record)."""
     from megatron_ipt.data.preprocess import preprocess
-    from megatron_ipt.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(cfg.tokenizer)  # once for every component (preprocess reuses it)
     tok_record: dict | None = None
-    stats: dict[str, Counter] = {k: Counter() for k in ("instruct", "raw", "tuning", "instructions")}
     components: dict[str, dict] = {}
-    quality = QualityGate(cfg.quality)
-    contamination = ContaminationGate(cfg.contamination) if cfg.contamination.eval_sets else None
     for name, docs in _components(cfg, stats, quality, contamination):
         doc_path = out / "documents" / f"{name}.jsonl"
         counts = _write_documents(doc_path, docs)
@@ -256,15 +257,21 @@ def _build_corpora(cfg: CorporaConfig, out: Path) -> dict:
         components[name] = counts | {"tokens": int(summary["tokens"]), "prefix": summary["prefix"]}
         if summary.get("skipped_total"):  # tokenization's own skips (none expected: counted if any)
             components[name]["tokenize_skipped"] = summary["skipped"]
-    tokens = {k: c["tokens"] for k, c in components.items()}
+    return components, tok_record
+
+
+def _check_mixable(cfg: CorporaConfig, tokens: dict[str, int]) -> None:
     if not any(tokens.values()):
         raise ConfigError("every component is empty: nothing to blend")
     if cfg.recipe == "domain" and not tokens.get("instruct"):
         # The instructions are weighted by the converted domain tokens: without any, no mixture exists.
         raise ConfigError(f"synthesized: no documents in {', '.join(cfg.synthesized)}: the domain recipe "
                           "mixes instructions in proportion to the converted domain corpus")
-    weights = _weights(cfg, tokens)
-    total_tokens = sum(tokens.values())
+
+
+def _annotate_components(components: dict[str, dict], stats: dict[str, Counter], weights: dict[str, float],
+                         total_tokens: int) -> None:
+    """Add each component's weight, repeat, template use and counts (in place)."""
     for name, comp in components.items():
         comp["weight"] = weights.get(name, 0.0)
         if comp["tokens"]:
@@ -276,15 +283,34 @@ def _build_corpora(cfg: CorporaConfig, out: Path) -> dict:
         extra = {k: v for k, v in stats[name].items() if not k.startswith("layout:")}
         if extra:
             comp["counts"] = dict(extra)
-    if cfg.quality.enabled:
-        components["instruct"]["quality"] = quality.report()
-    blend = Blend.parse([[weights[k], components[k]["prefix"]] for k in components if k in weights], "mixture")
+
+
+def _write_blend(out: Path, cfg: CorporaConfig, tok: Tokenizer, blend: Blend) -> None:
     # The blend carries its tokenizer: a training config that includes it trains with the same one
     # (and the trainer refuses another one, from the datasets' summaries).
     tok_spec = cfg.tokenizer if not Path(cfg.tokenizer).exists() else str(Path(cfg.tokenizer).resolve())
     atomic_write_text(out / "blend.yaml", "# written by data_tools.build_corpora: include it in a training config\n"
                       f"# tokenized with {tok.name} (vocab {tok.vocab_size}, hash {tok.vocab_hash})\n"
                       + yaml.safe_dump({"data": {"train": blend.to_yaml(), "tokenizer": tok_spec}}, sort_keys=False))
+
+
+def _build_corpora(cfg: CorporaConfig, out: Path) -> dict:
+    from megatron_ipt.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(cfg.tokenizer)  # once for every component (preprocess reuses it)
+    stats: dict[str, Counter] = {k: Counter() for k in ("instruct", "raw", "tuning", "instructions")}
+    quality = QualityGate(cfg.quality)
+    contamination = ContaminationGate(cfg.contamination) if cfg.contamination.eval_sets else None
+    components, tok_record = _tokenize_components(cfg, out, tok, stats, quality, contamination)
+    tokens = {k: c["tokens"] for k, c in components.items()}
+    _check_mixable(cfg, tokens)
+    weights = _weights(cfg, tokens)
+    total_tokens = sum(tokens.values())
+    _annotate_components(components, stats, weights, total_tokens)
+    if cfg.quality.enabled:
+        components["instruct"]["quality"] = quality.report()
+    blend = Blend.parse([[weights[k], components[k]["prefix"]] for k in components if k in weights], "mixture")
+    _write_blend(out, cfg, tok, blend)
     report = {"recipe": cfg.recipe, "tokenizer": cfg.tokenizer, "tokenizer_fingerprint": tok_record,
               "total_tokens": total_tokens,
               "components": components, "blend": [list(e) for e in blend], "synthesis": synthesis_totals(cfg.synthesized),

@@ -39,7 +39,8 @@ def describe(record: dict[str, Any]) -> str:
 def read_record(prefix: str | Path) -> dict[str, Any] | None:
     """The tokenizer record of dataset ``prefix`` (from ``PREFIX.summary.json``), or None if it has none.
 
-    A summary written before fingerprints existed yields a partial record (name and vocab size only).
+    A summary without ``tokenizer_fingerprint`` but with ``vocab_size`` yields a partial record (name, vocab
+    size and dtype).
     """
     path = summary_path(prefix)
     if not path.is_file():

@@ -23,7 +23,7 @@ from megatron_ipt.demo.general_instructions import general_family_manifest, gene
 from megatron_ipt.demo.paths import DemoPaths
 from megatron_ipt.demo.sizes import DemoSize
 from megatron_ipt.eval.suite import write_suite
-from megatron_ipt.io import atomic_path
+from megatron_ipt.io import atomic_write_jsonl
 from megatron_ipt.tuning.example import Example
 from megatron_ipt.tuning.pubmed import (
     PubmedRecord,
@@ -33,12 +33,6 @@ from megatron_ipt.tuning.pubmed import (
     write_raw_corpus,
 )
 from megatron_ipt.tuning.pubmed_mining import mesh_term_pool, mine_record, tuning_families
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
 
 
 def example_record(ex: Example) -> dict:
@@ -77,7 +71,8 @@ def training_texts(paths: DemoPaths) -> list[str]:
     return texts
 
 
-def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
+def _load_records(size: DemoSize, paths: DemoPaths) -> tuple[list[Path], list[PubmedRecord]]:
+    """(the shipped files, their records in a deterministic shuffle)."""
     # Half the records from each shipped file: the 2021 file has more structured abstracts, the
     # 2020 one (older articles) has MeSH terms on nearly every record (multiple-choice tasks).
     files = shipped_pubmed_files()
@@ -87,10 +82,36 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
         records += load_pubmed_records([f], limit=size.records // len(files), cache=cache)
     # A deterministic shuffle, so every split mixes records of both files.
     records.sort(key=lambda r: hashlib.sha256(f"demo:{r.pmid}".encode()).digest())
+    return files, records
+
+
+def _split_heldout(records: list[PubmedRecord], fraction: float) -> tuple[list[PubmedRecord], list[PubmedRecord]]:
+    """(training side, held-out side) by :func:`~megatron_ipt.tuning.pubmed.is_held_out`."""
     train: list[PubmedRecord] = []
     heldout: list[PubmedRecord] = []
     for rec in records:
-        (heldout if is_held_out(rec.pmid, size.heldout_fraction) else train).append(rec)
+        (heldout if is_held_out(rec.pmid, fraction) else train).append(rec)
+    return train, heldout
+
+
+def _write_eval_suite(size: DemoSize, paths: DemoPaths, heldout: list[PubmedRecord]) -> tuple[dict, dict]:
+    """(c) evaluation families from held-out records, decontaminated against (a), (b) and the raw
+    corpus: (items per family, items dropped per family)."""
+    training = ngram_set(training_texts(paths))
+    suite: dict[str, list[dict]] = {}
+    dropped: dict[str, int] = {}
+    for family, build in FAMILY_BUILDERS.items():
+        # Built from extra candidates so that dropping contaminated items still leaves the count asked.
+        items, dropped[family] = drop_contaminated(build(heldout, 2 * size.eval_items), training)
+        suite[family] = items[: size.eval_items]
+    atomic_write_jsonl(paths.eval_items, [{"family": f, **it} for f, items in suite.items() for it in items])
+    write_suite(suite, paths.eval_suite)
+    return suite, dropped
+
+
+def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
+    files, records = _load_records(size, paths)
+    train, heldout = _split_heldout(records, size.heldout_fraction)
     unstructured = [r for r in train if not r.structured]
     structured = [r for r in train if r.structured]
     raw_records = unstructured[: size.synth_texts]
@@ -99,7 +120,6 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
     # domain corpus is unstructured; structured "LABEL: text" abstracts reach no arm's training).
     held_unstructured = [r for r in heldout if not r.structured]
     write_raw_corpus(paths.heldout_texts, held_unstructured[: size.eval_texts])
-
     # (a) the synthesizer's tuning families, mined from structured training-side records.
     pool = mesh_term_pool(records)
     mined = [ex for ex in (mine_record(r, pool, seed=0, diverse=True) for r in structured)
@@ -107,23 +127,14 @@ def build_corpus(size: DemoSize, paths: DemoPaths) -> dict:
     # (d) instruction tuning after pre-training (stage 7): the mined examples after those of (a).
     instruction = mined[size.tune_examples: size.tune_examples + size.instruction_examples]
     mined = mined[: size.tune_examples]
-    _write_jsonl(paths.mined, [example_record(ex) for ex in mined])
-    _write_jsonl(paths.instruction_records, [chat_record(ex) for ex in instruction])
+    atomic_write_jsonl(paths.mined, [example_record(ex) for ex in mined])
+    atomic_write_jsonl(paths.instruction_records, [chat_record(ex) for ex in instruction])
     # (b) general instructions for the domain recipe: not biomedical (Python's standard library).
     general = list(general_instructions(size.general_instructions))
     # The family is in the id (``family:k``); the recipe reads only id, question and response.
-    _write_jsonl(paths.general_instructions, [{k: r[k] for k in ("id", "question", "response")} for r in general])
-    # (c) evaluation families from held-out records, decontaminated against (a), (b) and the raw corpus.
-    training = ngram_set(training_texts(paths))
-    suite: dict[str, list[dict]] = {}
-    dropped: dict[str, int] = {}
-    for family, build in FAMILY_BUILDERS.items():
-        # Built from extra candidates so that dropping contaminated items still leaves the count asked.
-        items, dropped[family] = drop_contaminated(build(heldout, 2 * size.eval_items), training)
-        suite[family] = items[: size.eval_items]
-    _write_jsonl(paths.eval_items, [{"family": f, **it} for f, items in suite.items() for it in items])
-    write_suite(suite, paths.eval_suite)
-
+    atomic_write_jsonl(paths.general_instructions,
+                       [{k: r[k] for k in ("id", "question", "response")} for r in general])
+    suite, dropped = _write_eval_suite(size, paths, heldout)
     short = {f: len(v) for f, v in suite.items() if len(v) < size.eval_items}
     if len(raw_records) < size.synth_texts or len(mined) < size.tune_examples or short \
             or len(instruction) < size.instruction_examples:

@@ -138,10 +138,10 @@ SIZES: dict[str, DemoSize] = {
     # (two seeds per arm, so the intervals and the arm difference are computed as in larger sizes).
     "tiny": DemoSize(
         name="tiny", tiny_model=True, records=400, heldout_fraction=0.25, eval_texts=4, eval_items=8, seeds=2,
-        general_instructions=200, tune_examples=60, tune_seconds=0, tune_seq_len=512, tune_lr=1e-3,
+        general_instructions=200, tune_examples=36, tune_seconds=0, tune_seq_len=512, tune_lr=1e-3,
         synth_texts=4, rounds=2, synth_max_new_tokens=16, synth_max_model_len=512,
         pretrain_seconds=0, seq_len=128, micro_batch=2, pretrain_lr=1e-3, min_steps=6, nproc=2,
-        instruction_examples=16, instruction_seconds=0, instruction_seq_len=512, instruction_lr=1e-3,
+        instruction_examples=12, instruction_seconds=0, instruction_seq_len=512, instruction_lr=1e-3,
         instruction_points=2, instruction_eval_items=4,
     ),
     # The default, <= 20 minutes on 2 CPU cores by estimate_seconds(): tuning 285 s = 18 steps of

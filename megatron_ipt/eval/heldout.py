@@ -101,7 +101,7 @@ def evaluate_model(
         loss, loss_tokens = answer_losses(model, tokenizer, tasks, max_length, batch_size, bf16)
         del model
         gc.collect()
-        # fp32 for the one-shot generation: on CPU, bf16 weights paid a long first-call warm-up.
+        # fp32 for the one-shot generation: on CPU, bf16 weights pay a long first-call warm-up.
         engine = EngineConfig(kind="hf", model=str(model_dir), dtype="float32").build(tokenizer=tokenizer)
         generations = generate_answers(engine, tasks, max_new_tokens, max_length)
         result["tasks"] = asdict(score_tasks(tasks, generations, loss, loss_tokens))
@@ -123,7 +123,7 @@ class EvaluateArgs:
     max_new_tokens: int = 32  # greedy answer length
     batch_size: int = 4  # sequences scored together
     # scoring: auto (bf16 autocast on a GPU, fp32 on CPU), bfloat16 (autocast) or float32 (--fp32). On a
-    # CPU without native bf16 matmuls autocast scored 5.5x slower than fp32 (SmolLM2-135M, 2 cores).
+    # CPU without native bf16 matmuls autocast scores 5.5x slower than fp32 (SmolLM2-135M, 2 cores).
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     output: str | None = None  # write the results as JSON here (else print them)
 

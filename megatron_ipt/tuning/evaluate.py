@@ -95,6 +95,61 @@ def _fits(ids: list[int], engine: Any, max_new_tokens: int) -> bool:
     return len(ids) + max_new_tokens <= engine.max_model_len
 
 
+def _free_generation_counts(engine: Any, examples: Sequence[Example], max_new_tokens: int) -> tuple[dict[str, int], int]:
+    """Generate from each context that fits and parse the output: (counts, contexts skipped as too long)."""
+    from megatron_ipt.pairs import is_degenerate
+    from megatron_ipt.synth.engine_types import SamplingParams
+    from megatron_ipt.synth.rounds import build_prompt_ids
+
+    prompts, skipped_long = [], 0
+    for ex in examples:
+        ids = build_prompt_ids(engine.tokenizer, [], ex.context)
+        if _fits(ids, engine, max_new_tokens):
+            prompts.append(ids)
+        else:
+            skipped_long += 1
+    gens = engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens)) if prompts else []
+    counts = dict.fromkeys(("contexts", "parsed", "pairs", "truncated", "malformed", "degenerate"), 0)
+    counts["contexts"] = len(gens)
+    for (g,) in gens:
+        res = parse_pairs(g.text)
+        counts["parsed"] += bool(res.pairs)
+        counts["pairs"] += len(res.pairs)
+        counts["truncated"] += res.truncated
+        counts["malformed"] += res.malformed
+        counts["degenerate"] += is_degenerate(g.text)
+    return counts, skipped_long
+
+
+def _gold_response_scores(
+    engine: Any, examples: Sequence[Example], response_tokens: int, max_pairs_per_example: int | None
+) -> tuple[dict[str, Any], int]:
+    """Answer each gold instruction after its context and earlier gold pairs; score against the gold
+    response: (scores, prompts skipped as too long)."""
+    from megatron_ipt.synth.engine_types import SamplingParams
+
+    prompts, golds, skipped_long = [], [], 0
+    for ex in examples:
+        n = len(ex.pairs) if max_pairs_per_example is None else min(len(ex.pairs), max_pairs_per_example)
+        for k in range(n):
+            ids = response_prompt_ids(engine.tokenizer, ex, k)
+            if _fits(ids, engine, response_tokens):
+                prompts.append(ids)
+                golds.append(ex.pairs[k].response)
+            else:
+                skipped_long += 1
+    params = SamplingParams(max_new_tokens=response_tokens, stop=(END,))
+    outs = engine.generate(prompts, params) if prompts else []
+    em = [exact_match(o[0].text.strip(), gold) for o, gold in zip(outs, golds, strict=True)]
+    f1 = [token_f1(o[0].text.strip(), gold) for o, gold in zip(outs, golds, strict=True)]
+    return {
+        "responses": len(outs),
+        "response_exact_match": float(np.mean(em)) if em else float("nan"),
+        "response_f1": float(np.mean(f1)) if f1 else float("nan"),
+        "responses_closed_with_end": sum(o[0].finish_reason == "stop" for o in outs),
+    }, skipped_long
+
+
 def generation_scores(
     engine: Any,
     examples: Sequence[Example],
@@ -103,57 +158,16 @@ def generation_scores(
     max_pairs_per_example: int | None = None,
 ) -> dict[str, Any]:
     """Parse rate of free generations and response EM / token F1 for the gold instructions."""
-    from megatron_ipt.pairs import is_degenerate
-    from megatron_ipt.synth.engine_types import SamplingParams
-    from megatron_ipt.synth.rounds import build_prompt_ids
-
-    tok = engine.tokenizer
-    skipped_long = 0
-    # (a) free generation: does the output parse into pairs?
-    prompts = []
-    for ex in examples:
-        ids = build_prompt_ids(tok, [], ex.context)
-        if _fits(ids, engine, max_new_tokens):
-            prompts.append(ids)
-        else:
-            skipped_long += 1
-    gens = engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens)) if prompts else []
-    parsed = n_pairs = truncated = degenerate = malformed = 0
-    for (g,) in gens:
-        res = parse_pairs(g.text)
-        parsed += bool(res.pairs)
-        n_pairs += len(res.pairs)
-        truncated += res.truncated
-        malformed += res.malformed
-        degenerate += is_degenerate(g.text)
-    # (b) responses to the gold instructions
-    resp_prompts, golds = [], []
-    for ex in examples:
-        for k in range(
-            len(ex.pairs) if max_pairs_per_example is None else min(len(ex.pairs), max_pairs_per_example)
-        ):
-            ids = response_prompt_ids(tok, ex, k)
-            if _fits(ids, engine, response_tokens):
-                resp_prompts.append(ids)
-                golds.append(ex.pairs[k].response)
-            else:
-                skipped_long += 1
-    params = SamplingParams(max_new_tokens=response_tokens, stop=(END,))
-    outs = engine.generate(resp_prompts, params) if resp_prompts else []
-    em = [exact_match(o[0].text.strip(), gold) for o, gold in zip(outs, golds, strict=True)]
-    f1 = [token_f1(o[0].text.strip(), gold) for o, gold in zip(outs, golds, strict=True)]
-    finished = sum(o[0].finish_reason == "stop" for o in outs)
-    n_gen = len(gens)
+    free, skipped_contexts = _free_generation_counts(engine, examples, max_new_tokens)
+    responses, skipped_prompts = _gold_response_scores(engine, examples, response_tokens, max_pairs_per_example)
+    n_gen = free["contexts"]
     return {
         "contexts": n_gen,
-        "parse_rate": parsed / n_gen if n_gen else float("nan"),
-        "pairs_per_output": n_pairs / n_gen if n_gen else float("nan"),
-        "truncated_outputs": truncated,
-        "malformed_pieces": malformed,
-        "degenerate_outputs": degenerate,
-        "responses": len(outs),
-        "response_exact_match": float(np.mean(em)) if em else float("nan"),
-        "response_f1": float(np.mean(f1)) if f1 else float("nan"),
-        "responses_closed_with_end": finished,
-        "skipped_too_long": skipped_long,
+        "parse_rate": free["parsed"] / n_gen if n_gen else float("nan"),
+        "pairs_per_output": free["pairs"] / n_gen if n_gen else float("nan"),
+        "truncated_outputs": free["truncated"],
+        "malformed_pieces": free["malformed"],
+        "degenerate_outputs": free["degenerate"],
+        **responses,
+        "skipped_too_long": skipped_contexts + skipped_prompts,
     }

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from megatron_ipt.data.indexed import summary_path
-from megatron_ipt.io import atomic_path, atomic_write_json
+from megatron_ipt.io import atomic_write_json, atomic_write_jsonl
 from megatron_ipt.log import get_logger
 from megatron_ipt.pairs import Pair, context_text, escape_markers, example_segments, find_marker, pairs_text
 from megatron_ipt.progress import progress
@@ -207,18 +207,97 @@ def document_segments(doc: list[Sized], pad_to: int | None = None) -> list[dict]
     return segs
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def split_prefix(output_prefix: str | Path, split: str) -> str:
     return f"{output_prefix}_{split}"
 
 
 def heldout_examples_path(output_prefix: str | Path) -> Path:
     return Path(f"{output_prefix}_heldout.examples.jsonl")
+
+
+def _synthesis_tokenizer(tokenizer: Tokenizer | str) -> Tokenizer:
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    if tok.bos_id is None or tok.eos_id is None:
+        raise ValueError(f"tokenizer {tok.name} needs BOS and EOS tokens for the synthesizer format")
+    return tok
+
+
+def _finished_summary(
+    output_prefix: str | Path, opts: TuningDataOptions, tok: Tokenizer, fingerprint: dict | None
+) -> dict | None:
+    """The summary on disk when it records the same options, tokenizer and inputs, else None."""
+    summary_file = summary_path(output_prefix)
+    if not summary_file.exists():
+        return None
+    prev = json.loads(summary_file.read_text())
+    same = (prev.get("options"), prev.get("tokenizer"), prev.get("inputs"))
+    return prev if same == (asdict(opts), tok.name, fingerprint) else None
+
+
+def _clean_and_split(
+    examples: Iterable[Example], stats: TuningStats, opts: TuningDataOptions
+) -> dict[str, list[Example]]:
+    splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    for ex in examples:
+        stats.examples_in += 1
+        clean = clean_example(ex, stats, opts)
+        if clean is not None:
+            splits["heldout" if is_held_out_example(clean, opts.held_out, opts.seed) else "train"].append(clean)
+    return splits
+
+
+def _summary_head(tok: Tokenizer, opts: TuningDataOptions, fingerprint: dict | None) -> dict:
+    from megatron_ipt.data.indexed import best_dtype
+    from megatron_ipt.data.provenance import tokenizer_record
+
+    return {"options": asdict(opts), "tokenizer": tok.name,
+            "tokenizer_fingerprint": tokenizer_record(tok, best_dtype(tok.vocab_size)),
+            "tokenizer_engine": tok.engine,
+            "inputs": fingerprint, "splits": {}}
+
+
+def _build_split(
+    split: str, examples: list[Example], output_prefix: str | Path, tok: Tokenizer, opts: TuningDataOptions,
+    stats: TuningStats,
+) -> dict:
+    """Measure, group and tokenize one split; its entry of the summary's ``splits``."""
+    from megatron_ipt.data.preprocess import preprocess
+
+    sized = measure(examples, tok, opts, stats)
+    stats.examples_kept[split] = len(sized)
+    for it in sized:
+        stats.per_dataset[it.example.dataset][split] += 1
+    docs = group_by_dataset(sized, opts.max_length, opts.seed)
+    prefix = split_prefix(output_prefix, split)
+    seg_file = Path(f"{prefix}.segments.jsonl")
+    pad_to = opts.max_length if opts.pad else None
+    atomic_write_jsonl(seg_file, ({"segments": document_segments(d, pad_to)} for d in docs))
+    if split == "heldout":
+        atomic_write_jsonl(heldout_examples_path(output_prefix), (it.example.to_dict() for it in sized))
+    if not docs:
+        log.warning("split %s is empty: no indexed dataset written", split)
+        return {"prefix": None, "documents": 0, "examples": 0, "tokens": 0}
+    content_tokens = sum(it.length for d in docs for it in d)
+    expected_tokens = len(docs) * opts.max_length if opts.pad else content_tokens
+    pre = preprocess([seg_file], prefix, tok, workers=0, dataset_suffix=False, overwrite=True, progress=True)
+    if pre["written"] != len(docs) or pre["tokens"] != expected_tokens:
+        raise RuntimeError(
+            f"{prefix}: preprocess wrote {pre['written']} documents / {pre['tokens']} tokens, "
+            f"expected {len(docs)} / {expected_tokens}"
+        )
+    seg_file.unlink()
+    lengths = [sum(it.length for it in d) for d in docs]
+    return {
+        "prefix": prefix,
+        "lossmask_prefix": pre.get("lossmask_prefix"),
+        "documents": len(docs),
+        "examples": len(sized),
+        "tokens": expected_tokens,
+        "padding_tokens": expected_tokens - content_tokens,
+        "mean_examples_per_document": round(len(sized) / len(docs), 2),
+        "mean_document_tokens": round(sum(lengths) / len(lengths), 1),
+        "max_document_tokens": max(lengths),
+    }
 
 
 def build_tuning_data(
@@ -235,79 +314,21 @@ def build_tuning_data(
     A finished build (its summary on disk with the same options, tokenizer and ``fingerprint`` of
     the inputs) is not redone; an interrupted one is redone from the start (each output is atomic).
     """
-    from megatron_ipt.data.preprocess import preprocess
-
     opts = opts or TuningDataOptions()
     opts.validate()
-    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-    if tok.bos_id is None or tok.eos_id is None:
-        raise ValueError(f"tokenizer {tok.name} needs BOS and EOS tokens for the synthesizer format")
-    summary_file = summary_path(output_prefix)
-    if summary_file.exists() and not overwrite:
-        prev = json.loads(summary_file.read_text())
-        same = (prev.get("options"), prev.get("tokenizer"), prev.get("inputs"))
-        if same == (asdict(opts), tok.name, fingerprint):
-            log.info("tuning data %s already built; skipping (pass overwrite to redo)", output_prefix)
-            return prev
+    tok = _synthesis_tokenizer(tokenizer)
+    if not overwrite and (prev := _finished_summary(output_prefix, opts, tok, fingerprint)) is not None:
+        log.info("tuning data %s already built; skipping (pass overwrite to redo)", output_prefix)
+        return prev
     stats = TuningStats()
-    splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
-    for ex in examples:
-        stats.examples_in += 1
-        clean = clean_example(ex, stats, opts)
-        if clean is not None:
-            splits["heldout" if is_held_out_example(clean, opts.held_out, opts.seed) else "train"].append(
-                clean
-            )
+    splits = _clean_and_split(examples, stats, opts)
     first = splits["train"][: _ENCODE_CHUNK // 2]  # gigatoken measures in bulk where it gives the same ids
     tok = select_engine(tok, "auto", [t for ex in first for t in (context_text(ex.context), pairs_text(ex.pairs))])
-    from megatron_ipt.data.indexed import best_dtype
-    from megatron_ipt.data.provenance import tokenizer_record
-
-    summary: dict = {"options": asdict(opts), "tokenizer": tok.name,
-                     "tokenizer_fingerprint": tokenizer_record(tok, best_dtype(tok.vocab_size)),
-                     "tokenizer_engine": tok.engine,
-                     "inputs": fingerprint, "splits": {}}
+    summary = _summary_head(tok, opts, fingerprint)
     for split in SPLITS:
-        sized = measure(splits[split], tok, opts, stats)
-        stats.examples_kept[split] = len(sized)
-        for it in sized:
-            stats.per_dataset[it.example.dataset][split] += 1
-        docs = group_by_dataset(sized, opts.max_length, opts.seed)
-        prefix = split_prefix(output_prefix, split)
-        seg_file = Path(f"{prefix}.segments.jsonl")
-        pad_to = opts.max_length if opts.pad else None
-        _write_jsonl(seg_file, ({"segments": document_segments(d, pad_to)} for d in docs))
-        if split == "heldout":
-            _write_jsonl(heldout_examples_path(output_prefix), (it.example.to_dict() for it in sized))
-        content_tokens = sum(it.length for d in docs for it in d)
-        expected_tokens = len(docs) * opts.max_length if opts.pad else content_tokens
-        if not docs:
-            log.warning("split %s is empty: no indexed dataset written", split)
-            summary["splits"][split] = {"prefix": None, "documents": 0, "examples": 0, "tokens": 0}
-            continue
-        pre = preprocess(
-            [seg_file], prefix, tok, workers=0, dataset_suffix=False, overwrite=True, progress=True
-        )
-        if pre["written"] != len(docs) or pre["tokens"] != expected_tokens:
-            raise RuntimeError(
-                f"{prefix}: preprocess wrote {pre['written']} documents / {pre['tokens']} tokens, "
-                f"expected {len(docs)} / {expected_tokens}"
-            )
-        seg_file.unlink()
-        lengths = [sum(it.length for it in d) for d in docs]
-        summary["splits"][split] = {
-            "prefix": prefix,
-            "lossmask_prefix": pre.get("lossmask_prefix"),
-            "documents": len(docs),
-            "examples": len(sized),
-            "tokens": expected_tokens,
-            "padding_tokens": expected_tokens - content_tokens,
-            "mean_examples_per_document": round(len(sized) / len(docs), 2),
-            "mean_document_tokens": round(sum(lengths) / len(lengths), 1),
-            "max_document_tokens": max(lengths),
-        }
-    if convert_stats is not None:  # read now: the converters have run while ``examples`` was consumed
+        summary["splits"][split] = _build_split(split, splits[split], output_prefix, tok, opts, stats)
+    if convert_stats is not None:  # complete: the converters run lazily, as ``examples`` is consumed
         summary["convert"] = convert_stats.to_dict()
     summary["stats"] = stats.to_dict()
-    atomic_write_json(summary_file, summary)
+    atomic_write_json(summary_path(output_prefix), summary)
     return summary

@@ -152,7 +152,7 @@ def test_evaluate_model_and_cli(tiny_dir, tmp_path):
     out = tmp_path / "eval.json"
     assert main(["--model", str(tiny_dir), "--texts", str(texts), "--fp32", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["heldout"]["loss"] == pytest.approx(result["heldout"]["loss"], abs=1e-5)
-    # The default dtype is auto: fp32 on CPU (bf16 autocast was 5.5x slower there), bf16 on a GPU.
+    # The default dtype is auto: fp32 on CPU (bf16 autocast is 5.5x slower there), bf16 on a GPU.
     assert scoring_bf16("auto") == torch.cuda.is_available()
     assert scoring_bf16("bfloat16") and not scoring_bf16("float32")
     if not torch.cuda.is_available():
