@@ -88,15 +88,15 @@ def curve_reading(curves: dict[str, dict[int, dict[str, list[list[float]]]]], po
             first, last = min(curve), max(curve)
             iv = _diff(curve[last][metric], curve[first][metric])
             if iv is not None:
-                out.append(f"- **{arm}**, {label} from step {first} to {last}: {iv.mean:+.4f} {_ci(iv, 4)}, "
-                           f"{_noise(iv)}.")
+                out.append(f"- **{arm}**, {label} from step {first} to {last}: {iv.mean:+.4f} "
+                           f"[{iv.low:+.4f}, {iv.high:+.4f}], {_noise(iv)}.")
         common = sorted(set(curves.get("instruct", {})) & set(curves.get("vanilla", {})))
         iv = _diff(curves["instruct"][common[-1]][metric], curves["vanilla"][common[-1]][metric]) if common else None
         if iv is not None:
             end = common[-1]
             sign = "no difference" if iv.mean == 0 else ("instruct higher" if iv.mean > 0 else "vanilla higher")
-            out.append(f"- **instruct − vanilla**, {label} after tuning (step {end}): {iv.mean:+.4f} ({sign}), "
-                       f"{_noise(iv)}.")
+            out.append(f"- **instruct − vanilla**, {label} after tuning (step {end}): {iv.mean:+.4f} "
+                       f"[{iv.low:+.4f}, {iv.high:+.4f}] ({sign}), {_noise(iv)}.")
     if not powered:
         out.append("- This size is **not powered** for the curve: few tuning steps, seeds and items per point; "
                    "it shows the design, and `DEMO_SIZE=medium` scales it up.")

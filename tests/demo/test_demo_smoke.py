@@ -1,6 +1,6 @@
 """Smoke run of ``python -m megatron_ipt.demo --size tiny``: the whole pipeline (real PubMed records,
-real tokenizer, ZeRO-3 over 2 processes, real synthesis, lm-evaluation-harness scoring) with a tiny
-random model, two seeds per arm.
+real tokenizer, ZeRO-3 over 2 processes, real synthesis, lm-evaluation-harness scoring, instruction
+tuning with in-loop evaluation) with a tiny random model, two seeds per arm.
 
 Asserts that every artefact exists, the report's table holds intervals, the evaluation families
 share no family, wording or 13-gram with any training input of either arm, a rerun skips every
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _demo(out: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def _demo(out: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "megatron_ipt.demo", "--size", "tiny", "--out", str(out), *extra],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -99,21 +99,24 @@ def test_evaluation_is_disjoint_from_every_training_input(demo_out):
     corpus = json.loads(next((out / "stages").glob("02_*.json")).read_text())
     manifest = corpus["manifest"]
     evaluation = manifest["c_evaluation"]
-    training_families = set(manifest["a_tuning"]) | set(manifest["b_general"])
+    training_families = set(manifest["a_tuning"]) | set(manifest["b_general"]) | set(manifest["d_instruction_tuning"])
     assert set(evaluation) and not set(evaluation) & training_families
-    training_wordings = [w for key in ("a_tuning", "b_general") for f in manifest[key].values() for w in f["wordings"]]
+    training_wordings = [w for key in ("a_tuning", "b_general", "d_instruction_tuning")
+                         for f in manifest[key].values() for w in f["wordings"]]
     for fam in evaluation.values():
         for w in fam["wordings"]:
             assert not any(w.strip() in t or t.split("{")[0].strip() in w for t in training_wordings), w
     # Every training corpus of either arm, as written: vanilla's raw texts, the instruct arm's
     # documents (templated synthesis + general instructions), the synthesizer's tuning data.
     training_files = [out / "corpus" / "raw.jsonl", out / "corpus" / "mined_tasks.jsonl",
+                      out / "corpus" / "instruction_tuning.jsonl",
                       *(out / "corpora" / "instruct" / "documents").glob("*.jsonl")]
-    assert len(training_files) >= 4
+    assert len(training_files) >= 5
     grams: set[int] = set()
     for f in training_files:
         for line in f.read_text().splitlines():
-            grams |= ngram_hashes(line if f.name == "mined_tasks.jsonl" else json.loads(line)["text"])
+            grams |= ngram_hashes(line if f.name in ("mined_tasks.jsonl", "instruction_tuning.jsonl")
+                                  else json.loads(line)["text"])
     assert len(grams) > 1000
     items = [json.loads(line) for line in (out / "corpus" / "eval_items.jsonl").read_text().splitlines()]
     for it in items:
@@ -136,13 +139,46 @@ def test_report_table_holds_intervals(demo_out):
     # Equal tokens per arm, asserted by the pipeline and stated; the manifest, diversity and reading.
     pretrain = json.loads(next((out / "stages").glob("05_*.json")).read_text())
     assert len(set(pretrain["tokens_per_arm"].values())) == 1 and len(pretrain["runs"]) == 4
-    for needle in ["Task families (three disjoint sets)", "`rct_sentence_role`", "`stdlib_describe`",
+    for needle in ["Task families (disjoint sets)", "`rct_sentence_role`", "`stdlib_describe`",
                    "pairs per text", "copy a tuning template verbatim", "### Reading", "not powered",
                    "Stage wall times", "general instructions"]:
         assert needle in report, needle
     assert re.search(r"\| evaluate start vs vanilla vs instruct \| \d+ \|", report)
     # A tiny random synthesizer writes almost nothing: the report names which half of the goal it missed.
     assert re.search(r"not met\*\* \(missed: >= 2 pairs per text", report)
+
+
+def test_every_model_is_instruction_tuned_with_its_curve_in_the_report(demo_out):
+    from megatron_ipt.demo.sizes import SIZES
+
+    out, _ = demo_out
+    tiny = SIZES["tiny"]
+    stage = json.loads(next((out / "stages").glob("07_*.json")).read_text())
+    assert sorted(stage["runs"]) == sorted(RUNS)
+    assert stage["data_summary"]["instructions"]["written"] > 0
+    for suffix in ("_text_document.bin", "_text_document_lossmask.bin"):
+        assert (out / "instruction_tuning" / "data" / f"chats{suffix}").stat().st_size > 0
+    points = sorted({0, *range(tiny.instruction_interval, tiny.instruction_steps + 1, tiny.instruction_interval),
+                     tiny.instruction_steps})
+    assert len(points) == tiny.instruction_points + 1
+    for name, run in stage["runs"].items():
+        assert run["init_from"].endswith(f"models/{name}")
+        rows = [json.loads(line) for line in Path(run["metrics"]).read_text().splitlines()]
+        curve = {r["step"]: r for r in rows if r["kind"] == "downstream"}
+        assert sorted(curve) == points, name
+        for rec in curve.values():
+            items = rec["items"]["ipt_rct_sentence_role"]["acc"]
+            assert len(items) == tiny.instruction_eval_items and set(items) <= {0.0, 1.0}
+    report = (out / "REPORT.md").read_text()
+    section = report.split("## Instruction tuning after continual pre-training (stage 7)", 1)[1]
+    table = [line for line in section.split("### Reading")[0].splitlines() if line.startswith("| ") and "---" not in line]
+    interval = re.compile(r"-?\d+\.\d+ \[-?\d+\.\d+, -?\d+\.\d+\]")
+    assert [int(r.split("|")[1]) for r in table[1:]] == points
+    for row in table[1:]:
+        cells = [c.strip() for c in row.strip("|").split("|")][1:]
+        assert len(cells) == 6 and all(interval.fullmatch(c) for c in cells), row
+    assert "from step 0 to" in section and "instruct − vanilla" in section
+    assert (out / "plots" / "tuning_curve.png").is_file()
 
 
 def test_rerun_skips_finished_stages(demo_out):
