@@ -80,15 +80,13 @@ def run_arm(name: str, attention: str, batches, steps: int, warmup: int, seq: in
     from megatron_ipt.model.build import build_model
     from megatron_ipt.train.config import TrainConfig
     from megatron_ipt.train.loss import masked_loss_sum
-    from megatron_ipt.train.metrics import flops_per_token, matmul_parameters
+    from megatron_ipt.train.metrics import model_flops_per_token
 
     cfg = load_config(TrainConfig, "configs/tiny.yaml", ["--data.train=x", f"--model.attention={attention}"])
     torch.manual_seed(0)
     model = build_model(cfg.model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    hf = model.config
-    n_matmul = matmul_parameters(sum(p.numel() for p in model.parameters()), hf.vocab_size, hf.hidden_size,
-                                 hf.tie_word_embeddings)
+    fpt = model_flops_per_token(model.config, sum(p.numel() for p in model.parameters()), seq)
     real = slots = 0
     elapsed = 0.0
     for i, batch in enumerate(batches):
@@ -103,7 +101,6 @@ def run_arm(name: str, attention: str, batches, steps: int, warmup: int, seq: in
             elapsed += time.perf_counter() - start
             real += int((batch.get("attention_mask", torch.ones_like(batch["input_ids"]))).sum())
             slots += batch["input_ids"].numel()
-    fpt = flops_per_token(n_matmul, hf.num_hidden_layers, hf.num_attention_heads * hf.head_dim, seq)
     return {"arm": name, "steps": steps - warmup, "real_token_fraction": real / slots,
             "useful_tokens_per_s": real / elapsed, "slot_tokens_per_s": slots / elapsed,
             "useful_tflops": real / elapsed * fpt / 1e12}

@@ -42,6 +42,15 @@ def flops_per_token(n_params: int, num_layers: int, attn_dim: int, seq_len: int)
     return float(6 * n_params + attention)
 
 
+def model_flops_per_token(hf_config: Any, n_params: int, seq_len: int) -> float:
+    """:func:`flops_per_token` of a transformers model config with ``n_params`` parameters in all."""
+    heads = hf_config.num_attention_heads
+    attn_dim = heads * (getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads)
+    n_matmul = matmul_parameters(n_params, hf_config.vocab_size, hf_config.hidden_size,
+                                 hf_config.tie_word_embeddings)
+    return flops_per_token(n_matmul, hf_config.num_hidden_layers, attn_dim, seq_len)
+
+
 def measure_cpu_matmul_flops(n: int = 1024, repeats: int = 8, dtype: torch.dtype = torch.float32) -> float:
     """Measured dense matmul FLOP/s of this process's CPU threads (the MFU baseline on CPU)."""
     a = torch.randn(n, n, dtype=dtype)
@@ -168,6 +177,65 @@ class MetricsWriter:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+class StepRecorder:
+    """The train side of the metrics: every optimizer step's values go into a :class:`StepWindow`;
+    each metrics line turns the window into one ``train`` record (loss, LR, grad norm, throughput,
+    FLOPs/MFU, peak memory, samples and tokens per dataset) for the sink, plus one ``tokens/<dataset>``
+    TensorBoard scalar per dataset."""
+
+    def __init__(self, sink: MetricsWriter, flops_per_token: float, peak_flops: float, world: int,
+                 device: torch.device, total_steps: int) -> None:
+        self.sink, self.flops_per_token, self.peak_flops = sink, flops_per_token, peak_flops
+        self.world, self.device, self.total_steps = world, device, total_steps
+        self.start(0)
+
+    def start(self, step: int) -> None:
+        """A run starts at ``step``: the ETA counts the pace of this run's steps only."""
+        self.window = StepWindow()
+        self.run_start, self.first_step = time.perf_counter(), step
+
+    def add(self, values: dict[str, Any]) -> None:
+        self.window.add(values)
+
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        """Time inside is not training time (evaluation, callbacks, checkpoints): kept out of tokens/s."""
+        return self.window.paused()
+
+    def record(self, steps: list[dict[str, float | None]], seconds: float, consumed_samples: int,
+               tokens_per_dataset: dict[str, int]) -> dict[str, Any]:
+        """The ``train`` record of ``steps`` (host values, oldest first) that trained for ``seconds``."""
+        last = steps[-1]
+        tokens_per_s = sum(s["tokens"] for s in steps) / max(seconds, 1e-9)
+        tflops = tokens_per_s * self.flops_per_token / self.world / 1e12
+        return {
+            "loss": last["loss"],
+            "loss_avg": sum(s["loss"] for s in steps) / len(steps),
+            "lr": last["lr"],
+            # DeepSpeed computes no global norm under ZeRO-0 without clipping: left out there; a real nan
+            # norm (a diverged step) is still logged.
+            **({"grad_norm": last["grad_norm"]} if last["grad_norm"] is not None else {}),
+            "tokens_per_s": tokens_per_s,
+            "tflops_per_device": tflops,
+            "mfu": tflops * 1e12 / self.peak_flops,
+            "peak_memory_gib": peak_memory_bytes(self.device) / 2**30,
+            "consumed_samples": consumed_samples,
+            "tokens_per_dataset": dict(tokens_per_dataset),
+        }
+
+    def write(self, step: int, consumed_samples: int, tokens_per_dataset: dict[str, int]) -> dict[str, Any]:
+        """Write the window's record at ``step`` and start the next window; returns the record."""
+        seconds = self.window.seconds()
+        steps = self.window.read()  # the one host sync of these steps' losses and grad norms
+        values = self.record(steps, seconds, consumed_samples, tokens_per_dataset)
+        eta_s = (time.perf_counter() - self.run_start) / (step - self.first_step) * (self.total_steps - step)
+        self.sink.write(step, "train", values, total=self.total_steps, eta_s=eta_s)
+        if self.sink.tb is not None:
+            for name, n in tokens_per_dataset.items():
+                self.sink.tb.add_scalar(f"tokens/{Path(name).name}", n, step)
+        self.window.reset()
+        return values
 
 
 def _fmt(v: Any) -> str:

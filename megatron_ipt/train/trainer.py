@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,7 @@ from megatron_ipt.train.data import TrainStream, check_data_tokenizer, check_dat
 from megatron_ipt.train.distributed import init_distributed, wait_for_rank0
 from megatron_ipt.train.ds_config import build_ds_config, zero_stage
 from megatron_ipt.train.loss import attach_chunked_loss, backward_scale, global_token_count
-from megatron_ipt.train.metrics import (
-    MetricsWriter,
-    StepWindow,
-    flops_per_token,
-    matmul_parameters,
-    peak_flops,
-    peak_memory_bytes,
-)
+from megatron_ipt.train.metrics import MetricsWriter, StepRecorder, model_flops_per_token, peak_flops
 from megatron_ipt.train.preemption import EXIT_REQUEUE, PreemptionFlag
 
 log = get_logger(__name__)
@@ -114,9 +106,20 @@ def weights_dtype(precision: str) -> torch.dtype:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, plan: Plan) -> None:
-        import deepspeed
+    """The training loop over its parts, all built in ``__init__``."""
 
+    # The parts the loop drives.
+    engine: Any  # DeepSpeed engine: the model, its optimizer and LR schedule
+    data: TrainStream  # training micro-batches, resumable at a sample count
+    checkpointer: ckpt.Checkpointer
+    metrics: MetricsWriter  # rank-0 sink: metrics.jsonl, TensorBoard, console
+    recorder: StepRecorder  # train records: throughput, FLOPs/MFU, memory, tokens per dataset
+    callbacks: list[Any]  # called after every step (in-loop evaluation)
+    # The loop's state, saved in every checkpoint.
+    step: int
+    tokens_per_dataset: dict[str, int]
+
+    def __init__(self, cfg: TrainConfig, plan: Plan) -> None:
         self.cfg = cfg
         self.plan = plan
         self.rank = plan.dist.rank
@@ -127,6 +130,34 @@ class Trainer:
         # fp32 master weights and optimizer, matmuls in bf16: on CPU, DeepSpeed's bf16 mode trained at
         # half the speed of fp32, while autocast in a plain loop ran faster than both.
         self.autocast = cfg.precision == "bfloat16_autocast"
+        self.engine, self.n_params, self.shape = self._build_engine()
+        hf = self.engine.module.config
+        self.attention = hf._attn_implementation
+        self.data = plan.train
+        self.grad_accum = plan.train.grad_accum
+        self.checkpointer = plan.checkpointer
+        self.callbacks = plan.callbacks
+        self.step = 0
+        self.tokens_per_dataset = {}
+        if plan.resume_from is not None and plan.resume_meta is not None:
+            self.checkpointer.load(self.engine, plan.resume_from, plan.universal)
+            self.step = plan.resume_meta.step
+            self.tokens_per_dataset = dict(plan.resume_meta.tokens_per_dataset)
+        self.metrics = MetricsWriter(Path(cfg.run_dir), self.rank == 0, cfg.logging.tensorboard)
+        # Steps after the checkpoint are redone: drop their records so no step is logged twice (a run
+        # without a checkpoint redoes every step, step 0's in-loop evaluation included).
+        self.metrics.truncate_after(self.step if plan.resume_from is not None else -1)
+        self.recorder = StepRecorder(
+            self.metrics, model_flops_per_token(hf, self.n_params, cfg.data.seq_len),
+            peak_flops(cfg.logging.peak_flops_per_device, self.device.type, self.dtype),
+            self.world, self.device, cfg.steps)
+
+    def _build_engine(self) -> tuple[Any, int, dict[str, Any]]:
+        """The model (in its weights' dtype, with the chunked loss) inside a DeepSpeed engine, with the
+        model's parameter count and shape (read before DeepSpeed wraps it)."""
+        import deepspeed
+
+        cfg, plan = self.cfg, self.plan
         ds_config = plan.ds_config
         if plan.universal:
             ds_config = {**ds_config, "checkpoint": {"load_universal": True}}
@@ -141,32 +172,13 @@ class Trainer:
         # rank holds an fp32 copy of a bf16 model on the host.
         model = cfg.model.build(self.device.type, dtype=weights_dtype(cfg.precision), compute_dtype=self.dtype,
                                 device=None if self._hf_ds_config is not None else self.device)
-        self.attention = model.config._attn_implementation
         attach_chunked_loss(model)  # the engine's forward returns the loss sum; no full logits
-        self.n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-        self.shape = model_shape(model)
+        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        shape = model_shape(model)
         optimizer, scheduler = cfg.optim.build(model, cfg.steps, self.device.type, ds_config)
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-        )
-        self.grad_accum = plan.train.grad_accum
-        self.step = 0
-        self.tokens_per_dataset: dict[str, int] = {}
-        if plan.resume_from is not None and plan.resume_meta is not None:
-            plan.checkpointer.load(self.engine, plan.resume_from, plan.universal)
-            self.step = plan.resume_meta.step
-            self.tokens_per_dataset = dict(plan.resume_meta.tokens_per_dataset)
-        self.data = plan.train
-        self.run_dir = Path(cfg.run_dir)
-        self.metrics = MetricsWriter(self.run_dir, self.rank == 0, cfg.logging.tensorboard)
-        # Steps after the checkpoint are redone: drop their records so no step is logged twice (a run
-        # without a checkpoint redoes every step, step 0's in-loop evaluation included).
-        self.metrics.truncate_after(self.step if plan.resume_from is not None else -1)
-        hf = model.config
-        attn_dim = hf.num_attention_heads * (getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads)
-        n_matmul = matmul_parameters(self.n_params, hf.vocab_size, hf.hidden_size, hf.tie_word_embeddings)
-        self.flops_per_token = flops_per_token(n_matmul, hf.num_hidden_layers, attn_dim, cfg.data.seq_len)
-        self.peak = peak_flops(cfg.logging.peak_flops_per_device, self.device.type, self.dtype)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=ds_config)
+        return engine, n_params, shape
 
     # -- one optimizer step -------------------------------------------------------------------
     def _model_inputs(self, mb: dict[str, Any]) -> dict[str, Any]:
@@ -235,7 +247,7 @@ class Trainer:
             data_fingerprint=self.data.fingerprint, data_spec=self.data.loader.spec, tokenizer=self.cfg.data.tokenizer,
             tokenizer_fingerprint=self.plan.tokenizer.fingerprint(), hf_config=self.engine.module.config.to_dict(),
             tokens_per_dataset=dict(self.tokens_per_dataset))
-        return self.plan.checkpointer.save(self.engine, meta)
+        return self.checkpointer.save(self.engine, meta)
 
     def close(self) -> None:
         """Release the ZeRO-3 construction context so later model builds (export) are plain."""
@@ -247,66 +259,47 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, preemption: PreemptionFlag) -> int:
+        """Train to ``cfg.steps``; returns the exit status (``EXIT_REQUEUE`` after a preemption)."""
         cfg = self.cfg
-        log_every = max(1, cfg.logging.interval)
         signal_every = max(1, cfg.checkpoint.signal_check_interval)
-        window = StepWindow()
-        t_run = time.perf_counter()
+        self.recorder.start(self.step)
         steps_this_run = 0
         last_saved = self.step if self.plan.resume_from is not None else -1
-        for callback in self.plan.callbacks:
+        for callback in self.callbacks:
             callback.pre_train(self)
         while self.step < cfg.steps:
             if steps_this_run % signal_every == 0 and preemption.any_rank():  # a collective and a host sync
-                if last_saved != self.step:
-                    self.save()
-                log.warning("preempted at step %d: checkpoint saved, exiting %d", self.step, EXIT_REQUEUE)
-                return EXIT_REQUEUE
-            window.add(self.train_step())
+                return self._requeue(saved=last_saved == self.step)
+            self.recorder.add(self.train_step())
             steps_this_run += 1
-            if self.step % log_every == 0 or self.step == cfg.steps:
-                elapsed = window.seconds()
-                steps = window.read()  # the one host sync of these steps' losses and grad norms
-                tokens = sum(w["tokens"] for w in steps)
-                tok_s = tokens / max(elapsed, 1e-9)
-                tflops = tok_s * self.flops_per_token / self.world / 1e12
-                self.metrics.write(self.step, "train", {
-                    "loss": steps[-1]["loss"],
-                    "loss_avg": sum(w["loss"] for w in steps) / len(steps),
-                    "lr": steps[-1]["lr"],
-                    # DeepSpeed computes no global norm under ZeRO-0 without clipping: leave it out there;
-                    # a real nan norm (a diverged step) is still logged.
-                    **({"grad_norm": steps[-1]["grad_norm"]} if steps[-1]["grad_norm"] is not None else {}),
-                    "tokens_per_s": tok_s,
-                    "tflops_per_device": tflops,
-                    "mfu": tflops * 1e12 / self.peak,
-                    "peak_memory_gib": peak_memory_bytes(self.device) / 2**30,
-                    "consumed_samples": self.data.consumed_samples,
-                    "tokens_per_dataset": dict(self.tokens_per_dataset),
-                }, total=cfg.steps, eta_s=(time.perf_counter() - t_run) / steps_this_run * (cfg.steps - self.step))
-                for name, n in self.tokens_per_dataset.items():
-                    if self.metrics.tb is not None:
-                        self.metrics.tb.add_scalar(f"tokens/{Path(name).name}", n, self.step)
-                window.reset()
+            if self._due(max(1, cfg.logging.interval)):
+                self.recorder.write(self.step, self.data.consumed_samples, self.tokens_per_dataset)
             park_point("train_step", self.step)  # test-only (see megatron_ipt.park); inert unless set
-            if self.plan.valid is not None and cfg.logging.eval_interval and (
-                self.step % cfg.logging.eval_interval == 0 or self.step == cfg.steps
-            ):
-                with window.paused():  # not training time: kept out of tokens/s
+            with self.recorder.paused():  # evaluation, callbacks and checkpoints are not training time
+                if self.plan.valid is not None and self._due(cfg.logging.eval_interval):
                     self.metrics.write(self.step, "eval", self.evaluate())
-            with window.paused():  # in-loop downstream evaluation: not training time either
-                for callback in self.plan.callbacks:
+                for callback in self.callbacks:
                     callback.post_step(self)
-            if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
-                with window.paused():
+                if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
                     self.save()
-                last_saved = self.step
+                    last_saved = self.step
             if cfg.stop_after and steps_this_run >= cfg.stop_after and self.step < cfg.steps:
                 log.info("stop_after=%d reached at step %d", cfg.stop_after, self.step)
                 return 0
         if cfg.checkpoint.save_at_end and last_saved != self.step:
             self.save()
         return 0
+
+    def _requeue(self, saved: bool) -> int:
+        """Preempted: checkpoint this step (unless saved already) and ask to be run again."""
+        if not saved:
+            self.save()
+        log.warning("preempted at step %d: checkpoint saved, exiting %d", self.step, EXIT_REQUEUE)
+        return EXIT_REQUEUE
+
+    def _due(self, interval: int) -> bool:
+        """Every ``interval`` steps and at the last step; never when ``interval`` is 0 (off)."""
+        return interval != 0 and (self.step % interval == 0 or self.step == self.cfg.steps)
 
 
 def run(cfg: TrainConfig) -> int:

@@ -64,18 +64,18 @@ class _LoopOnly(Trainer):
 
     def __init__(self, tmp_path, steps: int, log_every: int) -> None:  # noqa: ANN001
         from megatron_ipt.train.config import TrainConfig
-        from megatron_ipt.train.metrics import MetricsWriter
+        from megatron_ipt.train.metrics import MetricsWriter, StepRecorder
 
         self.cfg = TrainConfig(steps=steps)
         self.cfg.logging.interval, self.cfg.logging.eval_interval = log_every, 0
         self.cfg.checkpoint.interval, self.cfg.checkpoint.save_at_end = 0, False
-        self.plan = SimpleNamespace(resume_from=None, valid=None, callbacks=[])
+        self.plan = SimpleNamespace(resume_from=None, valid=None)
         self.engine, self.device, self.attention, self.autocast = _Engine(), torch.device("cpu"), "sdpa", False
         self.grad_accum, self.world, self.step, self.tokens_per_dataset = 2, 1, 0, {}
         self.data = SimpleNamespace(next_step=lambda: [_micro_batch(), _micro_batch()], dataset_names=["a"],
                                     consumed_samples=0)
-        self.metrics = MetricsWriter(tmp_path, True, False)
-        self.flops_per_token, self.peak = 1.0, 1.0
+        self.metrics, self.callbacks = MetricsWriter(tmp_path, True, False), []
+        self.recorder = StepRecorder(self.metrics, 1.0, 1.0, self.world, self.device, steps)
 
 
 def test_loss_and_grad_norm_are_read_on_the_host_only_at_logging_steps(tmp_path, metrics) -> None:
