@@ -48,7 +48,7 @@ class Plan:
     resume_from: Path | None = None
     resume_meta: ckpt.CheckpointMeta | None = None
     universal: bool = False
-    callbacks: list[Any] = field(default_factory=list)  # called after every step (in-loop evaluation)
+    callbacks: list[Any] = field(default_factory=list)  # before the first step and after every step
 
 
 def _check_model_fits(cfg: TrainConfig, tokenizer: Any) -> None:
@@ -114,7 +114,7 @@ class Trainer:
     checkpointer: ckpt.Checkpointer
     metrics: MetricsWriter  # rank-0 sink: metrics.jsonl, TensorBoard, console
     recorder: StepRecorder  # train records: throughput, FLOPs/MFU, memory, tokens per dataset
-    callbacks: list[Any]  # called after every step (in-loop evaluation)
+    callbacks: list[Any]  # called before the first step and after every step (in-loop evaluation)
     # The loop's state, saved in every checkpoint.
     step: int
     tokens_per_dataset: dict[str, int]
@@ -262,11 +262,11 @@ class Trainer:
         """Train to ``cfg.steps``; returns the exit status (``EXIT_REQUEUE`` after a preemption)."""
         cfg = self.cfg
         signal_every = max(1, cfg.checkpoint.signal_check_interval)
+        for callback in self.callbacks:  # before the clock starts: not training time
+            callback.pre_train(self)
         self.recorder.start(self.step)
         steps_this_run = 0
         last_saved = self.step if self.plan.resume_from is not None else -1
-        for callback in self.callbacks:
-            callback.pre_train(self)
         while self.step < cfg.steps:
             if steps_this_run % signal_every == 0 and preemption.any_rank():  # a collective and a host sync
                 return self._requeue(saved=last_saved == self.step)
