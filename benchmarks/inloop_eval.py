@@ -62,7 +62,7 @@ def train(model: Path, prefix: str, suite: Path | None, args: argparse.Namespace
            f"--run_dir={run}", f"--checkpoint.dir={run / 'ckpt'}", "--checkpoint.interval=0",
            "--checkpoint.save_at_end=false", "--logging.tensorboard=false"]
     if suite is not None:
-        cmd += [f"--eval.downstream_interval={args.interval}", f"--eval.downstream_tasks=[{suite}]", "--eval.downstream_trust_task_code=true"]
+        cmd += [f"--eval.downstream_interval={args.interval}", f"--eval.downstream_tasks=[{suite}]"]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)

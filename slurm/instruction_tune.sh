@@ -5,7 +5,7 @@
 # exports the tuned model as an HF directory.
 #
 #   INIT_FROM=runs/continual/hf TOKENIZER=runs/continual/hf DATA=data/ins_text_document \
-#       TASKS="[evals/suite]" DOWNSTREAM_INTERVAL=100 sbatch slurm/instruction_tune.sh --eval.downstream_trust_task_code=true
+#       TASKS="[evals/suite]" DOWNSTREAM_INTERVAL=100 sbatch slurm/instruction_tune.sh
 #
 # Environment (unset means "the config's value"):
 #   INIT_FROM     pre-trained HF directory to tune               (config's model.init_from)

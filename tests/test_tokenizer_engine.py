@@ -119,10 +119,10 @@ def test_fallback_on_a_tokenizer_gigatoken_refuses(smollm2_dir, tmp_path, caplog
 
 def test_other_ids_mean_the_reference_decides(monkeypatch, tmp_path, caplog) -> None:
     """A gigatoken tokenizer that gives other ids (here GPT-2's under Mistral's name) never writes them."""
-    import megatron_ipt.tokenizer as tokenizer_module
+    import megatron_ipt.tokenizer.engines as engines_module
 
     gpt2 = load_tokenizer("gpt2")
-    monkeypatch.setattr(tokenizer_module, "gigatoken_of", lambda tok: gigatoken_of(gpt2))
+    monkeypatch.setattr(engines_module, "gigatoken_of", lambda tok: gigatoken_of(gpt2))
     mistral = load_tokenizer("mistral")  # a fresh instance: nothing cached from other tests
     with caplog.at_level(logging.INFO, logger="megatron_ipt.tokenizer"):
         assert select_engine(mistral, "auto", ["plain text"]) is mistral

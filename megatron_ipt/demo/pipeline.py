@@ -231,7 +231,6 @@ def instruction_tune(size: DemoSize, paths: DemoPaths, start: str, runs: dict[st
                 "optim.lr": size.instruction_lr, "precision": auto_dtype().value,
                 "eval.downstream_interval": size.instruction_interval,
                 "eval.downstream_tasks": f"[{paths.eval_suite}]", "eval.downstream_limit": size.instruction_eval_items,
-                "eval.downstream_trust_task_code": "true",  # TEMP
                 "run_dir": run_dir, "checkpoint.dir": run_dir / "checkpoints",
             }, export=None)
         tuned[name] = {"arm": run["arm"], "seed": run["seed"], "init_from": run["model"],

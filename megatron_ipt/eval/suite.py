@@ -12,9 +12,9 @@ exports loads in lm-eval's ``hf`` model as it is, on CPU or GPU::
 
 **Trust.** An lm-eval task folder can be code: ``!function`` tags import Python from the folder (or
 any module), and Jinja templates and hooks run in lm-eval's process. A suite is therefore read as
-plain data first: every YAML must be in :func:`write_suite`'s format (bare field names, local JSON
-items, ``acc``/``acc_norm``), and no ``.py`` file may sit in the folder. Anything else needs
-``--trust-task-code``. Suites shipped inside the package (:func:`packaged_suite`) are trusted.
+plain data first (:mod:`megatron_ipt.task_code`): every YAML must be in :func:`write_suite`'s format
+(bare field names, local JSON items, ``acc``/``acc_norm``), and no ``.py`` file may sit in the
+folder. Anything else needs ``--trust-task-code``. Suites shipped inside the package (:func:`packaged_suite`) are trusted.
 The model is handed to lm-eval as an object built here (``trust_remote_code`` off), never as a
 ``model_args`` string, so no model path runs code and a comma in it is just a comma.
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -31,9 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
-
-import megatron_ipt
 from megatron_ipt.config import ConfigError, run_cli
 from megatron_ipt.data.inputs import DataError
 from megatron_ipt.data.readers import iter_records
@@ -45,6 +41,13 @@ from megatron_ipt.io import (
     check_output_file,
 )
 from megatron_ipt.log import get_logger, setup_logging
+from megatron_ipt.task_code import (
+    TaskFolderError,
+    folder_code,
+    packaged_suite,
+    plain_format_gap,
+    read_task_yaml,
+)
 
 log = get_logger("megatron_ipt.eval.suite")
 TASK_PREFIX = "ipt_"  # lm-eval task names of the project's suites (never clash with lm-eval's own)
@@ -100,26 +103,6 @@ def write_suite(families: dict[str, Sequence[dict]], out_dir: str | Path) -> lis
     return names
 
 
-class _TaskYaml(yaml.SafeLoader):
-    """lm-eval task YAML read as data: each ``!tag`` (``!function utils.f``) is recorded, never imported."""
-
-    tags: list[tuple[int, str]]
-
-
-def _record_tag(loader: _TaskYaml, suffix: str, node: yaml.Node) -> str:
-    loader.tags.append((node.start_mark.line + 1, f"!{suffix} {getattr(node, 'value', '')}".strip()))
-    return f"!{suffix}"
-
-
-_TaskYaml.add_multi_constructor("!", _record_tag)
-
-# write_suite's task format: plain data that lm-eval reads without running anything of the folder's.
-_PLAIN_FIXED = {"dataset_path": "json", "test_split": "test", "output_type": "multiple_choice"}
-_PLAIN_KEYS = {"task", "dataset_kwargs", "doc_to_text", "doc_to_choice", "doc_to_target", "target_delimiter",
-               "metric_list", *_PLAIN_FIXED}
-_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 @dataclass(frozen=True)
 class SuiteTask:
     """One task YAML of a suite: its lm-eval name, file, config and (plain tasks) item file."""
@@ -130,66 +113,14 @@ class SuiteTask:
     items: Path | None  # None: a trusted task outside the plain format (its items are lm-eval's business)
 
 
-def packaged_suite(suite_dir: str | Path) -> bool:
-    """Whether ``suite_dir`` lies inside the installed package (its suites and their code are ours)."""
-    package = Path(megatron_ipt.__file__).resolve().parent
-    return package in Path(suite_dir).resolve().parents
-
-
-def read_task_yaml(path: Path) -> tuple[dict[str, Any], list[tuple[int, str]]]:
-    """A task YAML as a mapping, and its ``!`` tags with their lines (:class:`SuiteError` if unreadable)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise SuiteError(f"{path}: cannot read the task YAML ({err})") from None
-    loader = _TaskYaml(text)
-    loader.tags = []
-    try:
-        config = loader.get_single_data()
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise SuiteError(f"{where}: malformed YAML ({getattr(err, 'problem', None) or err})") from None
-    finally:
-        loader.dispose()
-    if not isinstance(config, dict):
-        raise SuiteError(f"{path}: a task YAML must be a mapping, got {type(config).__name__}")
-    return config, loader.tags
-
-
-def _not_plain(config: dict[str, Any]) -> str | None:
-    """Why a task config is outside write_suite's plain format (None: it is plain)."""
-    extra = sorted(set(config) - _PLAIN_KEYS)
-    if extra:
-        return f"key {extra[0]!r} (hooks, includes and templates can run code)"
-    for key, value in _PLAIN_FIXED.items():
-        if config.get(key) != value:
-            return f"{key}: {config.get(key)!r} (the plain format has {value!r})"
-    for key in ("doc_to_text", "doc_to_choice", "doc_to_target"):
-        if not isinstance(config.get(key), str) or not _FIELD_NAME.fullmatch(config[key]):
-            return f"{key}: {config.get(key)!r} (the plain format names a field; a template is code)"
-    files = (config.get("dataset_kwargs") or {}) if isinstance(config.get("dataset_kwargs"), dict) else None
-    if files is None or set(files) != {"data_files"} or not isinstance(files["data_files"], dict) \
-            or set(files["data_files"]) != {"test"} or not isinstance(files["data_files"]["test"], str):
-        return "dataset_kwargs (the plain format has only data_files: {test: FILE})"
-    if not isinstance(config.get("target_delimiter", ""), str):
-        return "target_delimiter (a string)"
-    metrics = config.get("metric_list", [])
-    if not isinstance(metrics, list) or any(
-            not isinstance(m, dict) or m.get("metric") not in ("acc", "acc_norm")
-            or m.get("aggregation", "mean") != "mean" or set(m) - {"metric", "aggregation", "higher_is_better"}
-            for m in metrics):
-        return "metric_list (the plain format scores acc and acc_norm, aggregated by mean)"
-    return None
-
-
 def suite_tasks(suite_dir: str | Path, trust_task_code: bool = False) -> list[SuiteTask]:
     """The tasks of a suite folder (one per YAML, found as lm-eval finds them: ``**/*.yaml``).
 
     Refused with a :class:`SuiteError` naming the file: a folder that is missing or holds no task, a
     malformed YAML, a missing or non-string ``task:``, two YAMLs of one task name, and, unless
-    ``trust_task_code`` (or the suite ships in the package), any code: ``!`` tags, ``.py`` files, keys
-    outside the plain format. Plain tasks' item files are checked too (:func:`check_items`).
+    ``trust_task_code`` (or the suite ships in the package), any code (:func:`megatron_ipt.task_code.folder_code`:
+    ``!`` tags, ``.py`` files, keys outside the plain format). Plain tasks' item files are checked too
+    (:func:`check_items`).
     """
     suite = Path(suite_dir)
     if not suite.is_dir():
@@ -199,12 +130,15 @@ def suite_tasks(suite_dir: str | Path, trust_task_code: bool = False) -> list[Su
     if not yamls:
         raise SuiteError(f"{suite}: no task YAML in it (write one with megatron_ipt.eval.suite.write_suite)")
     hint = f"pass --trust-task-code only if you trust {suite}"
+    try:
+        code = [] if trusted else folder_code(suite)
+        if code:
+            raise SuiteError(f"{code[0]}; {hint}")
+        configs = [(path, read_task_yaml(path)[0]) for path in yamls]
+    except TaskFolderError as err:
+        raise SuiteError(str(err)) from None
     tasks: dict[str, SuiteTask] = {}
-    for path in yamls:
-        config, tags = read_task_yaml(path)
-        if not trusted and tags:
-            line, tag = tags[0]
-            raise SuiteError(f"{path}:{line}: '{tag}' runs Python named by the task folder; {hint}")
+    for path, config in configs:
         name = config.get("task")
         if not isinstance(name, str) or not name.strip():
             if trusted and ("group" in config or "task" not in config):
@@ -212,17 +146,11 @@ def suite_tasks(suite_dir: str | Path, trust_task_code: bool = False) -> list[Su
             raise SuiteError(f"{path}: field 'task' is missing or not a string: {name!r}")
         if name in tasks:
             raise SuiteError(f"{path}: task {name!r} is also defined in {tasks[name].path}; each task name once")
-        why = _not_plain(config)
-        if why is not None and not trusted:
-            raise SuiteError(f"{path}: outside the plain task format: {why}; {hint}")
         items = None
-        if why is None:
+        if plain_format_gap(config) is None:
             items = Path(config["dataset_kwargs"]["data_files"]["test"])  # lm-eval reads it from the cwd
             check_items(items, config, path)
         tasks[name] = SuiteTask(name, path, config, items)
-    code = [] if trusted else sorted(suite.rglob("*.py"))
-    if code:
-        raise SuiteError(f"{code[0]}: Python in the task folder, which lm-eval's !function imports; {hint}")
     if not tasks:
         raise SuiteError(f"{suite}: no task in its YAMLs")
     return list(tasks.values())

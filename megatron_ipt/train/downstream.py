@@ -15,7 +15,8 @@ record (``TASK/acc``, ``TASK/acc_norm``, ``TASK/gold_loglik``, ``mean/acc``...) 
   function of the weights only, so a resumed run logs the same curve.
 
 Scoring lives here rather than in :mod:`megatron_ipt.eval.suite` because the trainer may not import
-the eval room (tests/test_layering.py); both drive the same lm-eval entry, ``simple_evaluate``.
+the eval room (tests/test_layering.py); both drive the same lm-eval entry, ``simple_evaluate``, and
+both refuse a task folder with code (:mod:`megatron_ipt.task_code`) unless told to trust it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch.distributed as dist
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.log import get_logger
+from megatron_ipt.task_code import TaskFolderError, folder_code, packaged_suite
 
 log = get_logger(__name__)
 # Per-task metrics logged as curves (lm-eval's "METRIC,FILTER" keys; stderr is not a curve), plus the
@@ -56,8 +58,9 @@ class EvalConfig:
     downstream_tasks: list[str] = field(default_factory=list)
     downstream_limit: int | None = None  # score only the first N items of each task (null: all)
     downstream_batch_size: int = 8  # log-likelihood requests per forward pass
-    # A task folder's YAML (Jinja templates, !function) runs inside the training processes: true only for
-    # folders you trust. lm-eval's own task names are lm-eval's code and need no flag.
+    # A task folder with code (!function tags, .py files, Jinja templates, hooks: megatron_ipt.task_code)
+    # would run it inside the training processes, so it is refused unless this is true: only for folders
+    # you trust. Data-only folders (write_suite's format) and lm-eval's own task names need no flag.
     downstream_trust_task_code: bool = False
 
     def validate(self) -> None:
@@ -102,20 +105,31 @@ def preserved_rng() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
+def check_task_folder(spec: str, trust_task_code: bool) -> None:
+    """A task folder is data only, or trusted (the flag, or shipped in the package); else a one-line
+    :class:`ConfigError` naming the first file with code and what it found."""
+    if trust_task_code or packaged_suite(spec):
+        return
+    try:
+        code = folder_code(spec)
+    except TaskFolderError as err:
+        raise ConfigError(f"eval.downstream_tasks: {spec}: {err}") from None
+    if code:
+        raise ConfigError(f"eval.downstream_tasks: {spec}: {code[0]}; it would run inside training: "
+                          "set eval.downstream_trust_task_code=true if you trust it")
+
+
 def resolve_tasks(specs: list[str], trust_task_code: bool = False) -> tuple[list[str], list[str]]:
-    """(task names, include folders): a folder (trusted only) contributes every task defined in it,
-    anything else is a task name for lm-eval's own registry (offline only)."""
+    """(task names, include folders): a folder (data only, or trusted) contributes every task defined in
+    it, anything else is a task name for lm-eval's own registry (offline only)."""
     from lm_eval.tasks import TaskManager
 
     names: list[str] = []
     folders: list[str] = []
     for spec in specs:
         path = Path(spec)
-        if path.is_dir() and not trust_task_code:
-            # eval.suite's plain-format check lives in the eval room, which the trainer may not import.
-            raise ConfigError(f"eval.downstream_tasks: {spec}: a task folder's templates and code would run inside "
-                              f"training; set eval.downstream_trust_task_code=true if you trust it")
         if path.is_dir():
+            check_task_folder(spec, trust_task_code)
             found = sorted(TaskManager(include_path=str(path.resolve()), include_defaults=False).all_tasks)
             if not found:
                 raise ConfigError(f"eval.downstream_tasks: {spec}: no lm-eval task YAML in this folder")

@@ -9,6 +9,7 @@ over the ranks) logs every task and leaves the training losses exactly as withou
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.eval.suite import score_suite, write_suite
-from megatron_ipt.train.downstream import EvalConfig
+from megatron_ipt.train.downstream import EvalConfig, resolve_tasks
 
 DRUGS = [" metformin", " aspirin", " atorvastatin"]
 
@@ -43,10 +44,7 @@ def test_scores_equal_the_exported_models_and_training_state_survives(tmp_path: 
     model_dir = save_tiny_llama(tmp_path / "model")
     save_tokenizer("mistral", model_dir)
     module = AutoModelForCausalLM.from_pretrained(model_dir).train()
-    with pytest.raises(ConfigError, match="downstream_trust_task_code=true if you trust it"):
-        EvalConfig(downstream_interval=3, downstream_tasks=[str(suite)]).build("mistral", 10, lockstep=False)
-    evaluator = EvalConfig(downstream_interval=3, downstream_tasks=[str(suite)],
-                           downstream_trust_task_code=True).build("mistral", 10, lockstep=False)
+    evaluator = EvalConfig(downstream_interval=3, downstream_tasks=[str(suite)]).build("mistral", 10, lockstep=False)
     assert [s for s in range(1, 11) if evaluator.due(s)] == [3, 6, 9, 10]
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     expected = (random.random(), np.random.rand(), torch.rand(1))
@@ -77,13 +75,48 @@ def test_config_errors(tmp_path: Path) -> None:
     assert EvalConfig().build("mistral", 10, lockstep=False) is None
 
 
+def _with_code(suite: Path, tmp_path: Path, kind: str) -> Path:
+    """A copy of the data-only suite made into code one way."""
+    folder = tmp_path / kind.replace("!", "")
+    shutil.copytree(suite, folder)
+    task = folder / "glucose.yaml"
+    if kind == "!function":
+        task.write_text(task.read_text() + "process_docs: !function utils.docs\n")
+    elif kind == "utils.py":
+        (folder / "utils.py").write_text("def docs(ds):\n    return ds\n")
+    return folder
+
+
+def test_a_data_only_folder_needs_no_trust_flag(suite: Path) -> None:
+    assert resolve_tasks([str(suite)]) == (["ipt_glucose", "ipt_lipids"], [str(suite.resolve())])
+
+
+@pytest.mark.parametrize(("kind", "says"), [
+    ("!function", r"glucose\.yaml:\d+: '!function utils\.docs' runs Python named by the task folder"),
+    ("utils.py", r"utils\.py: Python in the task folder"),
+])
+def test_a_folder_with_code_is_refused_in_one_line_unless_trusted(tmp_path: Path, suite: Path, kind: str,
+                                                                  says: str) -> None:
+    folder = _with_code(suite, tmp_path, kind)
+    with pytest.raises(ConfigError, match=f"eval.downstream_tasks: .*{says}.*downstream_trust_task_code=true") as err:
+        resolve_tasks([str(folder)])
+    assert "\n" not in str(err.value)
+    names, folders = resolve_tasks([str(folder)], trust_task_code=True)
+    assert names == ["ipt_glucose", "ipt_lipids"] and folders == [str(folder.resolve())]
+
+
+def test_an_unreadable_task_yaml_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("task: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"eval\.downstream_tasks: .*bad\.yaml:\d+: malformed YAML"):
+        resolve_tasks([str(tmp_path)])
+
+
 def _args(prefix: str, run: Path, suite: Path, zero: int, *extra: str, downstream: bool = True) -> list[str]:
     args = ["--config", "configs/tiny.yaml", f"--data.train={prefix}", f"--run_dir={run}",
             f"--checkpoint.dir={run}/ckpt", "--steps=4", "--checkpoint.interval=2", "--logging.interval=1",
             "--logging.eval_interval=0", "--logging.tensorboard=false", f"--ds_config=ds_configs/zero{zero}.json"]
     if downstream:
-        args += ["--eval.downstream_interval=2", f"--eval.downstream_tasks=[{suite}]",
-                 "--eval.downstream_trust_task_code=true"]
+        args += ["--eval.downstream_interval=2", f"--eval.downstream_tasks=[{suite}]"]
     return [*args, *extra]
 
 

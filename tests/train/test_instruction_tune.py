@@ -68,7 +68,7 @@ def test_build_tune_with_inloop_eval_export_and_score(tmp_path: Path, train_job,
     run, export = tmp_path / "run", tmp_path / "hf"
     train_job(1, ["--config", "configs/instruction_tune_tiny.yaml", f"--data.train={summary['prefix']}",
                   f"--model.init_from={start}", f"--run_dir={run}", f"--checkpoint.dir={run}/ckpt", "--steps=4",
-                  "--eval.downstream_interval=2", f"--eval.downstream_tasks=[{suite}]", "--eval.downstream_trust_task_code=true", f"--export.dir={export}",
+                  "--eval.downstream_interval=2", f"--eval.downstream_tasks=[{suite}]", f"--export.dir={export}",
                   "--export.dtype=float32"])
     curve = metrics(run, "downstream")
     assert sorted(curve) == [2, 4]
