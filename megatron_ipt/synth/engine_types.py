@@ -1,5 +1,5 @@
 """The types every generation engine shares: sampling parameters, generations, the ``Engine``
-protocol and small prompt checks. This module imports no engine, so the engines and the code that
+protocol and the checks every ``generate`` starts with (:func:`prepare_requests`). This module imports no engine, so the engines and the code that
 builds them (:mod:`megatron_ipt.synth.engines`) both depend on it and never on each other.
 
 Prompts are token ids (the caller adds BOS itself, so no engine can double it). ``generate``
