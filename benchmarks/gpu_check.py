@@ -383,7 +383,7 @@ def check_synthesis(material: Path, device: str, dtype_name: str, sizes: dict, t
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from megatron_ipt.synth.engines import EngineConfig
-    from megatron_ipt.synth.rounds import RoundsConfig, run_rounds
+    from megatron_ipt.synth.rounds import RoundsConfig, run_rounds, synthesis_sampling
 
     model_dir = material / "smollm2"
     texts = [(r["id"], r["text"]) for r in map(json.loads, (material / "synth.jsonl").read_text().splitlines())]
@@ -400,7 +400,7 @@ def check_synthesis(material: Path, device: str, dtype_name: str, sizes: dict, t
     engine_cfg = EngineConfig(kind="hf", model=str(model_dir), device=device, dtype=dtype_name,
                               batch_size=len(texts), max_model_len=2048)
     engine = _CountingEngine(engine_cfg.build(model=model))
-    cfg = RoundsConfig(rounds=2, max_new_tokens=sizes["new_tokens"])
+    cfg = RoundsConfig(rounds=2, sampling=synthesis_sampling(max_new_tokens=sizes["new_tokens"]))
     t0 = time.perf_counter()
     entries = run_rounds(engine, texts, cfg, batch_texts=len(texts))
     wall = time.perf_counter() - t0

@@ -25,7 +25,7 @@ import torch
 from megatron_ipt.pairs import Pair, context_text, pairs_text
 from megatron_ipt.synth.engine_hf import HFEngine
 from megatron_ipt.synth.engines import EngineConfig
-from megatron_ipt.synth.rounds import RoundsConfig, run_rounds
+from megatron_ipt.synth.rounds import RoundsConfig, run_rounds, synthesis_sampling
 from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
 
 WORDS = ("protein cell gene receptor binds signal tissue patients study results dose treatment levels "
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         plain = HFEngine(EngineConfig(kind="hf", prefix_cache_tokens=0, **common), tokenizer=reuse.tokenizer,
                          model=reuse.model)
         texts = make_texts(n_texts, words, seed=7)
-        cfg = RoundsConfig(rounds=a.rounds, max_new_tokens=max_new)
+        cfg = RoundsConfig(rounds=a.rounds, sampling=synthesis_sampling(max_new_tokens=max_new))
         runs: dict[str, list[dict]] = {"round-major, no reuse": [], "chain-major, reuse": []}
         for _ in range(repeat):
             runs["round-major, no reuse"].append(run_schedule(plain, texts, cfg, batch_texts, "round"))

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.synth_schedule import make_texts, synthesizer_dir  # noqa: E402
 from megatron_ipt.synth.engine_hf import HFEngine  # noqa: E402
 from megatron_ipt.synth.engines import EngineConfig  # noqa: E402
-from megatron_ipt.synth.rounds import RoundsConfig, run_rounds  # noqa: E402
+from megatron_ipt.synth.rounds import RoundsConfig, run_rounds, synthesis_sampling  # noqa: E402
 
 
 def pubmed_texts(n: int) -> list[tuple[str, str]]:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         spec = EngineConfig(speculative="ngram", **common).build()
         plain = HFEngine(EngineConfig(speculative="off", **common), tokenizer=spec.tokenizer, model=spec.model)
         texts = make_texts(n_texts, 30, seed=7) if a.tiny else pubmed_texts(n_texts)
-        cfg = RoundsConfig(rounds=a.rounds, max_new_tokens=max_new, repetition_penalty=penalty)
+        cfg = RoundsConfig(rounds=a.rounds, sampling=synthesis_sampling(max_new_tokens=max_new, repetition_penalty=penalty))
         runs: dict[str, list[dict]] = {"plain": [], "speculative": []}
         for _ in range(repeat):
             runs["plain"].append(run(plain, texts, cfg, a.batch_texts))

@@ -40,12 +40,12 @@ def run(cfg: SynthesizeConfig) -> int:
     from megatron_ipt.synth.synthesize import synthesize
 
     setup_logging()
-    results = synthesize(cfg)
-    if cfg.dry_run:
-        print(plan_text(results))
+    result = synthesize(cfg)
+    if result.plan is not None:
+        print(plan_text(result.plan))
         return 0
-    totals = {k: sum(r.get(k, 0) for r in results.values()) for k in ("texts", "pairs", "degenerate_outputs")}
-    print(json.dumps({"units": len(results), **totals}))
+    totals = {k: sum(r.get(k, 0) for r in result.units.values()) for k in ("texts", "pairs", "degenerate_outputs")}
+    print(json.dumps({"units": len(result.units), **totals}))
     return 0
 
 

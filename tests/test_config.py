@@ -191,6 +191,38 @@ def test_run_cli_help_and_one_line_errors(capsys):
     assert capsys.readouterr().err == "error: x: not found (second line)\n"
 
 
+@dataclass(frozen=True)
+class Decode:
+    temperature: float = 0.0  # how random
+    stop: tuple[str, ...] = ()  # where to stop
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+
+
+@dataclass
+class Sampler:
+    decode: Decode = field(default_factory=lambda: Decode(stop=("END",)))  # a section its factory fills
+    engine: Optim = field(default_factory=Optim)
+
+    ALIASES: ClassVar[dict[str, str]] = {"temperature": "decode.temperature", "stop": "decode.stop", "engine": "engine.lr"}
+
+
+def test_aliases_into_a_section_its_checks_and_defaults(tmp_path):
+    cfg = config_from_argv(Sampler, ["--temperature=0.5", "--stop", "a", "b", "--stop=c"])
+    assert cfg.decode == Decode(0.5, ("a", "b", "c"))  # a tuple[str, ...] key takes values as a list key does
+    (tmp_path / "s.yaml").write_text("temperature: 0.7\nstop: [x]\nengine:\n  lr: 0.2\n")
+    cfg = config_from_argv(Sampler, ["--config", str(tmp_path / "s.yaml")])
+    assert (cfg.decode, cfg.engine.lr) == (Decode(0.7, ("x",)), 0.2)  # in files too; a key is never an alias
+    (tmp_path / "both.yaml").write_text("stop: [x]\ndecode:\n  stop: [y]\n")
+    with pytest.raises(ConfigError, match="stop is decode.stop: give one of them"):
+        config_from_argv(Sampler, ["--config", str(tmp_path / "both.yaml")])
+    with pytest.raises(ConfigError, match=r"decode: temperature must be >= 0, got -1"):
+        config_from_argv(Sampler, ["--temperature=-1"])
+    assert '--decode.stop=["END"]' in config_help(Sampler)  # the section's defaults as its factory made them
+
+
 TOOLS = {  # module -> its settings class: every command line of the project, in the one grammar
     "data_tools.preprocess_data": "PreprocessArgs",
     "data_tools.merge_datasets": "MergeArgs",

@@ -63,11 +63,13 @@ def _is_bool(hint: Any) -> bool:
 
 
 def _list_item(hint: Any) -> Any | None:
-    """The item type when ``hint`` accepts a list (``list[str] | str`` included), else None."""
+    """The item type when ``hint`` accepts a list (``list[str] | str`` and ``tuple[str, ...]`` included), else None."""
     for h in _members(hint):
+        args = typing.get_args(h)
         if typing.get_origin(h) is list:
-            args = typing.get_args(h)
             return args[0] if args else Any
+        if typing.get_origin(h) is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return args[0]
     return None
 
 

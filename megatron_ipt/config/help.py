@@ -94,14 +94,17 @@ class KeyHelp:
     description: str
 
 
-def config_keys(cls: type, prefix: str = "") -> list[KeyHelp]:
-    """Every leaf key of the dataclass tree ``cls``, in declaration order."""
+def config_keys(cls: type, prefix: str = "", defaults: Any = None) -> list[KeyHelp]:
+    """Every leaf key of the dataclass tree ``cls``, in declaration order; ``defaults``: an instance
+    whose values are the defaults (a section's own, where its parent's factory sets some)."""
     hints = typing.get_type_hints(cls)
     out: list[KeyHelp] = []
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        if f.default is not dataclasses.MISSING:
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
@@ -109,7 +112,8 @@ def config_keys(cls: type, prefix: str = "") -> list[KeyHelp]:
             default = None
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint) or dataclasses.is_dataclass(default):
-            out += config_keys(hint if dataclasses.is_dataclass(hint) else type(default), f"{prefix}{f.name}.")
+            section = default if dataclasses.is_dataclass(default) and not isinstance(default, type) else None
+            out += config_keys(hint if dataclasses.is_dataclass(hint) else type(default), f"{prefix}{f.name}.", section)
         else:
             out.append(KeyHelp(f"{prefix}{f.name}", _type_name(hint), default, _describe(cls, f.name)))
     return out

@@ -155,7 +155,10 @@ def _merge_into(obj: Any, data: dict[str, Any], where: str) -> Any:
             changes[name] = _merge_into(current, value, path)
         else:
             changes[name] = _coerce(value, hints[name], path)
-    return dataclasses.replace(obj, **changes)
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ValueError as err:  # the dataclass's own check (its __post_init__) refuses a value
+        raise ConfigError(f"{where}: {err}" if where else str(err)) from None
 
 
 def load_config(
@@ -184,10 +187,23 @@ def load_config(
 
 
 def _yaml_aliases(cls: type, tree: dict[str, Any]) -> dict[str, Any]:
-    """A file's top-level alias keys (e.g. ``inputs`` for ``input``) under their real names."""
+    """A file's top-level alias keys (e.g. ``inputs`` for ``input``, ``temperature`` for
+    ``sampling.temperature``) under their real names; both at once are an error. An alias that is
+    also a key (``engine`` for ``engine.kind``) is the key in a file."""
+    keys = {f.name for f in dataclasses.fields(cls)}
     for alias, target in getattr(cls, "ALIASES", {}).items():
-        if alias in tree and "=" not in target and "." not in target and target not in tree:
-            tree[target] = tree.pop(alias)
+        if alias not in tree or "=" in target or alias in keys:
+            continue
+        *sections, leaf = target.split(".")
+        node = tree
+        for part in sections:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        if isinstance(node, dict) and leaf in node:
+            raise ConfigError(f"{alias} is {target}: give one of them")
+        if isinstance(node, dict):
+            node[leaf] = tree.pop(alias)
     return tree
 
 

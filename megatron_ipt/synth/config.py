@@ -9,33 +9,31 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from megatron_ipt.config import ConfigError
+from megatron_ipt.synth.engine_types import SamplingParams
 from megatron_ipt.synth.engines import EngineConfig
-from megatron_ipt.synth.rounds import SCHEDULES, RoundsConfig
+from megatron_ipt.synth.rounds import SCHEDULES, RoundsConfig, synthesis_sampling
 
-# The settings that decide a unit's content (with the model): finished units made with others are refused.
-CONTENT_KEYS = ("rounds", "max_new_tokens", "temperature", "top_p", "n", "seed", "max_pairs", "stop",
-                "repetition_penalty", "batch_texts", "fraction", "text_key", "id_key")
+SAMPLING_KEYS = tuple(f.name for f in dataclasses.fields(SamplingParams))  # also top-level keys: --temperature
+
+# The settings that decide a unit's content (with the model): finished units made with others are
+# refused. The sampling ones go by their own names (``temperature``, not ``sampling.temperature``).
+CONTENT_KEYS = ("rounds", *SAMPLING_KEYS, "max_pairs", "batch_texts", "fraction", "text_key", "id_key")
 
 
 @dataclass
 class SynthesizeConfig:
-    ALIASES: ClassVar[dict[str, str]] = {"inputs": "input", "shard_index": "task_index", "num_shards": "num_tasks"}
+    ALIASES: ClassVar[dict[str, str]] = {"inputs": "input", "shard_index": "task_index", "num_shards": "num_tasks",
+                                         **{key: f"sampling.{key}" for key in SAMPLING_KEYS}}
 
     input: list[str] | str = field(default_factory=list)  # files, folders or globs of {id, text} records
     output_dir: str = ""  # OUTPUT_DIR/<unit>.jsonl (+ .stats.json) per work unit, and units.plan
     engine: EngineConfig = field(default_factory=EngineConfig)
     rounds: int = 2  # M: 2 for general corpora, 3 for domain corpora
-    max_new_tokens: int = 400  # tokens generated per round
-    temperature: float = 0.0  # sampling temperature (0: greedy)
-    top_p: float = 1.0  # nucleus sampling mass
-    n: int = 1  # samples per text (their pairs are merged)
-    seed: int = 0  # sampling seed
+    sampling: SamplingParams = field(default_factory=synthesis_sampling)  # how each round decodes
     max_pairs: int = 0  # cap on pairs per text; 0 = no cap
-    stop: list[str] = field(default_factory=lambda: ["<CON>", "</CON>"])  # generation stops at these strings
-    repetition_penalty: float = 1.0  # > 1 guards untuned/small synthesizers against loops
     batch_texts: int = 256  # texts per checkpointed batch
     schedule: str = "chain"  # chain: each batch of slots through all M rounds (its prefix still cached) | round: round by round (the reference's order); same output
-    fraction: float = 1.0  # convert only this share of texts (chosen by a hash of the id)
+    fraction: float = 1.0  # convert only this share of texts (chosen by a hash of the id and sampling.seed)
     unit_texts: int = 10000  # lines (rows) of input per work unit: what array tasks share out; chains stay within one
     limit: int = 0  # read at most this many lines (rows) of each input file; 0 = all
     text_key: str = "text"  # record field holding the text
@@ -78,15 +76,20 @@ class SynthesizeConfig:
             raise ConfigError(f"num_tasks must be 1 or more (unset: the array's task count), got {self.num_tasks}")
 
     def rounds_config(self) -> RoundsConfig:
-        return RoundsConfig(rounds=self.rounds, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                            top_p=self.top_p, n=self.n, seed=self.seed, max_pairs=self.max_pairs,
-                            stop=tuple(self.stop), repetition_penalty=self.repetition_penalty)
+        return RoundsConfig(rounds=self.rounds, max_pairs=self.max_pairs, sampling=self.sampling)
 
     def fingerprint(self) -> str:
         """What decides a unit's content: a partial file from another setting is not reused."""
-        spec = {k: getattr(self, k) for k in CONTENT_KEYS} | {"model": self.engine.model,
-                                                              "max_model_len": self.engine.max_model_len}
+        spec = content_settings(jsonable(config_dict(self))) | {"model": self.engine.model,
+                                                                "max_model_len": self.engine.max_model_len}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def content_settings(settings: dict) -> dict:
+    """The ``CONTENT_KEYS`` of a config dict (:func:`config_dict`'s, or the settings a unit's stats
+    record, where the sampling keys may be top-level), the sampling ones by their own names."""
+    flat = settings | (settings.get("sampling") if isinstance(settings.get("sampling"), dict) else {})
+    return {k: flat[k] for k in CONTENT_KEYS if k in flat}
 
 
 def jsonable(value: object) -> object:

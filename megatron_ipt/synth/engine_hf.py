@@ -3,34 +3,26 @@
 Its own decoding loop (rather than ``model.generate``) so that each row has its own seed, stop
 strings and token limit, and finished rows leave the batch (their cache is dropped) at once.
 Rows are grouped into batches by length in a fixed order, so a given set of prompts always
-decodes in the same batches: greedy output is reproducible run to run.
+decodes in the same batches: greedy output is reproducible run to run. Token choice is batched on
+the device (:mod:`megatron_ipt.synth.decode`).
 
-Token choice runs batched on the device: the repetition penalty from a per-row mask of seen
-tokens, sampling by inverse CDF over each row's (top-p) distribution at a uniform number that is a
-hash of the row's seed and the token's index. So a row's tokens depend on its own seed only, a
-step costs one host sync for the whole batch, and a sampled token does not depend on how many
-tokens were decoded in one forward.
+Speculation (``speculative=ngram``, prompt lookup): each row drafts up to k tokens
+(:class:`~megatron_ipt.synth.decode.NgramDrafter`); one forward verifies every row's drafts; a row
+keeps the drafts that equal the tokens it would choose itself, plus the token chosen after them.
+Its cache tail is realigned so that the rejected positions are masked holes, and the common tail is
+cropped: every row's cache holds exactly what it fed. Greedy and sampled outputs are the same as
+without speculation (up to floating-point reduction order).
 
-Speculation (``speculative=ngram``, prompt lookup): each row drafts up to k tokens that followed
-the latest earlier occurrence of its longest suffix n-gram in its prompt and output; one forward
-verifies every row's drafts; a row keeps the drafts that equal the tokens it would choose itself,
-plus the token chosen after them. Its cache tail is realigned so that the rejected positions are
-masked holes, and the common tail is cropped: every row's cache holds exactly what it fed. Greedy
-and sampled outputs are the same as without speculation (up to floating-point reduction order).
-
-Prefix reuse: the KV cache of each finished sequence (its prompt and the output fed back) is kept,
-up to ``prefix_cache_tokens`` tokens, least recently used evicted first. A later prompt that
-starts with a kept sequence (M-shot round r+1 extends round r's prompt) prefills only its new
-tokens over that cache. Rows with cached prefixes of different lengths share a batch: each row's
-cache is left-padded to the longest, its new tokens left-padded after it, and the attention mask
-and explicit position ids make the padding invisible, so the result equals a full prefill.
+Prefix reuse (:mod:`megatron_ipt.synth.prefix_cache`): rows with cached prefixes of different
+lengths share a batch: each row's cache is left-padded to the longest, its new tokens left-padded
+after it, and the attention mask and explicit position ids make the padding invisible, so the
+result equals a full prefill.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -38,159 +30,20 @@ import torch
 from megatron_ipt.config import resolve_dtype
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress
+from megatron_ipt.synth.decode import NgramDrafter, RowSampler, sample_seed
 from megatron_ipt.synth.engine_types import (
     EngineSettings,
     Generation,
     SamplingParams,
-    check_prompt_lengths,
     cut_at_stop,
-    per_prompt_params,
+    eos_ids,
+    prepare_requests,
     resolve_tokenizer,
 )
+from megatron_ipt.synth.prefix_cache import PrefixStore
 from megatron_ipt.tokenizer import Tokenizer
 
 log = get_logger(__name__)
-
-
-
-PREFIX_KEY_TOKENS = 16  # kept sequences are indexed by their first tokens (BOS + the start of a text)
-MIN_REUSE_TOKENS = 8  # shorter shared prefixes are cheaper to prefill again than to copy
-
-
-class PrefixStore:
-    """KV caches of finished sequences, bounded by a token budget, for reuse by later prompts."""
-
-    def __init__(self, max_tokens: int) -> None:
-        self.max_tokens = max_tokens
-        self.tokens = 0
-        self._seqs: OrderedDict[int, tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = OrderedDict()
-        self._by_key: dict[tuple[int, ...], set[int]] = {}
-        self._next = 0
-
-    def __len__(self) -> int:
-        return len(self._seqs)
-
-    def put(self, seq: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Keep ``kv`` (per layer ``(keys, values)`` of shape ``[heads, len(seq), dim]``) for ``seq``."""
-        if len(seq) < PREFIX_KEY_TOKENS or len(seq) > self.max_tokens:
-            return
-        key = tuple(seq[:PREFIX_KEY_TOKENS])
-        handle = self._next
-        self._next += 1
-        self._seqs[handle] = (torch.tensor(seq), kv)
-        self._by_key.setdefault(key, set()).add(handle)
-        self.tokens += len(seq)
-        while self.tokens > self.max_tokens:
-            self._drop(next(iter(self._seqs)))
-
-    def _drop(self, handle: int) -> None:
-        seq, _ = self._seqs.pop(handle)
-        self.tokens -= len(seq)
-        key = tuple(seq[:PREFIX_KEY_TOKENS].tolist())
-        self._by_key[key].discard(handle)
-        if not self._by_key[key]:
-            del self._by_key[key]
-
-    def longest_prefix(self, prompt: list[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
-        """The longest kept prefix of ``prompt`` (at most ``len(prompt) - 1`` tokens, so at least one
-        token is left to compute logits from) and its KV; ``(0, None)`` when none is worth reusing."""
-        if len(prompt) <= PREFIX_KEY_TOKENS:
-            return 0, None
-        best, best_len = None, 0
-        target = torch.tensor(prompt)
-        for handle in self._by_key.get(tuple(prompt[:PREFIX_KEY_TOKENS]), ()):
-            seq, _ = self._seqs[handle]
-            n = min(len(seq), len(prompt) - 1)
-            differ = (seq[:n] != target[:n]).nonzero()
-            common = int(differ[0]) if len(differ) else n
-            if common > best_len:
-                best, best_len = handle, common
-        if best is None or best_len < MIN_REUSE_TOKENS:
-            return 0, None
-        self._seqs.move_to_end(best)
-        kv = self._seqs[best][1]
-        return best_len, [(k[:, :best_len], v[:, :best_len]) for k, v in kv]
-
-
-def sample_seed(seed: int, sample_index: int) -> int:
-    """A distinct, reproducible seed for the ``sample_index``-th sample of a prompt."""
-    return (seed * 1_000_003 + sample_index) % (2**63 - 1)
-
-
-_MASK32 = 0xFFFFFFFF
-
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer mix (int64 tensors holding values below 2**32); products wrap, masked back."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK32
-    return x ^ (x >> 16)
-
-
-def uniform(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """A number in (0, 1) for each (seed, token index): the same on any batch, any device (float64)."""
-    h = _hash32((seeds >> 32) & _MASK32 ^ _hash32(steps & _MASK32))
-    h = _hash32((seeds & _MASK32) ^ h)
-    return (h.double() + 0.5) / 2.0**32
-
-
-def choose_tokens(logits: torch.Tensor, seen: torch.Tensor | None, penalty: torch.Tensor, greedy: torch.Tensor,
-                  temperature: torch.Tensor, top_p: torch.Tensor, seeds: torch.Tensor,
-                  steps: torch.Tensor, sample: bool = True) -> torch.Tensor:
-    """The next token of each row, batched: ``logits [N, V]``, ``seen [N, V]`` (tokens the CTRL-style
-    ``penalty [N]`` applies to; None: none), ``greedy [N]``, ``temperature``/``top_p [N]``, the rows'
-    ``seeds`` and the index of the token each row chooses (``steps [N]``); ``sample`` False: every row
-    is greedy (told by the host, so that no device sync asks)."""
-    logits = logits.float()
-    if seen is not None:
-        pen = penalty.unsqueeze(1)
-        logits = torch.where(seen, torch.where(logits > 0, logits / pen, logits * pen), logits)
-    best = logits.argmax(dim=-1)
-    if not sample:
-        return best
-    probs = torch.softmax(logits / temperature.unsqueeze(1), dim=-1)
-    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
-    # Keep the smallest nucleus whose mass reaches top_p (top_p 1 keeps every token).
-    sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p > top_p.unsqueeze(1), 0.0)
-    cdf = sorted_p.double().cumsum(-1)
-    # target < the total mass, so the first entry whose cdf passes it has mass: a dropped token is never picked.
-    target = (uniform(seeds, steps) * cdf[:, -1]).unsqueeze(1)
-    pick = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)
-    sampled = order.gather(1, pick).squeeze(1)
-    return torch.where(greedy, best, sampled)
-
-
-class NgramDrafter:
-    """Prompt-lookup drafts for one sequence: the tokens that followed the latest earlier occurrence
-    of its longest suffix n-gram (``lookup_max`` down to ``lookup_min`` tokens).
-
-    Written here because transformers' prompt lookup runs only inside ``generate`` at batch size 1.
-    """
-
-    def __init__(self, tokens: Sequence[int], lookup_min: int, lookup_max: int) -> None:
-        self.seq: list[int] = []
-        self.lo, self.hi = lookup_min, lookup_max
-        self.follows: list[dict[tuple[int, ...], int]] = [{} for _ in range(lookup_max + 1)]
-        self.extend(tokens)
-
-    def extend(self, tokens: Sequence[int]) -> None:
-        seq = self.seq
-        for t in tokens:
-            m = len(seq)  # the n-grams ending just before position m are followed by the new token
-            seq.append(int(t))
-            for n in range(self.lo, min(self.hi, m) + 1):
-                self.follows[n][tuple(seq[m - n : m])] = m
-
-    def draft(self, k: int) -> list[int]:
-        seq = self.seq
-        for n in range(min(self.hi, len(seq)), self.lo - 1, -1):
-            m = self.follows[n].get(tuple(seq[len(seq) - n :]))
-            if m is not None:
-                return seq[m : m + k]
-        return []
-
 
 class _Row:
     __slots__ = ("prompt_index", "sample_index", "prompt", "params", "seed", "out", "finish", "text",
@@ -303,7 +156,7 @@ class HFEngine:
         return size
 
     def _eos_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_id} if self.tokenizer.eos_id is not None else set()
+        ids = eos_ids(self.tokenizer)
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         if isinstance(gen_eos, int):
             ids.add(gen_eos)
@@ -318,10 +171,9 @@ class HFEngine:
         params: SamplingParams | Sequence[SamplingParams],
         show_progress: bool = False,
     ) -> list[list[Generation]]:
-        per_prompt = per_prompt_params(prompt_ids, params)
-        check_prompt_lengths(prompt_ids, self.max_model_len, per_prompt)
+        prompt_ids, per_prompt = prepare_requests(prompt_ids, params, self.max_model_len)
         rows = [
-            _Row(i, k, list(map(int, ids)), p)
+            _Row(i, k, ids, p)
             for i, (ids, p) in enumerate(zip(prompt_ids, per_prompt, strict=True))
             for k in range(p.n)
         ]
@@ -430,103 +282,35 @@ class HFEngine:
         return torch.cat([mask[:, :start], (w >= width - kept_t).to(mask.dtype)], dim=1)
 
     def _generate_batch(self, rows: list[_Row]) -> None:
-        device = self.device
         out, mask, positions = self._prefill(rows)
         cache = out[self._cache_arg]
         logits = out.logits[:, -1:, :]
+        sampler = RowSampler([r.params for r in rows], [r.seed for r in rows], [r.prompt for r in rows],
+                             logits.shape[-1], self.device)
+        self._start_drafts(rows, cache)
         active = list(rows)
         # [B]: position of each row's last fed token; a step's kept tokens move it on (prefill kept one).
         next_pos = positions[:, -1]
-        penalty = torch.tensor([r.params.repetition_penalty for r in rows], device=device)
-        greedy = torch.tensor([r.params.greedy for r in rows], device=device)
-        temperature = torch.tensor([r.params.temperature if not r.params.greedy else 1.0 for r in rows], device=device)
-        top_p = torch.tensor([r.params.top_p for r in rows], device=device)
-        seeds = torch.tensor([r.seed for r in rows], dtype=torch.long, device=device)
-        vocab = logits.shape[-1]
-        seen = None
-        if any(r.params.repetition_penalty != 1.0 for r in rows):
-            # Pads repeat the row's first token, which is in its prompt anyway.
-            longest = max(len(r.prompt) for r in rows)
-            ids = torch.tensor([r.prompt + [r.prompt[0]] * (longest - len(r.prompt)) for r in rows], device=device)
-            seen = torch.zeros((len(rows), vocab), dtype=torch.bool, device=device).scatter_(1, ids, True)
-        if self.draft_tokens and not all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers):
-            # Realigning rows' tails rewrites the layers' tensors: only plain growing layers allow it.
-            log.info("speculation off: the model's KV cache has %s layers", type(cache.layers[0]).__name__)
-            self.draft_tokens = 0
-        if self.draft_tokens:
-            for r in rows:
-                r.drafter = NgramDrafter(r.prompt, *self.lookup)
         drafts: list[list[int]] = [[] for _ in rows]
         while True:
-            fed = logits.shape[1]
-            n = len(active)
-            if seen is not None and fed > 1:
-                # Position t's penalty covers the drafts before it: they are its output if accepted.
-                pads = [d + [active[j].prompt[0]] * (fed - 1 - len(d)) for j, d in enumerate(drafts)]
-                ahead = torch.zeros((n, fed, vocab), dtype=torch.uint8, device=device)
-                ahead[:, 1:].scatter_(2, torch.tensor(pads, device=device).unsqueeze(2), 1)
-                seen_at = ahead.cummax(dim=1).values.bool() | seen.unsqueeze(1)
-            else:
-                seen_at = None if seen is None else seen.unsqueeze(1)
-            lengths = torch.tensor([len(r.out) for r in active], device=device)
-            steps = lengths.unsqueeze(1) + torch.arange(fed, device=device)
-            chosen = choose_tokens(
-                logits.reshape(n * fed, vocab), None if seen_at is None else seen_at.expand(n, fed, vocab).reshape(n * fed, vocab),
-                penalty.repeat_interleave(fed), greedy.repeat_interleave(fed), temperature.repeat_interleave(fed),
-                top_p.repeat_interleave(fed), seeds.repeat_interleave(fed), steps.reshape(-1),
-                sample=not all(r.params.greedy for r in active),
-            ).view(n, fed).tolist()  # the step's one host sync
-            emitted: list[list[int]] = []
-            for d, c in zip(drafts, chosen, strict=True):
-                a = 0
-                while a < len(d) and d[a] == c[a]:
-                    a += 1
-                emitted.append(c[: a + 1])
-                self.accepted_tokens += a
-            if fed > 1:
-                mask = self._realign_tail(cache, mask, fed, [len(e) for e in emitted])
-            next_pos = next_pos + torch.tensor([len(e) for e in emitted], device=device)
-            keep = []
-            for j, (row, toks) in enumerate(zip(active, emitted, strict=True)):
-                done = False
-                for t in toks:
-                    if self._finished(row, t):
-                        done = True
-                        break
-                if done:
-                    self._keep_prefix(row, cache, j, mask)
-                else:
-                    keep.append(j)
+            chosen = sampler.choose(logits, drafts, [len(r.out) for r in active])
+            emitted = [self._accepted(d, c) for d, c in zip(drafts, chosen, strict=True)]
+            if logits.shape[1] > 1:
+                mask = self._realign_tail(cache, mask, logits.shape[1], [len(e) for e in emitted])
+            next_pos = next_pos + torch.tensor([len(e) for e in emitted], device=self.device)
+            keep = [j for j, (row, toks) in enumerate(zip(active, emitted, strict=True))
+                    if not self._take(row, toks, cache, j, mask)]
             if not keep:
                 break
-            if seen is not None:
-                appended = [e + [active[j].prompt[0]] * (fed - len(e)) for j, e in enumerate(emitted)]
-                seen.scatter_(1, torch.tensor(appended, device=device), True)
+            sampler.note(emitted)
             if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
+                index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
                 mask, next_pos = mask[index], next_pos[index]
-                penalty, greedy, temperature, top_p, seeds = (t[index] for t in (penalty, greedy, temperature, top_p, seeds))
-                seen = None if seen is None else seen[index]
-                active = [active[j] for j in keep]
-                emitted = [emitted[j] for j in keep]
-            drafts = []
-            for row, e in zip(active, emitted, strict=True):
-                if row.drafter is None:
-                    drafts.append([])
-                    continue
-                row.drafter.extend(e)
-                # Never draft past the row's token limit: it would be cut anyway.
-                drafts.append(row.drafter.draft(min(self.draft_tokens, row.params.max_new_tokens - len(row.out) - 1)))
-            width = 1 + max(len(d) for d in drafts)
-            self.drafted_tokens += sum(len(d) for d in drafts)
-            step = torch.tensor([[e[-1], *d] + [row.prompt[0]] * (width - 1 - len(d))
-                                 for row, e, d in zip(active, emitted, drafts, strict=True)], device=device)
-            mask = torch.cat([mask, mask.new_ones((len(active), width))], dim=1)
-            positions = next_pos.unsqueeze(1) + torch.arange(width, device=device)
-            out = self._forward(step, mask, positions, cache)
-            self.decode_steps += 1
-            logits = out.logits
+                sampler.select(keep)
+                active, emitted = [active[j] for j in keep], [emitted[j] for j in keep]
+            drafts = self._next_drafts(active, emitted)
+            logits, mask = self._step(active, emitted, drafts, cache, mask, next_pos)
         for row in rows:
             text = self.tokenizer.decode(row.out)
             if row.params.stop:
@@ -534,3 +318,54 @@ class HFEngine:
                 if found:
                     row.finish = "stop"
             row.text = text
+
+    def _start_drafts(self, rows: list[_Row], cache) -> None:
+        """Give each row a prompt-lookup drafter when speculating over this cache."""
+        if self.draft_tokens and not all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers):
+            # Realigning rows' tails rewrites the layers' tensors: only plain growing layers allow it.
+            log.info("speculation off: the model's KV cache has %s layers", type(cache.layers[0]).__name__)
+            self.draft_tokens = 0
+        if self.draft_tokens:
+            for r in rows:
+                r.drafter = NgramDrafter(r.prompt, *self.lookup)
+
+    def _accepted(self, draft: list[int], chosen: list[int]) -> list[int]:
+        """The tokens a row emits this step: the drafts it would choose itself, then its own next choice."""
+        a = 0
+        while a < len(draft) and draft[a] == chosen[a]:
+            a += 1
+        self.accepted_tokens += a
+        return chosen[: a + 1]
+
+    def _take(self, row: _Row, tokens: list[int], cache, j: int, mask: torch.Tensor) -> bool:
+        """Append ``tokens`` to row ``j`` up to where it finishes; whether it did (its prefix then kept)."""
+        for t in tokens:
+            if self._finished(row, t):
+                self._keep_prefix(row, cache, j, mask)
+                return True
+        return False
+
+    def _next_drafts(self, rows: list[_Row], emitted: list[list[int]]) -> list[list[int]]:
+        drafts = []
+        for row, e in zip(rows, emitted, strict=True):
+            if row.drafter is None:
+                drafts.append([])
+                continue
+            row.drafter.extend(e)
+            # Never draft past the row's token limit: it would be cut anyway.
+            drafts.append(row.drafter.draft(min(self.draft_tokens, row.params.max_new_tokens - len(row.out) - 1)))
+        self.drafted_tokens += sum(len(d) for d in drafts)
+        return drafts
+
+    def _step(self, rows: list[_Row], emitted: list[list[int]], drafts: list[list[int]], cache, mask: torch.Tensor,
+              next_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed each row its last chosen token and its drafts (padded to the widest); returns the
+        logits and the grown attention mask."""
+        width = 1 + max(len(d) for d in drafts)
+        step = torch.tensor([[e[-1], *d] + [row.prompt[0]] * (width - 1 - len(d))
+                             for row, e, d in zip(rows, emitted, drafts, strict=True)], device=self.device)
+        mask = torch.cat([mask, mask.new_ones((len(rows), width))], dim=1)
+        positions = next_pos.unsqueeze(1) + torch.arange(width, device=self.device)
+        out = self._forward(step, mask, positions, cache)
+        self.decode_steps += 1
+        return out.logits, mask

@@ -1,5 +1,5 @@
 """The types every generation engine shares: sampling parameters, generations, the ``Engine``
-protocol and small prompt checks. This module imports no engine, so the engines and the code that
+protocol and the checks every ``generate`` starts with (:func:`prepare_requests`). This module imports no engine, so the engines and the code that
 builds them (:mod:`megatron_ipt.synth.engines`) both depend on it and never on each other.
 
 Prompts are token ids (the caller adds BOS itself, so no engine can double it). ``generate``
@@ -20,16 +20,17 @@ from megatron_ipt.tokenizer import Tokenizer, load_tokenizer
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to decode. ``temperature == 0`` is greedy; ``n`` samples per prompt need temperature > 0
-    to differ. ``stop`` strings end a generation (the stop string itself is cut from the text)."""
+    """How to decode, declared once: the engines take it per prompt, and synthesis nests it as its
+    ``sampling`` settings (the config system's keys ``sampling.<name>``). ``temperature == 0`` is
+    greedy; ``n`` samples per prompt need temperature > 0 to differ."""
 
-    max_new_tokens: int = 400
-    temperature: float = 0.0
-    top_p: float = 1.0
-    n: int = 1
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or output (CTRL-style)
+    max_new_tokens: int = 400  # tokens generated per prompt (per round in synthesis)
+    temperature: float = 0.0  # sampling temperature (0: greedy)
+    top_p: float = 1.0  # nucleus sampling mass
+    n: int = 1  # samples per prompt (synthesis merges their pairs)
+    seed: int = 0  # sampling seed (synthesis derives each text's from it)
+    stop: tuple[str, ...] = ()  # generation stops at these strings (cut from the text)
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or output (CTRL-style); guards small synthesizers against loops
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -84,6 +85,22 @@ def per_prompt_params(
     if len(params) != len(prompt_ids):
         raise ValueError(f"{len(params)} sampling params for {len(prompt_ids)} prompts")
     return params
+
+
+def prepare_requests(prompt_ids: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams],
+                     max_model_len: int) -> tuple[list[list[int]], list[SamplingParams]]:
+    """What every engine's ``generate`` checks first: the prompts as lists of ints and one
+    ``SamplingParams`` per prompt, each prompt non-empty and fitting ``max_model_len`` with its
+    ``max_new_tokens`` (else ``ValueError``, naming the prompt)."""
+    per_prompt = per_prompt_params(prompt_ids, params)
+    prompts = [[int(t) for t in ids] for ids in prompt_ids]
+    check_prompt_lengths(prompts, max_model_len, per_prompt)
+    return prompts, per_prompt
+
+
+def eos_ids(tokenizer: Tokenizer) -> set[int]:
+    """The token ids that end a generation as the tokenizer knows them (none without an EOS)."""
+    return {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

@@ -20,8 +20,8 @@ from megatron_ipt.synth.engine_types import (
     EngineSettings,
     Generation,
     SamplingParams,
-    check_prompt_lengths,
-    per_prompt_params,
+    eos_ids,
+    prepare_requests,
     resolve_tokenizer,
 )
 from megatron_ipt.tokenizer import Tokenizer
@@ -86,7 +86,7 @@ class VLLMEngine:
             seed=config.seed,
             **speculative_kwargs(config, vllm.__version__),
         )
-        self.eos_ids = {self.tokenizer.eos_id} if self.tokenizer.eos_id is not None else set()
+        self.eos_ids = eos_ids(self.tokenizer)
 
     def _vllm_params(self, p: SamplingParams):
         return self._vllm.SamplingParams(
@@ -107,9 +107,8 @@ class VLLMEngine:
         params: SamplingParams | Sequence[SamplingParams],
         show_progress: bool = False,
     ) -> list[list[Generation]]:
-        per_prompt = per_prompt_params(prompt_ids, params)
-        check_prompt_lengths(prompt_ids, self.max_model_len, per_prompt)
-        prompts = [self._TokensPrompt(prompt_token_ids=[int(t) for t in ids]) for ids in prompt_ids]
+        prompt_ids, per_prompt = prepare_requests(prompt_ids, params, self.max_model_len)
+        prompts = [self._TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
         outputs = self.llm.generate(prompts, [self._vllm_params(p) for p in per_prompt], use_tqdm=progress_mode(show_progress) == "bar")
         results = []
         for req in outputs:

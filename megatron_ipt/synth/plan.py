@@ -36,7 +36,8 @@ def measure_throughput(cfg: SynthesizeConfig, units: list[Unit], engine: Engine 
     if not sample:
         raise ConfigError("dry run: the inputs hold no text to measure throughput on")
     engine = engine or cfg.engine.build()
-    rounds = dataclasses.replace(cfg.rounds_config(), max_new_tokens=min(cfg.max_new_tokens, cfg.plan_sample_tokens))
+    sampling = dataclasses.replace(cfg.sampling, max_new_tokens=min(cfg.sampling.max_new_tokens, cfg.plan_sample_tokens))
+    rounds = dataclasses.replace(cfg.rounds_config(), sampling=sampling)
     group = cfg.rounds * int(getattr(engine, "batch_size", 8))
     done = out_tokens = 0
     seconds = 0.0
@@ -50,7 +51,7 @@ def measure_throughput(cfg: SynthesizeConfig, units: list[Unit], engine: Engine 
             done += len(part)
             bar.update(len(part))
     device, _ = device_label(engine)
-    how = (f"measured on {done} texts x {cfg.rounds} rounds, at most {rounds.max_new_tokens} tokens each: "
+    how = (f"measured on {done} texts x {cfg.rounds} rounds, at most {sampling.max_new_tokens} tokens each: "
            f"{out_tokens:,} tokens in {seconds:.1f} s on {device}")
     log.info("dry run: %s", how)
     return out_tokens / max(seconds, 1e-9), how
@@ -73,11 +74,11 @@ def dry_run(cfg: SynthesizeConfig, units: list[Unit], engine: Engine | None = No
                      "prompt_tokens": tokens})
     texts = sum(r["texts"] for r in rows)
     if cfg.plan_tokens_per_s > 0:
-        rate, per_text = cfg.plan_tokens_per_s, float(cfg.max_new_tokens * cfg.n)
+        rate, per_text = cfg.plan_tokens_per_s, float(cfg.sampling.max_new_tokens * cfg.sampling.n)
         source = "given by plan_tokens_per_s"
     else:
         rate, source = measure_throughput(cfg, units, engine)
-        per_text = float(cfg.max_new_tokens * cfg.n)  # the most a text can take: the sample's outputs were cut short
+        per_text = float(cfg.sampling.max_new_tokens * cfg.sampling.n)  # the most a text can take: the sample's outputs were cut short
     if cfg.plan_output_tokens > 0:
         per_text = float(cfg.plan_output_tokens)
     gpu_hours = texts * per_text / rate / 3600 if rate > 0 else float("inf")

@@ -3,7 +3,7 @@
 N texts split into M contiguous chunks of ceil(N/M). In round r, the text in slot i of chunk r is
 prompted after the chain of earlier entries in slot i (their text and pairs, in the tuning format)
 when the chain is unbroken (the previous entry in the slot produced pairs) and the whole prompt
-fits ``max_model_len - max_new_tokens`` counted in real tokens. Otherwise it is prompted alone.
+fits ``max_model_len - sampling.max_new_tokens`` counted in real tokens. Otherwise it is prompted alone.
 An entry is ``linked`` when it was prompted after a chain and produced at least one pair: a
 linked entry continues the previous entry's document.
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from megatron_ipt.log import get_logger
 from megatron_ipt.pairs import Pair, context_text, instruction_key, is_degenerate, pairs_text, parse_pairs
@@ -132,17 +133,19 @@ def fit_text(tokenizer: Tokenizer, text: str, budget: int) -> tuple[list[int], b
     raise ValueError(f"a prompt budget of {budget} tokens leaves no room for any text")
 
 
+NEXT_EXAMPLE = ("<CON>", "</CON>")  # stop strings: the model started a new example
+
+
+def synthesis_sampling(**changes: Any) -> SamplingParams:
+    """Synthesis's decoding settings: ``SamplingParams``'s defaults, stopping at ``NEXT_EXAMPLE``, with ``changes``."""
+    return replace(SamplingParams(stop=NEXT_EXAMPLE), **changes)
+
+
 @dataclass(frozen=True)
 class RoundsConfig:
     rounds: int = 2
-    max_new_tokens: int = 400
-    temperature: float = 0.0
-    top_p: float = 1.0
-    n: int = 1
-    seed: int = 0
     max_pairs: int = 0  # 0: no cap
-    stop: tuple[str, ...] = ("<CON>", "</CON>")  # the model started a new example
-    repetition_penalty: float = 1.0
+    sampling: SamplingParams = field(default_factory=synthesis_sampling)  # a text samples with text_seed(seed, its id)
 
 
 def text_seed(seed: int, text_id: str) -> int:
@@ -237,7 +240,7 @@ def synthesize_batch(engine: Engine, cfg: RoundsConfig, items: Sequence[tuple[st
                      histories: dict[int, list[Entry]], cache: dict[str, list[int]]) -> list[Entry]:
     """Prompt one batch of ``(id, text, round, slot)`` and return their entries (failed ones included)."""
     tok = engine.tokenizer
-    budget = engine.max_model_len - cfg.max_new_tokens
+    budget = engine.max_model_len - cfg.sampling.max_new_tokens
     prompts: list[list[int] | PromptFailure] = []
     chained, cut, own = [], [], []  # own: the prompt's tokens of this text (BOS + context): raw input
     for _, text, _, slot in items:
@@ -260,10 +263,7 @@ def synthesize_batch(engine: Engine, cfg: RoundsConfig, items: Sequence[tuple[st
         prompts.append(alone)
         cut.append(was_cut)
         own.append(len(alone))
-    params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                             n=cfg.n, seed=text_seed(cfg.seed, text_id), stop=cfg.stop,
-                             repetition_penalty=cfg.repetition_penalty)
-              for text_id, *_ in items]
+    params = [replace(cfg.sampling, seed=text_seed(cfg.sampling.seed, text_id)) for text_id, *_ in items]
     live = [j for j, ids in enumerate(prompts) if not isinstance(ids, PromptFailure)]
     outputs: list[list[Generation] | PromptFailure] = list(prompts)  # failures stay as they are
     for j, out in zip(live, generate_isolated(engine, [prompts[j] for j in live], [params[j] for j in live]),

@@ -25,6 +25,7 @@ import json
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_ipt.config import ConfigError
@@ -33,7 +34,7 @@ from megatron_ipt.dist_env import LaunchError, array_task
 from megatron_ipt.io import OutputLocked, atomic_path, atomic_write_json, output_lock
 from megatron_ipt.log import get_logger
 from megatron_ipt.progress import progress
-from megatron_ipt.synth.config import CONTENT_KEYS, SynthesizeConfig, config_dict, jsonable
+from megatron_ipt.synth.config import CONTENT_KEYS, SynthesizeConfig, config_dict, content_settings, jsonable
 from megatron_ipt.synth.engine_types import Engine
 from megatron_ipt.synth.plan import dry_run
 from megatron_ipt.synth.provenance import model_fingerprint
@@ -106,10 +107,10 @@ def load_plan(cfg: SynthesizeConfig, files: list[InputFile], out_dir: Path) -> l
 def settings_changes(cfg: SynthesizeConfig, stats: dict, model_hash: str | None) -> list[str]:
     """The content settings (and the synthesizer) that differ between a finished unit's stats and ``cfg``."""
     prov = stats.get("provenance") if isinstance(stats.get("provenance"), dict) else {}
-    old = prov.get("config") if isinstance(prov.get("config"), dict) else {}
-    changes = [f"{k} {old[k]!r} -> {jsonable(getattr(cfg, k))!r}" for k in CONTENT_KEYS
-               if k in old and old[k] != jsonable(getattr(cfg, k))]
-    engine = old.get("engine") if isinstance(old.get("engine"), dict) else {}
+    recorded = prov.get("config") if isinstance(prov.get("config"), dict) else {}
+    old, new = content_settings(recorded), content_settings(jsonable(config_dict(cfg)))
+    changes = [f"{k} {old[k]!r} -> {new[k]!r}" for k in CONTENT_KEYS if k in old and old[k] != new[k]]
+    engine = recorded.get("engine") if isinstance(recorded.get("engine"), dict) else {}
     if "max_model_len" in engine and engine["max_model_len"] != cfg.engine.max_model_len:
         changes.append(f"engine.max_model_len {engine['max_model_len']} -> {cfg.engine.max_model_len}")
     old_hash = (prov.get("synthesizer") or {}).get("hash") if isinstance(prov.get("synthesizer"), dict) else None
@@ -202,67 +203,49 @@ def _read_partial(path: Path, fingerprint: str, digest: str, unit: Unit) -> dict
     return done
 
 
-def synthesize_unit(engine: Engine, cfg: SynthesizeConfig, unit: Unit, out_dir: Path) -> dict:
-    """Synthesize one work unit (resuming from its partial file); returns its stats."""
-    stem, path = unit.name, Path(unit.file)
-    final, stats_path = out_dir / f"{stem}.jsonl", out_dir / f"{stem}.stats.json"
-    partial = out_dir / f".{stem}.partial.jsonl"
-    input_stats: Counter = Counter()
-    file_stat = path.stat()  # before reading: an edit while the unit runs shows as a change on rerun
-    texts = read_texts(path, cfg, input_stats, unit.start, unit.stop)
-    digest = texts_digest(texts, input_stats)
-    provenance = unit_provenance(cfg, engine)
-    # A partial file from another model at the same path (retrained in place) is not reused.
-    fingerprint = f"{cfg.fingerprint()}-{provenance['synthesizer']['hash']}"
-    done = _read_partial(partial, fingerprint, digest, unit)
+def _resume_partial(partial: Path, header: dict, unit: Unit) -> dict[tuple[int, int], list[Entry]]:
+    """The finished batches of the unit's partial file when it was written under ``header`` (its torn
+    last batch cut off, so the next append starts clean); else a new partial file with ``header``."""
+    done = _read_partial(partial, header["fingerprint"], header["texts_sha256"], unit)
     if not done:
         with open(partial, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps({"fingerprint": fingerprint, "input": str(path), "lines": [unit.start, unit.stop],
-                                "texts_sha256": digest}) + "\n")
-    elif partial.read_bytes()[-1:] != b"\n":  # drop the torn batch so the next append starts clean
+            fh.write(json.dumps(header) + "\n")
+    elif partial.read_bytes()[-1:] != b"\n":
         with open(partial, "r+b") as fh:
             data = fh.read()
             fh.seek(data.rfind(b"\n") + 1)
             fh.truncate()
-    resumed = sum(len(v) for v in done.values())
-    if resumed:
-        log.info("%s: resuming with %d texts already synthesized", path, resumed)
+    return done
 
-    bar = progress(total=len(texts), initial=resumed, desc=stem, unit="text", enabled=cfg.progress)
-    t0 = time.time()
-    new_texts = new_tokens = 0
-    fresh: list[Entry] = []  # generated in this run (not resumed): what the cost is measured on
-    spec_before = speculation_counts(engine)
 
-    def checkpoint(rnd: int, b: int, entries: list[Entry]) -> None:
-        nonlocal new_texts, new_tokens
-        fresh.extend(entries)
+class _Checkpoint:
+    """``run_rounds``'s ``on_batch``: each generated batch appended to the partial file (flushed and
+    fsynced), and the rate on the progress bar."""
+
+    def __init__(self, partial: Path, bar) -> None:
+        self.partial, self.bar = partial, bar
+        self.t0 = time.time()
+        self.fresh: list[Entry] = []  # generated in this run (not resumed): what the cost is measured on
+        self.tokens = 0
+
+    def __call__(self, rnd: int, b: int, entries: list[Entry]) -> None:
+        self.fresh.extend(entries)
         records = [e.record() | {"stats": e.stats} for e in entries]
-        with open(partial, "a", encoding="utf-8") as fh:
+        with open(self.partial, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"round": rnd, "batch": b, "entries": records}, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        new_texts += len(entries)
-        new_tokens += sum(e.stats.get("output_tokens", 0) for e in entries)
-        dt = max(time.time() - t0, 1e-9)
-        bar.set_postfix(texts_s=f"{new_texts / dt:.2f}", gen_tok_s=f"{new_tokens / dt:.0f}", round=rnd)
-        bar.update(len(entries))
+        self.tokens += sum(e.stats.get("output_tokens", 0) for e in entries)
+        dt = max(time.time() - self.t0, 1e-9)
+        self.bar.set_postfix(texts_s=f"{len(self.fresh) / dt:.2f}", gen_tok_s=f"{self.tokens / dt:.0f}", round=rnd)
+        self.bar.update(len(entries))
 
-    entries = run_rounds(engine, texts, cfg.rounds_config(), cfg.batch_texts, done, checkpoint, cfg.schedule)
-    bar.close()
-    seconds = time.time() - t0
-    spec_after = speculation_counts(engine)
-    spec = None if spec_before is None or spec_after is None else (spec_after[0] - spec_before[0],
-                                                                   spec_after[1] - spec_before[1])
-    summary = summarize(entries, input_stats, seconds) | {
-        "input_file": str(path), "input_lines": [unit.start, unit.stop], "resumed_texts": resumed,
-        "input_fingerprint": {"file_bytes": file_stat.st_size, "file_mtime_ns": file_stat.st_mtime_ns,
-                              "texts_sha256": digest},
-        "cost": cost_stats(fresh, seconds, engine, spec), "provenance": provenance}
-    # Stats first, the output last: the stats record the output's size and hash (the completion
-    # record), so a kill between the two leaves stats without an output (redone from the partial
-    # file), and an output torn later no longer matches its record (redone).
-    with atomic_path(final) as tmp:
+
+def _write_unit(out_dir: Path, stem: str, entries: list[Entry], summary: dict) -> None:
+    """The unit's stats and then its output, each atomically. The stats record the output's size and
+    hash (the completion record), so a kill between the two leaves stats without an output (redone
+    from the partial file), and an output torn later no longer matches its record (redone)."""
+    with atomic_path(out_dir / f"{stem}.jsonl") as tmp:
         h, size = hashlib.sha256(), 0
         with open(tmp, "wb") as fh:
             for e in entries:
@@ -271,15 +254,52 @@ def synthesize_unit(engine: Engine, cfg: SynthesizeConfig, unit: Unit, out_dir: 
                 size += len(line)
                 fh.write(line)
         summary["output"] = {"bytes": size, "sha256": h.hexdigest()}
-        atomic_write_json(stats_path, summary)
-    partial.unlink(missing_ok=True)
+        atomic_write_json(out_dir / f"{stem}.stats.json", summary)
+
+
+def _log_unit(stem: str, path: Path, out_dir: Path, summary: dict) -> None:
     log.info("%s: %d texts, %d pairs (%.2f per text), %d degenerate outputs -> %s", path, summary["texts"],
-             summary["pairs"], summary["pairs_per_text"], summary["degenerate_outputs"], final)
+             summary["pairs"], summary["pairs_per_text"], summary["degenerate_outputs"], out_dir / f"{stem}.jsonl")
     cost = summary["cost"]
     if cost["device_hours_per_1b_raw_tokens"] is not None:
         log.info("%s: %s output tokens/s, %s device-hours per 1B raw tokens on %s (the paper: about %g on an A100)",
                  stem, cost["output_tokens_per_s"], f"{cost['device_hours_per_1b_raw_tokens']:,}", cost["device"],
                  PAPER_DEVICE_HOURS_PER_1B)
+
+
+def synthesize_unit(engine: Engine, cfg: SynthesizeConfig, unit: Unit, out_dir: Path) -> dict:
+    """Synthesize one work unit (resuming from its partial file); returns its stats."""
+    stem, path = unit.name, Path(unit.file)
+    partial = out_dir / f".{stem}.partial.jsonl"
+    input_stats: Counter = Counter()
+    file_stat = path.stat()  # before reading: an edit while the unit runs shows as a change on rerun
+    texts = read_texts(path, cfg, input_stats, unit.start, unit.stop)
+    digest = texts_digest(texts, input_stats)
+    provenance = unit_provenance(cfg, engine)
+    # A partial file from another model at the same path (retrained in place) is not reused.
+    fingerprint = f"{cfg.fingerprint()}-{provenance['synthesizer']['hash']}"
+    done = _resume_partial(partial, {"fingerprint": fingerprint, "input": str(path), "lines": [unit.start, unit.stop],
+                                     "texts_sha256": digest}, unit)
+    resumed = sum(len(v) for v in done.values())
+    if resumed:
+        log.info("%s: resuming with %d texts already synthesized", path, resumed)
+    bar = progress(total=len(texts), initial=resumed, desc=stem, unit="text", enabled=cfg.progress)
+    checkpoint = _Checkpoint(partial, bar)
+    spec_before = speculation_counts(engine)
+    entries = run_rounds(engine, texts, cfg.rounds_config(), cfg.batch_texts, done, checkpoint, cfg.schedule)
+    bar.close()
+    seconds = time.time() - checkpoint.t0
+    spec_after = speculation_counts(engine)
+    spec = None if spec_before is None or spec_after is None else (spec_after[0] - spec_before[0],
+                                                                   spec_after[1] - spec_before[1])
+    summary = summarize(entries, input_stats, seconds) | {
+        "input_file": str(path), "input_lines": [unit.start, unit.stop], "resumed_texts": resumed,
+        "input_fingerprint": {"file_bytes": file_stat.st_size, "file_mtime_ns": file_stat.st_mtime_ns,
+                              "texts_sha256": digest},
+        "cost": cost_stats(checkpoint.fresh, seconds, engine, spec), "provenance": provenance}
+    _write_unit(out_dir, stem, entries, summary)
+    partial.unlink(missing_ok=True)
+    _log_unit(stem, path, out_dir, summary)
     return summary
 
 
@@ -299,8 +319,17 @@ def task_of(task_index: int | None, num_tasks: int | None) -> tuple[int, int]:
     return task_index, num_tasks
 
 
-def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
-    """Run this task's work units; finished ones are skipped. Returns per-unit stats by unit name."""
+@dataclass
+class SynthesisResult:
+    """What :func:`synthesize` did: the stats of this task's units by unit name (finished before or
+    made now), or on a dry run the plan (:func:`megatron_ipt.synth.plan.dry_run`) and no unit."""
+
+    units: dict[str, dict] = field(default_factory=dict)
+    plan: dict | None = None
+
+
+def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> SynthesisResult:
+    """Run this task's work units; finished ones are skipped."""
     cfg.validate()
     out_dir = Path(cfg.output_dir)
     try:
@@ -314,9 +343,9 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
     units = load_plan(cfg, files, out_dir)
     check_finished(cfg, units, out_dir)
     if cfg.dry_run:
-        return dry_run(cfg, units, engine)
+        return SynthesisResult(plan=dry_run(cfg, units, engine))
     mine = units[index::count]
-    results = {}
+    results: dict[str, dict] = {}
     todo = []
     for u in mine:
         stats, why = unit_state(out_dir, u)
@@ -343,7 +372,7 @@ def synthesize(cfg: SynthesizeConfig, engine: Engine | None = None) -> dict:
         except OSError as err:  # inputs fail as DataError: this is the output side (full or read-only disk)
             raise DataError(f"{out_dir}: cannot write {err.filename or u.name}: {err.strerror or err}; "
                             "a rerun resumes from the last checkpointed batch", reason="unwritable_output") from None
-    return results
+    return SynthesisResult(units=results)
 
 
 def unit_provenance(cfg: SynthesizeConfig, engine: Engine) -> dict:
@@ -351,4 +380,4 @@ def unit_provenance(cfg: SynthesizeConfig, engine: Engine) -> dict:
     settings = {k: v for k, v in config_dict(cfg).items() if k not in ("input", "output_dir", "progress",
                                                                        "task_index", "num_tasks", "start_over")}
     return {"synthesizer": model_fingerprint(cfg.engine.model), "tokenizer": engine.tokenizer.fingerprint(),
-            "config": settings}
+            "config": jsonable(settings)}

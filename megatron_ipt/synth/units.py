@@ -84,7 +84,7 @@ def read_texts(path: Path | InputFile, cfg: SynthesizeConfig, stats: Counter, st
         stop = min(stop, cfg.limit) if stop is not None else cfg.limit
     out: list[tuple[str, str]] = []
     for rid, text in iter_texts(path, stats, cfg.text_key, cfg.id_key, cfg.skip_bad_records, start, stop):
-        if cfg.fraction < 1 and not selected(rid, cfg.fraction, cfg.seed):
+        if cfg.fraction < 1 and not selected(rid, cfg.fraction, cfg.sampling.seed):
             stats["not_selected"] += 1
             continue
         if find_marker(text) is not None:

@@ -22,6 +22,7 @@ from megatron_ipt.synth.rounds import (
     fit_text,
     pairs_from_generations,
     run_rounds,
+    synthesis_sampling,
     text_seed,
     unbroken_chain,
 )
@@ -95,7 +96,7 @@ def test_prompt_ids_keep_literal_control_tokens_as_text(smollm2_dir):
 def test_five_texts_two_rounds_with_a_broken_chain(mistral_tokenizer):
     tok = mistral_tokenizer
     eng = ScriptedEngine(tok, {"t1": "I cannot find any question here."})
-    entries = run_rounds(eng, texts(5), RoundsConfig(rounds=2, max_new_tokens=16))
+    entries = run_rounds(eng, texts(5), RoundsConfig(rounds=2, sampling=synthesis_sampling(max_new_tokens=16)))
     assert [e.id for e in entries] == [f"id{i}" for i in range(5)]
     assert [(e.round, e.slot) for e in entries] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
     e = by_id(entries)
@@ -111,7 +112,7 @@ def test_five_texts_two_rounds_with_a_broken_chain(mistral_tokenizer):
 def test_three_rounds_chain_grows_and_unlinked_entry_without_pairs(mistral_tokenizer):
     tok = mistral_tokenizer
     eng = ScriptedEngine(tok, {"t4": "<QUE> broken <ANS> </END>"})  # empty answer: malformed
-    entries = run_rounds(eng, texts(7), RoundsConfig(rounds=3, max_new_tokens=16))
+    entries = run_rounds(eng, texts(7), RoundsConfig(rounds=3, sampling=synthesis_sampling(max_new_tokens=16)))
     e = by_id(entries)
     assert [x.round for x in entries] == [0, 0, 0, 1, 1, 1, 2]
     assert e["id3"].linked and e["id6"].linked
@@ -130,7 +131,7 @@ def test_length_limit_breaks_the_chain_and_restarts_it(mistral_tokenizer):
     fits = len(build_prompt_ids(tok, done[:2], data[2][1]))
     assert len(build_prompt_ids(tok, done[:3], data[3][1])) > fits
     eng = ScriptedEngine(tok, {}, max_model_len=fits + 16)
-    e = by_id(run_rounds(eng, data, RoundsConfig(rounds=5, max_new_tokens=16)))
+    e = by_id(run_rounds(eng, data, RoundsConfig(rounds=5, sampling=synthesis_sampling(max_new_tokens=16))))
     assert [e[f"id{i}"].linked for i in range(5)] == [False, True, True, False, True]
     assert eng.prompts["t2"] == build_prompt_ids(tok, done[:2], data[2][1])
     assert eng.prompts["t3"] == build_prompt_ids(tok, [], data[3][1])
@@ -144,7 +145,8 @@ def test_text_longer_than_window_is_truncated(mistral_tokenizer):
     assert cut and len(ids) <= 64 and ids[0] == tok.bos_id
     assert tok.decode(ids).rstrip().endswith("</CON>")
     eng = ScriptedEngine(tok, {}, max_model_len=96)
-    [e] = run_rounds(eng, [("x", "t0 " + "many words here " * 200)], RoundsConfig(rounds=1, max_new_tokens=32))
+    [e] = run_rounds(eng, [("x", "t0 " + "many words here " * 200)],
+                     RoundsConfig(rounds=1, sampling=synthesis_sampling(max_new_tokens=32)))
     assert e.stats["text_truncated"] and e.pairs and e.text.endswith("here ")  # the record keeps the full text
     with pytest.raises(ValueError, match="no room"):
         fit_text(tok, "anything", 8)
@@ -152,7 +154,7 @@ def test_text_longer_than_window_is_truncated(mistral_tokenizer):
 
 def test_resume_reuses_done_batches(mistral_tokenizer):
     tok = mistral_tokenizer
-    cfg = RoundsConfig(rounds=2, max_new_tokens=16)
+    cfg = RoundsConfig(rounds=2, sampling=synthesis_sampling(max_new_tokens=16))
     seen = {}
     full = run_rounds(ScriptedEngine(tok, {}), texts(6), cfg, batch_texts=2,
                       on_batch=lambda r, b, es: seen.__setitem__((r, b), copy.deepcopy(es)))
@@ -203,7 +205,7 @@ def test_chain_major_with_prefix_reuse_equals_round_major(pair_writer, mistral_t
     plain = HFEngine(EngineConfig(model=str(pair_writer), batch_size=3, prefix_cache_tokens=0),
                      tokenizer=mistral_tokenizer, model=reuse.model)
     data = make_texts(11, 20, seed=3)
-    cfg = RoundsConfig(rounds=3, max_new_tokens=40)
+    cfg = RoundsConfig(rounds=3, sampling=synthesis_sampling(max_new_tokens=40))
     by_round = run_rounds(plain, data, cfg, batch_texts=2, schedule="round")
     by_chain = run_rounds(reuse, data, cfg, batch_texts=2, schedule="chain")
     assert [e.record() for e in by_chain] == [e.record() for e in by_round]
@@ -217,6 +219,7 @@ def test_chain_major_with_prefix_reuse_equals_round_major(pair_writer, mistral_t
 
 def test_chain_major_visits_each_slot_through_all_rounds(mistral_tokenizer):
     order: list[tuple[int, int]] = []
-    run_rounds(ScriptedEngine(mistral_tokenizer, {}), texts(7), RoundsConfig(rounds=3, max_new_tokens=16),
-               batch_texts=2, on_batch=lambda r, b, es: order.append((r, b)))
+    cfg = RoundsConfig(rounds=3, sampling=synthesis_sampling(max_new_tokens=16))
+    run_rounds(ScriptedEngine(mistral_tokenizer, {}), texts(7), cfg, batch_texts=2,
+               on_batch=lambda r, b, es: order.append((r, b)))
     assert order == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1)]  # chunks of 3, 3, 1

@@ -13,9 +13,10 @@ import pytest
 
 from megatron_ipt.config import ConfigError
 from megatron_ipt.data.inputs import DataError
-from megatron_ipt.synth.config import SynthesizeConfig
+from megatron_ipt.synth.config import SAMPLING_KEYS, SynthesizeConfig
 from megatron_ipt.synth.engine_hf import HFEngine
 from megatron_ipt.synth.engines import EngineConfig
+from megatron_ipt.synth.rounds import synthesis_sampling
 from megatron_ipt.synth.synthesize import synthesize
 
 
@@ -36,10 +37,12 @@ def write_corpus(path, n, start=0):
 
 
 def make_cfg(tmp_path, tiny_dir, out, **kw):
+    """A config of these settings; the sampling ones (``temperature=...``) go to ``sampling``."""
     base = dict(input=[str(tmp_path / "in")], output_dir=str(out), rounds=2, max_new_tokens=8,
                 temperature=0.8, n=2, batch_texts=3, progress=False)
     base.update(kw)
-    cfg = SynthesizeConfig(**base)
+    sampling = {k: base.pop(k) for k in SAMPLING_KEYS if k in base}
+    cfg = SynthesizeConfig(**base, sampling=synthesis_sampling(**sampling))
     cfg.engine.model, cfg.engine.tokenizer = str(tiny_dir), "mistral"
     return cfg
 
@@ -50,8 +53,10 @@ KILLER = textwrap.dedent("""
     from megatron_ipt.synth.engines import EngineConfig
     from megatron_ipt.synth.config import SynthesizeConfig
     from megatron_ipt.synth.synthesize import synthesize
-    cfg = SynthesizeConfig(**{k: v for k, v in %(cfg)r.items() if k != "engine"})
+    from megatron_ipt.synth.engine_types import SamplingParams
+    cfg = SynthesizeConfig(**{k: v for k, v in %(cfg)r.items() if k not in ("engine", "sampling")})
     cfg.engine = EngineConfig(**%(cfg)r["engine"])
+    cfg.sampling = SamplingParams(**%(cfg)r["sampling"])
     real = HFEngine(EngineConfig(model=cfg.engine.model, tokenizer="mistral", batch_size=4))
 
     class KilledOnThirdBatch:
@@ -70,7 +75,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_dir, engi
     (tmp_path / "in").mkdir()
     write_corpus(tmp_path / "in" / "s0.jsonl", 11)
     whole = make_cfg(tmp_path, tiny_dir, tmp_path / "whole")
-    whole_stats = synthesize(whole, engine)["s0"]
+    whole_stats = synthesize(whole, engine).units["s0"]
 
     killed = make_cfg(tmp_path, tiny_dir, tmp_path / "killed")
     import dataclasses
@@ -84,7 +89,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_dir, engi
     with open(partial, "a") as fh:
         fh.write('{"round": 0, "batch": 2, "entries": [{"id": "d6", "te')  # a torn write, too
 
-    stats = synthesize(killed, engine)["s0"]
+    stats = synthesize(killed, engine).units["s0"]
     assert stats["resumed_texts"] == 6
     assert (tmp_path / "killed" / "s0.jsonl").read_bytes() == (tmp_path / "whole" / "s0.jsonl").read_bytes()
     assert not partial.exists()
@@ -124,14 +129,14 @@ def test_finished_units_are_skipped_and_slurm_array_split(tmp_path, tiny_dir, en
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "3")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
     cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", temperature=0.0, n=1)
-    assert list(synthesize(cfg, engine)) == ["s1"]  # three files of one unit each: task 1 of 2 takes unit 1
+    assert list(synthesize(cfg, engine).units) == ["s1"]  # three files of one unit each: task 1 of 2 takes unit 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s1.jsonl", "s1.stats.json", "units.plan"]
     before = (tmp_path / "out" / "s1.jsonl").stat().st_mtime_ns
-    again = synthesize(cfg, engine=None)  # nothing to do: no engine is even loaded
+    again = synthesize(cfg, engine=None).units  # nothing to do: no engine is even loaded
     assert again["s1"]["texts"] == 2
     assert (tmp_path / "out" / "s1.jsonl").stat().st_mtime_ns == before
     cfg.task_index, cfg.num_tasks = 0, 2
-    assert sorted(synthesize(cfg, engine)) == ["s0", "s2"]
+    assert sorted(synthesize(cfg, engine).units) == ["s0", "s2"]
 
 
 def test_each_unit_records_its_synthesizer(tmp_path, tiny_dir, engine, mistral_tokenizer):
@@ -145,7 +150,7 @@ def test_each_unit_records_its_synthesizer(tmp_path, tiny_dir, engine, mistral_t
     (tmp_path / "in").mkdir()
     write_corpus(tmp_path / "in" / "s0.jsonl", 2)
     cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", temperature=0.0, n=1, rounds=1)
-    prov = synthesize(cfg, engine)["s0"]["provenance"]
+    prov = synthesize(cfg, engine).units["s0"]["provenance"]
     on_disk = json.loads((tmp_path / "out" / "s0.stats.json").read_text())["provenance"]
     assert on_disk == prov
     assert prov["synthesizer"] == model_fingerprint(tiny_dir) and prov["synthesizer"]["hash"]
@@ -200,7 +205,7 @@ def test_runner_keeps_the_batch_of_a_failed_prompt(tmp_path, tiny_dir, engine):
         fh.write(json.dumps({"id": "huge", "text": "protein " * 700}) + "\n")
     cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", temperature=0.0, n=1, rounds=1, batch_texts=6)
     wrapped = OverstatedWindow(engine)
-    stats = synthesize(cfg, wrapped)["s0"]
+    stats = synthesize(cfg, wrapped).units["s0"]
     assert wrapped.calls == 1 + 6  # the batch, then each prompt alone
     records = [json.loads(x) for x in (tmp_path / "out" / "s0.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == [f"d{i}" for i in range(5)] + ["huge"]
@@ -280,7 +285,7 @@ def test_work_units_one_task_or_three_give_the_same_outputs(tmp_path, tiny_dir, 
     with open(tmp_path / "c.jsonl", "rb") as src, gzip.open(tmp_path / "in" / "c.jsonl.gz", "wb") as dst:
         dst.write(src.read())
     one = make_cfg(tmp_path, tiny_dir, tmp_path / "one", temperature=0.0, n=1, unit_texts=5, batch_texts=2)
-    results = synthesize(one, engine)
+    results = synthesize(one, engine).units
     assert list(results) == ["a.00000", "a.00001", "b", "c.00000", "c.00001", "c.00002"]
     assert [results[u]["texts"] for u in results] == [5, 2, 2, 5, 5, 2]
     plan = json.loads((tmp_path / "one" / PLAN_NAME).read_text())["units"]
@@ -288,7 +293,7 @@ def test_work_units_one_task_or_three_give_the_same_outputs(tmp_path, tiny_dir, 
     for task in range(3):
         three = make_cfg(tmp_path, tiny_dir, tmp_path / "three", temperature=0.0, n=1, unit_texts=5, batch_texts=2,
                          task_index=task, num_tasks=3)
-        assert list(synthesize(three, engine)) == list(results)[task::3]
+        assert list(synthesize(three, engine).units) == list(results)[task::3]
     assert _outputs(tmp_path / "three") == _outputs(tmp_path / "one")
     # Chains stay within a unit: the first unit of c is c's first five texts, in two rounds.
     records = [json.loads(x) for x in (tmp_path / "one" / "c.00000.jsonl").read_text().splitlines()]
@@ -318,7 +323,7 @@ def test_kill_mid_unit_resumes_byte_identical(tmp_path, tiny_dir, engine):
     partial = tmp_path / "killed" / ".s0.00001.partial.jsonl"
     assert len(partial.read_text().splitlines()) == 2  # header + one finished batch
     before = (tmp_path / "killed" / "s0.00000.jsonl").stat().st_mtime_ns
-    stats = synthesize(killed, engine)
+    stats = synthesize(killed, engine).units
     assert stats["s0.00001"]["resumed_texts"] == 3 and "s0.00000" in stats
     assert (tmp_path / "killed" / "s0.00000.jsonl").stat().st_mtime_ns == before
     assert _outputs(tmp_path / "killed") == _outputs(tmp_path / "whole")
@@ -335,7 +340,7 @@ def test_dry_run_plans_units_hours_and_the_sbatch_line(tmp_path, tiny_dir, engin
     # 0.7 h per task, 2 tasks of 2 units fit (0.333 h x 1.2 + 0.25 h = 0.65 h); 1 task would not (1.05 h).
     cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", unit_texts=4, dry_run=True, plan_tokens_per_s=2.0,
                    max_new_tokens=200, plan_hours_per_task=0.7)
-    plan = synthesize(cfg, engine)
+    plan = synthesize(cfg, engine).plan
     assert [(r["unit"], r["texts"]) for r in plan["units"]] == [("a.00000", 4), ("a.00001", 4), ("a.00002", 1), ("b", 3)]
     texts = [f"Document {i}: the protein binds receptor {i % 7}." for i in [*range(9), *range(50, 53)]]
     assert plan["prompt_tokens"] == sum(len(mistral_tokenizer.encode(context_text(t))) + 1 for t in texts)
@@ -349,11 +354,11 @@ def test_dry_run_plans_units_hours_and_the_sbatch_line(tmp_path, tiny_dir, engin
     # a zero time bound stops after the first group.
     cfg = make_cfg(tmp_path, tiny_dir, tmp_path / "out", unit_texts=4, dry_run=True, plan_sample_texts=12,
                    plan_sample_seconds=0, plan_sample_tokens=3)
-    measured = synthesize(cfg, engine)
+    measured = synthesize(cfg, engine).plan
     assert measured["output_tokens_per_text"] == 16.0 and measured["throughput_tokens_per_s"] > 0
     assert measured["throughput_source"].startswith("measured on 8 texts x 2 rounds, at most 3 tokens each: ")
     assert " s on cpu (" in measured["throughput_source"] and measured["array_tasks"] == 1
-    everything = synthesize(dataclasses.replace(cfg, plan_sample_seconds=1e9), engine)
+    everything = synthesize(dataclasses.replace(cfg, plan_sample_seconds=1e9), engine).plan
     assert everything["throughput_source"].startswith("measured on 12 texts x 2 rounds")  # all, when time allows
     text = plan_text(measured)
     assert "a.00002" in text and "submit with:" in text and "sbatch --array=0-0" in text
@@ -414,7 +419,7 @@ def test_a_torn_output_is_redone(tmp_path, tiny_dir, engine):
 
     counts: Counter = Counter()
     assert synthesis_files([tmp_path / "out"], counts) == [] and counts["units_unfinished"] == 1
-    assert list(synthesize(cfg, engine)) == ["s0"]
+    assert list(synthesize(cfg, engine).units) == ["s0"]
     assert out.read_bytes() == whole
 
 
@@ -444,7 +449,7 @@ def test_an_input_edited_after_a_kill_restarts_the_unit(tmp_path, tiny_dir, engi
         synthesize(cfg, KilledOnSecondBatch(engine))
     assert len((tmp_path / "out" / ".s0.partial.jsonl").read_text().splitlines()) == 2  # header + one batch
     corpus.write_text(corpus.read_text().replace("Document 0:", "Document zero, edited:"))
-    stats = synthesize(cfg, engine)["s0"]
+    stats = synthesize(cfg, engine).units["s0"]
     assert stats["resumed_texts"] == 0
     assert "lines 0-5 of" in caplog.text and "changed since" in caplog.text
     clean = _quick(tmp_path, tiny_dir, tmp_path / "clean", batch_texts=2)
@@ -466,12 +471,12 @@ def test_an_input_edited_after_its_units_finished_is_refused(tmp_path, tiny_dir,
     a_before = (tmp_path / "out" / "a.jsonl").stat().st_mtime_ns
     b = tmp_path / "in" / "b.jsonl"
     os.utime(b, ns=(b.stat().st_atime_ns, b.stat().st_mtime_ns + 10**9))  # touched: same texts
-    assert synthesize(cfg, engine=None)["b"]["texts"] == 2
+    assert synthesize(cfg, engine=None).units["b"]["texts"] == 2
     b.write_text(b.read_text().replace("Document 10:", "Document ten:"))
     with pytest.raises(ConfigError, match=rf"1 finished units whose input changed since \({b}: b and others\)"):
         synthesize(cfg, engine)
     cfg.start_over = True
-    assert synthesize(cfg, engine)["b"]["resumed_texts"] == 0
+    assert synthesize(cfg, engine).units["b"]["resumed_texts"] == 0
     assert "Document ten:" in (tmp_path / "out" / "b.jsonl").read_text()
     assert (tmp_path / "out" / "a.jsonl").stat().st_mtime_ns == a_before  # the unchanged unit is kept
 
@@ -486,7 +491,7 @@ def test_other_settings_into_a_finished_folder_are_refused(tmp_path, tiny_dir, e
                                           r"temperature 0\.0 -> 0\.7, in s0\)"):
         synthesize(other, engine)
     other.start_over = True
-    stats = synthesize(other, engine)["s0"]
+    stats = synthesize(other, engine).units["s0"]
     assert stats["provenance"]["config"]["rounds"] == 3 and stats["resumed_texts"] == 0
     other.num_tasks = 2
     with pytest.raises(ConfigError, match="start_over discards units of every task"):
@@ -517,7 +522,7 @@ def test_format_markers_in_a_text_are_escaped_and_counted(tmp_path, tiny_dir, en
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "s0.jsonl").write_text(json.dumps({"id": "x", "text": planted}) + "\n")
     cfg = _quick(tmp_path, tiny_dir, tmp_path / "out")
-    stats = synthesize(cfg, engine)["s0"]
+    stats = synthesize(cfg, engine).units["s0"]
     assert stats["input"]["markers_escaped"] == 1
     (record,) = [json.loads(x) for x in (tmp_path / "out" / "s0.jsonl").read_text().splitlines()]
     assert QUE not in record["text"] and CON_CLOSE not in record["text"] and "Berlin" in record["text"]
@@ -545,7 +550,7 @@ def test_the_dry_runs_sbatch_line_runs_exactly_the_planned_settings(tmp_path, ti
             "--top_p=0.9", "--seed=4", "--unit_texts=2", "--engine.max_model_len=1024", "--dry_run",
             "--plan_tokens_per_s=50", "--plan_hours_per_task=24", "--progress=false"]
     planned = config_from_argv(SynthesizeConfig, argv)
-    line = synthesize(planned, engine)["sbatch"]
+    line = synthesize(planned, engine).plan["sbatch"]
     words = shlex.split(line)
     env = dict(w.split("=", 1) for w in words[: words.index("sbatch")])
     assert words[words.index("sbatch") + 2] == "--time=24:00:00"
@@ -565,4 +570,4 @@ def test_the_dry_runs_sbatch_line_runs_exactly_the_planned_settings(tmp_path, ti
         return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SBATCH_NOT_PASSED}
 
     assert settings(ran) == settings(planned)
-    assert ran.stop == ["<CON>", "</CON>", "x y"] and ran.temperature == 0.7 and ran.batch_texts == 7
+    assert ran.sampling.stop == ("<CON>", "</CON>", "x y") and ran.sampling.temperature == 0.7 and ran.batch_texts == 7
