@@ -147,13 +147,13 @@ SIZES: dict[str, DemoSize] = {
     # The default, <= 20 minutes on 2 CPU cores, measured (estimate_seconds() is lower: it assumes the
     # calibrated 135 tokens/s; a slower day trains at ~100): tuning 260 s = 17 steps of 2 x 1,024 tokens
     # at lr 3e-4 (fewer steps or lr 1e-4 left SmolLM2 unable to write the <QUE>/<ANS> format); synthesis
-    # of 10 texts; 2 seeds per arm of 2 steps each; 20 items per family and 16 abstracts for 5 models;
+    # of 8 texts; 2 seeds per arm of 2 steps each; 16 items per family and 12 abstracts for 5 models;
     # instruction tuning of the 4 models for 2 steps each, its curve scored on 4 items per family at 3
     # points. Same design as medium, NOT powered: the report says so.
     "small": DemoSize(
-        name="small", tiny_model=False, records=3000, heldout_fraction=0.15, eval_texts=16, eval_items=20, seeds=2,
+        name="small", tiny_model=False, records=3000, heldout_fraction=0.15, eval_texts=12, eval_items=16, seeds=2,
         general_instructions=3000, tune_examples=240, tune_seconds=260, tune_seq_len=1024, tune_lr=3e-4,
-        synth_texts=10, rounds=2, synth_max_new_tokens=128, synth_max_model_len=2048,
+        synth_texts=8, rounds=2, synth_max_new_tokens=128, synth_max_model_len=2048,
         pretrain_seconds=45, seq_len=512, micro_batch=4, pretrain_lr=1e-4,
         instruction_examples=160, instruction_seconds=16, instruction_points=2, instruction_eval_items=4,
     ),
