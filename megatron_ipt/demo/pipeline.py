@@ -23,6 +23,7 @@ from megatron_ipt.demo.paths import ARMS, DemoPaths
 from megatron_ipt.demo.sizes import DemoSize
 from megatron_ipt.demo.stages import DemoError, run_command, run_main, torchrun_module
 from megatron_ipt.demo.start_model import start_model_dir
+from megatron_ipt.demo.tuning_curve import downstream_records
 from megatron_ipt.resources import shipped_dir
 
 CONFIGS = shipped_dir("configs") / "demo"
@@ -223,7 +224,8 @@ def instruction_tune(size: DemoSize, paths: DemoPaths, start: str, runs: dict[st
     for name, run in runs.items():
         run_dir = paths.tuning_run_dir(name)
         seconds = 0.0
-        if not _curve_finished(run_dir / "metrics.jsonl", size.instruction_steps):
+        # Done when its last step's in-loop evaluation is logged (a killed run starts over: no checkpoints).
+        if size.instruction_steps not in downstream_records(run_dir / "metrics.jsonl"):
             seconds = _train(paths, size, f"{name}_tuning", CONFIGS / "instruction_tune.yaml", {
                 "model.init_from": run["model"], "data.tokenizer": start, "data.train": data,
                 "data.seq_len": size.instruction_seq_len, "steps": size.instruction_steps,
@@ -240,16 +242,3 @@ def instruction_tune(size: DemoSize, paths: DemoPaths, start: str, runs: dict[st
             "items_per_family": size.instruction_eval_items, "data_summary": _read_json(summary_path(data)),
             "runs": tuned}
 
-
-def _curve_finished(metrics: Path, steps: int) -> bool:
-    """A tuning run is done when its last step's in-loop evaluation is logged."""
-    if not metrics.is_file():
-        return False
-    for line in metrics.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by a kill: the rerun's trainer drops it
-            continue
-        if row.get("kind") == "downstream" and row.get("step") == steps:
-            return True
-    return False
