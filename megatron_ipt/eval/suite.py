@@ -40,6 +40,7 @@ from megatron_ipt.io import (
     atomic_write_text,
     check_output_file,
 )
+from megatron_ipt.lmeval_items import item_scores
 from megatron_ipt.log import get_logger, setup_logging
 from megatron_ipt.task_code import (
     TaskFolderError,
@@ -220,16 +221,15 @@ def score_suite(model_dir: str | Path, suite_dir: str | Path, *, device: str = "
     out: dict[str, Any] = {"model": str(model_dir), "suite": str(suite_dir), "tasks": {}}
     for name in tasks:
         agg = res["results"][name]
-        samples = sorted(res["samples"][name], key=lambda s: s["doc_id"])
+        items = item_scores(res["samples"][name])
         out["tasks"][name] = {
-            "n": len(samples),
+            "n": len(items["id"]),
             "acc": agg["acc,none"], "acc_stderr": agg.get("acc_stderr,none"),
             "acc_norm": agg["acc_norm,none"], "acc_norm_stderr": agg.get("acc_norm_stderr,none"),
-            "items": {"id": [s["doc"].get("id", s["doc_id"]) for s in samples],
-                      "acc": [float(s["acc"]) for s in samples], "acc_norm": [float(s["acc_norm"]) for s in samples]},
+            "items": items,
         }
         log.info("%s %s: acc %.3f, acc_norm %.3f (%d items)", model_dir, name, agg["acc,none"], agg["acc_norm,none"],
-                 len(samples))
+                 len(items["id"]))
     out["seconds"] = time.perf_counter() - t0
     return out
 

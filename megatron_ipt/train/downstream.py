@@ -37,13 +37,14 @@ import torch
 import torch.distributed as dist
 
 from megatron_ipt.config import ConfigError
+from megatron_ipt.lmeval_items import ITEM_METRICS, item_scores
 from megatron_ipt.log import get_logger
 from megatron_ipt.task_code import TaskFolderError, folder_code, packaged_suite
 
 log = get_logger(__name__)
 # Per-task metrics logged as curves (lm-eval's "METRIC,FILTER" keys; stderr is not a curve), plus the
 # mean log-likelihood of the gold choice: it moves with the weights when accuracy does not yet.
-METRICS = ("acc", "acc_norm", "gold_loglik")
+METRICS = ITEM_METRICS
 
 
 @dataclass
@@ -235,24 +236,12 @@ class DownstreamEvaluator(Callback):
             t: {m: float(res["results"][t][f"{m},none"]) for m in METRICS if f"{m},none" in res["results"][t]}
             for t in tasks}
         for t in tasks:
-            samples = sorted(res["samples"].get(t, []), key=lambda s: s.get("doc_id", 0))
-            items = {m: [float(s[m]) for s in samples] for m in ("acc", "acc_norm") if all(m in s for s in samples)}
-            gold = [_gold_loglik(s) for s in samples]
-            if gold and None not in gold:
-                out[t]["gold_loglik"] = float(np.mean(gold))
-                items["gold_loglik"] = [float(g) for g in gold]  # type: ignore[misc]
-            if samples:
+            items = item_scores(res["samples"].get(t, []))
+            if "gold_loglik" in items:
+                out[t]["gold_loglik"] = float(np.mean(items["gold_loglik"]))
+            if items["id"]:
                 out[t]["items"] = items
         return out
-
-
-def _gold_loglik(sample: dict[str, Any]) -> float | None:
-    """The log-likelihood of a multiple-choice item's gold continuation (None for other task types)."""
-    target, resps = sample.get("target"), sample.get("filtered_resps")
-    if not isinstance(target, int) or not isinstance(resps, list) or not 0 <= target < len(resps):
-        return None
-    ll = resps[target][0] if isinstance(resps[target], list | tuple) else resps[target]
-    return float(ll) if isinstance(ll, int | float) else None
 
 
 def _hf_tokenizer(spec: str) -> Any:
