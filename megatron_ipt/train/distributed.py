@@ -4,6 +4,7 @@ then DeepSpeed's init with the configured collective timeout; and the wait for r
 from __future__ import annotations
 
 import os
+import warnings
 
 from megatron_ipt.dist_env import DistEnv, LaunchError, dist_env_from_environ, export_env
 from megatron_ipt.log import get_logger
@@ -57,6 +58,9 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = DEFAUL
         torch.cuda.set_device(index)
         log.info("distributed: rank %d (local rank %d) on cuda:%d of %d visible (CUDA_VISIBLE_DEVICES=%s)",
                  dist.rank, dist.local_rank, index, visible, os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
+    # ZeRO calls torch's deprecated collective names (all_gather_into_tensor, reduce_scatter_tensor) every
+    # step; torch warns on each call and rank, which no user can act on: a flood in every log.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                timeout=timedelta(minutes=timeout_minutes))
     import torch.distributed as td

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,8 @@ def test_zero3_resume_reshard_and_export(tmp_path, pubmed_prefixes, train_job, m
     _seed_from(a / "ckpt" / "step_00000004", b)
     _, out = train_job(2, _args(b, pubmed_prefixes, "--checkpoint.interval=4"))
     assert "resumed from" in out
+    warned = Counter(line for line in out.splitlines() if "Warning:" in line)
+    assert all(n == 1 for n in warned.values()), warned.most_common(1)  # none repeats step after step
     got = metrics(b)
     assert sorted(got) == [5, 6, 7, 8]
     for step in got:
